@@ -1,0 +1,3 @@
+//! `mb-sys`: the only crate of the workspace with `unsafe`. Raw `bpf(2)` commands with one
+//! `repr(C)` attr struct per command, owned close-on-exec fds, bpffs, cgroup v2 and network
+//! namespace helpers. Every `unsafe` block carries a `// SAFETY:` line.
