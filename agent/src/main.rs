@@ -8,7 +8,11 @@ mod cmd_asm;
 mod cmd_probe;
 
 #[derive(Parser)]
-#[command(name = "merbridge", version, about = "eBPF traffic interception for service meshes")]
+#[command(
+    name = "merbridge",
+    version,
+    about = "eBPF traffic interception for service meshes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,3 +1,6 @@
 //! `mb-sys`: the only crate of the workspace with `unsafe`. Raw `bpf(2)` commands with one
 //! `repr(C)` attr struct per command, owned close-on-exec fds, bpffs, cgroup v2 and network
 //! namespace helpers. Every `unsafe` block carries a `// SAFETY:` line.
+
+pub mod cgroup;
+pub mod testing;
