@@ -1,0 +1,521 @@
+//! The data path's map keys and values: the one source of truth for every layout shared by the
+//! programs (which address fields by the `OFF_*` constants) and the agent (which encodes and
+//! decodes them with `to_bytes` / `from_bytes`).
+//!
+//! Conventions:
+//! - Addresses are 16 bytes in network order; IPv4 is stored v4-mapped (`::ffff:a.b.c.d`), so
+//!   one key shape serves both families.
+//! - Ports inside keys and original destinations are in network order (as the kernel's
+//!   contexts give them); ports in policy rules are in network order too, so that an LPM prefix
+//!   over a port range works bit by bit.
+//! - Every field sits at an offset aligned to its size: the programs build keys on the BPF
+//!   stack, where the verifier refuses misaligned accesses.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An address as the maps store it: 16 bytes, IPv4 v4-mapped.
+pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The inverse of [`addr_bytes`]: v4-mapped addresses come back as IPv4.
+pub fn addr_from_bytes(b: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(b);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The third 32-bit word of a v4-mapped address, as a little-endian BPF register holds it
+/// after a 4-byte load (bytes `00 00 ff ff`).
+pub const V4_MAPPED_WORD2_LE: u32 = 0xffff_0000;
+
+fn put(buf: &mut [u8], off: usize, bytes: &[u8]) {
+    buf[off..off + bytes.len()].copy_from_slice(bytes);
+}
+
+fn take<const N: usize>(buf: &[u8], off: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&buf[off..off + N]);
+    out
+}
+
+/// Key of `pair_orig_dst` and of the sockhash `sock_pairs`: one TCP connection seen from the
+/// socket that owns the entry (`local` = its own address).
+///
+/// `netns` scopes pairs that involve a loopback address (`127.0.0.0/8`, `::1`), which every pod
+/// has: two pods' `127.0.0.1:x → 127.0.0.1:15001` would otherwise collide. Pairs between two
+/// non-loopback addresses are unique node-wide, so their `netns` is 0 — that lets a sidecar's
+/// socket find its peer in another pod's namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockPairKey {
+    pub netns: u64,
+    pub local_ip: [u8; 16],
+    pub remote_ip: [u8; 16],
+    /// Network order.
+    pub local_port: u16,
+    /// Network order.
+    pub remote_port: u16,
+}
+
+impl SockPairKey {
+    pub const SIZE: usize = 48;
+    pub const OFF_NETNS: usize = 0;
+    pub const OFF_LOCAL_IP: usize = 8;
+    pub const OFF_REMOTE_IP: usize = 24;
+    pub const OFF_LOCAL_PORT: usize = 40;
+    pub const OFF_REMOTE_PORT: usize = 42;
+    // 44..48: padding, always zero.
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put(&mut b, Self::OFF_NETNS, &self.netns.to_ne_bytes());
+        put(&mut b, Self::OFF_LOCAL_IP, &self.local_ip);
+        put(&mut b, Self::OFF_REMOTE_IP, &self.remote_ip);
+        put(&mut b, Self::OFF_LOCAL_PORT, &self.local_port.to_ne_bytes());
+        put(
+            &mut b,
+            Self::OFF_REMOTE_PORT,
+            &self.remote_port.to_ne_bytes(),
+        );
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        SockPairKey {
+            netns: u64::from_ne_bytes(take(b, Self::OFF_NETNS)),
+            local_ip: take(b, Self::OFF_LOCAL_IP),
+            remote_ip: take(b, Self::OFF_REMOTE_IP),
+            local_port: u16::from_ne_bytes(take(b, Self::OFF_LOCAL_PORT)),
+            remote_port: u16::from_ne_bytes(take(b, Self::OFF_REMOTE_PORT)),
+        }
+    }
+}
+
+/// Value of `cookie_orig_dst` (by socket cookie) and `pair_orig_dst` (by [`SockPairKey`]):
+/// where the application meant to connect before we rewrote it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OrigDst {
+    pub ip: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10): the family of the socket that connected.
+    pub family: u16,
+    /// `ORIG_*` bits.
+    pub flags: u32,
+}
+
+impl OrigDst {
+    pub const SIZE: usize = 24;
+    pub const OFF_IP: usize = 0;
+    pub const OFF_PORT: usize = 16;
+    pub const OFF_FAMILY: usize = 18;
+    pub const OFF_FLAGS: usize = 20;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put(&mut b, Self::OFF_IP, &self.ip);
+        put(&mut b, Self::OFF_PORT, &self.port.to_ne_bytes());
+        put(&mut b, Self::OFF_FAMILY, &self.family.to_ne_bytes());
+        put(&mut b, Self::OFF_FLAGS, &self.flags.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        OrigDst {
+            ip: take(b, Self::OFF_IP),
+            port: u16::from_ne_bytes(take(b, Self::OFF_PORT)),
+            family: u16::from_ne_bytes(take(b, Self::OFF_FAMILY)),
+            flags: u32::from_ne_bytes(take(b, Self::OFF_FLAGS)),
+        }
+    }
+
+    /// The original destination as a socket address.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(addr_from_bytes(self.ip), u16::from_be(self.port))
+    }
+}
+
+/// `OrigDst.flags`: the connection was redirected outbound (application → its sidecar).
+pub const ORIG_OUTBOUND: u32 = 1 << 0;
+/// `OrigDst.flags`: the connection was redirected inbound (sidecar → another pod's sidecar).
+pub const ORIG_INBOUND: u32 = 1 << 1;
+/// `OrigDst.flags`: a UDP DNS query sent to the DNS proxy.
+pub const ORIG_DNS: u32 = 1 << 2;
+
+/// Value of `netns_pods` (key: network-namespace cookie, u64) and of `pod_ips` (key: one of the
+/// pod's addresses, 16 bytes): a meshed pod on this node and its policy switches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodEntry {
+    /// Small id the agent assigns; policy rules are keyed by it.
+    pub pod_id: u32,
+    /// `POD_*` bits.
+    pub flags: u32,
+    /// The pod's network-namespace cookie (0 when unknown).
+    pub netns: u64,
+    /// The pod's IPv4 address (v4-mapped), all zero when it has none.
+    pub ipv4: [u8; 16],
+    /// The pod's IPv6 address, all zero when it has none.
+    pub ipv6: [u8; 16],
+}
+
+impl PodEntry {
+    pub const SIZE: usize = 48;
+    pub const OFF_POD_ID: usize = 0;
+    pub const OFF_FLAGS: usize = 4;
+    pub const OFF_NETNS: usize = 8;
+    pub const OFF_IPV4: usize = 16;
+    pub const OFF_IPV6: usize = 32;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put(&mut b, Self::OFF_POD_ID, &self.pod_id.to_ne_bytes());
+        put(&mut b, Self::OFF_FLAGS, &self.flags.to_ne_bytes());
+        put(&mut b, Self::OFF_NETNS, &self.netns.to_ne_bytes());
+        put(&mut b, Self::OFF_IPV4, &self.ipv4);
+        put(&mut b, Self::OFF_IPV6, &self.ipv6);
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        PodEntry {
+            pod_id: u32::from_ne_bytes(take(b, Self::OFF_POD_ID)),
+            flags: u32::from_ne_bytes(take(b, Self::OFF_FLAGS)),
+            netns: u64::from_ne_bytes(take(b, Self::OFF_NETNS)),
+            ipv4: take(b, Self::OFF_IPV4),
+            ipv6: take(b, Self::OFF_IPV6),
+        }
+    }
+}
+
+/// `PodEntry.flags`: redirect outbound traffic to every port (no include-port lookup).
+pub const POD_OUT_PORTS_ALL: u32 = 1 << 0;
+/// `PodEntry.flags`: the pod has outbound exclude-port rules (else the lookup is skipped).
+pub const POD_OUT_PORTS_EXCLUDE: u32 = 1 << 1;
+/// `PodEntry.flags`: redirect outbound traffic to every address (no include-CIDR lookup).
+pub const POD_OUT_CIDRS_ALL: u32 = 1 << 2;
+/// `PodEntry.flags`: the pod has outbound exclude-CIDR rules.
+pub const POD_OUT_CIDRS_EXCLUDE: u32 = 1 << 3;
+/// `PodEntry.flags`: redirect inbound traffic on every port (no include-port lookup).
+pub const POD_IN_PORTS_ALL: u32 = 1 << 4;
+/// `PodEntry.flags`: the pod has inbound exclude-port rules.
+pub const POD_IN_PORTS_EXCLUDE: u32 = 1 << 5;
+/// `PodEntry.flags`: UDP port 53 goes to the sidecar's DNS proxy.
+pub const POD_DNS_CAPTURE: u32 = 1 << 6;
+
+/// Rule kinds, the low two bits of a rule key's `scope` (`pod_id << 2 | rule`).
+pub const RULE_INCLUDE: u32 = 0;
+pub const RULE_EXCLUDE: u32 = 1;
+/// Direction bit of a port rule's scope (ports only: CIDR rules are outbound only).
+pub const RULE_INBOUND: u32 = 2;
+
+/// The `scope` word of a rule key.
+pub const fn rule_scope(pod_id: u32, rule: u32) -> u32 {
+    (pod_id << 2) | (rule & 3)
+}
+
+/// Bits of a rule key that precede the address or port: `scope` is matched exactly.
+pub const RULE_SCOPE_BITS: u32 = 32;
+
+/// Key of the LPM trie `port_rules`: `(pod, direction, include/exclude)` + a port prefix, so a
+/// port range costs at most 30 entries and a lookup stays O(1) in the number of rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRuleKey {
+    /// LPM prefix length in bits over `scope` + `port`: 32 + (0..=16).
+    pub prefixlen: u32,
+    pub scope: u32,
+    /// Network order.
+    pub port: u16,
+}
+
+impl PortRuleKey {
+    pub const SIZE: usize = 12;
+    pub const OFF_PREFIXLEN: usize = 0;
+    pub const OFF_SCOPE: usize = 4;
+    pub const OFF_PORT: usize = 8;
+    /// A lookup key has the full length.
+    pub const FULL_PREFIX: u32 = RULE_SCOPE_BITS + 16;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put(&mut b, Self::OFF_PREFIXLEN, &self.prefixlen.to_ne_bytes());
+        put(&mut b, Self::OFF_SCOPE, &self.scope.to_ne_bytes());
+        put(&mut b, Self::OFF_PORT, &self.port.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        PortRuleKey {
+            prefixlen: u32::from_ne_bytes(take(b, Self::OFF_PREFIXLEN)),
+            scope: u32::from_ne_bytes(take(b, Self::OFF_SCOPE)),
+            port: u16::from_ne_bytes(take(b, Self::OFF_PORT)),
+        }
+    }
+
+    /// The fewest prefixes that cover the inclusive port range `first..=last` exactly.
+    pub fn cover_range(scope: u32, first: u16, last: u16) -> Vec<PortRuleKey> {
+        let mut out = Vec::new();
+        let (mut lo, hi) = (first as u32, last as u32);
+        while lo <= hi {
+            // The largest aligned block starting at `lo` that stays within `hi`.
+            let mut size = if lo == 0 {
+                1 << 16
+            } else {
+                1u32 << lo.trailing_zeros()
+            };
+            while lo + size - 1 > hi {
+                size >>= 1;
+            }
+            out.push(PortRuleKey {
+                prefixlen: RULE_SCOPE_BITS + 16 - size.trailing_zeros(),
+                scope,
+                port: (lo as u16).to_be(),
+            });
+            lo += size;
+        }
+        out
+    }
+}
+
+/// Key of the LPM trie `cidr_rules`: `(pod, include/exclude)` + an address prefix. IPv4
+/// prefixes are stored v4-mapped (prefix length + 96).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CidrRuleKey {
+    /// LPM prefix length in bits over `scope` + `addr`: 32 + (0..=128).
+    pub prefixlen: u32,
+    pub scope: u32,
+    pub addr: [u8; 16],
+}
+
+impl CidrRuleKey {
+    pub const SIZE: usize = 24;
+    pub const OFF_PREFIXLEN: usize = 0;
+    pub const OFF_SCOPE: usize = 4;
+    pub const OFF_ADDR: usize = 8;
+    pub const FULL_PREFIX: u32 = RULE_SCOPE_BITS + 128;
+
+    /// The key for `ip/len`, host bits masked (Istio accepts `10.0.0.1/8` and means `10/8`).
+    pub fn new(scope: u32, ip: IpAddr, len: u8) -> CidrRuleKey {
+        let (addr, bits) = match ip {
+            IpAddr::V4(v4) => {
+                let len = len.min(32);
+                let masked = u32::from(v4) & mask32(len);
+                (
+                    Ipv4Addr::from(masked).to_ipv6_mapped().octets(),
+                    96 + len as u32,
+                )
+            }
+            IpAddr::V6(v6) => {
+                let len = len.min(128);
+                let masked = u128::from(v6) & mask128(len);
+                (Ipv6Addr::from(masked).octets(), len as u32)
+            }
+        };
+        CidrRuleKey {
+            prefixlen: RULE_SCOPE_BITS + bits,
+            scope,
+            addr,
+        }
+    }
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put(&mut b, Self::OFF_PREFIXLEN, &self.prefixlen.to_ne_bytes());
+        put(&mut b, Self::OFF_SCOPE, &self.scope.to_ne_bytes());
+        put(&mut b, Self::OFF_ADDR, &self.addr);
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        CidrRuleKey {
+            prefixlen: u32::from_ne_bytes(take(b, Self::OFF_PREFIXLEN)),
+            scope: u32::from_ne_bytes(take(b, Self::OFF_SCOPE)),
+            addr: take(b, Self::OFF_ADDR),
+        }
+    }
+}
+
+fn mask32(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len as u32)
+    }
+}
+
+fn mask128(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len as u32)
+    }
+}
+
+/// Slots of the per-CPU `counters` array (u64 each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Counter {
+    /// Application connects sent to its sidecar's outbound port.
+    RedirectOutbound = 0,
+    /// Sidecar connects to another local pod sent to that pod's inbound port.
+    RedirectInbound = 1,
+    /// Connects from meshed pods left alone by policy (excluded port or CIDR, loopback, own app).
+    Bypassed = 2,
+    /// Sockets put into the sockhash.
+    SockhashInserts = 3,
+    /// Messages moved socket to socket by sk_msg.
+    SplicedMessages = 4,
+    /// Bytes moved socket to socket by sk_msg.
+    SplicedBytes = 5,
+    /// `SO_ORIGINAL_DST` answers given from the map.
+    OrigDstAnswers = 6,
+    /// Map updates that failed (full map or out of memory).
+    MapUpdateFailures = 7,
+    /// UDP DNS queries sent to the DNS proxy.
+    DnsRedirects = 8,
+    /// DNS replies whose source was restored.
+    DnsRestores = 9,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 10;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::RedirectOutbound,
+        Counter::RedirectInbound,
+        Counter::Bypassed,
+        Counter::SockhashInserts,
+        Counter::SplicedMessages,
+        Counter::SplicedBytes,
+        Counter::OrigDstAnswers,
+        Counter::MapUpdateFailures,
+        Counter::DnsRedirects,
+        Counter::DnsRestores,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::RedirectOutbound => "redirected_outbound",
+            Counter::RedirectInbound => "redirected_inbound",
+            Counter::Bypassed => "bypassed",
+            Counter::SockhashInserts => "sockhash_inserts",
+            Counter::SplicedMessages => "spliced_messages",
+            Counter::SplicedBytes => "spliced_bytes",
+            Counter::OrigDstAnswers => "orig_dst_answers",
+            Counter::MapUpdateFailures => "map_update_failures",
+            Counter::DnsRedirects => "dns_redirects",
+            Counter::DnsRestores => "dns_restores",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_v4_mapped() {
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let b = addr_bytes(v4);
+        assert_eq!(&b[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(&b[12..], &[10, 1, 2, 3]);
+        assert_eq!(addr_from_bytes(b), v4);
+        // The word a BPF program stores at offset 8 of a v4-mapped address.
+        assert_eq!(
+            u32::from_le_bytes(b[8..12].try_into().unwrap()),
+            V4_MAPPED_WORD2_LE
+        );
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(addr_from_bytes(addr_bytes(v6)), v6);
+    }
+
+    #[test]
+    fn encodings_round_trip_and_put_fields_where_the_offsets_say() {
+        let key = SockPairKey {
+            netns: 0x0102_0304_0506_0708,
+            local_ip: [1; 16],
+            remote_ip: [2; 16],
+            local_port: 15001u16.to_be(),
+            remote_port: 0xbeef,
+        };
+        let b = key.to_bytes();
+        assert_eq!(SockPairKey::from_bytes(&b), key);
+        assert_eq!(&b[40..42], &15001u16.to_be_bytes());
+        assert_eq!(&b[44..], &[0; 4]);
+
+        let orig = OrigDst {
+            ip: addr_bytes("10.0.0.9".parse().unwrap()),
+            port: 8080u16.to_be(),
+            family: 2,
+            flags: ORIG_OUTBOUND,
+        };
+        assert_eq!(OrigDst::from_bytes(&orig.to_bytes()), orig);
+        assert_eq!(orig.socket_addr(), "10.0.0.9:8080".parse().unwrap());
+
+        let pod = PodEntry {
+            pod_id: 7,
+            flags: POD_OUT_PORTS_ALL | POD_DNS_CAPTURE,
+            netns: 42,
+            ipv4: addr_bytes("10.0.0.9".parse().unwrap()),
+            ipv6: addr_bytes("fd00::9".parse().unwrap()),
+        };
+        assert_eq!(PodEntry::from_bytes(&pod.to_bytes()), pod);
+    }
+
+    #[test]
+    fn port_ranges_become_minimal_prefix_covers() {
+        let scope = rule_scope(3, RULE_EXCLUDE);
+        let all = PortRuleKey::cover_range(scope, 0, 65535);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].prefixlen, 32);
+        let one = PortRuleKey::cover_range(scope, 80, 80);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].prefixlen, 48);
+        assert_eq!(one[0].port, 80u16.to_be());
+        // Every port of a range is covered exactly once, and no port outside it.
+        for (first, last) in [
+            (1u16, 65535u16),
+            (4000, 5000),
+            (1, 1),
+            (65535, 65535),
+            (3, 17),
+        ] {
+            let keys = PortRuleKey::cover_range(scope, first, last);
+            assert!(keys.len() <= 30, "{first}-{last}: {} prefixes", keys.len());
+            for port in [
+                0u32, 1, 2, 3, 16, 17, 18, 3999, 4000, 5000, 5001, 65534, 65535,
+            ] {
+                let hits = keys
+                    .iter()
+                    .filter(|k| {
+                        let bits = k.prefixlen - 32;
+                        let shift = 16 - bits;
+                        let base = u16::from_be(k.port) as u32;
+                        bits == 0 || (port >> shift) == (base >> shift)
+                    })
+                    .count();
+                let inside = port >= first as u32 && port <= last as u32;
+                assert_eq!(hits, inside as usize, "{first}-{last} port {port}");
+            }
+        }
+    }
+
+    #[test]
+    fn cidr_keys_mask_host_bits() {
+        let k = CidrRuleKey::new(rule_scope(1, RULE_INCLUDE), "10.1.2.3".parse().unwrap(), 8);
+        assert_eq!(k.prefixlen, 32 + 96 + 8);
+        assert_eq!(&k.addr[12..], &[10, 0, 0, 0]);
+        let k6 = CidrRuleKey::new(0, "fd00:1:2::5".parse().unwrap(), 32);
+        assert_eq!(k6.prefixlen, 32 + 32);
+        assert_eq!(
+            Ipv6Addr::from(k6.addr),
+            "fd00:1::".parse::<Ipv6Addr>().unwrap()
+        );
+        let any = CidrRuleKey::new(0, "0.0.0.0".parse().unwrap(), 0);
+        assert_eq!(any.prefixlen, 32 + 96);
+        assert_eq!(CidrRuleKey::from_bytes(&k.to_bytes()), k);
+    }
+}
