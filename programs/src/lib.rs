@@ -1,2 +1,3 @@
 //! See the crate description in Cargo.toml and DESIGN.md §2.
 #![forbid(unsafe_code)]
+pub mod ctx;
