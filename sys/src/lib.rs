@@ -3,4 +3,7 @@
 //! namespace helpers. Every `unsafe` block carries a `// SAFETY:` line.
 
 pub mod cgroup;
+pub mod netns;
+pub mod process;
+pub mod sockopt;
 pub mod testing;
