@@ -2,8 +2,7 @@
 //! `repr(C)` attr struct per command, owned close-on-exec fds, bpffs, cgroup v2 and network
 //! namespace helpers. Every `unsafe` block carries a `// SAFETY:` line.
 
+pub mod bpf;
+pub mod bpffs;
 pub mod cgroup;
-pub mod netns;
-pub mod process;
-pub mod sockopt;
 pub mod testing;

@@ -1,0 +1,217 @@
+//! [`MapFd`]: a map fd together with the shape the kernel reported for it, so that element
+//! operations can check every buffer length before the kernel reads or writes it.
+
+use super::attr::MapElemAttr;
+use super::ops::{map_create, map_info, obj_get, obj_pin, MapCreate, MapInfo};
+use super::{bpf, BpfError, Cmd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// An open map and its shape (type, key and value sizes never change after creation).
+#[derive(Debug)]
+pub struct MapFd {
+    fd: OwnedFd,
+    info: MapInfo,
+    value_len: usize,
+}
+
+/// Number of possible CPUs (`/sys/devices/system/cpu/possible`), as per-CPU maps count them.
+pub fn possible_cpus() -> Result<usize, String> {
+    static CPUS: OnceLock<Result<usize, String>> = OnceLock::new();
+    CPUS.get_or_init(|| {
+        let path = "/sys/devices/system/cpu/possible";
+        let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+        parse_cpu_list(&text).ok_or_else(|| format!("{path}: cannot parse {:?}", text.trim()))
+    })
+    .clone()
+}
+
+/// Highest CPU number + 1 of a kernel CPU list such as `0-3,8-11`.
+fn parse_cpu_list(text: &str) -> Option<usize> {
+    let mut max = None;
+    for part in text.trim().split(',') {
+        let last = match part.split_once('-') {
+            Some((a, b)) => {
+                a.trim().parse::<usize>().ok()?;
+                b.trim().parse::<usize>().ok()?
+            }
+            None => part.trim().parse::<usize>().ok()?,
+        };
+        max = Some(max.map_or(last, |m: usize| m.max(last)));
+    }
+    max.map(|m| m + 1)
+}
+
+impl MapFd {
+    /// `BPF_MAP_CREATE`, then reads back the shape.
+    pub fn create(args: &MapCreate<'_>) -> Result<MapFd, BpfError> {
+        MapFd::from_fd(map_create(args)?)
+    }
+
+    /// Wraps a map fd, asking the kernel for its shape.
+    pub fn from_fd(fd: OwnedFd) -> Result<MapFd, BpfError> {
+        let info = map_info(fd.as_fd())?;
+        let value_len = if info.map_type.is_per_cpu() {
+            let cpus = possible_cpus()
+                .map_err(|e| BpfError::new(Cmd::ObjGetInfoByFd, libc::EINVAL).with_detail(e))?;
+            (info.value_size as usize).next_multiple_of(8) * cpus
+        } else {
+            info.value_size as usize
+        };
+        Ok(MapFd {
+            fd,
+            info,
+            value_len,
+        })
+    }
+
+    /// Opens the map pinned at `path`.
+    pub fn open_pinned(path: &Path) -> Result<MapFd, BpfError> {
+        MapFd::from_fd(obj_get(path, 0)?)
+            .map_err(|e| e.with_detail(format!("pinned map {}", path.display())))
+    }
+
+    /// Pins the map at `path` (inside a bpffs).
+    pub fn pin(&self, path: &Path) -> Result<(), BpfError> {
+        obj_pin(self.fd.as_fd(), path)
+    }
+
+    pub fn info(&self) -> &MapInfo {
+        &self.info
+    }
+
+    /// Bytes of one lookup result: `value_size`, or for per-CPU maps one 8-byte-aligned slot
+    /// per possible CPU.
+    pub fn value_len(&self) -> usize {
+        self.value_len
+    }
+
+    fn check(&self, cmd: Cmd, what: &str, have: usize, want: usize) -> Result<(), BpfError> {
+        if have == want {
+            return Ok(());
+        }
+        Err(BpfError::new(cmd, libc::EINVAL).with_detail(format!(
+            "{what} is {have} bytes, map {:?} ({}) wants {want}",
+            self.info.name, self.info.map_type
+        )))
+    }
+
+    fn elem(&self, cmd: Cmd, key: u64, value: u64, flags: u64) -> Result<bool, BpfError> {
+        let mut attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key,
+            value,
+            flags,
+            ..Default::default()
+        };
+        match bpf(cmd, &mut attr) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is(nix::errno::Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e.with_detail(format!("map {:?}", self.info.name))),
+        }
+    }
+
+    /// Copies the value of `key` into `value` (`value_len()` bytes). `Ok(false)`: no such key.
+    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
+        let cmd = Cmd::MapLookupElem;
+        self.check(cmd, "key", key.len(), self.info.key_size as usize)?;
+        self.check(cmd, "value buffer", value.len(), self.value_len)?;
+        self.elem(cmd, key.as_ptr() as u64, value.as_mut_ptr() as u64, 0)
+    }
+
+    /// Sets `key` to `value` (`value_len()` bytes) with [`super::UPDATE_ANY`] and friends.
+    /// (For sockhash/sockmap the value is a socket fd, `value_size` bytes.)
+    pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> Result<(), BpfError> {
+        let cmd = Cmd::MapUpdateElem;
+        self.check(cmd, "key", key.len(), self.info.key_size as usize)?;
+        self.check(cmd, "value", value.len(), self.value_len)?;
+        if self.elem(cmd, key.as_ptr() as u64, value.as_ptr() as u64, flags)? {
+            Ok(())
+        } else {
+            Err(BpfError::new(cmd, libc::ENOENT)
+                .with_detail(format!("map {:?}: key not present", self.info.name)))
+        }
+    }
+
+    /// Deletes `key`. `Ok(false)`: it was not there.
+    pub fn delete(&self, key: &[u8]) -> Result<bool, BpfError> {
+        let cmd = Cmd::MapDeleteElem;
+        self.check(cmd, "key", key.len(), self.info.key_size as usize)?;
+        self.elem(cmd, key.as_ptr() as u64, 0, 0)
+    }
+
+    /// Writes the key after `key` (or the first key, for `None`) into `next`. `Ok(false)`: no
+    /// more keys.
+    pub fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool, BpfError> {
+        let cmd = Cmd::MapGetNextKey;
+        let key_size = self.info.key_size as usize;
+        if let Some(k) = key {
+            self.check(cmd, "key", k.len(), key_size)?;
+        }
+        self.check(cmd, "next-key buffer", next.len(), key_size)?;
+        let key_ptr = key.map_or(0, |k| k.as_ptr() as u64);
+        self.elem(cmd, key_ptr, next.as_mut_ptr() as u64, 0)
+    }
+}
+
+impl AsFd for MapFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{dummy_fd, override_syscall, u32_at, u64_at};
+    use super::super::MapType;
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0-3\n"), Some(4));
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("0-3,8-11"), Some(12));
+        assert_eq!(parse_cpu_list("x"), None);
+        assert!(possible_cpus().unwrap() >= 1);
+    }
+
+    /// A fake map: creation succeeds, info reports nothing (all zero) — so key/value sizes 0.
+    #[test]
+    fn element_ops_check_sizes_and_pass_pointers() {
+        let calls = Rc::new(RefCell::new(Vec::new()));
+        let seen = calls.clone();
+        let _g = override_syscall(move |cmd, a| {
+            seen.borrow_mut().push((cmd, a.to_vec()));
+            match cmd {
+                Cmd::MapCreate => Ok(dummy_fd() as i64),
+                Cmd::MapLookupElem => Err(libc::ENOENT),
+                _ => Ok(0),
+            }
+        });
+        let map = MapFd::create(&MapCreate {
+            map_type: MapType::HASH,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+            map_flags: 0,
+            name: "m",
+        })
+        .unwrap();
+        // The fake's info is all zeros: the map claims key_size 0, value_size 0.
+        assert_eq!(map.info().key_size, 0);
+        let e = map.lookup(&[1, 2, 3, 4], &mut []).unwrap_err();
+        assert!(e.to_string().contains("key is 4 bytes"), "{e}");
+        let key: [u8; 0] = [];
+        assert!(!map.lookup(&key, &mut []).unwrap(), "ENOENT is 'absent'");
+        map.update(&key, &[], super::super::UPDATE_NOEXIST).unwrap();
+        let calls = calls.borrow();
+        let (cmd, a) = calls.last().unwrap();
+        assert_eq!(*cmd, Cmd::MapUpdateElem);
+        assert_eq!(u32_at(a, 0), map.as_fd().as_raw_fd() as u32);
+        assert_eq!(u64_at(a, 8), key.as_ptr() as u64);
+        assert_eq!(u64_at(a, 24), 1);
+    }
+}
