@@ -5,4 +5,7 @@
 pub mod bpf;
 pub mod bpffs;
 pub mod cgroup;
+pub mod netns;
+pub mod process;
+pub mod sockopt;
 pub mod testing;
