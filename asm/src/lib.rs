@@ -1,8 +1,57 @@
-//! `mb-asm`: the eBPF instruction set as the kernel's instruction-set document defines it.
+//! `mb-asm`: the eBPF instruction set as the kernel's instruction-set document defines it
+//! (`Documentation/bpf/standardization/instruction-set.rst`, ISA v1–v4), with no LLVM.
 //!
-//! [`Insn`] is one raw 8-byte instruction slot exactly as the kernel reads it
-//! (`struct bpf_insn`). Everything else in this crate (builder, text, printer) is built on it.
+//! * [`Insn`] is one raw 8-byte slot exactly as the kernel reads it (`struct bpf_insn`).
+//! * [`Op`] is a decoded instruction with an exact encoder and a strict decoder.
+//! * [`Asm`] builds programs with typed registers, labels, helpers by name and relocations
+//!   for maps and named constants; [`Asm::finish`] checks the whole program.
+//! * [`Program`] holds the slots and relocations; the loader fills them with
+//!   [`Program::relocate_map`] / [`Program::relocate_const`].
+//! * [`text`] parses LLVM's BPF assembly (what `llvm-mc -triple bpfel` accepts) and prints it
+//!   the way `llvm-objdump --no-print-imm-hex -d` does, or the way the kernel verifier log and
+//!   `bpftool prog dump xlated` do.
+//!
+//! ```
+//! use mb_asm::{Asm, Helper, JmpOp, Reg, Size};
+//!
+//! let mut asm = Asm::new();
+//! let done = asm.label();
+//! asm.mov64_reg(Reg::R2, Reg::FP)
+//!     .alu64_imm(mb_asm::AluOp::Add, Reg::R2, -4)
+//!     .st_imm(Size::W, Reg::FP, -4, 0)
+//!     .ld_map_fd(Reg::R1, "settings")
+//!     .call(Helper::MapLookupElem)
+//!     .jmp_imm(JmpOp::Eq, Reg::R0, 0, done)
+//!     .ldx(Size::W, Reg::R0, Reg::R0, 0)
+//!     .bind(done)
+//!     .exit();
+//! let program = asm.finish().unwrap();
+//! assert_eq!(program.insns.len(), 9); // the map load takes two slots
+//! let loaded = program.relocate_map("settings", 7).unwrap();
+//! assert_eq!(loaded.insns[3].imm, 7);
+//! assert_eq!(
+//!     mb_asm::text::fmt_llvm(&program).unwrap().lines().nth(3),
+//!     Some("r1 = settings ll")
+//! );
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod builder;
+pub mod check;
+pub mod error;
+pub mod helper;
+pub mod op;
+pub mod opcode;
+pub mod program;
+pub mod reg;
+pub mod text;
+
+pub use builder::{Asm, Label};
+pub use error::AsmError;
+pub use helper::Helper;
+pub use op::{AluOp, AtomicOp, CallTarget, DecodeError, Endian, JmpOp, Op, Size, Source};
+pub use program::{Program, RelocError, RelocKind, Relocation};
+pub use reg::Reg;
 
 /// One raw instruction slot, `struct bpf_insn` of `linux/bpf.h`:
 /// `code` (opcode byte), `dst_reg:4`, `src_reg:4`, `off` (s16), `imm` (s32).
