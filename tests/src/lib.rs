@@ -15,3 +15,37 @@ pub mod cmd;
 pub mod node;
 
 pub use node::{Node, Pod, PodSpec, Spawned};
+pub mod interception;
+pub mod scenarios;
+pub mod sidecar;
+pub mod workload;
+
+pub use interception::{Interception, MeshPorts};
+pub use sidecar::{Sidecar, SidecarConfig};
+
+/// Finds one of this crate's binaries: `$<env_var>`, else next to the running executable or
+/// one directory up (Cargo puts test executables in `target/<profile>/deps/`).
+pub fn find_binary(name: &str, env_var: &str) -> std::io::Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("cannot find the {name} binary next to {}: build it (cargo build -p mb-testbed) or set {env_var}", exe.display()),
+    ))
+}
+
+/// Where the `mb-workload` binary is (see [`find_binary`]; override with `MB_WORKLOAD_BIN`).
+pub fn workload_binary() -> std::io::Result<std::path::PathBuf> {
+    find_binary("mb-workload", "MB_WORKLOAD_BIN")
+}

@@ -1,0 +1,144 @@
+//! `mb-workload`: servers and clients for pods (see `mb_testbed::workload`). Clients print one
+//! `key=value` line; errors go to stderr with exit status 1.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use mb_testbed::workload;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+
+#[derive(Parser)]
+#[command(version, about = "Workloads for test-bed pods")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run servers on all addresses; prints `ready` once all listen.
+    Serve {
+        /// Echo server port (request/response and connect-request-close).
+        #[arg(long)]
+        echo: Option<u16>,
+        /// Bulk sink port (answers count and checksum).
+        #[arg(long)]
+        bulk: Option<u16>,
+        /// Who-am-I port (answers the addresses it saw); repeat for several.
+        #[arg(long)]
+        whoami: Vec<u16>,
+        /// UDP DNS-like responder port.
+        #[arg(long)]
+        dns: Option<u16>,
+        /// A record the DNS responder answers with.
+        #[arg(long, default_value = "10.96.0.53")]
+        dns_answer: Ipv4Addr,
+    },
+    /// Persistent-connection ping-pong with latency percentiles.
+    Rr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        #[arg(long, default_value_t = 1_000)]
+        warmup: u64,
+    },
+    /// Connect-request-close rate.
+    Crr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 1_000)]
+        count: u64,
+    },
+    /// Bulk stream with end-to-end checksum.
+    Bulk {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 64 * 1024 * 1024)]
+        bytes: u64,
+    },
+    /// Ask a who-am-I server what it saw.
+    Whoami {
+        #[arg(long)]
+        to: SocketAddr,
+        /// Source address to bind before connecting (port 0 = any).
+        #[arg(long)]
+        from: Option<std::net::IpAddr>,
+    },
+    /// One DNS query.
+    Dns {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "svc.cluster.local")]
+        name: String,
+    },
+}
+
+fn run(cli: Cli) -> std::io::Result<()> {
+    match cli.command {
+        Cmd::Serve {
+            echo,
+            bulk,
+            whoami,
+            dns,
+            dns_answer,
+        } => {
+            let mut threads = Vec::new();
+            if let Some(p) = echo {
+                let l = workload::listen_any(p)?;
+                threads.push(std::thread::spawn(move || workload::serve_echo(l)));
+            }
+            if let Some(p) = bulk {
+                let l = workload::listen_any(p)?;
+                threads.push(std::thread::spawn(move || workload::serve_bulk(l)));
+            }
+            for p in whoami {
+                let l = workload::listen_any(p)?;
+                threads.push(std::thread::spawn(move || workload::serve_whoami(l)));
+            }
+            if let Some(p) = dns {
+                let s = UdpSocket::bind(("::", p)).or_else(|_| UdpSocket::bind(("0.0.0.0", p)))?;
+                threads.push(std::thread::spawn(move || {
+                    workload::serve_dns(s, dns_answer)
+                }));
+            }
+            if threads.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "serve needs at least one of --echo, --bulk, --whoami, --dns",
+                ));
+            }
+            println!("ready");
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+        Cmd::Rr {
+            to,
+            size,
+            count,
+            warmup,
+        } => println!("{}", workload::rr_client(to, size, count, warmup)?),
+        Cmd::Crr { to, size, count } => println!("{}", workload::crr_client(to, size, count)?),
+        Cmd::Bulk { to, bytes } => println!("{}", workload::bulk_client(to, bytes)?),
+        Cmd::Whoami { to, from } => {
+            let (peer, local) = workload::whoami_from(to, from)?;
+            println!("whoami peer={peer} local={local}");
+        }
+        Cmd::Dns { to, name } => {
+            let (a, from) = workload::dns_query(to, &name)?;
+            println!("dns answer={a} from={from}");
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("mb-workload: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,533 @@
+//! End-to-end scenarios, written once and run per [`Interception`] mode.
+//!
+//! Every scenario builds its own node(s) and pods, starts the app (`mb-workload serve`, as
+//! [`APP_UID`]) and — in meshed pods — the reference sidecar (as the mesh's proxy UID), runs
+//! clients as separate processes in the pods (so they are in the pod's netns *and* cgroup, as
+//! merbridge's cgroup programs require), and asserts from the sidecars' records and from what
+//! the app saw. With [`Interception::None`] the same scenarios check that nothing is
+//! intercepted. Scenario functions panic with a message on a failed expectation: they are
+//! test code.
+
+use crate::interception::Interception;
+use crate::node::{Node, Pod, PodSpec, Spawned};
+use crate::sidecar::{Listener, Record, Sidecar, SidecarConfig};
+use crate::workload::{parse_kv, BulkStats, LatencyStats};
+use std::io::{self, BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// UID the applications run as (neither root nor any mesh's proxy UID).
+pub const APP_UID: u32 = 1000;
+/// The app's echo port (request/response, connect-request-close).
+pub const ECHO_PORT: u16 = 8080;
+/// The app's bulk sink port.
+pub const BULK_PORT: u16 = 8081;
+/// The app's who-am-I port (intercepted like any app port).
+pub const WHOAMI_PORT: u16 = 9080;
+/// A who-am-I port the scenarios exclude from inbound interception.
+pub const EXCLUDED_INBOUND_PORT: u16 = 9091;
+/// A who-am-I port the scenarios exclude from outbound interception.
+pub const EXCLUDED_OUTBOUND_PORT: u16 = 9092;
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Paths of the binaries the scenarios start in pods.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub sidecar: PathBuf,
+    pub workload: PathBuf,
+}
+
+impl Binaries {
+    /// Finds both next to the running executable (see [`crate::find_binary`]).
+    pub fn find() -> io::Result<Binaries> {
+        Ok(Binaries {
+            sidecar: crate::sidecar::sidecar_binary()?,
+            workload: crate::workload_binary()?,
+        })
+    }
+}
+
+impl Interception {
+    /// The same mode with extra inbound/outbound port exclusions (the scenarios' excluded
+    /// ports). A merbridge variant must map these to its own policy maps.
+    pub fn with_exclusions(&self, inbound: &[u16], outbound: &[u16]) -> Interception {
+        match self {
+            Interception::None => Interception::None,
+            Interception::Iptables(m) => {
+                let mut m = m.clone();
+                m.exclude_inbound_ports.extend_from_slice(inbound);
+                m.exclude_outbound_ports.extend_from_slice(outbound);
+                Interception::Iptables(m)
+            }
+        }
+    }
+
+    /// Whether this mode creates conntrack entries for intercepted connections.
+    pub fn uses_conntrack(&self) -> bool {
+        matches!(self, Interception::Iptables(_))
+    }
+}
+
+/// A pod with its app and, if meshed, its sidecar.
+#[derive(Debug)]
+pub struct MeshedPod {
+    // Processes first, then the pod.
+    pub sidecar: Option<Sidecar>,
+    pub app: Spawned,
+    pub pod: Pod,
+}
+
+impl MeshedPod {
+    pub fn ip(&self, v6: bool) -> IpAddr {
+        if v6 {
+            self.pod.ipv6().into()
+        } else {
+            self.pod.ipv4().into()
+        }
+    }
+
+    /// Records of the sidecar (empty without one), after waiting until there are `n`.
+    pub fn records(&self, n: usize) -> Vec<Record> {
+        match &self.sidecar {
+            Some(s) if n > 0 => s.wait_for_records(n, RECORD_TIMEOUT),
+            Some(s) => s.records(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Creates a pod on `node` running the app; with `meshed` and a mode that intercepts, also
+/// the interception and the sidecar.
+pub fn start_pod(
+    node: &Node,
+    name: &str,
+    mode: &Interception,
+    meshed: bool,
+    bins: &Binaries,
+) -> io::Result<MeshedPod> {
+    let pod = node.add_pod(PodSpec::named(name))?;
+    let mut sidecar = None;
+    if let (true, Some(mesh)) = (meshed, mode.mesh()) {
+        mode.install_pod(&pod)?;
+        sidecar = Some(Sidecar::start_binary(
+            &bins.sidecar,
+            &pod,
+            SidecarConfig::for_mesh(mesh),
+            mesh.proxy_uid,
+        )?);
+    }
+    let app = start_app(&pod, bins)?;
+    Ok(MeshedPod { sidecar, app, pod })
+}
+
+/// Starts `mb-workload serve` in `pod` as [`APP_UID`] and waits for it to listen.
+pub fn start_app(pod: &Pod, bins: &Binaries) -> io::Result<Spawned> {
+    let mut cmd = Command::new(&bins.workload);
+    cmd.args([
+        "serve",
+        "--echo",
+        &ECHO_PORT.to_string(),
+        "--bulk",
+        &BULK_PORT.to_string(),
+    ]);
+    for p in [WHOAMI_PORT, EXCLUDED_INBOUND_PORT, EXCLUDED_OUTBOUND_PORT] {
+        cmd.args(["--whoami", &p.to_string()]);
+    }
+    cmd.stdout(Stdio::piped());
+    let mut app = pod.spawn(cmd, APP_UID)?;
+    let stdout = app
+        .child_mut()
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no app stdout"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(line) if line.trim() == "ready" => Ok(app),
+        other => Err(io::Error::other(format!(
+            "app in pod {} did not start: {other:?}",
+            pod.name()
+        ))),
+    }
+}
+
+/// Runs `mb-workload <args>` in `pod` as `uid` and returns its output line.
+pub fn run_client(pod: &Pod, bins: &Binaries, uid: u32, args: &[String]) -> io::Result<String> {
+    let mut cmd = Command::new(&bins.workload);
+    cmd.args(args).stdout(Stdio::piped());
+    let out = pod.spawn(cmd, uid)?.finish(CLIENT_TIMEOUT)?;
+    Ok(out.trim().to_owned())
+}
+
+/// `whoami` from `pod` (as `uid`, optionally bound to `from`) to `to`: what the server saw.
+pub fn whoami(
+    pod: &Pod,
+    bins: &Binaries,
+    uid: u32,
+    to: SocketAddr,
+    from: Option<IpAddr>,
+) -> (SocketAddr, SocketAddr) {
+    let mut args = vec!["whoami".to_owned(), format!("--to={to}")];
+    if let Some(f) = from {
+        args.push(format!("--from={f}"));
+    }
+    let line = run_client(pod, bins, uid, &args)
+        .unwrap_or_else(|e| panic!("whoami {to} from pod {}: {e}", pod.name()));
+    let m = parse_kv(&line);
+    let get = |k: &str| -> SocketAddr {
+        m.get(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("whoami output {line:?} lacks {k}"))
+    };
+    (get("peer"), get("local"))
+}
+
+fn passthrough(v6: bool) -> IpAddr {
+    if v6 {
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6).into()
+    } else {
+        Ipv4Addr::new(127, 0, 0, 6).into()
+    }
+}
+
+fn only(records: &[Record], listener: Listener, what: &str) -> Record {
+    let matching: Vec<&Record> = records.iter().filter(|r| r.listener == listener).collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "{what}: expected one {listener} record, got {records:#?}"
+    );
+    let r = matching[0].clone();
+    assert_eq!(r.error, None, "{what}: sidecar reported an error: {r:#?}");
+    r
+}
+
+/// App → service on another pod: through the client's outbound and the server's inbound
+/// sidecar, each seeing the right original destination; the server app sees the connection
+/// from the passthrough address. `cross_node` puts the pods on two joined nodes.
+pub fn app_to_service(mode: &Interception, bins: &Binaries, v6: bool, cross_node: bool) {
+    let n1 = Node::new("svc1").expect("node");
+    let n2 = if cross_node {
+        Some(Node::new("svc2").expect("node"))
+    } else {
+        None
+    };
+    if let Some(n2) = &n2 {
+        Node::join(&n1, n2).expect("join nodes");
+    }
+    mode.install_node(&n1).expect("install node");
+    if let Some(n2) = &n2 {
+        mode.install_node(n2).expect("install node");
+    }
+    let client = start_pod(&n1, "client", mode, true, bins).expect("client pod");
+    let server =
+        start_pod(n2.as_ref().unwrap_or(&n1), "server", mode, true, bins).expect("server pod");
+    let target = SocketAddr::new(server.ip(v6), WHOAMI_PORT);
+
+    let (peer, local) = whoami(&client.pod, bins, APP_UID, target, None);
+    assert_eq!(local, target, "app saw another destination");
+    if mode.mesh().is_none() {
+        assert_eq!(
+            peer.ip(),
+            client.ip(v6),
+            "without a mesh the app sees the client pod"
+        );
+        return;
+    }
+    assert_eq!(
+        peer.ip(),
+        passthrough(v6),
+        "the server app must see the sidecar's passthrough source"
+    );
+
+    let out = only(&client.records(1), Listener::Outbound, "client sidecar");
+    assert_eq!(
+        out.original_dst,
+        Some(target),
+        "client sidecar original destination"
+    );
+    assert_eq!(
+        out.peer.ip(),
+        client.ip(v6),
+        "client sidecar sees the app's pod address"
+    );
+    assert!(out.bytes_down > 0, "no reply relayed: {out:?}");
+
+    let inbound = only(&server.records(1), Listener::Inbound, "server sidecar");
+    assert_eq!(
+        inbound.original_dst,
+        Some(target),
+        "server sidecar original destination"
+    );
+    assert_eq!(
+        inbound.peer.ip(),
+        client.ip(v6),
+        "server sidecar sees the client pod"
+    );
+    assert_eq!(
+        inbound.upstream_local.map(|a| a.ip()),
+        Some(passthrough(v6)),
+        "inbound passthrough source"
+    );
+    assert_eq!(
+        inbound.bytes_down, out.bytes_down,
+        "both sidecars relayed the same reply"
+    );
+    assert!(client
+        .records(0)
+        .iter()
+        .all(|r| r.listener == Listener::Outbound));
+    assert!(server
+        .records(0)
+        .iter()
+        .all(|r| r.listener == Listener::Inbound));
+}
+
+/// The sidecar's last hop: a connection as the proxy UID from the passthrough address to its
+/// own pod's IP reaches the app directly (no sidecar sees it), and the app sees that source.
+pub fn sidecar_to_own_app_passthrough(mode: &Interception, bins: &Binaries, v6: bool) {
+    let node = Node::new("pass").expect("node");
+    mode.install_node(&node).expect("install node");
+    let p = start_pod(&node, "p", mode, true, bins).expect("pod");
+    let uid = mode.mesh().map_or(APP_UID, |m| m.proxy_uid);
+    let target = SocketAddr::new(p.ip(v6), WHOAMI_PORT);
+    let (peer, local) = whoami(&p.pod, bins, uid, target, Some(passthrough(v6)));
+    assert_eq!(peer.ip(), passthrough(v6));
+    assert_eq!(local, target);
+    assert!(
+        p.records(0).is_empty(),
+        "passthrough went through the sidecar: {:#?}",
+        p.records(0)
+    );
+}
+
+/// Excluded ports: an inbound-excluded port reaches the server app straight from the client
+/// pod (after the client's outbound sidecar); an outbound-excluded port skips the client's
+/// sidecar and is captured by the server's inbound one.
+pub fn excluded_ports_bypass(mode: &Interception, bins: &Binaries, v6: bool) {
+    let mode = mode.with_exclusions(&[EXCLUDED_INBOUND_PORT], &[EXCLUDED_OUTBOUND_PORT]);
+    let node = Node::new("excl").expect("node");
+    mode.install_node(&node).expect("install node");
+    let client = start_pod(&node, "client", &mode, true, bins).expect("client pod");
+    let server = start_pod(&node, "server", &mode, true, bins).expect("server pod");
+
+    let to_in = SocketAddr::new(server.ip(v6), EXCLUDED_INBOUND_PORT);
+    let (peer, _) = whoami(&client.pod, bins, APP_UID, to_in, None);
+    assert_eq!(
+        peer.ip(),
+        client.ip(v6),
+        "inbound-excluded port must reach the app directly"
+    );
+
+    let to_out = SocketAddr::new(server.ip(v6), EXCLUDED_OUTBOUND_PORT);
+    let (peer, _) = whoami(&client.pod, bins, APP_UID, to_out, None);
+    if mode.mesh().is_none() {
+        assert_eq!(peer.ip(), client.ip(v6));
+        return;
+    }
+    assert_eq!(
+        peer.ip(),
+        passthrough(v6),
+        "outbound-excluded port is still captured inbound"
+    );
+
+    let client_records = client.records(1);
+    let out = only(&client_records, Listener::Outbound, "client sidecar");
+    assert_eq!(
+        out.original_dst,
+        Some(to_in),
+        "only the inbound-excluded call goes outbound"
+    );
+    let server_records = server.records(1);
+    let inbound = only(&server_records, Listener::Inbound, "server sidecar");
+    assert_eq!(
+        inbound.original_dst,
+        Some(to_out),
+        "only the outbound-excluded call is captured inbound"
+    );
+    // Give a stray record time to show up before declaring there is none.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(client.records(0).len(), 1, "{:#?}", client.records(0));
+    assert_eq!(server.records(0).len(), 1, "{:#?}", server.records(0));
+}
+
+/// App → its own pod's loopback is never intercepted.
+pub fn loopback_untouched(mode: &Interception, bins: &Binaries, v6: bool) {
+    let node = Node::new("lo").expect("node");
+    mode.install_node(&node).expect("install node");
+    let p = start_pod(&node, "p", mode, true, bins).expect("pod");
+    let lo: IpAddr = if v6 {
+        Ipv6Addr::LOCALHOST.into()
+    } else {
+        Ipv4Addr::LOCALHOST.into()
+    };
+    let target = SocketAddr::new(lo, WHOAMI_PORT);
+    let (peer, local) = whoami(&p.pod, bins, APP_UID, target, None);
+    assert_eq!(peer.ip(), lo);
+    assert_eq!(local, target);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        p.records(0).is_empty(),
+        "loopback went through the sidecar: {:#?}",
+        p.records(0)
+    );
+}
+
+/// A pod without a sidecar is untouched: its calls go out directly (the meshed server's
+/// inbound sidecar still captures them, as in a real mesh), and calls to it arrive directly.
+pub fn pod_without_sidecar_untouched(mode: &Interception, bins: &Binaries, v6: bool) {
+    let node = Node::new("plain").expect("node");
+    mode.install_node(&node).expect("install node");
+    let plain = start_pod(&node, "plain", mode, false, bins).expect("plain pod");
+    let meshed = start_pod(&node, "meshed", mode, true, bins).expect("meshed pod");
+    assert!(plain.sidecar.is_none());
+
+    let to_meshed = SocketAddr::new(meshed.ip(v6), WHOAMI_PORT);
+    let (peer, _) = whoami(&plain.pod, bins, APP_UID, to_meshed, None);
+    if mode.mesh().is_some() {
+        assert_eq!(peer.ip(), passthrough(v6));
+        let inbound = only(&meshed.records(1), Listener::Inbound, "meshed sidecar");
+        assert_eq!(
+            inbound.peer.ip(),
+            plain.ip(v6),
+            "the plain pod's call arrived from its own address"
+        );
+        assert_eq!(inbound.original_dst, Some(to_meshed));
+    } else {
+        assert_eq!(peer.ip(), plain.ip(v6));
+    }
+
+    let to_plain = SocketAddr::new(plain.ip(v6), WHOAMI_PORT);
+    let (peer, local) = whoami(&meshed.pod, bins, APP_UID, to_plain, None);
+    assert_eq!(
+        peer.ip(),
+        meshed.ip(v6),
+        "the plain pod's app sees the meshed pod directly"
+    );
+    assert_eq!(local, to_plain);
+    if mode.mesh().is_some() {
+        let records = meshed.records(2);
+        let out = only(&records, Listener::Outbound, "meshed sidecar");
+        assert_eq!(out.original_dst, Some(to_plain));
+    }
+}
+
+/// Data through both sidecars is exact: a bulk stream's checksum matches end to end, every
+/// byte is counted by both sidecars, and request/response works on a persistent connection.
+pub fn bulk_and_rr_through_sidecars(
+    mode: &Interception,
+    bins: &Binaries,
+    v6: bool,
+    relay: crate::sidecar::RelayMode,
+) {
+    let node = Node::new("bulk").expect("node");
+    mode.install_node(&node).expect("install node");
+    let mut client = start_pod(&node, "client", mode, false, bins).expect("client pod");
+    let mut server = start_pod(&node, "server", mode, false, bins).expect("server pod");
+    if let Some(mesh) = mode.mesh() {
+        for p in [&mut client, &mut server] {
+            mode.install_pod(&p.pod).expect("interception");
+            let config = SidecarConfig {
+                relay,
+                ..SidecarConfig::for_mesh(mesh)
+            };
+            p.sidecar = Some(
+                Sidecar::start_binary(&bins.sidecar, &p.pod, config, mesh.proxy_uid)
+                    .expect("sidecar"),
+            );
+        }
+    }
+    let bytes: u64 = 16 * 1024 * 1024 + 3;
+    let line = run_client(
+        &client.pod,
+        bins,
+        APP_UID,
+        &[
+            "bulk".into(),
+            format!("--to={}", SocketAddr::new(server.ip(v6), BULK_PORT)),
+            format!("--bytes={bytes}"),
+        ],
+    )
+    .expect("bulk client (checks the checksum itself)");
+    let stats = BulkStats::parse(&line).expect("bulk output");
+    assert_eq!(stats.bytes, bytes);
+
+    let line = run_client(
+        &client.pod,
+        bins,
+        APP_UID,
+        &[
+            "rr".into(),
+            format!("--to={}", SocketAddr::new(server.ip(v6), ECHO_PORT)),
+            "--count=500".into(),
+            "--warmup=10".into(),
+        ],
+    )
+    .expect("rr client");
+    let rr = LatencyStats::parse(&line).expect("rr output");
+    assert_eq!(rr.count, 500);
+
+    if mode.mesh().is_some() {
+        let rr_bytes = 510 * 64;
+        for (p, listener) in [(&client, Listener::Outbound), (&server, Listener::Inbound)] {
+            let records = p.records(2);
+            let mut ups: Vec<u64> = records
+                .iter()
+                .filter(|r| r.listener == listener)
+                .map(|r| r.bytes_up)
+                .collect();
+            ups.sort_unstable();
+            assert_eq!(
+                ups,
+                vec![rr_bytes, bytes],
+                "{listener} sidecar byte counts: {records:#?}"
+            );
+            assert!(records.iter().all(|r| r.error.is_none()), "{records:#?}");
+        }
+    }
+}
+
+/// Conntrack entries created in the client pod by `connections` intercepted calls; asserts
+/// the mode's expectation (iptables: at least one per call; otherwise none) and returns it.
+pub fn conntrack_entries(mode: &Interception, bins: &Binaries, connections: u64) -> u64 {
+    let node = Node::new("ct").expect("node");
+    mode.install_node(&node).expect("install node");
+    let client = start_pod(&node, "client", mode, true, bins).expect("client pod");
+    let server = start_pod(&node, "server", mode, true, bins).expect("server pod");
+    let before = client.pod.conntrack_count().expect("conntrack count");
+    let line = run_client(
+        &client.pod,
+        bins,
+        APP_UID,
+        &[
+            "crr".into(),
+            format!("--to={}", SocketAddr::new(server.ip(false), ECHO_PORT)),
+            format!("--count={connections}"),
+        ],
+    )
+    .expect("crr client");
+    assert!(line.starts_with("crr "), "{line}");
+    let created = client
+        .pod
+        .conntrack_count()
+        .expect("conntrack count")
+        .saturating_sub(before);
+    if mode.uses_conntrack() {
+        assert!(
+            created >= connections,
+            "{created} conntrack entries for {connections} intercepted connections"
+        );
+    } else {
+        assert_eq!(created, 0, "mode {mode:?} should need no conntrack");
+    }
+    created
+}

@@ -1,0 +1,583 @@
+//! Workloads for pods: servers (echo, bulk-with-checksum, who-am-I, UDP DNS-like responder)
+//! and clients (persistent-connection request/response with a latency histogram,
+//! connect-request-close rate, bulk stream with checksum, DNS query).
+//!
+//! Usable in process (e.g. from [`crate::Pod::run_in_netns`]) and through the `mb-workload`
+//! binary, whose clients print one `key=value` line that [`parse_kv`] reads back.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Parses a `word key=value key=value …` line into its pairs (the leading word is returned
+/// under the key `kind`).
+pub fn parse_kv(line: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for (i, field) in line.split_whitespace().enumerate() {
+        match field.split_once('=') {
+            Some((k, v)) => {
+                map.insert(k.to_owned(), v.to_owned());
+            }
+            None if i == 0 => {
+                map.insert("kind".to_owned(), field.to_owned());
+            }
+            None => {}
+        }
+    }
+    map
+}
+
+fn field<T: std::str::FromStr>(map: &BTreeMap<String, String>, key: &str) -> io::Result<T> {
+    map.get(key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("missing or bad {key}")))
+}
+
+/// 64-bit FNV-1a, fed in chunks: the bulk stream's end-to-end checksum.
+#[derive(Debug, Clone, Copy)]
+pub struct Checksum(u64);
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Checksum(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Checksum {
+    pub fn update(&mut self, data: &[u8]) {
+        let mut h = self.0;
+        for &b in data {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    pub fn value(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Bytes of the bulk stream: a pattern that differs per position, so a lost, repeated or
+/// reordered chunk changes the checksum.
+pub fn bulk_pattern(offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let pos = offset + i as u64;
+        *b = (pos ^ (pos >> 8) ^ (pos >> 16)) as u8;
+    }
+}
+
+/// Binds a TCP listener on all addresses (IPv4 and IPv6) at `port`.
+pub fn listen_any(port: u16) -> io::Result<TcpListener> {
+    TcpListener::bind(("::", port))
+        .or_else(|_| TcpListener::bind(("0.0.0.0", port)))
+        .map_err(|e| io::Error::new(e.kind(), format!("listen on port {port}: {e}")))
+}
+
+fn serve(listener: TcpListener, handler: fn(TcpStream) -> io::Result<()>) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                std::thread::spawn(move || {
+                    let _ = handler(s);
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("mb-workload: accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Echoes every byte back until the client closes its side, then closes.
+pub fn serve_echo(listener: TcpListener) {
+    serve(listener, echo_connection)
+}
+
+fn echo_connection(mut s: TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return s.shutdown(std::net::Shutdown::Write);
+        }
+        s.write_all(&buf[..n])?;
+    }
+}
+
+/// Reads the whole stream, then answers `count=<bytes> checksum=<fnv1a>\n` and closes.
+pub fn serve_bulk(listener: TcpListener) {
+    serve(listener, bulk_connection)
+}
+
+fn bulk_connection(mut s: TcpStream) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sum = Checksum::default();
+    let mut count = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sum.update(&buf[..n]);
+        count += n as u64;
+    }
+    writeln!(s, "bulk count={count} checksum={:016x}", sum.value())?;
+    s.shutdown(std::net::Shutdown::Write)
+}
+
+/// Answers `whoami peer=<source seen> local=<destination seen>\n` and closes: lets a test see
+/// the addresses the application side of a connection observed.
+pub fn serve_whoami(listener: TcpListener) {
+    serve(listener, whoami_connection)
+}
+
+fn whoami_connection(mut s: TcpStream) -> io::Result<()> {
+    let peer = canonical(s.peer_addr()?);
+    let local = canonical(s.local_addr()?);
+    writeln!(s, "whoami peer={peer} local={local}")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    // Wait for the client's close so the server is not the side left in TIME_WAIT.
+    let mut sink = [0u8; 64];
+    while s.read(&mut sink)? > 0 {}
+    Ok(())
+}
+
+/// `::ffff:a.b.c.d` (dual-stack sockets) shown as `a.b.c.d`.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// A DNS-like UDP responder: answers every query with the same id, the question echoed and
+/// one A record `answer`. Good enough for DNS interception tests; not a resolver.
+pub fn serve_dns(socket: UdpSocket, answer: Ipv4Addr) {
+    let mut buf = [0u8; 512];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("mb-workload: dns recv: {e}");
+                return;
+            }
+        };
+        if let Some(reply) = dns_reply(&buf[..n], answer) {
+            let _ = socket.send_to(&reply, from);
+        }
+    }
+}
+
+/// A minimal query: id, RD flag, one question `name` IN A.
+pub fn dns_query_packet(id: u16, name: &str) -> io::Result<Vec<u8>> {
+    let mut p = Vec::with_capacity(64);
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad DNS name {name:?}: labels must be 1-63 bytes"),
+            ));
+        }
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.extend_from_slice(&[0, 0, 1, 0, 1]);
+    Ok(p)
+}
+
+fn dns_reply(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
+    if query.len() < 17 {
+        return None;
+    }
+    // End of the question: the name's labels, then type and class.
+    let mut i = 12;
+    while *query.get(i)? != 0 {
+        i += 1 + usize::from(query[i]);
+    }
+    let question_end = i + 5;
+    let question = query.get(12..question_end)?;
+    let mut r = Vec::with_capacity(question_end + 16);
+    r.extend_from_slice(&query[0..2]);
+    r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+    r.extend_from_slice(question);
+    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+    r.extend_from_slice(&answer.octets());
+    Some(r)
+}
+
+/// Sends one query to `server` and returns the A record of the answer and the address the
+/// answer came from.
+pub fn dns_query(server: SocketAddr, name: &str) -> io::Result<(Ipv4Addr, SocketAddr)> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let id = (std::process::id() as u16) ^ 0x5a5a;
+    let query = dns_query_packet(id, name)?;
+    socket.send_to(&query, server)?;
+    let mut buf = [0u8; 512];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    let reply = &buf[..n];
+    if n < query.len() + 16 || reply[0..2] != id.to_be_bytes() || reply[2] & 0x80 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("DNS answer from {from} does not match query {id}"),
+        ));
+    }
+    let a = &reply[n - 4..n];
+    Ok((Ipv4Addr::new(a[0], a[1], a[2], a[3]), canonical(from)))
+}
+
+fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .map_err(|e| io::Error::new(e.kind(), format!("connect to {addr}: {e}")))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+/// Connects from `source` (bound first) to `to`.
+pub fn connect_from(source: SocketAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let family = if to.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(source))
+        .map_err(|e| io::Error::other(format!("bind {source}: {e}")))?;
+    socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to))
+        .map_err(|e| io::Error::other(format!("connect {to} from {source}: {e}")))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// Latency summary of many request/response exchanges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyStats {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: u64,
+}
+
+impl LatencyStats {
+    /// Summarises `samples` (nanoseconds; sorted in place).
+    pub fn from_samples(samples: &mut [u64]) -> LatencyStats {
+        samples.sort_unstable();
+        let n = samples.len();
+        let at = |q: f64| -> u64 {
+            if n == 0 {
+                0
+            } else {
+                samples[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]
+            }
+        };
+        let sum: u128 = samples.iter().map(|&s| u128::from(s)).sum();
+        LatencyStats {
+            count: n as u64,
+            p50_ns: at(0.50),
+            p90_ns: at(0.90),
+            p99_ns: at(0.99),
+            max_ns: samples.last().copied().unwrap_or(0),
+            mean_ns: if n == 0 { 0 } else { (sum / n as u128) as u64 },
+        }
+    }
+
+    /// Reads back a line printed by `Display` (`rr count=… p50_ns=…`).
+    pub fn parse(line: &str) -> io::Result<LatencyStats> {
+        let m = parse_kv(line);
+        Ok(LatencyStats {
+            count: field(&m, "count")?,
+            p50_ns: field(&m, "p50_ns")?,
+            p90_ns: field(&m, "p90_ns")?,
+            p99_ns: field(&m, "p99_ns")?,
+            max_ns: field(&m, "max_ns")?,
+            mean_ns: field(&m, "mean_ns")?,
+        })
+    }
+}
+
+impl fmt::Display for LatencyStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rr count={} p50_ns={} p90_ns={} p99_ns={} max_ns={} mean_ns={}",
+            self.count, self.p50_ns, self.p90_ns, self.p99_ns, self.max_ns, self.mean_ns
+        )
+    }
+}
+
+/// Persistent-connection ping-pong against an echo server: `warmup` unmeasured exchanges,
+/// then `count` measured ones of `size` bytes each way.
+pub fn rr_client(
+    addr: SocketAddr,
+    size: usize,
+    count: u64,
+    warmup: u64,
+) -> io::Result<LatencyStats> {
+    let mut s = connect(addr)?;
+    let request = vec![0xa5u8; size.max(1)];
+    let mut response = vec![0u8; request.len()];
+    let mut samples = Vec::with_capacity(count as usize);
+    for i in 0..warmup + count {
+        let start = Instant::now();
+        s.write_all(&request)?;
+        s.read_exact(&mut response)?;
+        if i >= warmup {
+            samples.push(start.elapsed().as_nanos() as u64);
+        }
+    }
+    if response != request {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "echo returned other bytes",
+        ));
+    }
+    Ok(LatencyStats::from_samples(&mut samples))
+}
+
+/// Connect-request-close rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CrrStats {
+    pub connections: u64,
+    pub elapsed_ns: u64,
+    pub latency: LatencyStats,
+}
+
+impl CrrStats {
+    pub fn per_second(&self) -> f64 {
+        self.connections as f64 / (self.elapsed_ns.max(1) as f64 / 1e9)
+    }
+
+    pub fn parse(line: &str) -> io::Result<CrrStats> {
+        let m = parse_kv(line);
+        Ok(CrrStats {
+            connections: field(&m, "connections")?,
+            elapsed_ns: field(&m, "elapsed_ns")?,
+            latency: LatencyStats::parse(line)?,
+        })
+    }
+}
+
+impl fmt::Display for CrrStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.latency;
+        write!(
+            f,
+            "crr connections={} elapsed_ns={} per_sec={:.0} count={} p50_ns={} p90_ns={} p99_ns={} max_ns={} mean_ns={}",
+            self.connections, self.elapsed_ns, self.per_second(), l.count, l.p50_ns, l.p90_ns,
+            l.p99_ns, l.max_ns, l.mean_ns
+        )
+    }
+}
+
+/// `count` times: connect, send `size` bytes, read them back, close.
+pub fn crr_client(addr: SocketAddr, size: usize, count: u64) -> io::Result<CrrStats> {
+    let request = vec![0x5au8; size.max(1)];
+    let mut response = vec![0u8; request.len()];
+    let mut samples = Vec::with_capacity(count as usize);
+    let start = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        let mut s = connect(addr)?;
+        s.write_all(&request)?;
+        s.read_exact(&mut response)?;
+        drop(s);
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok(CrrStats {
+        connections: count,
+        elapsed_ns: start.elapsed().as_nanos() as u64,
+        latency: LatencyStats::from_samples(&mut samples),
+    })
+}
+
+/// Result of a bulk transfer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BulkStats {
+    pub bytes: u64,
+    pub elapsed_ns: u64,
+    pub checksum: u64,
+}
+
+impl BulkStats {
+    pub fn mbit_per_second(&self) -> f64 {
+        self.bytes as f64 * 8.0 / (self.elapsed_ns.max(1) as f64 / 1e9) / 1e6
+    }
+
+    pub fn parse(line: &str) -> io::Result<BulkStats> {
+        let m = parse_kv(line);
+        let checksum: String = field(&m, "checksum")?;
+        Ok(BulkStats {
+            bytes: field(&m, "bytes")?,
+            elapsed_ns: field(&m, "elapsed_ns")?,
+            checksum: u64::from_str_radix(&checksum, 16).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("checksum: {e}"))
+            })?,
+        })
+    }
+}
+
+impl fmt::Display for BulkStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bulk bytes={} elapsed_ns={} mbit_per_sec={:.0} checksum={:016x}",
+            self.bytes,
+            self.elapsed_ns,
+            self.mbit_per_second(),
+            self.checksum
+        )
+    }
+}
+
+/// Streams `bytes` bytes of [`bulk_pattern`], half-closes, and checks the server's count and
+/// checksum against what was sent. A mismatch is an `InvalidData` error naming both.
+pub fn bulk_client(addr: SocketAddr, bytes: u64) -> io::Result<BulkStats> {
+    let mut s = connect(addr)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sum = Checksum::default();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = ((bytes - sent) as usize).min(buf.len());
+        bulk_pattern(sent, &mut buf[..n]);
+        sum.update(&buf[..n]);
+        s.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let elapsed_ns = start.elapsed().as_nanos() as u64;
+    let m = parse_kv(reply.trim());
+    let count: u64 = field(&m, "count")?;
+    let theirs: String = field(&m, "checksum")?;
+    let ours = format!("{:016x}", sum.value());
+    if count != bytes || theirs != ours {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bulk mismatch: sent {bytes} bytes checksum {ours}, server got {count} checksum {theirs}"),
+        ));
+    }
+    Ok(BulkStats {
+        bytes,
+        elapsed_ns,
+        checksum: sum.value(),
+    })
+}
+
+/// What a who-am-I server saw: (source, destination) of the connection.
+pub fn whoami(addr: SocketAddr) -> io::Result<(SocketAddr, SocketAddr)> {
+    whoami_from(addr, None)
+}
+
+/// [`whoami`] from a chosen source address (e.g. the sidecar's passthrough `127.0.0.6`).
+pub fn whoami_from(
+    addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
+) -> io::Result<(SocketAddr, SocketAddr)> {
+    let mut s = match from {
+        None => connect(addr)?,
+        Some(ip) => connect_from(SocketAddr::new(ip, 0), addr)?,
+    };
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let m = parse_kv(reply.trim());
+    Ok((field(&m, "peer")?, field(&m, "local")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_lines_round_trip() {
+        let mut samples = vec![5, 1, 4, 2, 3, 100, 7, 8, 9, 6];
+        let s = LatencyStats::from_samples(&mut samples);
+        assert_eq!(
+            (s.count, s.p50_ns, s.p90_ns, s.max_ns, s.mean_ns),
+            (10, 5, 9, 100, 14)
+        );
+        assert_eq!(LatencyStats::parse(&s.to_string()).unwrap(), s);
+        let c = CrrStats {
+            connections: 3,
+            elapsed_ns: 1000,
+            latency: s,
+        };
+        assert_eq!(CrrStats::parse(&c.to_string()).unwrap(), c);
+        let b = BulkStats {
+            bytes: 10,
+            elapsed_ns: 5,
+            checksum: 0xdead_beef,
+        };
+        assert_eq!(BulkStats::parse(&b.to_string()).unwrap(), b);
+        assert!(LatencyStats::parse("rr count=x").is_err());
+    }
+
+    #[test]
+    fn dns_reply_echoes_id_and_question_and_answers() {
+        let q = dns_query_packet(0x1234, "svc.cluster.local").unwrap();
+        let r = dns_reply(&q, Ipv4Addr::new(10, 0, 0, 53)).unwrap();
+        assert_eq!(&r[0..2], &[0x12, 0x34]);
+        assert_eq!(&r[12..q.len()], &q[12..]);
+        assert_eq!(&r[r.len() - 4..], &[10, 0, 0, 53]);
+        assert!(dns_reply(&q[..10], Ipv4Addr::LOCALHOST).is_none());
+        assert!(dns_query_packet(1, "a..b").is_err());
+    }
+
+    #[test]
+    fn checksum_sees_order() {
+        let (mut a, mut b) = (Checksum::default(), Checksum::default());
+        a.update(b"ab");
+        b.update(b"ba");
+        assert_ne!(a.value(), b.value());
+    }
+
+    #[test]
+    fn loopback_echo_bulk_whoami_and_dns_work() {
+        let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        std::thread::spawn(move || serve_echo(echo));
+        let bulk = TcpListener::bind("127.0.0.1:0").unwrap();
+        let bulk_addr = bulk.local_addr().unwrap();
+        std::thread::spawn(move || serve_bulk(bulk));
+        let who = TcpListener::bind("127.0.0.1:0").unwrap();
+        let who_addr = who.local_addr().unwrap();
+        std::thread::spawn(move || serve_whoami(who));
+        let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dns_addr = dns.local_addr().unwrap();
+        std::thread::spawn(move || serve_dns(dns, Ipv4Addr::new(1, 2, 3, 4)));
+
+        let rr = rr_client(echo_addr, 64, 200, 10).unwrap();
+        assert_eq!(rr.count, 200);
+        assert!(rr.p50_ns > 0 && rr.p50_ns <= rr.p99_ns && rr.p99_ns <= rr.max_ns);
+        let crr = crr_client(echo_addr, 64, 20).unwrap();
+        assert_eq!(crr.connections, 20);
+        let b = bulk_client(bulk_addr, 3 * 1024 * 1024 + 17).unwrap();
+        assert_eq!(b.bytes, 3 * 1024 * 1024 + 17);
+        let (peer, local) = whoami(who_addr).unwrap();
+        assert_eq!(local, who_addr);
+        assert_eq!(peer.ip(), who_addr.ip());
+        let (a, from) = dns_query(dns_addr, "x.y").unwrap();
+        assert_eq!(a, Ipv4Addr::new(1, 2, 3, 4));
+        assert_eq!(from, dns_addr);
+    }
+}

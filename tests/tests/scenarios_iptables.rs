@@ -1,0 +1,62 @@
+//! The scenarios under the iptables baseline (Istio's rules), and under no interception as a
+//! control. The merbridge variant will add a file like this one with its own mode.
+
+use mb_sys::testing::kernel_tests_enabled;
+use mb_testbed::scenarios::{self, Binaries};
+use mb_testbed::sidecar::RelayMode;
+use mb_testbed::{Interception, MeshPorts};
+
+fn bins() -> Binaries {
+    Binaries {
+        sidecar: env!("CARGO_BIN_EXE_mb-sidecar").into(),
+        workload: env!("CARGO_BIN_EXE_mb-workload").into(),
+    }
+}
+
+fn istio() -> Interception {
+    Interception::Iptables(MeshPorts::istio())
+}
+
+macro_rules! scenario_tests {
+    ($($name:ident => $body:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            if !kernel_tests_enabled(stringify!($name)) {
+                return;
+            }
+            let bins = bins();
+            let run: &dyn Fn(&Binaries) = &$body;
+            run(&bins);
+        }
+    )*};
+}
+
+scenario_tests! {
+    iptables_app_to_service_v4 => |b| scenarios::app_to_service(&istio(), b, false, false);
+    iptables_app_to_service_v6 => |b| scenarios::app_to_service(&istio(), b, true, false);
+    iptables_app_to_service_cross_node_v4 => |b| scenarios::app_to_service(&istio(), b, false, true);
+    iptables_app_to_service_cross_node_v6 => |b| scenarios::app_to_service(&istio(), b, true, true);
+    iptables_sidecar_to_own_app_passthrough_v4 => |b| scenarios::sidecar_to_own_app_passthrough(&istio(), b, false);
+    iptables_sidecar_to_own_app_passthrough_v6 => |b| scenarios::sidecar_to_own_app_passthrough(&istio(), b, true);
+    iptables_excluded_ports_bypass_v4 => |b| scenarios::excluded_ports_bypass(&istio(), b, false);
+    iptables_excluded_ports_bypass_v6 => |b| scenarios::excluded_ports_bypass(&istio(), b, true);
+    iptables_loopback_untouched_v4 => |b| scenarios::loopback_untouched(&istio(), b, false);
+    iptables_loopback_untouched_v6 => |b| scenarios::loopback_untouched(&istio(), b, true);
+    iptables_pod_without_sidecar_untouched_v4 => |b| scenarios::pod_without_sidecar_untouched(&istio(), b, false);
+    iptables_pod_without_sidecar_untouched_v6 => |b| scenarios::pod_without_sidecar_untouched(&istio(), b, true);
+    iptables_bulk_and_rr_read_write_v4 => |b| scenarios::bulk_and_rr_through_sidecars(&istio(), b, false, RelayMode::ReadWrite);
+    iptables_bulk_and_rr_splice_v6 => |b| scenarios::bulk_and_rr_through_sidecars(&istio(), b, true, RelayMode::Splice);
+    iptables_conntrack_entries_counted => |b| {
+        let created = scenarios::conntrack_entries(&istio(), b, 50);
+        eprintln!("iptables: {created} conntrack entries in the client pod for 50 connections");
+    };
+    linkerd_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Iptables(MeshPorts::linkerd()), b, false, false);
+    kuma_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Iptables(MeshPorts::kuma()), b, false, false);
+    osm_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Iptables(MeshPorts::osm()), b, true, false);
+    no_mesh_app_to_service => |b| scenarios::app_to_service(&Interception::None, b, false, true);
+    no_mesh_excluded_ports => |b| scenarios::excluded_ports_bypass(&Interception::None, b, false);
+    no_mesh_loopback => |b| scenarios::loopback_untouched(&Interception::None, b, false);
+    no_mesh_pod_without_sidecar => |b| scenarios::pod_without_sidecar_untouched(&Interception::None, b, true);
+    no_mesh_bulk_and_rr => |b| scenarios::bulk_and_rr_through_sidecars(&Interception::None, b, false, RelayMode::ReadWrite);
+    no_mesh_needs_no_conntrack => |b| { scenarios::conntrack_entries(&Interception::None, b, 20); };
+}
