@@ -2,6 +2,8 @@
 //! `../shared/fixtures/k8s/` (read in place, never copied into the repository).
 #![allow(dead_code)]
 
+pub mod server;
+
 use merbridge::k8s::PodInfo;
 use std::path::PathBuf;
 
@@ -86,4 +88,59 @@ pub fn synthesize_running(
         "podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>(),
     });
     pod
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mb-k8s-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kubeconfig text for a server at `url` with an optional token and CA PEM.
+pub fn kubeconfig_text(
+    url: &str,
+    token: Option<&str>,
+    ca_pem: Option<&str>,
+    client: Option<(&str, &str)>,
+) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut cluster = format!("    server: {url}\n");
+    if let Some(ca) = ca_pem {
+        cluster.push_str(&format!("    certificate-authority-data: {}\n", b64(ca)));
+    }
+    let mut user = String::new();
+    if let Some(t) = token {
+        user.push_str(&format!("    token: {t}\n"));
+    }
+    if let Some((cert, key)) = client {
+        user.push_str(&format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(cert),
+            b64(key)
+        ));
+    }
+    if user.is_empty() {
+        user.push_str("    {}\n");
+    }
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: c\n  cluster:\n{cluster}contexts:\n- name: test\n  context:\n    cluster: c\n    user: u\nusers:\n- name: u\n  user:\n{user}"
+    )
 }
