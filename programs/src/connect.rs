@@ -1,0 +1,164 @@
+//! `cgroup/connect4` and `cgroup/connect6`: TCP interception and UDP DNS capture.
+//!
+//! TCP from an application (UID ≠ proxy UID) in a meshed pod: loopback destinations are left
+//! alone; otherwise the pod's outbound policy decides, and a redirected connect remembers its
+//! original destination by socket cookie and goes to `127.0.0.1:<outbound port>` (`::1` or
+//! `::ffff:127.0.0.1` for IPv6 sockets). No `bpf_bind` is needed: pair keys are scoped by
+//! network namespace.
+//!
+//! TCP from the sidecar (UID = proxy UID): a destination that is another meshed pod on this
+//! node goes, if that pod's inbound policy says so, to the same address on its inbound port;
+//! the caller's own pod (the sidecar's last hop to its application) and non-local
+//! destinations pass unchanged — decided by the caller's network namespace, so the first
+//! connection to its own application never fails.
+//!
+//! UDP to port 53 from an application whose pod captures DNS goes to the DNS proxy.
+
+use crate::ctx::{abi, sock_addr};
+use crate::emit::*;
+use mb_asm::{Asm, AsmError, Helper, JmpOp, Label, Program, Size};
+use mb_maps::layout::{
+    Counter, PodEntry, ORIG_DNS, ORIG_INBOUND, ORIG_OUTBOUND, POD_DNS_CAPTURE, POD_IN_PORTS_ALL,
+    POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_ALL,
+    POD_OUT_PORTS_EXCLUDE, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
+};
+
+/// `cgroup/connect4` or `cgroup/connect6`.
+pub fn connect(family: Family) -> Result<Program, AsmError> {
+    let mut a = Asm::new();
+    let allow = a.label();
+    let bypass = a.label();
+    let sidecar = a.label();
+    let udp = a.label();
+
+    a.mov64_reg(R6, R1);
+    a.ldx(Size::W, R1, R6, sock_addr::PROTOCOL)
+        .jmp_imm(JmpOp::Eq, R1, abi::IPPROTO_UDP, udp)
+        .jmp_imm(JmpOp::Ne, R1, abi::IPPROTO_TCP, allow);
+
+    caller_pod(&mut a, allow);
+    store_ctx_addr(
+        &mut a,
+        family,
+        DST_ADDR,
+        sock_addr::USER_IP4,
+        sock_addr::USER_IP6,
+    );
+    a.ldx(Size::W, R9, R6, sock_addr::USER_PORT);
+    a.call(Helper::GetCurrentUidGid)
+        .jmp32_const(JmpOp::Eq, R0, CONST_PROXY_UID, sidecar);
+
+    // Application: loopback stays local, then the pod's outbound policy.
+    jmp_if_loopback(&mut a, DST_ADDR, bypass);
+    outbound_policy(&mut a, bypass);
+    store_orig(&mut a, R9, family, ORIG_OUTBOUND);
+    remember_orig(&mut a, allow);
+    write_loopback_dst(&mut a, family, sock_addr::USER_IP4, sock_addr::USER_IP6);
+    write_port_const(&mut a, sock_addr::USER_PORT, CONST_OUTBOUND_PORT);
+    count(&mut a, Counter::RedirectOutbound);
+    a.ja(allow);
+
+    // Sidecar: only connects to another meshed pod of this node are redirected.
+    a.bind(sidecar);
+    a.ld_map_fd(R1, MAP_POD_IPS);
+    stack_ptr(&mut a, R2, DST_ADDR);
+    a.call(Helper::MapLookupElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, allow)
+        .ldx(Size::W, R1, R0, PodEntry::OFF_POD_ID as i16)
+        .ldx(Size::W, R2, R7, PodEntry::OFF_POD_ID as i16)
+        .jmp_reg(JmpOp::Eq, R1, R2, bypass)
+        .mov64_reg(R7, R0);
+    inbound_policy(&mut a, bypass);
+    store_orig(&mut a, R9, family, ORIG_INBOUND);
+    remember_orig(&mut a, allow);
+    write_port_const(&mut a, sock_addr::USER_PORT, CONST_INBOUND_PORT);
+    count(&mut a, Counter::RedirectInbound);
+    a.ja(allow);
+
+    a.bind(bypass);
+    count(&mut a, Counter::Bypassed);
+    a.ja(allow);
+
+    a.bind(udp);
+    dns_redirect(&mut a, family, allow);
+
+    a.bind(allow).mov64_imm(R0, 1).exit();
+    a.finish()
+}
+
+/// `cgroup/sendmsg4` or `cgroup/sendmsg6`: DNS queries on unconnected UDP sockets.
+pub fn sendmsg(family: Family) -> Result<Program, AsmError> {
+    let mut a = Asm::new();
+    let allow = a.label();
+    a.mov64_reg(R6, R1);
+    dns_redirect(&mut a, family, allow);
+    a.bind(allow).mov64_imm(R0, 1).exit();
+    a.finish()
+}
+
+/// UDP to port 53 from an application whose pod captures DNS: remember the server, send the
+/// query to the DNS proxy on loopback. Ends with a jump to `done` in every case.
+fn dns_redirect(a: &mut Asm, family: Family, done: Label) {
+    a.ldx(Size::W, R9, R6, sock_addr::USER_PORT)
+        .jmp32_imm(JmpOp::Ne, R9, DNS_PORT_53_BE, done);
+    caller_pod(a, done);
+    a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
+    jmp_unless_flag(a, R8, POD_DNS_CAPTURE, done);
+    a.call(Helper::GetCurrentUidGid)
+        .jmp32_const(JmpOp::Eq, R0, CONST_PROXY_UID, done);
+    store_ctx_addr(
+        a,
+        family,
+        DST_ADDR,
+        sock_addr::USER_IP4,
+        sock_addr::USER_IP6,
+    );
+    store_orig(a, R9, family, ORIG_DNS);
+    remember_orig(a, done);
+    write_loopback_dst(a, family, sock_addr::USER_IP4, sock_addr::USER_IP6);
+    write_port_const(a, sock_addr::USER_PORT, CONST_DNS_PORT);
+    count(a, Counter::DnsRedirects);
+    a.ja(done);
+}
+
+/// Jumps to `bypass` unless the outbound policy of the pod in r7 redirects the destination at
+/// `DST_ADDR`, port r9. Clobbers r0–r5, r8.
+fn outbound_policy(a: &mut Asm, bypass: Label) {
+    a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
+
+    let skip = a.label();
+    jmp_unless_flag(a, R8, POD_OUT_PORTS_EXCLUDE, skip);
+    lookup_port_rule(a, R7, RULE_EXCLUDE, R9);
+    a.jmp_imm(JmpOp::Ne, R0, 0, bypass).bind(skip);
+
+    let skip = a.label();
+    a.jmp_imm(JmpOp::Set, R8, POD_OUT_PORTS_ALL as i32, skip);
+    lookup_port_rule(a, R7, RULE_INCLUDE, R9);
+    a.jmp_imm(JmpOp::Eq, R0, 0, bypass).bind(skip);
+
+    let skip = a.label();
+    jmp_unless_flag(a, R8, POD_OUT_CIDRS_EXCLUDE, skip);
+    lookup_cidr_rule(a, R7, RULE_EXCLUDE);
+    a.jmp_imm(JmpOp::Ne, R0, 0, bypass).bind(skip);
+
+    let skip = a.label();
+    a.jmp_imm(JmpOp::Set, R8, POD_OUT_CIDRS_ALL as i32, skip);
+    lookup_cidr_rule(a, R7, RULE_INCLUDE);
+    a.jmp_imm(JmpOp::Eq, R0, 0, bypass).bind(skip);
+}
+
+/// Jumps to `bypass` unless the inbound policy of the destination pod in r7 redirects port r9.
+/// Clobbers r0–r5, r8.
+fn inbound_policy(a: &mut Asm, bypass: Label) {
+    a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
+
+    let skip = a.label();
+    jmp_unless_flag(a, R8, POD_IN_PORTS_EXCLUDE, skip);
+    lookup_port_rule(a, R7, RULE_INBOUND | RULE_EXCLUDE, R9);
+    a.jmp_imm(JmpOp::Ne, R0, 0, bypass).bind(skip);
+
+    let skip = a.label();
+    a.jmp_imm(JmpOp::Set, R8, POD_IN_PORTS_ALL as i32, skip);
+    lookup_port_rule(a, R7, RULE_INBOUND | RULE_INCLUDE, R9);
+    a.jmp_imm(JmpOp::Eq, R0, 0, bypass).bind(skip);
+}

@@ -1,0 +1,334 @@
+//! Building blocks shared by the programs: the stack layout, counters, address handling,
+//! policy lookups. Every block documents the registers it clobbers; all programs keep the
+//! context in `r6` (callee-saved, so helper calls never clobber it).
+
+use crate::ctx::abi;
+use mb_asm::{AluOp, Asm, Helper, JmpOp, Label, Reg, Size};
+use mb_maps::layout::{
+    rule_scope, CidrRuleKey, Counter, OrigDst, PodEntry, PortRuleKey, SockPairKey,
+    V4_MAPPED_WORD2_LE,
+};
+
+pub const R0: Reg = Reg::R0;
+pub const R1: Reg = Reg::R1;
+pub const R2: Reg = Reg::R2;
+pub const R3: Reg = Reg::R3;
+pub const R4: Reg = Reg::R4;
+pub const R6: Reg = Reg::R6;
+pub const R7: Reg = Reg::R7;
+pub const R8: Reg = Reg::R8;
+pub const R9: Reg = Reg::R9;
+pub const FP: Reg = Reg::FP;
+
+// Stack layout (offsets from the frame pointer). Every area is 8-byte aligned.
+/// A [`SockPairKey`] (48 bytes).
+pub const PAIR_KEY: i16 = -48;
+/// An [`OrigDst`] (24 bytes).
+pub const ORIG: i16 = -72;
+/// A socket cookie (u64).
+pub const COOKIE: i16 = -80;
+/// A counter index (u32).
+pub const COUNTER_IDX: i16 = -88;
+/// A network-namespace cookie (u64), the key of `netns_pods`.
+pub const NETNS_KEY: i16 = -96;
+/// A [`CidrRuleKey`] (24 bytes).
+pub const CIDR_KEY: i16 = -120;
+/// The destination address, 16 bytes v4-mapped: it doubles as the CIDR key's address and as
+/// the key of `pod_ips`.
+pub const DST_ADDR: i16 = CIDR_KEY + CidrRuleKey::OFF_ADDR as i16;
+/// A [`PortRuleKey`] (12 bytes, 16 reserved).
+pub const PORT_KEY: i16 = -136;
+/// A second [`SockPairKey`], for the peer's view of a connection.
+pub const PEER_KEY: i16 = -184;
+
+// The map names the programs refer to; `crate::maps()` declares their shapes.
+pub const MAP_NETNS_PODS: &str = "netns_pods";
+pub const MAP_POD_IPS: &str = "pod_ips";
+pub const MAP_PORT_RULES: &str = "port_rules";
+pub const MAP_CIDR_RULES: &str = "cidr_rules";
+pub const MAP_COOKIE_ORIG: &str = "cookie_orig";
+pub const MAP_PAIR_ORIG: &str = "pair_orig";
+pub const MAP_SOCK_PAIRS: &str = "sock_pairs";
+pub const MAP_COUNTERS: &str = "counters";
+
+// The constants the loader patches in (see `crate::CONSTANTS`).
+pub const CONST_OUTBOUND_PORT: &str = "outbound_port";
+pub const CONST_INBOUND_PORT: &str = "inbound_port";
+pub const CONST_PROXY_UID: &str = "proxy_uid";
+pub const CONST_DNS_PORT: &str = "dns_port";
+
+/// `127.0.0.1` as a little-endian register holds it after a 4-byte load of network-order bytes.
+pub const LOOPBACK_V4_LE: i32 = 0x0100_007f;
+/// `127.0.0.6`, the sidecar's inbound passthrough source.
+pub const PASSTHROUGH_V4_LE: i32 = 0x0600_007f;
+/// The last word of `::1` and of `::6`.
+pub const LOOPBACK_V6_WORD3_LE: i32 = 0x0100_0000;
+pub const PASSTHROUGH_V6_WORD3_LE: i32 = 0x0600_0000;
+/// Port 53 in network order, as a 16-bit load puts it in a little-endian register.
+pub const DNS_PORT_53_BE: i32 = 0x3500;
+
+/// `dst = fp + off`.
+pub fn stack_ptr(a: &mut Asm, dst: Reg, off: i16) {
+    a.mov64_reg(dst, FP).alu64_imm(AluOp::Add, dst, off as i32);
+}
+
+/// Adds 1 to a per-CPU counter. Clobbers r0–r5.
+pub fn count(a: &mut Asm, counter: Counter) {
+    count_impl(a, counter, None);
+}
+
+/// Adds the value of `amount` (a callee-saved register, r6–r9) to a counter. Clobbers r0–r5.
+pub fn count_by(a: &mut Asm, counter: Counter, amount: Reg) {
+    count_impl(a, counter, Some(amount));
+}
+
+fn count_impl(a: &mut Asm, counter: Counter, amount: Option<Reg>) {
+    let skip = a.label();
+    a.st_imm(Size::W, FP, COUNTER_IDX, counter as i32);
+    a.ld_map_fd(R1, MAP_COUNTERS);
+    stack_ptr(a, R2, COUNTER_IDX);
+    a.call(Helper::MapLookupElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, skip);
+    match amount {
+        Some(reg) => a.mov64_reg(R1, reg),
+        None => a.mov64_imm(R1, 1),
+    };
+    a.atomic_add(Size::DW, R0, 0, R1).bind(skip);
+}
+
+/// Jumps to `target` unless bit `flag` is set in the register `flags`. Clobbers r1.
+pub fn jmp_unless_flag(a: &mut Asm, flags: Reg, flag: u32, target: Label) {
+    a.mov64_reg(R1, flags)
+        .alu64_imm(AluOp::And, R1, flag as i32)
+        .jmp_imm(JmpOp::Eq, R1, 0, target);
+}
+
+/// Stores the IPv4 address in `src` (as a 4-byte load of network-order bytes leaves it)
+/// v4-mapped at `fp + off`.
+pub fn store_v4_mapped(a: &mut Asm, off: i16, src: Reg) {
+    a.st_imm(Size::DW, FP, off, 0)
+        .st_imm(Size::W, FP, off + 8, V4_MAPPED_WORD2_LE as i32)
+        .stx(Size::W, FP, off + 12, src);
+}
+
+/// Copies `words` 32-bit words from `src + src_off` to `dst + dst_off` through `tmp`.
+pub fn copy_words(
+    a: &mut Asm,
+    dst: Reg,
+    dst_off: i16,
+    src: Reg,
+    src_off: i16,
+    words: i16,
+    tmp: Reg,
+) {
+    for i in 0..words {
+        a.ldx(Size::W, tmp, src, src_off + 4 * i)
+            .stx(Size::W, dst, dst_off + 4 * i, tmp);
+    }
+}
+
+/// Stores a context address at `fp + off` as 16 bytes: the v4 field v4-mapped for IPv4,
+/// the v6 field as is otherwise. Clobbers r1.
+pub fn store_ctx_addr(a: &mut Asm, family: Family, off: i16, v4_field: i16, v6_field: i16) {
+    match family {
+        Family::V4 => {
+            a.ldx(Size::W, R1, R6, v4_field);
+            store_v4_mapped(a, off, R1);
+        }
+        Family::V6 => copy_words(a, FP, off, R6, v6_field, 4, R1),
+    }
+}
+
+/// Jumps to `yes` if the 16-byte address at `fp + off` is a loopback address
+/// (`127.0.0.0/8` v4-mapped, or `::1`). Clobbers r1.
+pub fn jmp_if_loopback(a: &mut Asm, off: i16, yes: Label) {
+    let no = a.label();
+    let not_v4 = a.label();
+    a.ldx(Size::W, R1, FP, off)
+        .jmp32_imm(JmpOp::Ne, R1, 0, no)
+        .ldx(Size::W, R1, FP, off + 4)
+        .jmp32_imm(JmpOp::Ne, R1, 0, no)
+        .ldx(Size::W, R1, FP, off + 8)
+        .jmp32_imm(JmpOp::Ne, R1, V4_MAPPED_WORD2_LE as i32, not_v4)
+        .ldx(Size::B, R1, FP, off + 12)
+        .jmp_imm(JmpOp::Eq, R1, 127, yes)
+        .ja(no)
+        .bind(not_v4)
+        .jmp32_imm(JmpOp::Ne, R1, 0, no)
+        .ldx(Size::W, R1, FP, off + 12)
+        .jmp32_imm(JmpOp::Eq, R1, LOOPBACK_V6_WORD3_LE, yes)
+        .bind(no);
+}
+
+/// Jumps to `yes` if the 16-byte address at `fp + off` is the passthrough source
+/// (`127.0.0.6` v4-mapped, or `::6`). Clobbers r1.
+pub fn jmp_if_passthrough(a: &mut Asm, off: i16, yes: Label) {
+    let no = a.label();
+    let not_v4 = a.label();
+    a.ldx(Size::W, R1, FP, off)
+        .jmp32_imm(JmpOp::Ne, R1, 0, no)
+        .ldx(Size::W, R1, FP, off + 4)
+        .jmp32_imm(JmpOp::Ne, R1, 0, no)
+        .ldx(Size::W, R1, FP, off + 8)
+        .jmp32_imm(JmpOp::Ne, R1, V4_MAPPED_WORD2_LE as i32, not_v4)
+        .ldx(Size::W, R1, FP, off + 12)
+        .jmp32_imm(JmpOp::Eq, R1, PASSTHROUGH_V4_LE, yes)
+        .ja(no)
+        .bind(not_v4)
+        .jmp32_imm(JmpOp::Ne, R1, 0, no)
+        .ldx(Size::W, R1, FP, off + 12)
+        .jmp32_imm(JmpOp::Eq, R1, PASSTHROUGH_V6_WORD3_LE, yes)
+        .bind(no);
+}
+
+/// Jumps to `yes` if the 16-byte address at `fp + off` is v4-mapped. Clobbers r1.
+pub fn jmp_if_v4_mapped(a: &mut Asm, off: i16, yes: Label) {
+    let no = a.label();
+    a.ldx(Size::W, R1, FP, off)
+        .jmp32_imm(JmpOp::Ne, R1, 0, no)
+        .ldx(Size::W, R1, FP, off + 4)
+        .jmp32_imm(JmpOp::Ne, R1, 0, no)
+        .ldx(Size::W, R1, FP, off + 8)
+        .jmp32_imm(JmpOp::Eq, R1, V4_MAPPED_WORD2_LE as i32, yes)
+        .bind(no);
+}
+
+/// The calling socket's pod: `r7 = netns_pods[netns cookie]`, or a jump to `not_meshed`.
+/// Clobbers r0–r5.
+pub fn caller_pod(a: &mut Asm, not_meshed: Label) {
+    a.mov64_reg(R1, R6).call(Helper::GetNetnsCookie);
+    a.stx(Size::DW, FP, NETNS_KEY, R0);
+    a.ld_map_fd(R1, MAP_NETNS_PODS);
+    stack_ptr(a, R2, NETNS_KEY);
+    a.call(Helper::MapLookupElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, not_meshed)
+        .mov64_reg(R7, R0);
+}
+
+/// `r0 = port_rules[(pod, rule), port]` (LPM, so ranges match) for the pod whose entry `pod`
+/// points to and the network-order port in `port`. Clobbers r0–r5.
+pub fn lookup_port_rule(a: &mut Asm, pod: Reg, rule: u32, port: Reg) {
+    a.st_imm(Size::W, FP, PORT_KEY, PortRuleKey::FULL_PREFIX as i32);
+    a.ldx(Size::W, R1, pod, PodEntry::OFF_POD_ID as i16)
+        .alu64_imm(AluOp::Lsh, R1, 2)
+        .alu64_imm(AluOp::Or, R1, rule_scope(0, rule) as i32)
+        .stx(Size::W, FP, PORT_KEY + PortRuleKey::OFF_SCOPE as i16, R1)
+        .stx(Size::H, FP, PORT_KEY + PortRuleKey::OFF_PORT as i16, port)
+        .st_imm(Size::H, FP, PORT_KEY + PortRuleKey::OFF_PORT as i16 + 2, 0);
+    a.ld_map_fd(R1, MAP_PORT_RULES);
+    stack_ptr(a, R2, PORT_KEY);
+    a.call(Helper::MapLookupElem);
+}
+
+/// `r0 = cidr_rules[(pod, rule), DST_ADDR]`. Clobbers r0–r5.
+pub fn lookup_cidr_rule(a: &mut Asm, pod: Reg, rule: u32) {
+    a.st_imm(Size::W, FP, CIDR_KEY, CidrRuleKey::FULL_PREFIX as i32);
+    a.ldx(Size::W, R1, pod, PodEntry::OFF_POD_ID as i16)
+        .alu64_imm(AluOp::Lsh, R1, 2)
+        .alu64_imm(AluOp::Or, R1, rule_scope(0, rule) as i32)
+        .stx(Size::W, FP, CIDR_KEY + CidrRuleKey::OFF_SCOPE as i16, R1);
+    a.ld_map_fd(R1, MAP_CIDR_RULES);
+    stack_ptr(a, R2, CIDR_KEY);
+    a.call(Helper::MapLookupElem);
+}
+
+/// Builds an [`OrigDst`] at `ORIG` from `DST_ADDR`, the network-order port in `port` and
+/// the given family and flags. Clobbers r1.
+pub fn store_orig(a: &mut Asm, port: Reg, family: Family, flags: u32) {
+    a.ldx(Size::DW, R1, FP, DST_ADDR)
+        .stx(Size::DW, FP, ORIG, R1)
+        .ldx(Size::DW, R1, FP, DST_ADDR + 8)
+        .stx(Size::DW, FP, ORIG + 8, R1)
+        .stx(Size::H, FP, ORIG + OrigDst::OFF_PORT as i16, port)
+        .st_imm(Size::H, FP, ORIG + OrigDst::OFF_FAMILY as i16, family.af())
+        .st_imm(Size::W, FP, ORIG + OrigDst::OFF_FLAGS as i16, flags as i32);
+}
+
+/// `cookie_orig[socket cookie] = ORIG`; jumps to `failed` (after counting) when the update
+/// fails. Clobbers r0–r5.
+pub fn remember_orig(a: &mut Asm, failed: Label) {
+    let ok = a.label();
+    a.mov64_reg(R1, R6).call(Helper::GetSocketCookie);
+    a.stx(Size::DW, FP, COOKIE, R0);
+    a.ld_map_fd(R1, MAP_COOKIE_ORIG);
+    stack_ptr(a, R2, COOKIE);
+    stack_ptr(a, R3, ORIG);
+    a.mov64_imm(R4, abi::BPF_ANY)
+        .call(Helper::MapUpdateElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, ok);
+    count(a, Counter::MapUpdateFailures);
+    a.ja(failed).bind(ok);
+}
+
+/// Writes a loopback destination into a sock_addr context: `127.0.0.1` for IPv4 sockets; for
+/// IPv6 sockets `::ffff:127.0.0.1` when the original destination (at `DST_ADDR`) was
+/// v4-mapped, else `::1`. Clobbers r1.
+pub fn write_loopback_dst(a: &mut Asm, family: Family, v4_field: i16, v6_field: i16) {
+    match family {
+        Family::V4 => {
+            a.mov32_imm(R1, LOOPBACK_V4_LE)
+                .stx(Size::W, R6, v4_field, R1);
+        }
+        Family::V6 => {
+            let mapped = a.label();
+            let done = a.label();
+            jmp_if_v4_mapped(a, DST_ADDR, mapped);
+            a.mov32_imm(R1, 0)
+                .stx(Size::W, R6, v6_field, R1)
+                .stx(Size::W, R6, v6_field + 4, R1)
+                .stx(Size::W, R6, v6_field + 8, R1)
+                .mov32_imm(R1, LOOPBACK_V6_WORD3_LE)
+                .stx(Size::W, R6, v6_field + 12, R1)
+                .ja(done)
+                .bind(mapped)
+                .mov32_imm(R1, 0)
+                .stx(Size::W, R6, v6_field, R1)
+                .stx(Size::W, R6, v6_field + 4, R1)
+                .mov32_imm(R1, V4_MAPPED_WORD2_LE as i32)
+                .stx(Size::W, R6, v6_field + 8, R1)
+                .mov32_imm(R1, LOOPBACK_V4_LE)
+                .stx(Size::W, R6, v6_field + 12, R1)
+                .bind(done);
+        }
+    }
+}
+
+/// Writes the named port constant, in network order, to the context field at `field`.
+/// Clobbers r1.
+pub fn write_port_const(a: &mut Asm, field: i16, name: &str) {
+    a.mov32_const(R1, name)
+        .to_be(R1, 16)
+        .stx(Size::W, R6, field, R1);
+}
+
+/// Sets the `netns` of the pair key at `fp + key`: the caller's network-namespace cookie if
+/// either address is loopback, else 0 (see [`SockPairKey`]). Clobbers r0–r5.
+pub fn scope_pair_key(a: &mut Asm, key: i16) {
+    let scoped = a.label();
+    let done = a.label();
+    jmp_if_loopback(a, key + SockPairKey::OFF_LOCAL_IP as i16, scoped);
+    jmp_if_loopback(a, key + SockPairKey::OFF_REMOTE_IP as i16, scoped);
+    a.st_imm(Size::DW, FP, key + SockPairKey::OFF_NETNS as i16, 0)
+        .ja(done)
+        .bind(scoped)
+        .mov64_reg(R1, R6)
+        .call(Helper::GetNetnsCookie)
+        .stx(Size::DW, FP, key + SockPairKey::OFF_NETNS as i16, R0)
+        .bind(done);
+}
+
+/// The socket family a sock_addr program serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn af(self) -> i32 {
+        match self {
+            Family::V4 => abi::AF_INET,
+            Family::V6 => abi::AF_INET6,
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `sockops` and `sk_msg`: both ends of every redirected local connection go into the sockhash
+//! `sock_pairs`, and each `sendmsg()` payload then moves straight into the peer socket's
+//! receive queue, skipping the loopback TCP/IP stack.
+//!
+//! A socket is inserted only when its peer will be in the map too (DESIGN.md "Known hazards":
+//! a socket in a sockhash whose peer is missing can see spurious `EAGAIN` on blocking reads):
+//! - active side: its connect was redirected (`cookie_orig` has its cookie) — the original
+//!   destination moves to `pair_orig` under the connection's 4-tuple — or it is the sidecar's
+//!   passthrough socket from `127.0.0.6` / `::6`;
+//! - passive side: the active side's entry exists in `pair_orig` (the active side's
+//!   ESTABLISHED callback runs first: its ACK is what completes the passive side), or the peer
+//!   is the passthrough address.
+
+use crate::ctx::{abi, sk_msg, sock_ops};
+use crate::emit::*;
+use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
+use mb_maps::layout::{Counter, SockPairKey};
+
+const LOCAL_IP: i16 = SockPairKey::OFF_LOCAL_IP as i16;
+const REMOTE_IP: i16 = SockPairKey::OFF_REMOTE_IP as i16;
+const LOCAL_PORT: i16 = SockPairKey::OFF_LOCAL_PORT as i16;
+const REMOTE_PORT: i16 = SockPairKey::OFF_REMOTE_PORT as i16;
+
+/// Context fields holding a connection's addresses and ports (sock_ops and sk_msg agree on
+/// their meaning, not their offsets).
+struct TupleFields {
+    family: i16,
+    local_ip4: i16,
+    remote_ip4: i16,
+    local_ip6: i16,
+    remote_ip6: i16,
+    local_port: i16,
+    remote_port: i16,
+}
+
+const SOCK_OPS_FIELDS: TupleFields = TupleFields {
+    family: sock_ops::FAMILY,
+    local_ip4: sock_ops::LOCAL_IP4,
+    remote_ip4: sock_ops::REMOTE_IP4,
+    local_ip6: sock_ops::LOCAL_IP6,
+    remote_ip6: sock_ops::REMOTE_IP6,
+    local_port: sock_ops::LOCAL_PORT,
+    remote_port: sock_ops::REMOTE_PORT,
+};
+
+const SK_MSG_FIELDS: TupleFields = TupleFields {
+    family: sk_msg::FAMILY,
+    local_ip4: sk_msg::LOCAL_IP4,
+    remote_ip4: sk_msg::REMOTE_IP4,
+    local_ip6: sk_msg::LOCAL_IP6,
+    remote_ip6: sk_msg::REMOTE_IP6,
+    local_port: sk_msg::LOCAL_PORT,
+    remote_port: sk_msg::REMOTE_PORT,
+};
+
+/// Builds the pair key at `fp + key` from the context in r6. With `reversed`, the key is the
+/// peer's view (local and remote swapped). Jumps to `other` for families other than IPv4/IPv6.
+/// Clobbers r0–r5.
+fn build_pair_key(a: &mut Asm, f: &TupleFields, key: i16, reversed: bool, other: mb_asm::Label) {
+    let (me_ip, peer_ip, me_port, peer_port) = if reversed {
+        (REMOTE_IP, LOCAL_IP, REMOTE_PORT, LOCAL_PORT)
+    } else {
+        (LOCAL_IP, REMOTE_IP, LOCAL_PORT, REMOTE_PORT)
+    };
+    let v6 = a.label();
+    let addresses_done = a.label();
+    a.ldx(Size::W, R1, R6, f.family)
+        .jmp_imm(JmpOp::Eq, R1, abi::AF_INET6, v6)
+        .jmp_imm(JmpOp::Ne, R1, abi::AF_INET, other);
+    a.ldx(Size::W, R1, R6, f.local_ip4);
+    store_v4_mapped(a, key + me_ip, R1);
+    a.ldx(Size::W, R1, R6, f.remote_ip4);
+    store_v4_mapped(a, key + peer_ip, R1);
+    a.ja(addresses_done).bind(v6);
+    copy_words(a, FP, key + me_ip, R6, f.local_ip6, 4, R1);
+    copy_words(a, FP, key + peer_ip, R6, f.remote_ip6, 4, R1);
+    a.bind(addresses_done);
+    // local_port is host order; remote_port is network order in the upper half.
+    a.ldx(Size::W, R1, R6, f.local_port)
+        .to_be(R1, 16)
+        .stx(Size::H, FP, key + me_port, R1)
+        .ldx(Size::W, R1, R6, f.remote_port)
+        .alu64_imm(AluOp::Rsh, R1, 16)
+        .stx(Size::H, FP, key + peer_port, R1)
+        .st_imm(Size::W, FP, key + REMOTE_PORT + 2, 0);
+    scope_pair_key(a, key);
+}
+
+/// `sockops`, attached to the node's cgroup.
+pub fn sockops() -> Result<Program, AsmError> {
+    let mut a = Asm::new();
+    let out = a.label();
+    let established = a.label();
+    let passive = a.label();
+    let insert = a.label();
+    let no_orig = a.label();
+    let failed = a.label();
+
+    a.mov64_reg(R6, R1);
+    a.ldx(Size::W, R9, R6, sock_ops::OP)
+        .jmp_imm(
+            JmpOp::Eq,
+            R9,
+            abi::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+            established,
+        )
+        .jmp_imm(JmpOp::Ne, R9, abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, out)
+        .bind(established);
+    build_pair_key(&mut a, &SOCK_OPS_FIELDS, PAIR_KEY, false, out);
+    a.jmp_imm(
+        JmpOp::Eq,
+        R9,
+        abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        passive,
+    );
+
+    // Active side: move the original destination from the cookie to the 4-tuple.
+    a.mov64_reg(R1, R6).call(Helper::GetSocketCookie);
+    a.stx(Size::DW, FP, COOKIE, R0);
+    a.ld_map_fd(R1, MAP_COOKIE_ORIG);
+    stack_ptr(&mut a, R2, COOKIE);
+    a.call(Helper::MapLookupElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, no_orig)
+        .mov64_reg(R3, R0);
+    a.ld_map_fd(R1, MAP_PAIR_ORIG);
+    stack_ptr(&mut a, R2, PAIR_KEY);
+    a.mov64_imm(R4, abi::BPF_ANY)
+        .call(Helper::MapUpdateElem)
+        .jmp_imm(JmpOp::Ne, R0, 0, failed);
+    a.ld_map_fd(R1, MAP_COOKIE_ORIG);
+    stack_ptr(&mut a, R2, COOKIE);
+    a.call(Helper::MapDeleteElem).ja(insert);
+    a.bind(no_orig);
+    jmp_if_passthrough(&mut a, PAIR_KEY + LOCAL_IP, insert);
+    a.ja(out);
+
+    // Passive side: only when the active side is in the map.
+    a.bind(passive);
+    jmp_if_passthrough(&mut a, PAIR_KEY + REMOTE_IP, insert);
+    reverse_pair_key(&mut a, PAIR_KEY, PEER_KEY);
+    a.ld_map_fd(R1, MAP_PAIR_ORIG);
+    stack_ptr(&mut a, R2, PEER_KEY);
+    a.call(Helper::MapLookupElem).jmp_imm(JmpOp::Eq, R0, 0, out);
+
+    a.bind(insert).mov64_reg(R1, R6);
+    a.ld_map_fd(R2, MAP_SOCK_PAIRS);
+    stack_ptr(&mut a, R3, PAIR_KEY);
+    a.mov64_imm(R4, abi::BPF_ANY)
+        .call(Helper::SockHashUpdate)
+        .jmp_imm(JmpOp::Ne, R0, 0, failed);
+    count(&mut a, Counter::SockhashInserts);
+    a.ja(out);
+
+    a.bind(failed);
+    count(&mut a, Counter::MapUpdateFailures);
+    a.bind(out).mov64_imm(R0, 1).exit();
+    a.finish()
+}
+
+/// Writes at `fp + to` the pair key at `fp + from` seen from the other end. Clobbers r1.
+fn reverse_pair_key(a: &mut Asm, from: i16, to: i16) {
+    a.ldx(Size::DW, R1, FP, from).stx(Size::DW, FP, to, R1);
+    for (src, dst) in [(LOCAL_IP, REMOTE_IP), (REMOTE_IP, LOCAL_IP)] {
+        a.ldx(Size::DW, R1, FP, from + src)
+            .stx(Size::DW, FP, to + dst, R1)
+            .ldx(Size::DW, R1, FP, from + src + 8)
+            .stx(Size::DW, FP, to + dst + 8, R1);
+    }
+    a.ldx(Size::H, R1, FP, from + LOCAL_PORT)
+        .stx(Size::H, FP, to + REMOTE_PORT, R1)
+        .ldx(Size::H, R1, FP, from + REMOTE_PORT)
+        .stx(Size::H, FP, to + LOCAL_PORT, R1)
+        .st_imm(Size::W, FP, to + REMOTE_PORT + 2, 0);
+}
+
+/// `sk_msg`, attached to the sockhash: redirect each message to the peer socket.
+pub fn msg_redirect() -> Result<Program, AsmError> {
+    let mut a = Asm::new();
+    let out = a.label();
+    a.mov64_reg(R6, R1);
+    build_pair_key(&mut a, &SK_MSG_FIELDS, PAIR_KEY, true, out);
+    a.ldx(Size::W, R7, R6, sk_msg::SIZE);
+    a.mov64_reg(R1, R6);
+    a.ld_map_fd(R2, MAP_SOCK_PAIRS);
+    stack_ptr(&mut a, R3, PAIR_KEY);
+    a.mov64_imm(R4, abi::BPF_F_INGRESS)
+        .call(Helper::MsgRedirectHash)
+        .jmp_imm(JmpOp::Ne, R0, abi::SK_PASS, out);
+    count(&mut a, Counter::SplicedMessages);
+    count_by(&mut a, Counter::SplicedBytes, R7);
+    // SK_PASS whatever happened: a message with no peer in the map takes the normal path.
+    a.bind(out).mov64_imm(R0, abi::SK_PASS).exit();
+    a.finish()
+}

@@ -1,0 +1,82 @@
+//! `cgroup/recvmsg4` and `cgroup/recvmsg6`: a DNS reply from the DNS proxy shows the
+//! application the server it asked, not the proxy. And `cgroup/bind4` for Linkerd.
+
+use crate::ctx::sock_addr;
+use crate::emit::*;
+use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
+use mb_maps::layout::{Counter, OrigDst, ORIG_DNS};
+
+pub fn recvmsg(family: Family) -> Result<Program, AsmError> {
+    let mut a = Asm::new();
+    let out = a.label();
+    a.mov64_reg(R6, R1);
+    a.ldx(Size::W, R1, R6, sock_addr::USER_PORT)
+        .mov32_const(R2, CONST_DNS_PORT)
+        .to_be(R2, 16)
+        .jmp32_reg(JmpOp::Ne, R1, R2, out);
+    store_ctx_addr(
+        &mut a,
+        family,
+        DST_ADDR,
+        sock_addr::USER_IP4,
+        sock_addr::USER_IP6,
+    );
+    let from_loopback = a.label();
+    jmp_if_loopback(&mut a, DST_ADDR, from_loopback);
+    a.ja(out).bind(from_loopback);
+
+    a.mov64_reg(R1, R6).call(Helper::GetSocketCookie);
+    a.stx(Size::DW, FP, COOKIE, R0);
+    a.ld_map_fd(R1, MAP_COOKIE_ORIG);
+    stack_ptr(&mut a, R2, COOKIE);
+    a.call(Helper::MapLookupElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, out)
+        .mov64_reg(R7, R0)
+        .ldx(Size::W, R1, R7, OrigDst::OFF_FLAGS as i16)
+        .alu64_imm(AluOp::And, R1, ORIG_DNS as i32)
+        .jmp_imm(JmpOp::Eq, R1, 0, out);
+    match family {
+        Family::V4 => {
+            a.ldx(Size::W, R1, R7, OrigDst::OFF_IP as i16 + 12).stx(
+                Size::W,
+                R6,
+                sock_addr::USER_IP4,
+                R1,
+            );
+        }
+        Family::V6 => copy_words(
+            &mut a,
+            R6,
+            sock_addr::USER_IP6,
+            R7,
+            OrigDst::OFF_IP as i16,
+            4,
+            R1,
+        ),
+    }
+    a.ldx(Size::H, R1, R7, OrigDst::OFF_PORT as i16)
+        .stx(Size::W, R6, sock_addr::USER_PORT, R1);
+    count(&mut a, Counter::DnsRestores);
+    a.bind(out).mov64_imm(R0, 1).exit();
+    a.finish()
+}
+
+/// Linkerd's proxy binds its outbound listener to `127.0.0.1:<outbound port>`; bind it to
+/// `0.0.0.0` so that connections redirected from any local address reach it.
+pub fn bind4() -> Result<Program, AsmError> {
+    let mut a = Asm::new();
+    let out = a.label();
+    a.mov64_reg(R6, R1);
+    a.call(Helper::GetCurrentUidGid)
+        .jmp32_const(JmpOp::Ne, R0, CONST_PROXY_UID, out)
+        .ldx(Size::W, R1, R6, sock_addr::USER_IP4)
+        .jmp32_imm(JmpOp::Ne, R1, LOOPBACK_V4_LE, out)
+        .ldx(Size::W, R1, R6, sock_addr::USER_PORT)
+        .mov32_const(R2, CONST_OUTBOUND_PORT)
+        .to_be(R2, 16)
+        .jmp32_reg(JmpOp::Ne, R1, R2, out)
+        .mov32_imm(R1, 0)
+        .stx(Size::W, R6, sock_addr::USER_IP4, R1);
+    a.bind(out).mov64_imm(R0, 1).exit();
+    a.finish()
+}
