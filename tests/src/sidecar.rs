@@ -606,3 +606,53 @@ impl Sidecar {
         self.records()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_lines_round_trip() {
+        let r = Record {
+            listener: Listener::Inbound,
+            peer: "10.1.0.2:40000".parse().unwrap(),
+            local: "10.1.0.3:15006".parse().unwrap(),
+            original_dst: Some("[fd00:10:1::3]:9080".parse().unwrap()),
+            upstream_local: Some("[::6]:41234".parse().unwrap()),
+            bytes_up: 7,
+            bytes_down: 4,
+            error: None,
+        };
+        assert_eq!(Record::parse(&r.to_string()), Some(r.clone()));
+        let failed = Record {
+            original_dst: None,
+            upstream_local: None,
+            error: Some("connect:refused".into()),
+            ..r
+        };
+        assert_eq!(Record::parse(&failed.to_string()), Some(failed));
+        assert_eq!(Record::parse("ready outbound=15001"), None);
+        assert_eq!(Record::parse("conn listener=sideways"), None);
+    }
+
+    #[test]
+    fn config_round_trips_through_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: SidecarConfig,
+        }
+        let config = SidecarConfig {
+            relay: RelayMode::Splice,
+            expect_uid: Some(2102),
+            no_ipv6: true,
+            ..SidecarConfig::for_mesh(&crate::MeshPorts::linkerd())
+        };
+        let parsed = Cli::try_parse_from(std::iter::once("x".to_owned()).chain(config.to_args()))
+            .unwrap()
+            .config;
+        assert_eq!(parsed.to_args(), config.to_args());
+        assert_eq!((parsed.outbound_port, parsed.inbound_port), (4140, 4143));
+    }
+}

@@ -1,0 +1,128 @@
+//! `mb-rr-bench`: 64-byte request/response latency between two pods on one node, direct and
+//! through both reference sidecars under the Istio iptables rules. Prints one line per mode
+//! and the p50 the sidecars add. Needs root. Run:
+//! `cargo run --release -p mb-testbed --bin mb-rr-bench -- --count 20000`
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use mb_testbed::scenarios::{self, Binaries, APP_UID, ECHO_PORT};
+use mb_testbed::sidecar::RelayMode;
+use mb_testbed::workload::LatencyStats;
+use mb_testbed::{Interception, MeshPorts, Node, Sidecar, SidecarConfig};
+use std::net::SocketAddr;
+
+#[derive(Parser)]
+#[command(about = "RR latency: direct vs through the reference sidecars (iptables)")]
+struct Cli {
+    /// Measured exchanges per mode.
+    #[arg(long, default_value_t = 20_000)]
+    count: u64,
+    /// Unmeasured exchanges first.
+    #[arg(long, default_value_t = 2_000)]
+    warmup: u64,
+    /// Request and response size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Use IPv6.
+    #[arg(long)]
+    ipv6: bool,
+    /// Sidecar relay mode.
+    #[arg(long, value_enum, default_value_t = RelayMode::ReadWrite)]
+    relay: RelayMode,
+    /// Repetitions of each mode (alternating); the median p50 is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// `sidecars`: how many of (client, server) get interception and a sidecar.
+fn measure(
+    mode: &Interception,
+    sidecars: usize,
+    cli: &Cli,
+    bins: &Binaries,
+) -> std::io::Result<LatencyStats> {
+    let node = Node::new("rrbench")?;
+    let mut pods = Vec::new();
+    for (i, name) in ["client", "server"].into_iter().enumerate() {
+        let mut p = scenarios::start_pod(&node, name, &Interception::None, false, bins)?;
+        if let (true, Some(mesh)) = (i < sidecars, mode.mesh()) {
+            mode.install_pod(&p.pod)?;
+            let config = SidecarConfig {
+                relay: cli.relay,
+                ..SidecarConfig::for_mesh(mesh)
+            };
+            p.sidecar = Some(Sidecar::start_binary(
+                &bins.sidecar,
+                &p.pod,
+                config,
+                mesh.proxy_uid,
+            )?);
+        }
+        pods.push(p);
+    }
+    let to = SocketAddr::new(pods[1].ip(cli.ipv6), ECHO_PORT);
+    let line = scenarios::run_client(
+        &pods[0].pod,
+        bins,
+        APP_UID,
+        &[
+            "rr".into(),
+            format!("--to={to}"),
+            format!("--size={}", cli.size),
+            format!("--count={}", cli.count),
+            format!("--warmup={}", cli.warmup),
+        ],
+    )?;
+    LatencyStats::parse(&line)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let bins = match Binaries::find() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("mb-rr-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let istio = Interception::Iptables(MeshPorts::istio());
+    let modes = [
+        ("direct", Interception::None, 0),
+        ("iptables+client-sidecar", istio.clone(), 1),
+        ("iptables+both-sidecars", istio, 2),
+    ];
+    let mut p50s = vec![Vec::new(); modes.len()];
+    for round in 0..cli.rounds.max(1) {
+        for (i, (name, mode, sidecars)) in modes.iter().enumerate() {
+            match measure(mode, *sidecars, &cli, &bins) {
+                Ok(s) => {
+                    println!("round={round} mode={name} {s}");
+                    p50s[i].push(s.p50_ns);
+                }
+                Err(e) => {
+                    eprintln!("mb-rr-bench: {name}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    let median = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let direct = median(&mut p50s[0]);
+    let one = median(&mut p50s[1]);
+    let both = median(&mut p50s[2]);
+    let us = |ns: u64| ns as f64 / 1e3;
+    println!(
+        "summary size={} ipv6={} relay={:?} direct_p50_us={:.1} one_sidecar_p50_us={:.1} both_sidecars_p50_us={:.1} added_by_one_sidecar_us={:.1} added_by_both_us={:.1}",
+        cli.size,
+        cli.ipv6,
+        cli.relay,
+        us(direct),
+        us(one),
+        us(both),
+        us(one) - us(direct),
+        us(both) - us(direct)
+    );
+}
