@@ -14,3 +14,4 @@ pub use typed::{
     Array, ArrayKind, HashKind, HashMap, KvMap, LpmTrie, LpmTrieKind, LruHashKind, LruHashMap,
     MapKind, PerCpuArray, SockHash,
 };
+pub mod datapath;

@@ -41,21 +41,7 @@ pub const PORT_KEY: i16 = -136;
 /// A second [`SockPairKey`], for the peer's view of a connection.
 pub const PEER_KEY: i16 = -184;
 
-// The map names the programs refer to; `crate::maps()` declares their shapes.
-pub const MAP_NETNS_PODS: &str = "netns_pods";
-pub const MAP_POD_IPS: &str = "pod_ips";
-pub const MAP_PORT_RULES: &str = "port_rules";
-pub const MAP_CIDR_RULES: &str = "cidr_rules";
-pub const MAP_COOKIE_ORIG: &str = "cookie_orig";
-pub const MAP_PAIR_ORIG: &str = "pair_orig";
-pub const MAP_SOCK_PAIRS: &str = "sock_pairs";
-pub const MAP_COUNTERS: &str = "counters";
-
-// The constants the loader patches in (see `crate::CONSTANTS`).
-pub const CONST_OUTBOUND_PORT: &str = "outbound_port";
-pub const CONST_INBOUND_PORT: &str = "inbound_port";
-pub const CONST_PROXY_UID: &str = "proxy_uid";
-pub const CONST_DNS_PORT: &str = "dns_port";
+pub use mb_maps::datapath::*;
 
 /// `127.0.0.1` as a little-endian register holds it after a 4-byte load of network-order bytes.
 pub const LOOPBACK_V4_LE: i32 = 0x0100_007f;
