@@ -357,6 +357,19 @@ pub fn link_create(
     new_fd(Cmd::LinkCreate, fd)
 }
 
+/// Feature probe for `BPF_LINK_CREATE` on `attach_type` with invalid fds (nothing is
+/// attached): EBADF means the kernel knows the command and type; EINVAL means it does not.
+pub fn link_create_probe(attach_type: AttachType) -> Result<(), BpfError> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: u32::MAX,
+        target_fd: u32::MAX,
+        attach_type: attach_type.0,
+        flags: 0,
+    };
+    bpf(Cmd::LinkCreate, &mut attr)?;
+    Ok(())
+}
+
 /// `BPF_LINK_UPDATE`: atomically replaces the link's program. With `old`, only if the link
 /// still runs `old` (`BPF_F_REPLACE`).
 pub fn link_update(
@@ -729,6 +742,18 @@ mod tests {
         assert_eq!((u32_at(&calls[2].1, 8), u32_at(&calls[2].1, 12)), (0, 0));
         assert_eq!(calls[3].0, Cmd::LinkDetach);
         assert_eq!(u32_at(&calls[3].1, 0), link.as_raw_fd() as u32);
+    }
+
+    #[test]
+    fn link_create_probe_passes_invalid_fds() {
+        let (calls, _g) = record(|_, _| Err(libc::EBADF));
+        let e = link_create_probe(AttachType::CGROUP_INET_INGRESS).unwrap_err();
+        assert!(e.is(nix::errno::Errno::EBADF));
+        let a = &calls.borrow()[0].1;
+        assert_eq!(
+            (u32_at(a, 0), u32_at(a, 4), u32_at(a, 8)),
+            (u32::MAX, u32::MAX, 0)
+        );
     }
 
     #[test]

@@ -1,0 +1,409 @@
+//! Proof that programs built with `mb-asm` run in the real kernel through mb-loader: connect
+//! rewrite, link update with no window, legacy attach, pinned links, sockops + sk_msg
+//! redirect, getsockopt answers, verifier rejections, probing. Root only; every program is
+//! attached to a private cgroup that the test created, traffic stays on loopback.
+
+mod common;
+
+use common::*;
+use mb_loader::probe::{probe_all, verdict, Support, Verdict};
+use mb_loader::*;
+use mb_maps::SockHash;
+use mb_sys::bpf::AttachType;
+use mb_sys::bpffs::PrivateBpffs;
+use mb_sys::cgroup::OwnedCgroup;
+use mb_sys::testing::kernel_tests_enabled;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+const CONNECT4: AttachType = AttachType::CGROUP_INET4_CONNECT;
+
+fn load_rewrite(name: &str, from: u16, to: u16) -> LoadedProgram {
+    load(
+        &connect4_rewrite(name),
+        &[],
+        &[
+            ("from_port", port_in_ctx(from)),
+            ("to_port", port_in_ctx(to)),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Connects `n` times from a peer in `cgroup` to `port` and returns how many succeeded.
+fn peer_connects(cgroup: &std::path::Path, port: u16, n: u32) -> String {
+    Peer::start(cgroup, &["connect", &port.to_string(), &n.to_string()]).result()
+}
+
+#[test]
+fn connect4_rewrites_inside_the_cgroup_only_and_stops_after_detach() {
+    if !kernel_tests_enabled("connect4_rewrites_inside_the_cgroup_only_and_stops_after_detach") {
+        return;
+    }
+    let cg = OwnedCgroup::create_private("mb-test-connect4").unwrap();
+    let app = cg.create_child("app").unwrap();
+    let (original, sidecar) = (Acceptor::new(), Acceptor::new());
+    let prog = load_rewrite("mb_t_rewrite", original.port, sidecar.port);
+    let att = CgroupAttachment::attach(&prog, cg.path(), CONNECT4, None, AttachMode::Auto).unwrap();
+    assert!(att.is_link(), "this kernel has cgroup bpf_link");
+
+    // Inside (a child cgroup of the attached one): rewritten to the sidecar port.
+    assert_eq!(
+        peer_connects(&app, original.port, 3),
+        "connected=3 failed=0"
+    );
+    assert!(sidecar.wait_for(3, Duration::from_secs(5)));
+    // Outside (this test process): untouched.
+    std::net::TcpStream::connect(("127.0.0.1", original.port)).unwrap();
+    assert!(original.wait_for(1, Duration::from_secs(5)));
+    assert_eq!((original.count(), sidecar.count()), (1, 3));
+
+    att.detach().unwrap();
+    assert_eq!(
+        peer_connects(&app, original.port, 2),
+        "connected=2 failed=0"
+    );
+    assert!(original.wait_for(3, Duration::from_secs(5)));
+    assert_eq!(sidecar.count(), 3, "nothing rewritten after detach");
+}
+
+#[test]
+fn legacy_attach_is_multi_listed_replaceable_and_detachable() {
+    if !kernel_tests_enabled("legacy_attach_is_multi_listed_replaceable_and_detachable") {
+        return;
+    }
+    let cg = OwnedCgroup::create_private("mb-test-legacy").unwrap();
+    let app = cg.create_child("app").unwrap();
+    let (original, first, second) = (Acceptor::new(), Acceptor::new(), Acceptor::new());
+    let p1 = load_rewrite("mb_t_legacy1", original.port, first.port);
+    let p2 = load_rewrite("mb_t_legacy2", original.port, second.port);
+    let mut att =
+        CgroupAttachment::attach(&p1, cg.path(), CONNECT4, None, AttachMode::LegacyOnly).unwrap();
+    assert!(!att.is_link());
+    let listed = query_cgroup(cg.path(), CONNECT4, false).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "mb_t_legacy1");
+    assert_eq!(listed[0].id, p1.info().unwrap().id);
+    let flags =
+        mb_sys::bpf::prog_query(std::fs::File::open(cg.path()).unwrap().as_fd(), CONNECT4, 0)
+            .unwrap()
+            .attach_flags;
+    assert_eq!(
+        flags,
+        mb_sys::bpf::F_ALLOW_MULTI,
+        "coexists with other programs"
+    );
+
+    assert_eq!(
+        peer_connects(&app, original.port, 1),
+        "connected=1 failed=0"
+    );
+    assert!(first.wait_for(1, Duration::from_secs(5)));
+    att.replace(&p2).unwrap();
+    assert_eq!(
+        peer_connects(&app, original.port, 1),
+        "connected=1 failed=0"
+    );
+    assert!(second.wait_for(1, Duration::from_secs(5)));
+    let listed = query_cgroup(cg.path(), CONNECT4, false).unwrap();
+    assert_eq!(listed.len(), 1, "replaced, not added");
+    assert_eq!(listed[0].name, "mb_t_legacy2");
+
+    att.detach().unwrap();
+    assert!(query_cgroup(cg.path(), CONNECT4, false).unwrap().is_empty());
+    assert_eq!(original.count(), 0);
+}
+
+#[test]
+fn link_update_swaps_programs_with_no_unrewritten_connect() {
+    if !kernel_tests_enabled("link_update_swaps_programs_with_no_unrewritten_connect") {
+        return;
+    }
+    let cg = OwnedCgroup::create_private("mb-test-swap").unwrap();
+    let app = cg.create_child("app").unwrap();
+    let (original, old_side, new_side) = (Acceptor::new(), Acceptor::new(), Acceptor::new());
+    let p1 = load_rewrite("mb_t_swap_old", original.port, old_side.port);
+    let p2 = load_rewrite("mb_t_swap_new", original.port, new_side.port);
+    let mut att =
+        CgroupAttachment::attach(&p1, cg.path(), CONNECT4, None, AttachMode::LinkOnly).unwrap();
+    let stop = std::env::temp_dir().join(format!("mb-test-swap-stop-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop);
+    let peer = Peer::start(
+        &app,
+        &[
+            "connect-until",
+            &original.port.to_string(),
+            stop.to_str().unwrap(),
+            "200",
+            "100000",
+        ],
+    );
+    // Swap while the peer is connecting in a loop.
+    assert!(
+        old_side.wait_for(50, Duration::from_secs(10)),
+        "peer is connecting"
+    );
+    att.replace(&p2).unwrap();
+    assert!(new_side.wait_for(1, Duration::from_secs(10)));
+    std::fs::write(&stop, b"").unwrap();
+    let result = peer.result();
+    let _ = std::fs::remove_file(&stop);
+    let connected: usize = result
+        .strip_prefix("connected=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected peer result {result:?}"));
+    assert!(result.ends_with("failed=0"), "{result}");
+    assert!(new_side.wait_for(200, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        original.count(),
+        0,
+        "a connect went unrewritten during the swap"
+    );
+    assert_eq!(old_side.count() + new_side.count(), connected);
+    eprintln!(
+        "swap: {} connects before, {} after, 0 unrewritten",
+        old_side.count(),
+        new_side.count()
+    );
+}
+
+#[test]
+fn pinned_link_survives_its_fd_is_updated_in_place_and_unloads() {
+    if !kernel_tests_enabled("pinned_link_survives_its_fd_is_updated_in_place_and_unloads") {
+        return;
+    }
+    let fs = PrivateBpffs::new("mb-test-linkpin").unwrap();
+    let pin = fs.path().join("connect4");
+    let cg = OwnedCgroup::create_private("mb-test-linkpin").unwrap();
+    let app = cg.create_child("app").unwrap();
+    let (original, first, second) = (Acceptor::new(), Acceptor::new(), Acceptor::new());
+    {
+        let p1 = load_rewrite("mb_t_pin1", original.port, first.port);
+        let att = CgroupAttachment::attach(&p1, cg.path(), CONNECT4, Some(&pin), AttachMode::Auto)
+            .unwrap();
+        assert!(att.is_link());
+        // Program and link fds close here; the pin keeps the attachment.
+    }
+    assert_eq!(
+        peer_connects(&app, original.port, 1),
+        "connected=1 failed=0"
+    );
+    assert!(
+        first.wait_for(1, Duration::from_secs(5)),
+        "still attached via the pin"
+    );
+    // A "restarted agent": same pin, new program → updated in place, not attached twice.
+    let p2 = load_rewrite("mb_t_pin2", original.port, second.port);
+    let att =
+        CgroupAttachment::attach(&p2, cg.path(), CONNECT4, Some(&pin), AttachMode::Auto).unwrap();
+    drop(att);
+    let listed = query_cgroup(cg.path(), CONNECT4, false).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "mb_t_pin2");
+    assert_eq!(
+        peer_connects(&app, original.port, 1),
+        "connected=1 failed=0"
+    );
+    assert!(second.wait_for(1, Duration::from_secs(5)));
+    // Unload: detach through the pin and remove it.
+    detach_pinned_link(&pin).unwrap();
+    assert!(!pin.exists());
+    assert!(query_cgroup(cg.path(), CONNECT4, false).unwrap().is_empty());
+    assert_eq!(
+        peer_connects(&app, original.port, 1),
+        "connected=1 failed=0"
+    );
+    assert!(original.wait_for(1, Duration::from_secs(5)));
+    detach_pinned_link(&pin).unwrap(); // absent: nothing to do
+}
+
+#[test]
+fn sockops_and_sk_msg_redirect_a_message_into_another_socket() {
+    if !kernel_tests_enabled("sockops_and_sk_msg_redirect_a_message_into_another_socket") {
+        return;
+    }
+    let cg = OwnedCgroup::create_private("mb-test-skmsg").unwrap();
+    let app = cg.create_child("app").unwrap();
+    let socks: SockHash<u32> = SockHash::create("mb_t_socks", 64).unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let sockops = load(
+        &sockops_insert("mb_t_sockops"),
+        &[("socks", socks.as_fd())],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sk_msg = load(
+        &sk_msg_redirect("mb_t_skmsg"),
+        &[("socks", socks.as_fd())],
+        &[("target_port", i64::from(p2))],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let msg_att = SkMsgAttachment::attach(&sk_msg, socks.as_fd()).unwrap();
+    let ops_att = CgroupAttachment::attach(
+        &sockops,
+        cg.path(),
+        AttachType::CGROUP_SOCK_OPS,
+        None,
+        AttachMode::Auto,
+    )
+    .unwrap();
+    let result = Peer::start(&app, &["sockmap", &p1.to_string(), &p2.to_string()]).result();
+    // The message written on connection 1 arrived on connection 2's server socket, and not on
+    // its own peer: only the sk_msg redirect can do that.
+    assert_eq!(result, "s2=redirected-ping s1_bytes=0");
+    drop(ops_att);
+    msg_att.detach().unwrap();
+}
+
+#[test]
+fn sockops_fills_the_sockhash_with_both_ends() {
+    if !kernel_tests_enabled("sockops_fills_the_sockhash_with_both_ends") {
+        return;
+    }
+    let cg = OwnedCgroup::create_private("mb-test-sockops").unwrap();
+    let app = cg.create_child("app").unwrap();
+    let socks: SockHash<u32> = SockHash::create("mb_t_socks2", 64).unwrap();
+    let sockops = load(
+        &sockops_insert("mb_t_sockops2"),
+        &[("socks", socks.as_fd())],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _att = CgroupAttachment::attach(
+        &sockops,
+        cg.path(),
+        AttachType::CGROUP_SOCK_OPS,
+        None,
+        AttachMode::Auto,
+    )
+    .unwrap();
+    let (p1, p2) = (free_port(), free_port());
+    let mut peer = Peer::start(&app, &["hold", &p1.to_string(), &p2.to_string()]);
+    assert_eq!(peer.read_line(), "READY");
+    // Four live sockets: both server ends under the listening ports, both clients under
+    // their ephemeral ports.
+    let mut keys: Vec<u32> = socks.keys().map(Result::unwrap).collect();
+    keys.sort();
+    assert_eq!(keys.len(), 4, "keys {keys:?}");
+    assert!(
+        keys.contains(&u32::from(p1)) && keys.contains(&u32::from(p2)),
+        "{keys:?}"
+    );
+    assert!(socks.cookie(&u32::from(p1)).unwrap().is_some());
+    peer.send_line("done");
+    assert_eq!(peer.result(), "held");
+    // Closed sockets leave the sockhash by themselves.
+    assert_eq!(socks.keys().count(), 0);
+}
+
+#[test]
+fn getsockopt_program_answers_a_chosen_optname() {
+    if !kernel_tests_enabled("getsockopt_program_answers_a_chosen_optname") {
+        return;
+    }
+    let cg = OwnedCgroup::create_private("mb-test-getsockopt").unwrap();
+    let app = cg.create_child("app").unwrap();
+    // sockaddr_in { AF_INET, htons(15006), 10.1.2.3 } as two little-endian words (mov64
+    // sign-extends its immediate; the 32-bit store keeps the low half).
+    let word0 = i64::from(u32::from_le_bytes([2, 0, 0x3a, 0x9e]) as i32);
+    let word1 = i64::from(u32::from_le_bytes([10, 1, 2, 3]) as i32);
+    let prog = load(
+        &getsockopt_answer("mb_t_getsockopt"),
+        &[],
+        &[("optname", 80), ("word0", word0), ("word1", word1)], // SO_ORIGINAL_DST = 80
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _att = CgroupAttachment::attach(
+        &prog,
+        cg.path(),
+        AttachType::CGROUP_GETSOCKOPT,
+        None,
+        AttachMode::Auto,
+    )
+    .unwrap();
+    assert_eq!(
+        Peer::start(&app, &["origdst"]).result(),
+        "origdst=10.1.2.3:15006"
+    );
+    // Outside the cgroup the kernel answers (no conntrack entry): an error, not our value.
+    let outside = std::process::Command::new(env!("CARGO_BIN_EXE_mb-test-peer"))
+        .arg("origdst")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    outside.stdin.as_ref().unwrap().write_all(b"go\n").unwrap();
+    let out = outside.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("RESULT error="), "{text}");
+}
+
+#[test]
+fn rejected_program_error_names_it_and_quotes_the_verifier() {
+    if !kernel_tests_enabled("rejected_program_error_names_it_and_quotes_the_verifier") {
+        return;
+    }
+    use mb_asm::{Asm, Reg, Size};
+    let mut a = Asm::new();
+    // Reads through r2, which was never written.
+    a.ldx(Size::W, Reg::R0, Reg::R2, 0).exit();
+    let image = ProgramImage::new(
+        "mb_t_bad_read",
+        mb_sys::bpf::ProgType::SOCK_OPS,
+        None,
+        a.finish().unwrap(),
+    );
+    let e = load(&image, &[], &[]).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("program mb_t_bad_read (sock_ops) was rejected"),
+        "{text}"
+    );
+    assert!(text.contains("EACCES"), "{text}");
+    assert!(text.contains("R2 !read_ok"), "{text}");
+    assert!(text.contains("(61) r0 = *(u32 *)(r2 +0)"), "{text}");
+    assert!(e.verifier_log().unwrap().contains("R2 !read_ok"));
+}
+
+#[test]
+fn probe_on_this_machine_has_no_unknowns_and_matches_kernel_versions() {
+    if !kernel_tests_enabled("probe_on_this_machine_has_no_unknowns_and_matches_kernel_versions") {
+        return;
+    }
+    let probes = probe_all();
+    let unknown: Vec<_> = probes
+        .iter()
+        .filter(|p| matches!(p.support, Support::Unknown(_)))
+        .map(|p| format!("{}: {:?}", p.name, p.support))
+        .collect();
+    assert!(unknown.is_empty(), "unknowns: {unknown:#?}");
+    // cilium's feature-matrix habit: on a kernel at least as new as a feature's first
+    // release, the probe must say yes (keeps the version table honest).
+    let release = nix::sys::utsname::uname().unwrap();
+    let running = parse_version(release.release().to_str().unwrap()).unwrap();
+    for p in probes {
+        if let Some(first) = parse_version(p.first_kernel) {
+            if running >= first {
+                assert_eq!(
+                    p.support,
+                    Support::Yes,
+                    "{} (first in {})",
+                    p.name,
+                    p.first_kernel
+                );
+            }
+        }
+    }
+    assert_eq!(verdict(probes), Verdict::Full);
+    // Cached: the same slice comes back.
+    assert!(std::ptr::eq(probes, probe_all()));
+    assert_eq!(raise_memlock_if_needed().unwrap(), Memlock::NotNeeded);
+}
+
+fn parse_version(s: &str) -> Option<(u32, u32)> {
+    let mut it = s.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
