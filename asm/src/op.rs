@@ -387,6 +387,28 @@ pub enum Op {
         src: Reg,
         off: i16,
     },
+    /// `dst = load_acquire((size *)(src + off))` (`BPF_ATOMIC` with `imm = BPF_LOAD_ACQ`, 6.15+).
+    LoadAcquire {
+        size: Size,
+        dst: Reg,
+        src: Reg,
+        off: i16,
+    },
+    /// `store_release((size *)(dst + off), src)` (`imm = BPF_STORE_REL`, 6.15+).
+    StoreRelease {
+        size: Size,
+        dst: Reg,
+        off: i16,
+        src: Reg,
+    },
+    /// `dst = addr_space_cast(src, dst_as, src_as)` (arena pointers, `BPF_MOV` with `off = 1`,
+    /// `imm = dst_as << 16 | src_as`).
+    AddrSpaceCast {
+        dst: Reg,
+        src: Reg,
+        dst_as: u16,
+        src_as: u16,
+    },
     /// Conditional jump, 64-bit (`jmp32 == false`) or 32-bit compare.
     Jmp {
         jmp32: bool,
@@ -552,6 +574,42 @@ impl Op {
                 off,
                 op.imm(),
             ),
+            Op::LoadAcquire {
+                size,
+                dst,
+                src,
+                off,
+            } => one(
+                BPF_STX | BPF_ATOMIC | size.code(),
+                dst,
+                src.index(),
+                off,
+                BPF_LOAD_ACQ,
+            ),
+            Op::StoreRelease {
+                size,
+                dst,
+                off,
+                src,
+            } => one(
+                BPF_STX | BPF_ATOMIC | size.code(),
+                dst,
+                src.index(),
+                off,
+                BPF_STORE_REL,
+            ),
+            Op::AddrSpaceCast {
+                dst,
+                src,
+                dst_as,
+                src_as,
+            } => one(
+                BPF_ALU64 | BPF_MOV | BPF_X,
+                dst,
+                src.index(),
+                1,
+                ((u32::from(dst_as) << 16) | u32::from(src_as)) as i32,
+            ),
             Op::Jmp {
                 jmp32,
                 op,
@@ -704,6 +762,14 @@ impl Op {
                                     bits,
                                 });
                             }
+                            (BPF_MOV, 1) if by_reg && alu64 => {
+                                return Ok(Op::AddrSpaceCast {
+                                    dst,
+                                    src: src_reg()?,
+                                    dst_as: (insn.imm as u32 >> 16) as u16,
+                                    src_as: insn.imm as u32 as u16,
+                                });
+                            }
                             (BPF_DIV, 1) => AluOp::SDiv,
                             (BPF_MOD, 1) => AluOp::SMod,
                             (_, 0) => match opc {
@@ -831,6 +897,18 @@ impl Op {
                             src: src_reg()?,
                         })
                     }
+                    BPF_ATOMIC if insn.imm == BPF_LOAD_ACQ => Ok(Op::LoadAcquire {
+                        size,
+                        dst,
+                        src: src_reg()?,
+                        off: insn.off,
+                    }),
+                    BPF_ATOMIC if insn.imm == BPF_STORE_REL => Ok(Op::StoreRelease {
+                        size,
+                        dst,
+                        off: insn.off,
+                        src: src_reg()?,
+                    }),
                     BPF_ATOMIC if matches!(size, Size::W | Size::DW) => {
                         let op = AtomicOp::from_imm(insn.imm).ok_or_else(|| {
                             err(format!("atomic operation {:#x} is not defined", insn.imm))
@@ -874,9 +952,6 @@ impl Op {
                         let target = match insn.src {
                             0 => {
                                 unused("offset", insn.off == 0)?;
-                                if insn.imm < 0 {
-                                    return Err(err(format!("helper id {} is negative", insn.imm)));
-                                }
                                 CallTarget::Helper(insn.imm)
                             }
                             BPF_PSEUDO_CALL => {
@@ -956,7 +1031,9 @@ impl Op {
             | Op::MovSx { dst, .. }
             | Op::Endian { dst, .. }
             | Op::LdImm64 { dst, .. }
-            | Op::Ldx { dst, .. } => Some(dst),
+            | Op::Ldx { dst, .. }
+            | Op::LoadAcquire { dst, .. }
+            | Op::AddrSpaceCast { dst, .. } => Some(dst),
             Op::LdAbs { .. } | Op::LdInd { .. } => Some(Reg::R0),
             Op::Atomic { op, src, .. } => match op {
                 AtomicOp::Cmpxchg => Some(Reg::R0),

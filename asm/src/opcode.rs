@@ -74,6 +74,10 @@ pub const BPF_X: u8 = 0x08;
 pub const BPF_FETCH: i32 = 0x01;
 pub const BPF_XCHG: i32 = 0xe0 | BPF_FETCH;
 pub const BPF_CMPXCHG: i32 = 0xf0 | BPF_FETCH;
+/// Load-acquire (kernel 6.15+; not yet in every installed header).
+pub const BPF_LOAD_ACQ: i32 = 0x100;
+/// Store-release (kernel 6.15+).
+pub const BPF_STORE_REL: i32 = 0x110;
 
 // Pseudo sources of the 64-bit immediate load (`src_reg` of `BPF_LD | BPF_DW | BPF_IMM`).
 pub const BPF_PSEUDO_MAP_FD: u8 = 1;

@@ -9,16 +9,21 @@
 //! `lock *(u64 *)(r1 + 0) += r2`, `r0 = atomic_fetch_add((u64 *)(r1 + 0), r0)`,
 //! `r0 = xchg_64(r1 + 0, r0)`, `r0 = cmpxchg_64(r1 + 0, r0, r2)`, `r1 = bswap16 r1`,
 //! `r1 = (s8)r2`, `r1 s/= r2`, `r0 = *(u16 *)skb[r1]`, `call 1`, `callx r1`, `exit`,
-//! `gotol +70000`, `may_goto +2`. Labels are `name:`; comments start with `#`, `;` or `//`.
+//! `gotol +70000`, `may_goto +2`, `w0 = load_acquire((u8 *)(r1 + 0))`,
+//! `store_release((u64 *)(r1 + 0), r2)`, `r0 = addr_space_cast(r1, 0, 1)`. Labels are `name:`; comments start with `#`, `;` or `//`.
 //! Numbers are decimal or `0x` hex. Lines starting with a `.directive` are ignored.
 //!
 //! The printer writes decimal (LLVM's `--no-print-imm-hex` form, the one LLVM's own MC tests
 //! check): it round-trips exactly and diffs cleanly against those tests; the parser reads
 //! both.
 //!
+//! Difference from llvm-mc's bytes: `r1 = my_map ll` sets `src = BPF_PSEUDO_MAP_FD` in the
+//! instruction (what the kernel needs); llvm-mc leaves `src = 0` and emits an ELF relocation
+//! for libbpf to fix.
+//!
 //! Extensions (LLVM's text has no way to say these, but the bytes can):
-//! * `call +N` / `call -N` / `call label`: BPF-to-BPF call (`src = BPF_PSEUDO_CALL`);
-//!   `call N` without a sign is a helper call.
+//! * `call pc+N` / `call pc-N` / `call label`: BPF-to-BPF call (`src = BPF_PSEUDO_CALL`);
+//!   `call N` (also `+N`, `-N`, as llvm-mc reads them) is a helper call.
 //! * `call kfunc(ID)` / `call kfunc(ID, OFF)`: kfunc call (`src = BPF_PSEUDO_KFUNC_CALL`).
 //! * 64-bit loads with a pseudo source: `r1 = map_fd(FD) ll`, `r1 = map_value(FD, OFF) ll`,
 //!   `r1 = btf_id(ID) ll`, `r1 = func(OFF) ll` / `func(label)`, `map_idx(..)`,

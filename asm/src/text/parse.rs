@@ -171,8 +171,14 @@ fn parse_reg(name: &str) -> Option<(Reg, bool)> {
     Reg::new(n).map(|r| (r, wide))
 }
 
+/// `r11`, `w99`: shaped like a register but not one.
+fn looks_like_register(name: &str) -> bool {
+    let digits = name.strip_prefix('r').or_else(|| name.strip_prefix('w'));
+    digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn is_reserved(name: &str) -> bool {
-    parse_reg(name).is_some()
+    looks_like_register(name)
         || matches!(
             name,
             "ll" | "goto"
@@ -184,6 +190,7 @@ fn is_reserved(name: &str) -> bool {
                 | "exit"
                 | "lock"
                 | "skb"
+                | "pc"
         )
 }
 
@@ -346,18 +353,21 @@ impl Cursor {
     }
     /// A 32-bit immediate: `-2^31 ..= 2^32-1` (as LLVM accepts), or a constant name.
     fn imm32(&mut self) -> Result<Imm, String> {
+        if self.is_ident("const") && self.peek_at(1) == Some(&Tok::Punct("(")) {
+            self.pos += 2;
+            let name = self.symbol()?;
+            self.expect_punct(")")?;
+            return Ok(Imm::Const(name));
+        }
         if let Some(Tok::Ident(name)) = self.peek() {
+            if looks_like_register(name) && parse_reg(name).is_none() {
+                return Err(format!("`{name}` is not a register: use r0-r10 or w0-w10"));
+            }
             if !is_reserved(name) {
                 let name = name.clone();
                 self.pos += 1;
                 return Ok(Imm::Const(name));
             }
-        }
-        if self.eat_ident("const") {
-            self.expect_punct("(")?;
-            let name = self.symbol()?;
-            self.expect_punct(")")?;
-            return Ok(Imm::Const(name));
         }
         let v = self.int()?;
         fit_imm32(v).map(Imm::Num)
@@ -620,7 +630,28 @@ fn statement(c: &mut Cursor) -> Result<Stmt, String> {
                 )
             }
         }
+        Tok::Ident(ref w) if w == "store_release" => {
+            c.next();
+            c.expect_punct("(")?;
+            let (size, signed) = c.type_cast()?;
+            if signed {
+                return Err("store_release takes u8, u16, u32 or u64".into());
+            }
+            let (dst, off) = c.mem()?;
+            c.expect_punct(",")?;
+            let src = c.reg_of(size == Size::DW)?;
+            c.expect_punct(")")?;
+            Stmt::op(Op::StoreRelease {
+                size,
+                dst,
+                off,
+                src,
+            })
+        }
         Tok::Ident(_) if c.peek_reg().is_some() => assignment(c)?,
+        Tok::Ident(ref w) if looks_like_register(w) => {
+            return Err(format!("`{w}` is not a register: use r0-r10 or w0-w10"))
+        }
         other => return Err(format!("{other} does not start an instruction")),
     };
     c.end()?;
@@ -628,7 +659,8 @@ fn statement(c: &mut Cursor) -> Result<Stmt, String> {
 }
 
 fn call(c: &mut Cursor) -> Result<Stmt, String> {
-    if c.is_punct("+") || c.is_punct("-") {
+    if c.is_ident("pc") && matches!(c.peek_at(1), Some(Tok::Punct("+" | "-"))) {
+        c.next();
         return Ok(Stmt {
             op: Op::Call(CallTarget::Local(0)),
             reloc: None,
@@ -649,9 +681,10 @@ fn call(c: &mut Cursor) -> Result<Stmt, String> {
         c.expect_punct(")")?;
         return Ok(Stmt::op(Op::Call(CallTarget::Kfunc { btf_id, off })));
     }
-    if let Some(Tok::Num(n)) = c.peek().cloned() {
-        c.next();
-        let id = i32::try_from(n).map_err(|_| format!("helper id {n} is too large"))?;
+    if c.is_int() {
+        // `call N`, `call +N`, `call -N`: a helper id, as llvm-mc reads it.
+        let v = c.int()?;
+        let id = i32::try_from(v).map_err(|_| format!("helper id {v} does not fit in 32 bits"))?;
         return Ok(Stmt::op(Op::Call(CallTarget::Helper(id))));
     }
     match c.target()? {
@@ -660,7 +693,7 @@ fn call(c: &mut Cursor) -> Result<Stmt, String> {
             reloc: None,
             target: Some((Target::Label(name), Field::Imm)),
         }),
-        Target::Offset(_) => Err("expected a helper id, +N/-N or a function label".into()),
+        Target::Offset(_) => Err("expected a helper id, pc+N/pc-N or a function label".into()),
     }
 }
 
@@ -920,6 +953,44 @@ fn atomic_call(c: &mut Cursor, name: &str, dst: Reg, wide: bool) -> Result<Optio
             dst: base,
             src,
             off,
+        })));
+    }
+    if name == "load_acquire" {
+        c.next();
+        c.expect_punct("(")?;
+        let (size, signed) = c.type_cast()?;
+        if signed || (size == Size::DW) != wide {
+            return Err("load_acquire takes (u64 *) with an r register, or (u8|u16|u32 *) with a w register".into());
+        }
+        let (src, off) = c.mem()?;
+        c.expect_punct(")")?;
+        return Ok(Some(Stmt::op(Op::LoadAcquire {
+            size,
+            dst,
+            src,
+            off,
+        })));
+    }
+    if name == "addr_space_cast" {
+        c.next();
+        if !wide {
+            return Err("addr_space_cast works on 64-bit registers".into());
+        }
+        c.expect_punct("(")?;
+        let src = c.reg_of(true)?;
+        c.expect_punct(",")?;
+        let a = c.int()?;
+        c.expect_punct(",")?;
+        let b = c.int()?;
+        c.expect_punct(")")?;
+        let as16 = |v: i128| {
+            u16::try_from(v).map_err(|_| format!("address space {v} must be in 0 ..= 65535"))
+        };
+        return Ok(Some(Stmt::op(Op::AddrSpaceCast {
+            dst,
+            src,
+            dst_as: as16(a)?,
+            src_as: as16(b)?,
         })));
     }
     let (op, size) = match (name, wide) {

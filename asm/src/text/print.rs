@@ -7,7 +7,7 @@
 //! ALU, JMP32 and 32-bit atomic fetch forms print as `w`.
 //!
 //! Extensions where LLVM's text cannot say what the bytes say (documented in `text`):
-//! `call +N` for a BPF-to-BPF call, `call kfunc(ID)` for a kfunc call, and
+//! `call pc+N` for a BPF-to-BPF call, `call kfunc(ID)` for a kfunc call, and
 //! `r1 = map_fd(N) ll`-style pseudo loads without a symbol.
 
 use crate::op::{AtomicOp, CallTarget, Endian, Op, Size, Source};
@@ -210,6 +210,40 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
                 ),
             }
         }
+        Op::LoadAcquire {
+            size,
+            dst,
+            src,
+            off,
+        } => format!(
+            "{}{} = load_acquire(({} *)({}))",
+            rw(size == Size::DW),
+            dst.index(),
+            size_name(size),
+            llvm_mem(src, off)
+        ),
+        Op::StoreRelease {
+            size,
+            dst,
+            off,
+            src,
+        } => format!(
+            "store_release(({} *)({}), {}{})",
+            size_name(size),
+            llvm_mem(dst, off),
+            rw(size == Size::DW),
+            src.index()
+        ),
+        Op::AddrSpaceCast {
+            dst,
+            src,
+            dst_as,
+            src_as,
+        } => format!(
+            "r{} = addr_space_cast(r{}, {dst_as}, {src_as})",
+            dst.index(),
+            src.index()
+        ),
         Op::Jmp {
             jmp32,
             op,
@@ -233,7 +267,10 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
         Op::Gotol { imm } => format!("gotol {}", jump(i64::from(imm))),
         Op::MayGoto { off } => format!("may_goto {}", jump(i64::from(off))),
         Op::Call(CallTarget::Helper(id)) => format!("call {id}"),
-        Op::Call(CallTarget::Local(imm)) => format!("call {}", jump(i64::from(imm))),
+        Op::Call(CallTarget::Local(imm)) => match target {
+            Some(name) => format!("call {name}"),
+            None => format!("call pc{}", signed_offset(i64::from(imm))),
+        },
         Op::Call(CallTarget::Kfunc { btf_id, off }) => {
             if off == 0 {
                 format!("call kfunc({btf_id})")
@@ -345,6 +382,38 @@ pub fn kernel_op(op: &Op) -> String {
                 ),
             }
         }
+        Op::LoadAcquire {
+            size,
+            dst,
+            src,
+            off,
+        } => format!(
+            "r{} = load_acquire(({} *)({}))",
+            dst.index(),
+            size_name(size),
+            mem(src, off)
+        ),
+        Op::StoreRelease {
+            size,
+            dst,
+            off,
+            src,
+        } => format!(
+            "store_release(({} *)({}), r{})",
+            size_name(size),
+            mem(dst, off),
+            src.index()
+        ),
+        Op::AddrSpaceCast {
+            dst,
+            src,
+            dst_as,
+            src_as,
+        } => format!(
+            "r{} = addr_space_cast(r{}, {dst_as}, {src_as})",
+            dst.index(),
+            src.index()
+        ),
         Op::Jmp {
             jmp32,
             op,
