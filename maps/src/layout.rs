@@ -192,8 +192,9 @@ impl PodEntry {
     }
 }
 
-/// `PodEntry.flags`: redirect outbound traffic to every port (no include-port lookup).
-pub const POD_OUT_PORTS_ALL: u32 = 1 << 0;
+/// `PodEntry.flags`: the pod has outbound include-port rules: traffic to those ports is
+/// redirected whatever its destination address (Istio's `includeOutboundPorts`).
+pub const POD_OUT_PORTS_INCLUDE: u32 = 1 << 0;
 /// `PodEntry.flags`: the pod has outbound exclude-port rules (else the lookup is skipped).
 pub const POD_OUT_PORTS_EXCLUDE: u32 = 1 << 1;
 /// `PodEntry.flags`: redirect outbound traffic to every address (no include-CIDR lookup).
@@ -457,7 +458,7 @@ mod tests {
 
         let pod = PodEntry {
             pod_id: 7,
-            flags: POD_OUT_PORTS_ALL | POD_DNS_CAPTURE,
+            flags: POD_OUT_PORTS_INCLUDE | POD_DNS_CAPTURE,
             netns: 42,
             ipv4: addr_bytes("10.0.0.9".parse().unwrap()),
             ipv6: addr_bytes("fd00::9".parse().unwrap()),

@@ -19,8 +19,8 @@ use crate::emit::*;
 use mb_asm::{Asm, AsmError, Helper, JmpOp, Label, Program, Size};
 use mb_maps::layout::{
     Counter, PodEntry, ORIG_DNS, ORIG_INBOUND, ORIG_OUTBOUND, POD_DNS_CAPTURE, POD_IN_PORTS_ALL,
-    POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_ALL,
-    POD_OUT_PORTS_EXCLUDE, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
+    POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE,
+    POD_OUT_PORTS_INCLUDE, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
 
 /// `cgroup/connect4` or `cgroup/connect6`.
@@ -122,8 +122,11 @@ fn dns_redirect(a: &mut Asm, family: Family, done: Label) {
 }
 
 /// Jumps to `bypass` unless the outbound policy of the pod in r7 redirects the destination at
-/// `DST_ADDR`, port r9. Clobbers r0–r5, r8.
+/// `DST_ADDR`, port r9. The order is the meshes' (Istio's `istio-iptables`): an excluded port
+/// never goes; an included port always goes, whatever the address; then excluded prefixes
+/// stay out and the included prefixes decide. Clobbers r0–r5, r8.
 fn outbound_policy(a: &mut Asm, bypass: Label) {
+    let redirect = a.label();
     a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
 
     let skip = a.label();
@@ -132,19 +135,19 @@ fn outbound_policy(a: &mut Asm, bypass: Label) {
     a.jmp_imm(JmpOp::Ne, R0, 0, bypass).bind(skip);
 
     let skip = a.label();
-    a.jmp_imm(JmpOp::Set, R8, POD_OUT_PORTS_ALL as i32, skip);
+    jmp_unless_flag(a, R8, POD_OUT_PORTS_INCLUDE, skip);
     lookup_port_rule(a, R7, RULE_INCLUDE, R9);
-    a.jmp_imm(JmpOp::Eq, R0, 0, bypass).bind(skip);
+    a.jmp_imm(JmpOp::Ne, R0, 0, redirect).bind(skip);
 
     let skip = a.label();
     jmp_unless_flag(a, R8, POD_OUT_CIDRS_EXCLUDE, skip);
     lookup_cidr_rule(a, R7, RULE_EXCLUDE);
     a.jmp_imm(JmpOp::Ne, R0, 0, bypass).bind(skip);
 
-    let skip = a.label();
-    a.jmp_imm(JmpOp::Set, R8, POD_OUT_CIDRS_ALL as i32, skip);
+    a.jmp_imm(JmpOp::Set, R8, POD_OUT_CIDRS_ALL as i32, redirect);
     lookup_cidr_rule(a, R7, RULE_INCLUDE);
-    a.jmp_imm(JmpOp::Eq, R0, 0, bypass).bind(skip);
+    a.jmp_imm(JmpOp::Eq, R0, 0, bypass);
+    a.bind(redirect);
 }
 
 /// Jumps to `bypass` unless the inbound policy of the destination pod in r7 redirects port r9.
