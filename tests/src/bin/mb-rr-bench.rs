@@ -1,13 +1,14 @@
-//! `mb-rr-bench`: 64-byte request/response latency between two pods on one node, direct and
-//! through both reference sidecars under the Istio iptables rules. Prints one line per mode
-//! and the p50 the sidecars add. Needs root. Run:
-//! `cargo run --release -p mb-testbed --bin mb-rr-bench -- --count 20000`
+//! `mb-rr-bench`: 64-byte request/response latency between two pods on one node, direct,
+//! through the client's sidecar only, and through both reference sidecars under the Istio
+//! iptables rules. Prints one line per mode and round, then the p50 the sidecars add.
+//! `--workload crr` measures connect-request-close instead (rate, p50 and conntrack entries).
+//! Needs root. Run: `cargo run --release -p mb-testbed --bin mb-rr-bench -- --count 20000`
 #![forbid(unsafe_code)]
 
 use clap::Parser;
 use mb_testbed::scenarios::{self, Binaries, APP_UID, ECHO_PORT};
 use mb_testbed::sidecar::RelayMode;
-use mb_testbed::workload::LatencyStats;
+use mb_testbed::workload::{CrrStats, LatencyStats};
 use mb_testbed::{Interception, MeshPorts, Node, Sidecar, SidecarConfig};
 use std::net::SocketAddr;
 
@@ -29,9 +30,20 @@ struct Cli {
     /// Sidecar relay mode.
     #[arg(long, value_enum, default_value_t = RelayMode::ReadWrite)]
     relay: RelayMode,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Workload::Rr)]
+    workload: Workload,
     /// Repetitions of each mode (alternating); the median p50 is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    /// Persistent-connection request/response.
+    Rr,
+    /// Connect, request, response, close (`--count` connections, no warm-up).
+    Crr,
 }
 
 /// `sidecars`: how many of (client, server) get interception and a sidecar.
@@ -61,19 +73,28 @@ fn measure(
         pods.push(p);
     }
     let to = SocketAddr::new(pods[1].ip(cli.ipv6), ECHO_PORT);
-    let line = scenarios::run_client(
-        &pods[0].pod,
-        bins,
-        APP_UID,
-        &[
-            "rr".into(),
-            format!("--to={to}"),
-            format!("--size={}", cli.size),
-            format!("--count={}", cli.count),
-            format!("--warmup={}", cli.warmup),
-        ],
-    )?;
-    LatencyStats::parse(&line)
+    let mut args = vec![
+        format!("--to={to}"),
+        format!("--size={}", cli.size),
+        format!("--count={}", cli.count),
+    ];
+    if cli.workload == Workload::Rr {
+        args.insert(0, "rr".into());
+        args.push(format!("--warmup={}", cli.warmup));
+        let line = scenarios::run_client(&pods[0].pod, bins, APP_UID, &args)?;
+        return LatencyStats::parse(&line);
+    }
+    args.insert(0, "crr".into());
+    let before = pods[0].pod.conntrack_count()?;
+    let line = scenarios::run_client(&pods[0].pod, bins, APP_UID, &args)?;
+    let conntrack = pods[0].pod.conntrack_count()?.saturating_sub(before);
+    let stats = CrrStats::parse(&line)?;
+    println!(
+        "crr connections={} per_sec={:.0} client_pod_conntrack_entries={conntrack}",
+        stats.connections,
+        stats.per_second()
+    );
+    Ok(stats.latency)
 }
 
 fn main() {
