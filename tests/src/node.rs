@@ -360,7 +360,9 @@ impl Pod {
     }
 
     /// Starts `cmd` in this pod (its netns and cgroup) as `uid` (gid = uid; 0 = root).
-    /// The returned guard kills the process when dropped.
+    /// The returned guard kills the process when dropped. The process is also killed when the
+    /// *thread* that called `spawn` ends (`PR_SET_PDEATHSIG`), so nothing outlives a crashed
+    /// test: spawn from a thread that lives as long as the process should.
     pub fn spawn(&self, mut cmd: Command, uid: u32) -> io::Result<Spawned> {
         place(
             &mut cmd,
@@ -374,9 +376,17 @@ impl Pod {
         )?;
         let program = cmd.get_program().to_string_lossy().into_owned();
         let child = cmd.spawn().map_err(|e| {
+            let hint = if e.kind() == io::ErrorKind::PermissionDenied && uid != 0 {
+                format!(
+                    " (UID {uid} must be able to execute it: every directory above it needs o+x, \
+                     e.g. a target dir under /root does not work; set CARGO_TARGET_DIR elsewhere)"
+                )
+            } else {
+                String::new()
+            };
             io::Error::new(
                 e.kind(),
-                format!("start {program} in pod {}: {e}", self.name),
+                format!("start {program} in pod {}: {e}{hint}", self.name),
             )
         })?;
         Ok(Spawned {
