@@ -331,6 +331,13 @@ pub fn rr_client(
     count: u64,
     warmup: u64,
 ) -> io::Result<LatencyStats> {
+    let mut samples = rr_samples(addr, size, count, warmup)?;
+    Ok(LatencyStats::from_samples(&mut samples))
+}
+
+/// Like [`rr_client`], returning every measured round trip in nanoseconds (in order), e.g.
+/// for [`histogram`].
+pub fn rr_samples(addr: SocketAddr, size: usize, count: u64, warmup: u64) -> io::Result<Vec<u64>> {
     let mut s = connect(addr)?;
     let request = vec![0xa5u8; size.max(1)];
     let mut response = vec![0u8; request.len()];
@@ -349,7 +356,29 @@ pub fn rr_client(
             "echo returned other bytes",
         ));
     }
-    Ok(LatencyStats::from_samples(&mut samples))
+    Ok(samples)
+}
+
+/// Latency histogram with 1-2-5 buckets per decade from 1 µs to 5 s: `(upper bound ns,
+/// count)` for every non-empty bucket; samples above 5 s land in a last `u64::MAX` bucket.
+pub fn histogram(samples: &[u64]) -> Vec<(u64, u64)> {
+    let mut bounds = Vec::new();
+    let mut decade = 1_000u64;
+    while decade <= 1_000_000_000 {
+        bounds.extend([decade, 2 * decade, 5 * decade]);
+        decade *= 10;
+    }
+    bounds.push(u64::MAX);
+    let mut counts = vec![0u64; bounds.len()];
+    for &s in samples {
+        let i = bounds.partition_point(|&b| b < s);
+        counts[i] += 1;
+    }
+    bounds
+        .into_iter()
+        .zip(counts)
+        .filter(|&(_, c)| c > 0)
+        .collect()
 }
 
 /// Connect-request-close rate.
@@ -541,6 +570,13 @@ mod tests {
         assert_eq!(&r[r.len() - 4..], &[10, 0, 0, 53]);
         assert!(dns_reply(&q[..10], Ipv4Addr::LOCALHOST).is_none());
         assert!(dns_query_packet(1, "a..b").is_err());
+    }
+
+    #[test]
+    fn histogram_buckets_are_upper_bounds() {
+        let h = histogram(&[500, 1_000, 1_001, 15_000, 20_000_000_000]);
+        assert_eq!(h, vec![(1_000, 2), (2_000, 1), (20_000, 1), (u64::MAX, 1)]);
+        assert!(histogram(&[]).is_empty());
     }
 
     #[test]

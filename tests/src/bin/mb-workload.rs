@@ -43,6 +43,9 @@ enum Cmd {
         count: u64,
         #[arg(long, default_value_t = 1_000)]
         warmup: u64,
+        /// Also print `bucket le_ns=… count=…` lines (1-2-5 buckets) before the summary line.
+        #[arg(long)]
+        histogram: bool,
     },
     /// Connect-request-close rate.
     Crr {
@@ -121,7 +124,16 @@ fn run(cli: Cli) -> std::io::Result<()> {
             size,
             count,
             warmup,
-        } => println!("{}", workload::rr_client(to, size, count, warmup)?),
+            histogram,
+        } => {
+            let mut samples = workload::rr_samples(to, size, count, warmup)?;
+            if histogram {
+                for (le, n) in workload::histogram(&samples) {
+                    println!("bucket le_ns={le} count={n}");
+                }
+            }
+            println!("{}", workload::LatencyStats::from_samples(&mut samples));
+        }
         Cmd::Crr { to, size, count } => println!("{}", workload::crr_client(to, size, count)?),
         Cmd::Bulk { to, bytes } => println!("{}", workload::bulk_client(to, bytes)?),
         Cmd::Whoami { to, from } => {
