@@ -478,13 +478,19 @@ fn fmt_llvm_with(program: &Program, labels: bool) -> Result<String, crate::Decod
             }
         }
     }
-    let mut out = String::new();
+    let relocations: std::collections::HashMap<usize, &RelocKind> = program
+        .relocations
+        .iter()
+        .rev()
+        .map(|r| (r.slot, &r.kind))
+        .collect();
+    let mut out = String::with_capacity(program.insns.len() * 24);
     for (at, op) in &decoded {
         if targets.contains(at) {
             let _ = writeln!(out, "L{at}:");
         }
-        let symbol = match program.relocations.iter().find(|r| r.slot == *at) {
-            Some(r) => Symbol::Reloc(&r.kind),
+        let symbol = match relocations.get(at) {
+            Some(kind) => Symbol::Reloc(kind),
             None => Symbol::None,
         };
         let name = op.branch_offset().and_then(|off| {
