@@ -15,7 +15,7 @@ use super::config::ClientConfig;
 use super::decode::{ApiStatus, WatchDecoder, WatchEvent};
 use super::http::{self, HttpError, HttpErrorKind, Response};
 use super::pod::{PodInfo, PodRef, RawMeta, RawObject};
-use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
@@ -246,12 +246,80 @@ impl Backoff {
     }
 }
 
-#[derive(Deserialize)]
-struct RawPodList {
-    #[serde(default)]
-    metadata: Option<RawMeta>,
-    #[serde(default)]
-    items: Option<Vec<RawObject>>,
+/// Parses a `PodList` from `reader`, handing each item to `on_item` as soon as it is decoded;
+/// returns the list's metadata (resourceVersion, continue).
+fn parse_pod_list(
+    reader: impl Read,
+    on_item: &mut dyn FnMut(RawObject),
+) -> serde_json::Result<RawMeta> {
+    let mut deserializer = serde_json::Deserializer::from_reader(reader);
+    let meta = ListSeed { on_item }.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(meta)
+}
+
+struct ListSeed<'a> {
+    on_item: &'a mut dyn FnMut(RawObject),
+}
+
+impl<'de> DeserializeSeed<'de> for ListSeed<'_> {
+    type Value = RawMeta;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RawMeta, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListSeed<'_> {
+    type Value = RawMeta;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a PodList object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMeta, A::Error> {
+        let mut meta = RawMeta::default();
+        let on_item = self.on_item;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "metadata" => meta = map.next_value::<Option<RawMeta>>()?.unwrap_or_default(),
+                "items" => map.next_value_seed(ItemsSeed {
+                    on_item: &mut *on_item,
+                })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(meta)
+    }
+}
+
+struct ItemsSeed<'a> {
+    on_item: &'a mut dyn FnMut(RawObject),
+}
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of pods or null")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<RawObject>()? {
+            (self.on_item)(item);
+        }
+        Ok(())
+    }
 }
 
 /// List+watch client for the pods of one node.
@@ -487,24 +555,29 @@ impl PodWatcher {
             if response.status != 200 {
                 return Err(self.status_failure(response, "pod list"));
             }
-            let body = response
-                .read_to_end(1 << 30)
-                .map_err(|e| self.http_failure(e))?;
-            bump(&self.stats.list_pages);
-            let page: RawPodList = serde_json::from_slice(&body)
-                .map_err(|e| Failure::Other(format!("pod list is not a PodList: {e}")))?;
-            drop(body);
-            let meta = page.metadata.unwrap_or_default();
-            if continue_token.is_none() {
-                list_version = meta.resource_version.clone().unwrap_or_default();
-            }
-            for raw in page.items.unwrap_or_default() {
+            // Decoded as it arrives, item by item: a list of 10,000 pods is never held whole.
+            let mut on_item = |raw: RawObject| {
                 let pod = raw.into_pod();
-                if pod.uid.is_empty() || !self.on_this_node(&pod) {
-                    continue;
+                if pod.uid.is_empty() || pod.node_name != self.options.node_name {
+                    return;
                 }
                 seen.insert(pod.uid.clone());
                 self.upsert(pod, !first_list, sink);
+            };
+            let meta = parse_pod_list(
+                std::io::BufReader::with_capacity(64 * 1024, &mut response),
+                &mut on_item,
+            )
+            .map_err(|e| {
+                if e.is_io() {
+                    Failure::Retryable(format!("pod list connection broke: {e}"))
+                } else {
+                    Failure::Other(format!("pod list is not a PodList: {e}"))
+                }
+            })?;
+            bump(&self.stats.list_pages);
+            if continue_token.is_none() {
+                list_version = meta.resource_version.clone().unwrap_or_default();
             }
             match meta.continue_token.filter(|t| !t.is_empty()) {
                 Some(token) => continue_token = Some(token),
@@ -703,6 +776,32 @@ mod tests {
             let t = backoff.random_in(300, 600);
             assert!((300..=600).contains(&t));
         }
+    }
+
+    #[test]
+    fn pod_list_is_parsed_item_by_item_in_any_field_order() {
+        let mut uids = Vec::new();
+        let meta = parse_pod_list(
+            &br#"{"kind":"PodList","items":[{"metadata":{"uid":"a"}},{"metadata":{"uid":"b"},"spec":{"containers":null}}],
+                 "extra":{"x":[1,2]},"metadata":{"resourceVersion":"9","continue":"c1"}}"#[..],
+            &mut |raw| uids.push(raw.into_pod().uid),
+        )
+        .unwrap();
+        assert_eq!(uids, vec!["a", "b"]);
+        assert_eq!(meta.resource_version.as_deref(), Some("9"));
+        assert_eq!(meta.continue_token.as_deref(), Some("c1"));
+        let meta = parse_pod_list(
+            &br#"{"items":null,"metadata":{"resourceVersion":"1"}}"#[..],
+            &mut |_| panic!("no items"),
+        )
+        .unwrap();
+        assert_eq!(meta.resource_version.as_deref(), Some("1"));
+        assert!(parse_pod_list(&b"[1,2]"[..], &mut |_| {}).is_err());
+        assert!(
+            parse_pod_list(&br#"{"items":[{"metadata":{"uid":"a"}}"#[..], &mut |_| {})
+                .unwrap_err()
+                .is_eof()
+        );
     }
 
     #[test]

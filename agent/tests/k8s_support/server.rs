@@ -40,6 +40,8 @@ struct HistoryEntry {
 #[derive(Default)]
 struct State {
     pods: BTreeMap<String, Value>,
+    /// Each pod as a list item (no kind/apiVersion), serialized once per change.
+    list_items: BTreeMap<String, (Option<String>, String)>,
     version: u64,
     history: Vec<HistoryEntry>,
     /// A watch from a version below this gets ERROR 410 (history compacted).
@@ -54,6 +56,21 @@ struct State {
     drop_next_event: bool,
     /// Continue tokens handed out, to reject reuse with a resourceVersion.
     active_watches: usize,
+}
+
+impl State {
+    fn set_pod(&mut self, uid: String, pod: Value) {
+        let mut item = pod.clone();
+        if let Some(o) = item.as_object_mut() {
+            // Real list items carry no kind/apiVersion.
+            o.remove("kind");
+            o.remove("apiVersion");
+        }
+        let node = node_of(&pod).map(str::to_string);
+        self.list_items
+            .insert(uid.clone(), (node, item.to_string()));
+        self.pods.insert(uid, pod);
+    }
 }
 
 struct Shared {
@@ -226,7 +243,7 @@ impl FakeApiServer {
             .as_str()
             .expect("pod uid")
             .to_string();
-        state.pods.insert(uid, pod.clone());
+        state.set_pod(uid, pod.clone());
         self.record(&mut state, "ADDED", pod);
         version
     }
@@ -241,7 +258,7 @@ impl FakeApiServer {
                 .as_str()
                 .expect("pod uid")
                 .to_string();
-            state.pods.insert(uid, pod);
+            state.set_pod(uid, pod);
         }
         state.oldest_watchable = state.version;
     }
@@ -254,6 +271,7 @@ impl FakeApiServer {
         change(pod);
         pod["metadata"]["resourceVersion"] = version.to_string().into();
         let pod = pod.clone();
+        state.set_pod(uid.to_string(), pod.clone());
         self.record(&mut state, "MODIFIED", pod);
         version
     }
@@ -263,6 +281,7 @@ impl FakeApiServer {
         state.version += 1;
         let version = state.version;
         let mut pod = state.pods.remove(uid).expect("delete: no such pod");
+        state.list_items.remove(uid);
         pod["metadata"]["resourceVersion"] = version.to_string().into();
         pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
         self.record(&mut state, "DELETED", pod);
@@ -275,6 +294,7 @@ impl FakeApiServer {
         let mut state = self.lock();
         state.version += 1;
         state.pods.remove(uid).expect("delete: no such pod");
+        state.list_items.remove(uid);
         state.oldest_watchable = state.version;
         state.history.clear();
     }
@@ -465,7 +485,12 @@ fn handle(shared: Arc<Shared>, mut conn: Box<dyn Conn>) {
             );
             return;
         }
-        let items: Vec<&Value> = state.pods.values().filter(|p| on_node(p)).collect();
+        let items: Vec<&String> = state
+            .list_items
+            .values()
+            .filter(|(pod_node, _)| node.is_none() || pod_node == &node)
+            .map(|(_, json)| json)
+            .collect();
         let (start, list_version) = match query.get("continue") {
             Some(token) => {
                 let (offset, version) = token.split_once(':').unwrap_or(("0", "0"));
@@ -479,25 +504,20 @@ fn handle(shared: Arc<Shared>, mut conn: Box<dyn Conn>) {
             .filter(|&l| l > 0)
             .unwrap_or(usize::MAX);
         let end = start.saturating_add(limit).min(items.len());
-        let page: Vec<Value> = items[start.min(end)..end]
-            .iter()
-            .map(|p| {
-                let mut p = (*p).clone();
-                // Real list items carry no kind/apiVersion.
-                if let Some(o) = p.as_object_mut() {
-                    o.remove("kind");
-                    o.remove("apiVersion");
-                }
-                p
-            })
-            .collect();
         let mut metadata = json!({"resourceVersion": list_version});
         if end < items.len() {
             metadata["continue"] = format!("{end}:{list_version}").into();
         }
+        let mut body =
+            format!(r#"{{"kind":"PodList","apiVersion":"v1","metadata":{metadata},"items":["#);
+        for (i, item) in items[start.min(end)..end].iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(item);
+        }
+        body.push_str("]}");
         drop(state);
-        let body = json!({"kind":"PodList","apiVersion":"v1","metadata":metadata,"items":page})
-            .to_string();
         write_response(&mut *conn, 200, "OK", &body);
         return;
     }
