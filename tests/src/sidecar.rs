@@ -441,12 +441,33 @@ fn copy_read_write(
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A socket in a sockhash can return EAGAIN from a *blocking* read when its wait
+            // queue is woken without data (tcp_bpf_recvmsg, e.g. when the other relay thread
+            // half-closes it). Envoy is event-driven and simply waits for readiness again;
+            // so do we.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_readable(from).map_err(|e| (total, e))?;
+                continue;
+            }
             Err(e) => return Err((total, e)),
         };
         if let Err(e) = to.write_all(&buf[..n]) {
             return Err((total, e));
         }
         total += n as u64;
+    }
+}
+
+/// Blocks until `socket` is readable (data, EOF or error).
+fn wait_readable(socket: &TcpStream) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -6,9 +6,9 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use mb_testbed::scenarios::{self, Binaries, APP_UID, ECHO_PORT};
+use mb_testbed::scenarios::{self, Binaries, APP_UID, BULK_PORT, ECHO_PORT};
 use mb_testbed::sidecar::RelayMode;
-use mb_testbed::workload::{CrrStats, LatencyStats};
+use mb_testbed::workload::{BulkStats, CrrStats, LatencyStats};
 use mb_testbed::{Interception, MeshPorts, Node, Sidecar, SidecarConfig};
 use std::net::SocketAddr;
 
@@ -30,6 +30,9 @@ struct Cli {
     /// Sidecar relay mode.
     #[arg(long, value_enum, default_value_t = RelayMode::ReadWrite)]
     relay: RelayMode,
+    /// Bytes per bulk transfer.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    bytes: u64,
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Workload::Rr)]
     workload: Workload,
@@ -44,6 +47,15 @@ enum Workload {
     Rr,
     /// Connect, request, response, close (`--count` connections, no warm-up).
     Crr,
+    /// One stream of `--bytes` bytes with checksum (reports Mbit/s).
+    Bulk,
+}
+
+/// One measurement: latency p50 (rr, crr) and a rate (crr: connections/s, bulk: Mbit/s).
+struct Measured {
+    p50_ns: u64,
+    rate: f64,
+    line: String,
 }
 
 /// `sidecars`: how many of (client, server) get interception and a sidecar.
@@ -52,7 +64,7 @@ fn measure(
     sidecars: usize,
     cli: &Cli,
     bins: &Binaries,
-) -> std::io::Result<LatencyStats> {
+) -> std::io::Result<Measured> {
     let node = Node::new("rrbench")?;
     let mut pods = Vec::new();
     for (i, name) in ["client", "server"].into_iter().enumerate() {
@@ -72,6 +84,21 @@ fn measure(
         }
         pods.push(p);
     }
+    if cli.workload == Workload::Bulk {
+        let to = SocketAddr::new(pods[1].ip(cli.ipv6), BULK_PORT);
+        let args = [
+            "bulk".into(),
+            format!("--to={to}"),
+            format!("--bytes={}", cli.bytes),
+        ];
+        let line = scenarios::run_client(&pods[0].pod, bins, APP_UID, &args)?;
+        let stats = BulkStats::parse(&line)?;
+        return Ok(Measured {
+            p50_ns: 0,
+            rate: stats.mbit_per_second(),
+            line,
+        });
+    }
     let to = SocketAddr::new(pods[1].ip(cli.ipv6), ECHO_PORT);
     let mut args = vec![
         format!("--to={to}"),
@@ -82,19 +109,23 @@ fn measure(
         args.insert(0, "rr".into());
         args.push(format!("--warmup={}", cli.warmup));
         let line = scenarios::run_client(&pods[0].pod, bins, APP_UID, &args)?;
-        return LatencyStats::parse(&line);
+        let stats = LatencyStats::parse(&line)?;
+        return Ok(Measured {
+            p50_ns: stats.p50_ns,
+            rate: 0.0,
+            line,
+        });
     }
     args.insert(0, "crr".into());
     let before = pods[0].pod.conntrack_count()?;
     let line = scenarios::run_client(&pods[0].pod, bins, APP_UID, &args)?;
     let conntrack = pods[0].pod.conntrack_count()?.saturating_sub(before);
     let stats = CrrStats::parse(&line)?;
-    println!(
-        "crr connections={} per_sec={:.0} client_pod_conntrack_entries={conntrack}",
-        stats.connections,
-        stats.per_second()
-    );
-    Ok(stats.latency)
+    Ok(Measured {
+        p50_ns: stats.latency.p50_ns,
+        rate: stats.per_second(),
+        line: format!("{line} client_pod_conntrack_entries={conntrack}"),
+    })
 }
 
 fn main() {
@@ -113,12 +144,14 @@ fn main() {
         ("iptables+both-sidecars", istio, 2),
     ];
     let mut p50s = vec![Vec::new(); modes.len()];
+    let mut rates = vec![Vec::new(); modes.len()];
     for round in 0..cli.rounds.max(1) {
         for (i, (name, mode, sidecars)) in modes.iter().enumerate() {
             match measure(mode, *sidecars, &cli, &bins) {
-                Ok(s) => {
-                    println!("round={round} mode={name} {s}");
-                    p50s[i].push(s.p50_ns);
+                Ok(m) => {
+                    println!("round={round} mode={name} {}", m.line);
+                    p50s[i].push(m.p50_ns);
+                    rates[i].push(m.rate);
                 }
                 Err(e) => {
                     eprintln!("mb-rr-bench: {name}: {e}");
@@ -131,6 +164,26 @@ fn main() {
         v.sort_unstable();
         v[v.len() / 2]
     };
+    let median_rate = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    if cli.workload != Workload::Rr {
+        println!(
+            "rates ({}) direct={:.0} one_sidecar={:.0} both_sidecars={:.0}",
+            if cli.workload == Workload::Bulk {
+                "Mbit/s"
+            } else {
+                "connections/s"
+            },
+            median_rate(&mut rates[0]),
+            median_rate(&mut rates[1]),
+            median_rate(&mut rates[2])
+        );
+        if cli.workload == Workload::Bulk {
+            return;
+        }
+    }
     let direct = median(&mut p50s[0]);
     let one = median(&mut p50s[1]);
     let both = median(&mut p50s[2]);
