@@ -142,6 +142,55 @@ impl<K: Pod, V: Pod, T: MapKind> KvMap<K, V, T> {
         Ok(self.map.raw().delete(&key.to_vec())?)
     }
 
+    /// Sets many pairs with one `BPF_MAP_UPDATE_BATCH` call (5.6+; for older kernels or map
+    /// types without batch support, falls back to one update per pair).
+    pub fn insert_batch(&self, pairs: &[(K, V)]) -> Result<(), MapError> {
+        let mut keys = vec![0u8; pairs.len() * K::SIZE];
+        let mut values = vec![0u8; pairs.len() * V::SIZE];
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            k.write_to(&mut keys[i * K::SIZE..(i + 1) * K::SIZE]);
+            v.write_to(&mut values[i * V::SIZE..(i + 1) * V::SIZE]);
+        }
+        match self.map.raw().update_batch(&keys, &values, UPDATE_ANY) {
+            Ok(_) => Ok(()),
+            Err(e) if batch_unsupported(&e) => {
+                pairs.iter().try_for_each(|(k, v)| self.insert(k, v))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every pair, read with `BPF_MAP_LOOKUP_BATCH` in chunks (falls back to key iteration
+    /// where batches are unsupported).
+    pub fn dump(&self) -> Result<Vec<(K, V)>, MapError> {
+        const CHUNK: usize = 256;
+        let mut out = Vec::new();
+        let mut cursor = mb_sys::bpf::BatchCursor::default();
+        let mut keys = vec![0u8; CHUNK * K::SIZE];
+        let mut values = vec![0u8; CHUNK * V::SIZE];
+        let limit = self.map.info().max_entries as usize;
+        while !cursor.is_done() && out.len() < limit {
+            let n = match self
+                .map
+                .raw()
+                .lookup_batch(&mut cursor, &mut keys, &mut values)
+            {
+                Ok(n) => n,
+                Err(e) if batch_unsupported(&e) && out.is_empty() => {
+                    return self.iter().collect();
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for i in 0..n {
+                out.push((
+                    K::read_from(&keys[i * K::SIZE..(i + 1) * K::SIZE]),
+                    V::read_from(&values[i * V::SIZE..(i + 1) * V::SIZE]),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// The keys, in the kernel's order.
     pub fn keys(&self) -> impl Iterator<Item = Result<K, MapError>> + '_ {
         self.map.raw_keys().map(|k| k.map(|b| K::read_from(&b)))
@@ -158,6 +207,12 @@ impl<K: Pod, V: Pod, T: MapKind> KvMap<K, V, T> {
             Err(e) => Some(Err(e)),
         })
     }
+}
+
+/// Kernels before 5.6 and some map types (LPM tries) have no batch commands.
+fn batch_unsupported(e: &mb_sys::bpf::BpfError) -> bool {
+    use nix::errno::Errno;
+    e.is(Errno::EINVAL) || e.is(Errno::EOPNOTSUPP) || e.errno == mb_sys::bpf::ENOTSUPP
 }
 
 impl<K, V, T> AsFd for KvMap<K, V, T> {

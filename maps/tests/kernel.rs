@@ -154,3 +154,25 @@ fn pinned_map_reopens_with_data_and_rejects_other_shapes() {
     assert!(!path.exists());
     unpin(&path).unwrap();
 }
+
+#[test]
+fn batch_insert_and_dump_round_trip() {
+    if !kernel_tests_enabled("batch_insert_and_dump_round_trip") {
+        return;
+    }
+    let m: HashMap<u32, u64> = HashMap::create("mb_t_batch", 2048).unwrap();
+    let pairs: Vec<(u32, u64)> = (0..1000u32).map(|k| (k, u64::from(k) * 3)).collect();
+    m.insert_batch(&pairs).unwrap();
+    assert_eq!(m.get(&999).unwrap(), Some(2997));
+    let mut dumped = m.dump().unwrap();
+    dumped.sort();
+    assert_eq!(dumped, pairs, "every pair comes back once");
+    // LPM tries have no batch commands: the fallbacks still work.
+    let t: LpmTrie<LpmKey<[u8; 4]>, u32> = LpmTrie::create("mb_t_lpm_batch", 8).unwrap();
+    let k = LpmKey {
+        prefix_len: 16,
+        data: [10, 2, 0, 0],
+    };
+    t.insert_batch(&[(k, 5)]).unwrap();
+    assert_eq!(t.dump().unwrap(), vec![(k, 5)]);
+}

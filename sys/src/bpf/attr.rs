@@ -61,6 +61,20 @@ attr! {
 }
 
 attr! {
+    /// `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_UPDATE_BATCH` (5.6+).
+    pub struct MapBatchAttr {
+        pub in_batch: u64,
+        pub out_batch: u64,
+        pub keys: u64,
+        pub values: u64,
+        pub count: u32,
+        pub map_fd: u32,
+        pub elem_flags: u64,
+        pub flags: u64,
+    }
+}
+
+attr! {
     /// `BPF_PROG_LOAD`, up to `log_true_size` (6.4; older kernels ignore the zero tail).
     pub struct ProgLoadAttr {
         pub prog_type: u32,
@@ -252,6 +266,7 @@ mod layout_tests {
         no_padding!(
             MapCreateAttr,
             MapElemAttr,
+            MapBatchAttr,
             ProgLoadAttr,
             ObjAttr,
             ProgAttachAttr,
@@ -286,6 +301,15 @@ mod layout_tests {
         assert_eq!(offset_of!(MapElemAttr, value), 16);
         assert_eq!(offset_of!(MapElemAttr, flags), 24);
         assert_eq!(size_of::<MapElemAttr>(), 32);
+        assert_eq!(offset_of!(MapBatchAttr, in_batch), 0);
+        assert_eq!(offset_of!(MapBatchAttr, out_batch), 8);
+        assert_eq!(offset_of!(MapBatchAttr, keys), 16);
+        assert_eq!(offset_of!(MapBatchAttr, values), 24);
+        assert_eq!(offset_of!(MapBatchAttr, count), 32);
+        assert_eq!(offset_of!(MapBatchAttr, map_fd), 36);
+        assert_eq!(offset_of!(MapBatchAttr, elem_flags), 40);
+        assert_eq!(offset_of!(MapBatchAttr, flags), 48);
+        assert_eq!(size_of::<MapBatchAttr>(), 56);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! [`MapFd`]: a map fd together with the shape the kernel reported for it, so that element
 //! operations can check every buffer length before the kernel reads or writes it.
 
-use super::attr::MapElemAttr;
+use super::attr::{MapBatchAttr, MapElemAttr};
 use super::ops::{map_create, map_info, obj_get, obj_pin, MapCreate, MapInfo};
 use super::{bpf, BpfError, Cmd};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -155,6 +155,98 @@ impl MapFd {
     }
 }
 
+/// Where a [`MapFd::lookup_batch`] walk continues (opaque; the kernel writes it).
+#[derive(Clone, Debug, Default)]
+pub struct BatchCursor {
+    token: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl BatchCursor {
+    /// True once the walk reached the end of the map.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+impl MapFd {
+    /// `BPF_MAP_UPDATE_BATCH` (5.6+): sets `keys.len() / key_size` elements in one call.
+    /// `keys` and `values` are packed back to back (`values` with `value_len()` per element).
+    /// Returns how many elements the kernel processed (all, on success).
+    pub fn update_batch(
+        &self,
+        keys: &[u8],
+        values: &[u8],
+        elem_flags: u64,
+    ) -> Result<u32, BpfError> {
+        let cmd = Cmd::MapUpdateBatch;
+        let key_size = (self.info.key_size as usize).max(1);
+        let count = keys.len() / key_size;
+        self.check(cmd, "keys", keys.len(), count * key_size)?;
+        self.check(cmd, "values", values.len(), count * self.value_len)?;
+        let mut attr = MapBatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: u32::try_from(count).map_err(|_| {
+                BpfError::new(cmd, libc::E2BIG).with_detail("more than 2^32 elements")
+            })?,
+            map_fd: self.fd.as_raw_fd() as u32,
+            elem_flags,
+            ..Default::default()
+        };
+        match bpf(cmd, &mut attr) {
+            Ok(_) => Ok(attr.count),
+            Err(e) => Err(e.with_detail(format!(
+                "map {:?}: {} of {count} elements written",
+                self.info.name, attr.count
+            ))),
+        }
+    }
+
+    /// `BPF_MAP_LOOKUP_BATCH` (5.6+): copies up to `keys.len() / key_size` elements, continuing
+    /// from `cursor`, into `keys` and `values` (packed). Returns how many were copied; the
+    /// cursor says when the map is exhausted.
+    pub fn lookup_batch(
+        &self,
+        cursor: &mut BatchCursor,
+        keys: &mut [u8],
+        values: &mut [u8],
+    ) -> Result<usize, BpfError> {
+        let cmd = Cmd::MapLookupBatch;
+        if cursor.done {
+            return Ok(0);
+        }
+        let key_size = (self.info.key_size as usize).max(1);
+        let count = keys.len() / key_size;
+        self.check(cmd, "keys", keys.len(), count * key_size)?;
+        self.check(cmd, "values", values.len(), count * self.value_len)?;
+        // Hash maps use a u32 bucket index as the token, arrays a key: room for both.
+        let token_len = key_size.max(4);
+        let mut out_token = vec![0u8; token_len];
+        let mut attr = MapBatchAttr {
+            in_batch: cursor.token.as_ref().map_or(0, |t| t.as_ptr() as u64),
+            out_batch: out_token.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: count as u32,
+            map_fd: self.fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match bpf(cmd, &mut attr) {
+            Ok(_) => {
+                cursor.token = Some(out_token);
+                Ok(attr.count as usize)
+            }
+            // ENOENT: the walk reached the end; `count` holds the last elements.
+            Err(e) if e.is(nix::errno::Errno::ENOENT) => {
+                cursor.done = true;
+                Ok(attr.count as usize)
+            }
+            Err(e) => Err(e.with_detail(format!("map {:?}", self.info.name))),
+        }
+    }
+}
+
 impl AsFd for MapFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -168,6 +260,43 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::rc::Rc;
+
+    #[test]
+    fn batch_ops_pass_packed_buffers_and_count() {
+        let calls = Rc::new(RefCell::new(Vec::new()));
+        let seen = calls.clone();
+        let _g = override_syscall(move |cmd, a| {
+            seen.borrow_mut().push((cmd, a.to_vec()));
+            match cmd {
+                Cmd::MapCreate => Ok(dummy_fd() as i64),
+                Cmd::MapLookupBatch => Err(libc::ENOENT),
+                _ => Ok(0),
+            }
+        });
+        let map = MapFd::create(&MapCreate {
+            map_type: MapType::HASH,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 8,
+            map_flags: 0,
+            name: "m",
+        })
+        .unwrap();
+        // The fake reports key and value size 0, so empty buffers are the right size.
+        assert_eq!(map.update_batch(&[], &[], 0).unwrap(), 0);
+        let mut cursor = BatchCursor::default();
+        assert_eq!(map.lookup_batch(&mut cursor, &mut [], &mut []).unwrap(), 0);
+        assert!(cursor.is_done(), "ENOENT ends the walk");
+        let calls = calls.borrow();
+        let (cmd, a) = &calls[calls.len() - 2];
+        assert_eq!(*cmd, Cmd::MapUpdateBatch);
+        assert_eq!(a.len(), 56);
+        assert_eq!(u32_at(a, 36), map.as_fd().as_raw_fd() as u32);
+        let (cmd, a) = calls.last().unwrap();
+        assert_eq!(*cmd, Cmd::MapLookupBatch);
+        assert_eq!(u64_at(a, 0), 0, "first call has no in_batch token");
+        assert_ne!(u64_at(a, 8), 0, "out_batch token buffer");
+    }
 
     #[test]
     fn cpu_lists_parse() {

@@ -9,7 +9,7 @@ pub mod fake;
 mod map;
 pub mod ops;
 
-pub use map::{possible_cpus, MapFd};
+pub use map::{possible_cpus, BatchCursor, MapFd};
 pub use ops::*;
 
 use attr::Attr;
@@ -32,6 +32,8 @@ pub enum Cmd {
     ProgDetach = 9,
     ProgTestRun = 10,
     ProgGetFdById = 13,
+    MapLookupBatch = 24,
+    MapUpdateBatch = 26,
     ObjGetInfoByFd = 15,
     ProgQuery = 16,
     LinkCreate = 28,
@@ -54,6 +56,8 @@ impl Cmd {
             Cmd::ProgDetach => "BPF_PROG_DETACH",
             Cmd::ProgTestRun => "BPF_PROG_TEST_RUN",
             Cmd::ProgGetFdById => "BPF_PROG_GET_FD_BY_ID",
+            Cmd::MapLookupBatch => "BPF_MAP_LOOKUP_BATCH",
+            Cmd::MapUpdateBatch => "BPF_MAP_UPDATE_BATCH",
             Cmd::ObjGetInfoByFd => "BPF_OBJ_GET_INFO_BY_FD",
             Cmd::ProgQuery => "BPF_PROG_QUERY",
             Cmd::LinkCreate => "BPF_LINK_CREATE",
