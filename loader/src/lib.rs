@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attach;
+pub mod datapath;
 pub mod image;
 pub mod load;
 pub mod memlock;
