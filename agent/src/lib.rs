@@ -6,3 +6,4 @@
 
 pub mod k8s;
 pub mod mesh;
+pub mod pods;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod cmd_asm;
+mod cmd_datapath;
 mod cmd_probe;
 
 #[derive(Parser)]
@@ -26,6 +27,19 @@ enum Command {
     Disasm(cmd_asm::DisasmArgs),
     /// Report what this kernel supports and what merbridge can do on it.
     Probe(cmd_probe::ProbeArgs),
+    /// Load the data path and attach it to a cgroup; it stays attached through its pins.
+    Load(cmd_datapath::LoadArgs),
+    /// Detach and unpin everything of ours.
+    Unload(cmd_datapath::UnloadArgs),
+    /// Manage local pods and their interception policy in the pinned maps.
+    Pod {
+        #[command(subcommand)]
+        command: cmd_datapath::PodCommand,
+    },
+    /// What is attached where, map fill levels, local pods, counters.
+    Status(cmd_datapath::StatusArgs),
+    /// The embedded bytecode, disassembled.
+    Dump(cmd_datapath::DumpArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +48,11 @@ fn main() -> ExitCode {
         Command::Asm(args) => cmd_asm::run_asm(args),
         Command::Disasm(args) => cmd_asm::run_disasm(args),
         Command::Probe(args) => cmd_probe::run(args),
+        Command::Load(args) => cmd_datapath::run_load(args),
+        Command::Unload(args) => cmd_datapath::run_unload(args),
+        Command::Pod { command } => cmd_datapath::run_pod(command),
+        Command::Status(args) => cmd_datapath::run_status(args),
+        Command::Dump(args) => cmd_datapath::run_dump(args),
     };
     match result {
         Ok(code) => code,

@@ -224,7 +224,7 @@ pub const RULE_SCOPE_BITS: u32 = 32;
 
 /// Key of the LPM trie `port_rules`: `(pod, direction, include/exclude)` + a port prefix, so a
 /// port range costs at most 30 entries and a lookup stays O(1) in the number of rules.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortRuleKey {
     /// LPM prefix length in bits over `scope` + `port`: 32 + (0..=16).
     pub prefixlen: u32,
@@ -284,7 +284,7 @@ impl PortRuleKey {
 
 /// Key of the LPM trie `cidr_rules`: `(pod, include/exclude)` + an address prefix. IPv4
 /// prefixes are stored v4-mapped (prefix length + 96).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CidrRuleKey {
     /// LPM prefix length in bits over `scope` + `addr`: 32 + (0..=128).
     pub prefixlen: u32,

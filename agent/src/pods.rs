@@ -1,0 +1,382 @@
+//! Local pods in the data path's maps: who a pod is (network-namespace cookie, addresses) and
+//! its interception policy, written so that the programs never see a half-written pod.
+//!
+//! Order of writes: rules first, then `pod_ips` (where sidecars connect), then `netns_pods`
+//! (which turns the pod's own interception on). Removal goes the other way round.
+//! `merbridge pod add/del/list` and the Kubernetes agent both use this module.
+
+use crate::mesh::{CidrSelection, PodPolicy, PortRanges, PortSelection};
+use mb_loader::datapath::PinLayout;
+use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_POD_IPS, MAP_PORT_RULES};
+use mb_maps::layout::{
+    addr_bytes, addr_from_bytes, rule_scope, CidrRuleKey, PodEntry, PortRuleKey, POD_DNS_CAPTURE,
+    POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE,
+    POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
+};
+use mb_maps::{HashMap, LpmTrie, MapError};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// A pod of this node as the data path needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalPod {
+    /// Its addresses (one IPv4 and/or one IPv6 are kept).
+    pub ips: Vec<IpAddr>,
+    /// The cookie of its network namespace (`SO_NETNS_COOKIE`).
+    pub netns_cookie: u64,
+    pub policy: PodPolicy,
+    /// Send its UDP DNS queries to the sidecar's DNS proxy.
+    pub dns_capture: bool,
+}
+
+/// The rules and switches a policy becomes in the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub flags: u32,
+    pub port_rules: BTreeSet<PortRuleKey>,
+    pub cidr_rules: BTreeSet<CidrRuleKey>,
+    /// Parts of the policy the data path cannot express, for a warning.
+    pub unsupported: Vec<String>,
+}
+
+/// Turns a pod's policy into map rules for pod id `pod_id`.
+pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPolicy {
+    let mut c = CompiledPolicy::default();
+    let mut ports = |rule: u32, set: &PortRanges| {
+        for &(first, last) in set.ranges() {
+            c.port_rules.extend(PortRuleKey::cover_range(
+                rule_scope(pod_id, rule),
+                first,
+                last,
+            ));
+        }
+    };
+    ports(RULE_EXCLUDE, &policy.outbound_exclude_ports);
+    ports(RULE_INCLUDE, &policy.outbound_include_ports);
+    ports(RULE_INBOUND | RULE_EXCLUDE, &policy.inbound_exclude_ports);
+    if let PortSelection::Only(set) = &policy.inbound_include_ports {
+        ports(RULE_INBOUND | RULE_INCLUDE, set);
+    }
+    if !policy.outbound_exclude_ports.is_empty() {
+        c.flags |= POD_OUT_PORTS_EXCLUDE;
+    }
+    if !policy.outbound_include_ports.is_empty() {
+        c.flags |= POD_OUT_PORTS_INCLUDE;
+    }
+    if !policy.inbound_exclude_ports.is_empty() {
+        c.flags |= POD_IN_PORTS_EXCLUDE;
+    }
+    if policy.inbound_include_ports == PortSelection::All {
+        c.flags |= POD_IN_PORTS_ALL;
+    }
+    for cidr in &policy.outbound_exclude_cidrs {
+        c.cidr_rules.insert(CidrRuleKey::new(
+            rule_scope(pod_id, RULE_EXCLUDE),
+            cidr.network(),
+            cidr.prefix_len(),
+        ));
+        c.flags |= POD_OUT_CIDRS_EXCLUDE;
+    }
+    match &policy.outbound_include_cidrs {
+        CidrSelection::All => c.flags |= POD_OUT_CIDRS_ALL,
+        CidrSelection::Only(list) => {
+            for cidr in list {
+                c.cidr_rules.insert(CidrRuleKey::new(
+                    rule_scope(pod_id, RULE_INCLUDE),
+                    cidr.network(),
+                    cidr.prefix_len(),
+                ));
+            }
+        }
+    }
+    if dns_capture && policy.dns_port.is_some() {
+        c.flags |= POD_DNS_CAPTURE;
+    }
+    if !policy.inbound_exclude_sources.is_empty() {
+        c.unsupported.push(format!(
+            "inbound source exclusions ({} prefixes) are not enforced by the data path",
+            policy.inbound_exclude_sources.len()
+        ));
+    }
+    c
+}
+
+/// The pod-related maps of a loaded data path.
+pub struct PodMaps {
+    netns_pods: HashMap<u64, PodEntry>,
+    pod_ips: HashMap<[u8; 16], PodEntry>,
+    port_rules: LpmTrie<PortRuleKey, u32>,
+    cidr_rules: LpmTrie<CidrRuleKey, u32>,
+}
+
+fn map_err(name: &str) -> impl Fn(MapError) -> String + '_ {
+    move |e| format!("map {name}: {e}")
+}
+
+impl PodMaps {
+    /// Opens the pinned maps under `pin_dir` (as `merbridge load` left them).
+    pub fn open(pin_dir: &Path) -> Result<PodMaps, String> {
+        let layout = PinLayout::new(pin_dir);
+        let open_hint = |e: MapError, name: &str| {
+            format!(
+                "map {name} under {}: {e} (is the data path loaded? run `merbridge load` \
+                 with the same --pin-dir first)",
+                pin_dir.display()
+            )
+        };
+        Ok(PodMaps {
+            netns_pods: HashMap::open_pinned(&layout.map(MAP_NETNS_PODS))
+                .map_err(|e| open_hint(e, MAP_NETNS_PODS))?,
+            pod_ips: HashMap::open_pinned(&layout.map(MAP_POD_IPS))
+                .map_err(|e| open_hint(e, MAP_POD_IPS))?,
+            port_rules: LpmTrie::open_pinned(&layout.map(MAP_PORT_RULES))
+                .map_err(|e| open_hint(e, MAP_PORT_RULES))?,
+            cidr_rules: LpmTrie::open_pinned(&layout.map(MAP_CIDR_RULES))
+                .map_err(|e| open_hint(e, MAP_CIDR_RULES))?,
+        })
+    }
+
+    /// Every pod in the maps, by pod id.
+    pub fn pods(&self) -> Result<Vec<PodEntry>, String> {
+        let mut by_id = std::collections::BTreeMap::new();
+        for item in self.pod_ips.iter() {
+            let (_, entry) = item.map_err(map_err(MAP_POD_IPS))?;
+            by_id.insert(entry.pod_id, entry);
+        }
+        for item in self.netns_pods.iter() {
+            let (_, entry) = item.map_err(map_err(MAP_NETNS_PODS))?;
+            by_id.insert(entry.pod_id, entry);
+        }
+        Ok(by_id.into_values().collect())
+    }
+
+    /// The pod that has address `ip`, if any.
+    pub fn find(&self, ip: IpAddr) -> Result<Option<PodEntry>, String> {
+        self.pod_ips
+            .get(&addr_bytes(ip))
+            .map_err(map_err(MAP_POD_IPS))
+    }
+
+    fn unused_pod_id(&self) -> Result<u32, String> {
+        let used: BTreeSet<u32> = self.pods()?.iter().map(|p| p.pod_id).collect();
+        // Ids share the rule keys' scope word with 2 bits of rule kind.
+        (1..(1u32 << 30))
+            .find(|id| !used.contains(id))
+            .ok_or_else(|| "no pod id left".to_string())
+    }
+
+    /// Adds `pod`, or updates it when one of its addresses is already known (its id is kept,
+    /// so connections in flight keep their policy).
+    pub fn upsert(&self, pod: &LocalPod) -> Result<(u32, CompiledPolicy), String> {
+        let existing = pod
+            .ips
+            .iter()
+            .map(|&ip| self.find(ip))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .next();
+        let pod_id = match existing {
+            Some(e) => e.pod_id,
+            None => self.unused_pod_id()?,
+        };
+        let compiled = compile(pod_id, &pod.policy, pod.dns_capture);
+        self.write(pod_id, pod, &compiled, existing.as_ref())?;
+        Ok((pod_id, compiled))
+    }
+
+    fn write(
+        &self,
+        pod_id: u32,
+        pod: &LocalPod,
+        compiled: &CompiledPolicy,
+        previous: Option<&PodEntry>,
+    ) -> Result<(), String> {
+        let mut entry = PodEntry {
+            pod_id,
+            flags: compiled.flags,
+            netns: pod.netns_cookie,
+            ..PodEntry::default()
+        };
+        for ip in &pod.ips {
+            match ip {
+                IpAddr::V4(_) => entry.ipv4 = addr_bytes(*ip),
+                IpAddr::V6(_) => entry.ipv6 = addr_bytes(*ip),
+            }
+        }
+        for key in &compiled.port_rules {
+            self.port_rules
+                .insert(key, &1)
+                .map_err(map_err(MAP_PORT_RULES))?;
+        }
+        for key in &compiled.cidr_rules {
+            self.cidr_rules
+                .insert(key, &1)
+                .map_err(map_err(MAP_CIDR_RULES))?;
+        }
+        for ip in &pod.ips {
+            self.pod_ips
+                .insert(&addr_bytes(*ip), &entry)
+                .map_err(map_err(MAP_POD_IPS))?;
+        }
+        if pod.netns_cookie != 0 {
+            self.netns_pods
+                .insert(&pod.netns_cookie, &entry)
+                .map_err(map_err(MAP_NETNS_PODS))?;
+        }
+        if let Some(prev) = previous {
+            // Addresses and namespace the pod no longer has.
+            for old in [prev.ipv4, prev.ipv6] {
+                if old != [0; 16] && !pod.ips.iter().any(|ip| addr_bytes(*ip) == old) {
+                    self.pod_ips.remove(&old).map_err(map_err(MAP_POD_IPS))?;
+                }
+            }
+            if prev.netns != 0 && prev.netns != pod.netns_cookie {
+                self.netns_pods
+                    .remove(&prev.netns)
+                    .map_err(map_err(MAP_NETNS_PODS))?;
+            }
+        }
+        self.remove_rules(pod_id, Some(compiled))
+    }
+
+    /// Removes the rules of `pod_id` that `keep` does not have (all, without `keep`).
+    fn remove_rules(&self, pod_id: u32, keep: Option<&CompiledPolicy>) -> Result<(), String> {
+        let stale_ports: Vec<PortRuleKey> = self
+            .port_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.scope >> 2 == pod_id)
+            .filter(|k| keep.is_none_or(|c| !c.port_rules.contains(k)))
+            .collect();
+        for key in stale_ports {
+            self.port_rules
+                .remove(&key)
+                .map_err(map_err(MAP_PORT_RULES))?;
+        }
+        let stale_cidrs: Vec<CidrRuleKey> = self
+            .cidr_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.scope >> 2 == pod_id)
+            .filter(|k| keep.is_none_or(|c| !c.cidr_rules.contains(k)))
+            .collect();
+        for key in stale_cidrs {
+            self.cidr_rules
+                .remove(&key)
+                .map_err(map_err(MAP_CIDR_RULES))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pod with address `ip` (all its addresses, its namespace, its rules).
+    /// Returns false when no such pod is known.
+    pub fn remove(&self, ip: IpAddr) -> Result<bool, String> {
+        let Some(entry) = self.find(ip)? else {
+            return Ok(false);
+        };
+        self.remove_entry(&entry)?;
+        Ok(true)
+    }
+
+    /// Removes a pod by its entry.
+    pub fn remove_entry(&self, entry: &PodEntry) -> Result<(), String> {
+        if entry.netns != 0 {
+            self.netns_pods
+                .remove(&entry.netns)
+                .map_err(map_err(MAP_NETNS_PODS))?;
+        }
+        for addr in [entry.ipv4, entry.ipv6] {
+            if addr != [0; 16] {
+                self.pod_ips.remove(&addr).map_err(map_err(MAP_POD_IPS))?;
+            }
+        }
+        self.remove_rules(entry.pod_id, None)
+    }
+
+    /// Rules currently stored for `pod_id` (for `pod list`).
+    pub fn rule_counts(&self, pod_id: u32) -> (usize, usize) {
+        let ports = self
+            .port_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.scope >> 2 == pod_id)
+            .count();
+        let cidrs = self
+            .cidr_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.scope >> 2 == pod_id)
+            .count();
+        (ports, cidrs)
+    }
+}
+
+/// A pod entry's addresses, for display.
+pub fn entry_ips(entry: &PodEntry) -> Vec<IpAddr> {
+    [entry.ipv4, entry.ipv6]
+        .into_iter()
+        .filter(|a| *a != [0; 16])
+        .map(addr_from_bytes)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::Mesh;
+
+    #[test]
+    fn istio_defaults_compile_to_flags_and_own_port_exclusions() {
+        let policy = PodPolicy::defaults(Mesh::Istio);
+        let c = compile(3, &policy, false);
+        assert_eq!(
+            c.flags & (POD_OUT_CIDRS_ALL | POD_IN_PORTS_ALL | POD_IN_PORTS_EXCLUDE),
+            POD_OUT_CIDRS_ALL | POD_IN_PORTS_ALL | POD_IN_PORTS_EXCLUDE
+        );
+        assert_eq!(c.flags & POD_OUT_PORTS_INCLUDE, 0);
+        assert_eq!(c.flags & POD_DNS_CAPTURE, 0);
+        // 15020 (status) is excluded inbound; 8080 is not.
+        let scope = rule_scope(3, RULE_INBOUND | RULE_EXCLUDE);
+        let covers = |port: u16| {
+            c.port_rules.iter().any(|k| {
+                let shift = 16 - (k.prefixlen - 32);
+                k.scope == scope
+                    && (u32::from(port) >> shift) == (u32::from(u16::from_be(k.port)) >> shift)
+            })
+        };
+        assert!(covers(15020) && covers(15006) && !covers(8080));
+        assert!(c.cidr_rules.is_empty());
+        assert!(compile(3, &policy, true).flags & POD_DNS_CAPTURE != 0);
+    }
+
+    #[test]
+    fn include_lists_become_rules_and_empty_means_nothing() {
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(
+            "traffic.sidecar.istio.io/includeOutboundIPRanges".to_string(),
+            "10.0.0.1/8,fd00::/8".to_string(),
+        );
+        annotations.insert(
+            "traffic.sidecar.istio.io/includeInboundPorts".to_string(),
+            String::new(),
+        );
+        let (policy, warnings) = PodPolicy::from_annotations(Mesh::Istio, &annotations);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let c = compile(9, &policy, false);
+        assert_eq!(c.flags & POD_OUT_CIDRS_ALL, 0);
+        assert_eq!(
+            c.flags & POD_IN_PORTS_ALL,
+            0,
+            "empty include list = nothing"
+        );
+        let include = rule_scope(9, RULE_INCLUDE);
+        let v4 = CidrRuleKey::new(include, "10.0.0.0".parse().unwrap(), 8);
+        assert!(c.cidr_rules.contains(&v4), "host bits masked");
+        assert_eq!(
+            c.cidr_rules.iter().filter(|k| k.scope == include).count(),
+            2
+        );
+    }
+}
