@@ -120,7 +120,7 @@ impl CgroupAttachment {
         let where_ = || format!("{} on cgroup {}", prog.name(), cgroup.display());
         if mode != AttachMode::LegacyOnly {
             if let Some(pin) = pin {
-                if let Some(att) = update_pinned_link(prog, pin, attach_type)? {
+                if let Some(att) = update_pinned_link(prog, pin, cgroup, attach_type)? {
                     return Ok(att);
                 }
             }
@@ -274,6 +274,7 @@ fn check_hook(prog: &LoadedProgram, attach_type: AttachType) -> Result<(), Attac
 fn update_pinned_link(
     prog: &LoadedProgram,
     pin: &Path,
+    cgroup: &Path,
     attach_type: AttachType,
 ) -> Result<Option<CgroupAttachment>, AttachError> {
     let link = match obj_get(pin, 0) {
@@ -290,6 +291,30 @@ fn update_pinned_link(
                 "the link pinned at {} is for {}, not {attach_type}; remove it",
                 pin.display(),
                 info.attach_type
+            ),
+        });
+    }
+    // A cgroup v2 id is its directory's inode number; 0 means the link's cgroup is gone.
+    if info.cgroup_id == 0 {
+        remove_pin(pin)?;
+        return Ok(None);
+    }
+    let target_id = std::fs::metadata(cgroup)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .map_err(|error| AttachError::Io {
+            what: format!("stat cgroup {}", cgroup.display()),
+            error,
+        })?;
+    if info.cgroup_id != target_id {
+        return Err(AttachError::WrongHook {
+            program: prog.name().to_string(),
+            message: format!(
+                "the link pinned at {} belongs to another cgroup (id {}, not {} = {}); \
+                 use another pin path or remove it",
+                pin.display(),
+                info.cgroup_id,
+                target_id,
+                cgroup.display()
             ),
         });
     }

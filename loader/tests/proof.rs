@@ -220,6 +220,45 @@ fn pinned_link_survives_its_fd_is_updated_in_place_and_unloads() {
 }
 
 #[test]
+fn pinned_link_of_a_removed_cgroup_is_replaced_and_another_cgroups_pin_refused() {
+    if !kernel_tests_enabled(
+        "pinned_link_of_a_removed_cgroup_is_replaced_and_another_cgroups_pin_refused",
+    ) {
+        return;
+    }
+    let fs = PrivateBpffs::new("mb-test-defunct").unwrap();
+    let pin = fs.path().join("connect4");
+    let prog = load_rewrite("mb_t_defunct", 1, 2);
+    let first = OwnedCgroup::create_private("mb-test-defunct-a").unwrap();
+    let second = OwnedCgroup::create_private("mb-test-defunct-b").unwrap();
+    CgroupAttachment::attach(&prog, first.path(), CONNECT4, Some(&pin), AttachMode::Auto).unwrap();
+    // The pin belongs to the first cgroup: using it for the second is refused, clearly.
+    let e = CgroupAttachment::attach(&prog, second.path(), CONNECT4, Some(&pin), AttachMode::Auto)
+        .unwrap_err();
+    assert!(e.to_string().contains("belongs to another cgroup"), "{e}");
+    // Remove the first cgroup: its link goes defunct (asynchronously).
+    drop(first);
+    let link = mb_sys::bpf::obj_get(&pin, 0).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while mb_sys::bpf::link_info(link.as_fd()).unwrap().cgroup_id != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "link never went defunct"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(link);
+    let att =
+        CgroupAttachment::attach(&prog, second.path(), CONNECT4, Some(&pin), AttachMode::Auto)
+            .unwrap();
+    assert!(att.is_link());
+    let listed = query_cgroup(second.path(), CONNECT4, false).unwrap();
+    assert_eq!(listed.len(), 1, "a fresh link on the live cgroup");
+    att.detach().unwrap();
+    assert!(!pin.exists());
+}
+
+#[test]
 fn sockops_and_sk_msg_redirect_a_message_into_another_socket() {
     if !kernel_tests_enabled("sockops_and_sk_msg_redirect_a_message_into_another_socket") {
         return;
