@@ -115,4 +115,24 @@ mod tests {
         drop(fs);
         assert!(!path.exists(), "{} left behind", path.display());
     }
+
+    #[test]
+    fn ensure_bpffs_mounts_where_nothing_is_mounted() {
+        if !crate::testing::kernel_tests_enabled("ensure_bpffs_mounts_where_nothing_is_mounted") {
+            return;
+        }
+        // Never /sys/fs/bpf in tests: a fresh directory that does not exist yet.
+        let dir = std::env::temp_dir().join(format!("mb-test-ensure-{}", std::process::id()));
+        assert!(!is_bpffs(&dir));
+        ensure_bpffs(&dir).unwrap();
+        let mounted = is_bpffs(&dir);
+        let _ = umount2(&dir, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&dir);
+        assert!(
+            mounted,
+            "ensure_bpffs left {} without a bpffs",
+            dir.display()
+        );
+        assert!(!dir.exists());
+    }
 }
