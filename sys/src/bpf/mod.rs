@@ -356,6 +356,41 @@ mod tests {
         assert!(MapType::PERCPU_ARRAY.is_per_cpu() && !MapType::HASH.is_per_cpu());
     }
 
+    /// fd 0 can only be handed out when stdin is closed, which a test must not do to the
+    /// shared test process: the check runs in a child copy of this test binary.
+    #[test]
+    fn fd_zero_from_the_kernel_is_moved_to_a_higher_cloexec_fd() {
+        const CHILD: &str = "MB_SYS_FD_ZERO_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            use std::os::fd::AsRawFd;
+            nix::unistd::close(0).expect("close stdin in the child");
+            let raw = fake::dummy_fd();
+            assert_eq!(raw, 0, "the lowest free fd is 0 now");
+            let fd = new_fd(Cmd::ObjGet, i64::from(raw)).unwrap();
+            assert!(fd.as_raw_fd() >= 1);
+            let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            assert!(nix::fcntl::FdFlag::from_bits_truncate(flags)
+                .contains(nix::fcntl::FdFlag::FD_CLOEXEC));
+            assert!(
+                nix::fcntl::fcntl(0, nix::fcntl::FcntlArg::F_GETFD).is_err(),
+                "0 closed"
+            );
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "bpf::tests::fd_zero_from_the_kernel_is_moved_to_a_higher_cloexec_fd",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "child failed: {text}");
+        assert!(text.contains("1 passed"), "child ran nothing: {text}");
+    }
+
     #[test]
     fn returned_fds_are_owned_and_bad_numbers_rejected() {
         let fd = fake::dummy_fd();
