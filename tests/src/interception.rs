@@ -21,6 +21,9 @@ pub struct MeshPorts {
     pub exclude_outbound_ports: Vec<u16>,
     /// Istio's HBONE port 15008, never captured; `None` for other meshes.
     pub tunnel_port: Option<u16>,
+    /// DNS capture: UDP to port 53 from apps goes to this port of the sidecar (Istio with
+    /// `ISTIO_META_DNS_CAPTURE=true`, Kuma: 15053). `None`: DNS is not captured.
+    pub dns_port: Option<u16>,
 }
 
 impl MeshPorts {
@@ -34,6 +37,7 @@ impl MeshPorts {
             exclude_inbound_ports: vec![15090, 15021, 15020],
             exclude_outbound_ports: vec![],
             tunnel_port: Some(15008),
+            dns_port: None,
         }
     }
 
@@ -47,6 +51,7 @@ impl MeshPorts {
             exclude_inbound_ports: vec![4190, 4191],
             exclude_outbound_ports: vec![],
             tunnel_port: None,
+            dns_port: None,
         }
     }
 
@@ -59,6 +64,7 @@ impl MeshPorts {
             exclude_inbound_ports: vec![],
             exclude_outbound_ports: vec![],
             tunnel_port: None,
+            dns_port: None,
         }
     }
 
@@ -71,7 +77,14 @@ impl MeshPorts {
             exclude_inbound_ports: vec![],
             exclude_outbound_ports: vec![],
             tunnel_port: None,
+            dns_port: None,
         }
+    }
+
+    /// The same with DNS capture to `port` (Istio's `ISTIO_META_DNS_CAPTURE`, Kuma's DNS).
+    pub fn with_dns(mut self, port: u16) -> MeshPorts {
+        self.dns_port = Some(port);
+        self
     }
 
     /// The `nat` table `istio-iptables` installs in REDIRECT mode for these ports, in
@@ -97,6 +110,16 @@ impl MeshPorts {
             "-A PREROUTING -p tcp -j ISTIO_INBOUND".to_owned(),
             "-A OUTPUT -p tcp -j ISTIO_OUTPUT".to_owned(),
         ];
+        if let Some(dns) = self.dns_port {
+            // istio-iptables with DNS capture (all nameservers): the proxy's own queries go
+            // out; everybody else's UDP/53 goes to the DNS proxy. Conntrack restores the
+            // source of the answers.
+            r.extend([
+                format!("-A OUTPUT -p udp --dport 53 -m owner --uid-owner {uid} -j RETURN"),
+                format!("-A OUTPUT -p udp --dport 53 -m owner --gid-owner {uid} -j RETURN"),
+                format!("-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports {dns}"),
+            ]);
+        }
         if let Some(t) = self.tunnel_port {
             r.push(format!("-A ISTIO_INBOUND -p tcp --dport {t} -j RETURN"));
         }
@@ -223,5 +246,9 @@ mod tests {
         let osm = MeshPorts::osm().nat_rules(false);
         assert!(osm.contains("--to-ports 15003") && osm.contains("--uid-owner 1500"));
         assert!(!osm.contains("15008"));
+        assert!(!v4.contains("udp"), "DNS capture is off by default");
+        let dns = MeshPorts::istio().with_dns(15053).nat_rules(false);
+        assert!(dns.contains("-A OUTPUT -p udp --dport 53 -m owner --uid-owner 1337 -j RETURN"));
+        assert!(dns.contains("-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053"));
     }
 }

@@ -67,6 +67,14 @@ impl Interception {
         }
     }
 
+    /// The same mode with DNS capture to the sidecar's DNS proxy on `port`.
+    pub fn with_dns_capture(&self, port: u16) -> Interception {
+        match self {
+            Interception::None => Interception::None,
+            Interception::Iptables(m) => Interception::Iptables(m.clone().with_dns(port)),
+        }
+    }
+
     /// Whether this mode creates conntrack entries for intercepted connections.
     pub fn uses_conntrack(&self) -> bool {
         matches!(self, Interception::Iptables(_))
@@ -530,4 +538,72 @@ pub fn conntrack_entries(mode: &Interception, bins: &Binaries, connections: u64)
         assert_eq!(created, 0, "mode {mode:?} should need no conntrack");
     }
     created
+}
+
+/// DNS capture: an app's query to the cluster DNS server (another pod, port 53) is answered by
+/// its sidecar's DNS proxy, and the answer comes back from the address the app asked; the
+/// proxy's own queries (proxy UID) reach the real server.
+pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
+    const SERVER_ANSWER: &str = "10.96.0.53";
+    let mode = mode.with_dns_capture(15053);
+    let node = Node::new("dns").expect("node");
+    mode.install_node(&node).expect("install node");
+    let dns_pod = node.add_pod(PodSpec::named("kube-dns")).expect("dns pod");
+    let mut cmd = Command::new(&bins.workload);
+    cmd.args(["serve", "--dns", "53", "--dns-answer", SERVER_ANSWER]);
+    cmd.stdout(Stdio::piped());
+    let mut server = dns_pod.spawn(cmd, 0).expect("dns server");
+    let stdout = server.child_mut().stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("dns server ready");
+    assert_eq!(line.trim(), "ready");
+    let client = start_pod(&node, "client", &mode, true, bins).expect("client pod");
+    let dns_ip: IpAddr = if v6 {
+        dns_pod.ipv6().into()
+    } else {
+        dns_pod.ipv4().into()
+    };
+    let to = SocketAddr::new(dns_ip, 53);
+    let query = |uid: u32| -> (String, String) {
+        let out = run_client(
+            &client.pod,
+            bins,
+            uid,
+            &["dns".into(), format!("--to={to}")],
+        )
+        .unwrap_or_else(|e| panic!("dns query to {to} as {uid}: {e}"));
+        let m = parse_kv(&out);
+        (
+            m.get("answer").cloned().unwrap_or_default(),
+            m.get("from").cloned().unwrap_or_default(),
+        )
+    };
+    let (answer, from) = query(APP_UID);
+    assert_eq!(
+        from,
+        to.to_string(),
+        "the answer must come from the address asked"
+    );
+    match (mode.mesh(), &client.sidecar) {
+        (Some(mesh), Some(sidecar)) => {
+            assert_eq!(
+                answer,
+                sidecar.config().dns_answer.to_string(),
+                "the sidecar's DNS proxy should answer"
+            );
+            assert_eq!(mesh.dns_port, Some(15053));
+            let peers = sidecar.dns_peers();
+            assert_eq!(peers.len(), 1, "{peers:?}");
+            assert_eq!(peers[0].ip().to_canonical(), client.ip(v6));
+            let (answer, _) = query(mesh.proxy_uid);
+            assert_eq!(
+                answer, SERVER_ANSWER,
+                "the proxy's own query must reach the server"
+            );
+            assert_eq!(sidecar.dns_peers().len(), 1);
+        }
+        _ => assert_eq!(answer, SERVER_ANSWER, "without a mesh the server answers"),
+    }
 }

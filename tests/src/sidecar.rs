@@ -14,7 +14,9 @@
 use crate::node::{Pod, Spawned};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -58,6 +60,12 @@ pub struct SidecarConfig {
     /// Do not listen on IPv6.
     #[arg(long)]
     pub no_ipv6: bool,
+    /// UDP port of the DNS proxy on 127.0.0.1 and ::1 (Istio/Kuma 15053); none by default.
+    #[arg(long)]
+    pub dns_port: Option<u16>,
+    /// The A record the DNS proxy answers every query with.
+    #[arg(long, default_value = "10.96.15.53")]
+    pub dns_answer: Ipv4Addr,
 }
 
 impl Default for SidecarConfig {
@@ -71,6 +79,8 @@ impl Default for SidecarConfig {
             buffer: 64 * 1024,
             expect_uid: None,
             no_ipv6: false,
+            dns_port: None,
+            dns_answer: Ipv4Addr::new(10, 96, 15, 53),
         }
     }
 }
@@ -82,6 +92,7 @@ impl SidecarConfig {
             outbound_port: ports.outbound_port,
             inbound_port: ports.inbound_port,
             expect_uid: Some(ports.proxy_uid),
+            dns_port: ports.dns_port,
             ..SidecarConfig::default()
         }
     }
@@ -108,6 +119,10 @@ impl SidecarConfig {
         if self.no_ipv6 {
             a.push("--no-ipv6".to_owned());
         }
+        if let Some(port) = self.dns_port {
+            a.push(format!("--dns-port={port}"));
+        }
+        a.push(format!("--dns-answer={}", self.dns_answer));
         a
     }
 }
@@ -233,6 +248,15 @@ pub fn run(config: SidecarConfig) -> io::Result<()> {
             ));
         }
     }
+    let mut dns_sockets = Vec::new();
+    if let Some(port) = config.dns_port {
+        // On loopback, as Istio's DNS proxy: a UDP socket bound to a wildcard would answer
+        // from the pod IP, which conntrack cannot match to the redirected query.
+        dns_sockets.push(bind_udp(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))?);
+        if !config.no_ipv6 {
+            dns_sockets.push(bind_udp(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port))?);
+        }
+    }
     let out = Arc::new(Mutex::new(io::stdout()));
     {
         let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
@@ -254,10 +278,59 @@ pub fn run(config: SidecarConfig) -> io::Result<()> {
             accept_loop(kind, listener, config, out)
         }));
     }
+    for socket in dns_sockets {
+        let out = Arc::clone(&out);
+        let answer = config.dns_answer;
+        threads.push(std::thread::spawn(move || dns_loop(socket, answer, out)));
+    }
     for t in threads {
         let _ = t.join();
     }
     Ok(())
+}
+
+/// A UDP socket on `addr`; IPv6 ones are v6-only so the IPv4 one can share the port.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )
+    .map_err(|e| io::Error::other(format!("bind UDP {addr}: {e}")))?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// The DNS proxy: answers every query itself (like Istio's DNS proxy for names it knows) and
+/// prints `dns peer=<client> local=<socket address>` per query.
+fn dns_loop(socket: UdpSocket, answer: Ipv4Addr, out: Arc<Mutex<io::Stdout>>) {
+    let local = socket.local_addr().ok();
+    let mut buf = [0u8; 512];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("mb-sidecar: dns recv: {e}");
+                return;
+            }
+        };
+        if let Some(reply) = crate::workload::dns_reply(&buf[..n], answer) {
+            let _ = socket.send_to(&reply, from);
+        }
+        let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+        let local = local.map_or("-".to_owned(), |a| a.to_string());
+        let _ = writeln!(o, "dns peer={from} local={local}");
+        let _ = o.flush();
+    }
 }
 
 /// A listener on `addr`; IPv6 ones are v6-only so the IPv4 one can share the port.
@@ -511,6 +584,8 @@ pub fn sidecar_binary() -> io::Result<PathBuf> {
 #[derive(Debug, Default)]
 struct Seen {
     records: Vec<Record>,
+    /// Sources of DNS queries the sidecar's DNS proxy answered.
+    dns_peers: Vec<SocketAddr>,
     ready: bool,
     ended: bool,
 }
@@ -559,6 +634,12 @@ impl Sidecar {
                     s.ready = true;
                 } else if let Some(r) = Record::parse(&line) {
                     s.records.push(r);
+                } else if let Some(peer) = line
+                    .strip_prefix("dns peer=")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|p| p.parse().ok())
+                {
+                    s.dns_peers.push(peer);
                 }
                 cvar.notify_all();
             }
@@ -608,6 +689,16 @@ impl Sidecar {
                 .0;
         }
         true
+    }
+
+    /// Sources of the DNS queries the DNS proxy answered so far.
+    pub fn dns_peers(&self) -> Vec<SocketAddr> {
+        self.seen
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dns_peers
+            .clone()
     }
 
     /// Records of finished connections so far.

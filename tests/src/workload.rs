@@ -225,7 +225,8 @@ pub fn dns_query_packet(id: u16, name: &str) -> io::Result<Vec<u8>> {
     Ok(p)
 }
 
-fn dns_reply(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
+/// The answer [`serve_dns`] gives to `query` (`None` if it is not a DNS question).
+pub fn dns_reply(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
     if query.len() < 17 {
         return None;
     }

@@ -53,6 +53,9 @@ scenario_tests! {
     linkerd_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Iptables(MeshPorts::linkerd()), b, false, false);
     kuma_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Iptables(MeshPorts::kuma()), b, false, false);
     osm_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Iptables(MeshPorts::osm()), b, true, false);
+    iptables_dns_captured_v4 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, false);
+    iptables_dns_captured_v6 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, true);
+    no_mesh_dns => |b| scenarios::dns_captured_by_sidecar(&Interception::None, b, false);
     no_mesh_app_to_service => |b| scenarios::app_to_service(&Interception::None, b, false, true);
     no_mesh_excluded_ports => |b| scenarios::excluded_ports_bypass(&Interception::None, b, false);
     no_mesh_loopback => |b| scenarios::loopback_untouched(&Interception::None, b, false);
