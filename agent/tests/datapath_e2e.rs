@@ -238,3 +238,380 @@ fn app_to_service_through_both_sidecars_ipv6() {
     }
     app_to_service(true);
 }
+
+/// A node with merbridge loaded and meshed pods, each running the app (who-am-I on 9080, 9091,
+/// 9092; echo on 8080; bulk on 8081) and, when meshed, the reference sidecar.
+/// Fields drop in order: processes, pods, the data path, the node.
+struct Cluster {
+    sidecars: Vec<Option<Sidecar>>,
+    _apps: Vec<mb_testbed::Spawned>,
+    pods: Vec<Pod>,
+    loaded: Loaded,
+    node: Node,
+    bins: Binaries,
+    mesh: MeshPorts,
+}
+
+impl Cluster {
+    fn new(name: &str, mesh: (&str, MeshPorts), load_args: &[&str]) -> Cluster {
+        let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
+        let node = Node::new(name).expect("node");
+        let mut args = vec!["--mesh", mesh.0, "--ipv6"];
+        args.extend_from_slice(load_args);
+        let loaded = Loaded::new(&node, &args);
+        Cluster {
+            sidecars: Vec::new(),
+            _apps: Vec::new(),
+            pods: Vec::new(),
+            loaded,
+            node,
+            bins,
+            mesh: mesh.1,
+        }
+    }
+
+    /// Adds a pod with its app; `policy` = `pod add` flags, `None` = not meshed.
+    fn pod(&mut self, name: &str, policy: Option<&[&str]>) -> usize {
+        let pod = self.node.add_pod(PodSpec::named(name)).expect("pod");
+        let sidecar = policy.map(|flags| {
+            self.loaded.add_pod(&pod, flags);
+            Sidecar::start_binary(
+                &self.bins.sidecar,
+                &pod,
+                SidecarConfig::for_mesh(&self.mesh),
+                self.mesh.proxy_uid,
+            )
+            .expect("sidecar")
+        });
+        self._apps.push(start_app(&pod, &self.bins).expect("app"));
+        self.sidecars.push(sidecar);
+        self.pods.push(pod);
+        self.pods.len() - 1
+    }
+
+    fn ip(&self, pod: usize, v6: bool) -> IpAddr {
+        if v6 {
+            self.pods[pod].ipv6().into()
+        } else {
+            self.pods[pod].ipv4().into()
+        }
+    }
+
+    fn records(&self, pod: usize) -> Vec<Record> {
+        self.sidecars[pod]
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.records())
+    }
+
+    /// who-am-I from `from` to `to`:`port`; returns what the app saw as the peer, and how
+    /// many records each sidecar gained.
+    fn call(&self, from: usize, to: usize, port: u16, v6: bool) -> (IpAddr, usize, usize) {
+        let before = (self.records(from).len(), self.records(to).len());
+        let target = SocketAddr::new(self.ip(to, v6), port);
+        let (peer, local) = whoami(&self.pods[from], &self.bins, APP_UID, target, None);
+        assert_eq!(local, target, "the app saw another destination");
+        // Records are written when a relay ends; give the sidecars a moment.
+        std::thread::sleep(Duration::from_millis(50));
+        (
+            peer.ip(),
+            self.records(from).len() - before.0,
+            self.records(to).len() - before.1,
+        )
+    }
+}
+
+fn passthrough(v6: bool) -> IpAddr {
+    if v6 {
+        "::6".parse().unwrap()
+    } else {
+        "127.0.0.6".parse().unwrap()
+    }
+}
+
+fn policy_fields(v6: bool) {
+    let mut c = Cluster::new("pol", ("istio", MeshPorts::istio()), &[]);
+    let client = c.pod("client", Some(&[]));
+    let server = c.pod("server", Some(&[]));
+    let client_ip = c.ip(client, v6);
+    let server_ip = c.ip(server, v6);
+    let pt = passthrough(v6);
+    let intercepted = (pt, 1, 1);
+    let direct = (client_ip, 0, 0);
+
+    assert_eq!(
+        c.call(client, server, 9092, v6),
+        intercepted,
+        "defaults intercept"
+    );
+
+    let repolicy = |c: &Cluster, pod: usize, flags: &[&str]| c.loaded.add_pod(&c.pods[pod], flags);
+    repolicy(&c, client, &["--exclude-outbound-ports", "9090-9099"]);
+    assert_eq!(
+        c.call(client, server, 9092, v6),
+        direct,
+        "excluded port range"
+    );
+    assert_eq!(
+        c.call(client, server, 9080, v6).0,
+        pt,
+        "a port outside the range"
+    );
+
+    repolicy(&c, client, &["--include-outbound-ip-ranges", ""]);
+    assert_eq!(
+        c.call(client, server, 9092, v6),
+        direct,
+        "empty include list = nothing"
+    );
+
+    // Host bits set in the prefix are masked, as Istio does.
+    let (wide, narrow) = if v6 {
+        (format!("{server_ip}/64"), format!("{server_ip}/128"))
+    } else {
+        (format!("{server_ip}/16"), format!("{server_ip}/32"))
+    };
+    repolicy(&c, client, &["--include-outbound-ip-ranges", &wide]);
+    assert_eq!(
+        c.call(client, server, 9092, v6),
+        intercepted,
+        "included prefix"
+    );
+    repolicy(
+        &c,
+        client,
+        &[
+            "--include-outbound-ip-ranges",
+            "*",
+            "--exclude-outbound-ip-ranges",
+            &narrow,
+        ],
+    );
+    assert_eq!(c.call(client, server, 9092, v6), direct, "excluded prefix");
+    repolicy(
+        &c,
+        client,
+        &[
+            "--include-outbound-ip-ranges",
+            "",
+            "--include-outbound-ports",
+            "9092",
+        ],
+    );
+    assert_eq!(
+        c.call(client, server, 9092, v6),
+        intercepted,
+        "included port wins"
+    );
+    assert_eq!(
+        c.call(client, server, 9091, v6),
+        direct,
+        "other ports stay out"
+    );
+    repolicy(&c, client, &[]);
+
+    // Inbound: the client's sidecar still takes the call, but the server pod's policy keeps
+    // its own sidecar out: the app sees the client pod's sidecar connecting from the pod IP.
+    repolicy(&c, server, &["--exclude-inbound-ports", "9091"]);
+    assert_eq!(
+        c.call(client, server, 9091, v6),
+        (client_ip, 1, 0),
+        "excluded inbound"
+    );
+    assert_eq!(c.call(client, server, 9080, v6), intercepted);
+    repolicy(&c, server, &["--include-inbound-ports", "9080"]);
+    assert_eq!(
+        c.call(client, server, 9092, v6),
+        (client_ip, 1, 0),
+        "not an included port"
+    );
+    assert_eq!(
+        c.call(client, server, 9080, v6),
+        intercepted,
+        "included inbound port"
+    );
+    // The mesh's own ports are never redirected inbound (15020 is Istio's status port).
+    let list = merbridge(&["pod", "list", "--pin-dir", c.loaded.pin()]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+}
+
+#[test]
+fn policy_fields_are_honoured_ipv4() {
+    if !mb_sys::testing::kernel_tests_enabled("policy_fields_are_honoured_ipv4") {
+        return;
+    }
+    policy_fields(false);
+}
+
+#[test]
+fn policy_fields_are_honoured_ipv6() {
+    if !mb_sys::testing::kernel_tests_enabled("policy_fields_are_honoured_ipv6") {
+        return;
+    }
+    policy_fields(true);
+}
+
+#[test]
+fn loopback_and_pods_without_sidecar_are_untouched() {
+    if !mb_sys::testing::kernel_tests_enabled("loopback_and_pods_without_sidecar_are_untouched") {
+        return;
+    }
+    let mut c = Cluster::new("untouched", ("istio", MeshPorts::istio()), &[]);
+    let meshed = c.pod("meshed", Some(&[]));
+    let plain = c.pod("plain", None);
+    let to_self = SocketAddr::new("127.0.0.1".parse().unwrap(), WHOAMI_PORT);
+    let (peer, _) = whoami(&c.pods[meshed], &c.bins, APP_UID, to_self, None);
+    assert_eq!(peer.ip(), to_self.ip(), "loopback stays loopback");
+    let to_self6 = SocketAddr::new("::1".parse().unwrap(), WHOAMI_PORT);
+    let (peer, _) = whoami(&c.pods[meshed], &c.bins, APP_UID, to_self6, None);
+    assert_eq!(peer.ip(), to_self6.ip());
+    assert!(c.records(meshed).is_empty(), "{:#?}", c.records(meshed));
+    // A pod without a sidecar calls a meshed pod directly and is called directly.
+    assert_eq!(
+        c.call(plain, meshed, 9080, false),
+        (c.ip(plain, false), 0, 0)
+    );
+    let (peer, out, _) = c.call(meshed, plain, 9080, false);
+    assert_eq!(
+        (peer, out),
+        (c.ip(meshed, false), 1),
+        "outbound still goes via the sidecar"
+    );
+    assert_eq!(
+        c.loaded.counter("redirected_inbound"),
+        0,
+        "nothing to redirect inbound"
+    );
+}
+
+#[test]
+fn dns_queries_reach_the_dns_proxy_and_replies_show_the_server() {
+    if !mb_sys::testing::kernel_tests_enabled("dns_queries_reach_the_dns_proxy") {
+        return;
+    }
+    let mut c = Cluster::new("dns", ("istio", MeshPorts::istio()), &["--dns-capture"]);
+    let client = c.pod("client", Some(&["--dns-capture"]));
+    let server = c.pod("server", None);
+    // The sidecar's DNS proxy, as the proxy UID, answers 10.0.0.99; the "cluster DNS" in
+    // another pod answers 10.0.0.1.
+    let mut proxy_cmd = Command::new(&c.bins.workload);
+    proxy_cmd.args(["serve", "--dns", "15053", "--dns-answer", "10.0.0.99"]);
+    proxy_cmd.stdout(std::process::Stdio::null());
+    let _proxy = c.pods[client].spawn(proxy_cmd, 1337).expect("dns proxy");
+    let mut dns_cmd = Command::new(&c.bins.workload);
+    dns_cmd.args(["serve", "--dns", "53", "--dns-answer", "10.0.0.1"]);
+    dns_cmd.stdout(std::process::Stdio::null());
+    let _dns = c.pods[server].spawn(dns_cmd, 0).expect("dns server");
+    std::thread::sleep(Duration::from_millis(200));
+    for v6 in [false, true] {
+        let dns = SocketAddr::new(c.ip(server, v6), 53);
+        let out = mb_testbed::scenarios::run_client(
+            &c.pods[client],
+            &c.bins,
+            APP_UID,
+            &["dns".into(), format!("--to={dns}")],
+        )
+        .expect("dns query");
+        let m = mb_testbed::workload::parse_kv(&out);
+        assert_eq!(
+            m.get("answer").map(String::as_str),
+            Some("10.0.0.99"),
+            "{out}"
+        );
+        let from: SocketAddr = m["from"].parse().expect("from");
+        assert_eq!(
+            mb_testbed::workload::canonical(from),
+            dns,
+            "the reply shows the server: {out}"
+        );
+    }
+    assert_eq!(c.loaded.counter("dns_redirects"), 2);
+    assert_eq!(c.loaded.counter("dns_restores"), 2);
+    // The proxy's own queries go out unchanged.
+    let dns = SocketAddr::new(c.ip(server, false), 53);
+    let out = mb_testbed::scenarios::run_client(
+        &c.pods[client],
+        &c.bins,
+        1337,
+        &["dns".into(), format!("--to={dns}")],
+    )
+    .expect("dns query as the proxy");
+    assert!(out.contains("answer=10.0.0.1"), "{out}");
+}
+
+#[test]
+fn linkerd_kuma_and_osm_constants() {
+    if !mb_sys::testing::kernel_tests_enabled("linkerd_kuma_and_osm_constants") {
+        return;
+    }
+    for (name, ports) in [
+        ("linkerd", MeshPorts::linkerd()),
+        ("kuma", MeshPorts::kuma()),
+        ("osm", MeshPorts::osm()),
+    ] {
+        let mut c = Cluster::new(name, (name, ports.clone()), &[]);
+        let mesh_flag: &[&str] = &["--mesh", name];
+        let client = c.pod("client", Some(mesh_flag));
+        let server = c.pod("server", Some(mesh_flag));
+        for v6 in [false, true] {
+            assert_eq!(
+                c.call(client, server, 9080, v6),
+                (passthrough(v6), 1, 1),
+                "{name} v6={v6}"
+            );
+        }
+        let inbound = c.records(server);
+        assert!(
+            inbound.iter().all(|r| r.local.port() == ports.inbound_port),
+            "{name}: {inbound:#?}"
+        );
+    }
+}
+
+#[test]
+fn unload_leaves_nothing_attached_and_reload_swaps_in_place() {
+    if !mb_sys::testing::kernel_tests_enabled("unload_leaves_nothing_attached") {
+        return;
+    }
+    use mb_loader::attach::query_cgroup;
+    use mb_maps::datapath::Hook;
+    let c = Cluster::new("unload", ("istio", MeshPorts::istio()), &[]);
+    let attached = |c: &Cluster| -> Vec<String> {
+        Hook::ALL
+            .iter()
+            .filter(|h| h.attaches_to_cgroup())
+            .flat_map(|h| query_cgroup(&c.loaded.cgroup, h.attach_type(), false).unwrap())
+            .map(|p| p.name)
+            .collect()
+    };
+    let before = attached(&c);
+    for name in ["mb_connect4", "mb_connect6", "mb_sockops", "mb_getsockopt"] {
+        assert!(
+            before.iter().any(|n| n == name),
+            "{name} not attached: {before:?}"
+        );
+    }
+    // A second load swaps every program in place: same number attached, new program ids.
+    let status = merbridge(&["status", "--json", "--pin-dir", c.loaded.pin()]);
+    let out = merbridge(&[
+        "load",
+        "--mesh",
+        "istio",
+        "--ipv6",
+        "--cgroup",
+        c.loaded.cgroup.to_str().unwrap(),
+        "--pin-dir",
+        c.loaded.pin(),
+    ]);
+    assert!(out.contains("(replaced)"), "{out}");
+    assert_eq!(attached(&c).len(), before.len(), "no duplicate attachments");
+    assert_ne!(
+        status,
+        merbridge(&["status", "--json", "--pin-dir", c.loaded.pin()])
+    );
+    c.loaded.unload();
+    assert!(
+        attached(&c).is_empty(),
+        "still attached: {:?}",
+        attached(&c)
+    );
+}
