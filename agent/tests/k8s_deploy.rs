@@ -1,0 +1,177 @@
+//! `deploy/`: every overlay renders with `kubectl kustomize` (no cluster needed) and the
+//! result validates offline against the Kubernetes schemas with `kubernetes-validate
+//! --strict` (PyPI); then the rendered objects are checked for what the agent needs.
+//!
+//! Needs `kubectl` and `kubernetes-validate` on PATH. Without them the test is skipped with
+//! a message, except under CI (`CI` set), where a missing tool is a failure.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn tool_available(program: &str, args: &[&str]) -> bool {
+    let found = Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !in_ci,
+            "{program} is not installed: CI must install it (see deploy/README.md)"
+        );
+        eprintln!("skipping: {program} not found");
+    }
+    found
+}
+
+fn render(overlay: &Path) -> String {
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(overlay)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {} failed: {}",
+        overlay.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+#[test]
+fn every_overlay_renders_and_validates_strictly() {
+    if !tool_available("kubectl", &["version", "--client"])
+        || !tool_available("kubernetes-validate", &["--version"])
+    {
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("mb-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    for (mesh, namespace) in [
+        ("istio", "istio-system"),
+        ("linkerd", "linkerd"),
+        ("kuma", "kuma-system"),
+        ("osm", "osm-system"),
+    ] {
+        let rendered = render(&deploy_dir().join("overlays").join(mesh));
+        let file = scratch.join(format!("{mesh}.yaml"));
+        std::fs::write(&file, &rendered).unwrap();
+        let validate = Command::new("kubernetes-validate")
+            .arg("--strict")
+            .arg(&file)
+            .output()
+            .expect("run kubernetes-validate");
+        assert!(
+            validate.status.success(),
+            "{mesh}: kubernetes-validate --strict failed:\n{}{}",
+            String::from_utf8_lossy(&validate.stdout),
+            String::from_utf8_lossy(&validate.stderr)
+        );
+
+        let docs = documents(&rendered);
+        let mut kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            vec![
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "DaemonSet",
+                "Role",
+                "RoleBinding",
+                "ServiceAccount"
+            ],
+            "{mesh}"
+        );
+        for doc in &docs {
+            let kind = doc["kind"].as_str().unwrap();
+            if !kind.starts_with("Cluster") {
+                assert_eq!(doc["metadata"]["namespace"], namespace, "{mesh}: {kind}");
+            }
+            for subject in doc["subjects"].as_array().into_iter().flatten() {
+                assert_eq!(subject["namespace"], namespace, "{mesh}: {kind} subject");
+            }
+        }
+        let rules = &find(&docs, "ClusterRole")["rules"][0];
+        assert_eq!(rules["resources"], serde_json::json!(["pods"]));
+        assert_eq!(rules["verbs"], serde_json::json!(["get", "list", "watch"]));
+
+        let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+        assert_eq!(pod["hostNetwork"], true);
+        assert_eq!(pod["hostPID"], true);
+        assert_eq!(pod["serviceAccountName"], "merbridge");
+        let container = &pod["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(args[0], "run");
+        assert!(
+            args.contains(&format!("--mesh={mesh}").as_str()),
+            "{args:?}"
+        );
+        assert!(args.contains(&"--node-name=$(NODE_NAME)"), "{args:?}");
+        let env = &container["env"][0];
+        assert_eq!(env["name"], "NODE_NAME");
+        assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+        let security = &container["securityContext"];
+        assert_eq!(security["privileged"], false);
+        let added: Vec<&str> = security["capabilities"]["add"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        for needed in ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"] {
+            assert!(added.contains(&needed), "{mesh}: missing CAP_{needed}");
+        }
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        let host_paths: Vec<&str> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["hostPath"]["path"].as_str())
+            .collect();
+        assert!(host_paths.contains(&"/sys/fs/bpf"));
+        assert!(host_paths.contains(&"/sys/fs/cgroup"));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn containerfile_is_from_scratch_with_the_static_binary() {
+    let text = std::fs::read_to_string(deploy_dir().join("Containerfile")).unwrap();
+    let instructions: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(instructions.contains(&"FROM scratch"), "{instructions:?}");
+    assert!(instructions
+        .iter()
+        .any(|l| l.starts_with("COPY target/${TARGET}/release/merbridge ")));
+    assert!(text.contains("x86_64-unknown-linux-musl"));
+    assert!(instructions.iter().any(|l| l.starts_with("ENTRYPOINT")));
+}
