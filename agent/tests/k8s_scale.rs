@@ -123,3 +123,55 @@ fn ten_thousand_pods_list_relist_and_memory() {
     assert!(relist_time < Duration::from_secs(120), "{relist_time:?}");
     assert!(growth_mib < 200.0, "{growth_mib} MiB");
 }
+
+/// From the server writing a watch event to the watcher's sink receiving it as a
+/// `PodEvent` (the first half of "watch event → map updated"), over 300 events.
+#[test]
+fn watch_event_to_sink_latency() {
+    let server = FakeApiServer::start(None);
+    let text = kubeconfig_text(&format!("http://{}", server.addr), None, None, None);
+    let config = ClientConfig::from_kubeconfig_text(&text, Path::new("/"), None, "kc").unwrap();
+    let mut options = WatchOptions::new("node-a");
+    options.watch_timeout_secs = (60, 60);
+    let mut watcher = PodWatcher::new(config, options);
+    let stop = watcher.stop_handle();
+    let (tx, rx) = mpsc::channel::<(Instant, PodEvent)>();
+    let runner = thread::spawn(move || {
+        watcher
+            .run(&mut |event| {
+                let _ = tx.send((Instant::now(), event));
+            })
+            .unwrap();
+    });
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(30)).unwrap().1,
+        PodEvent::Synced
+    ));
+    assert!(server.wait_for_requests(Duration::from_secs(30), |r| r.iter().any(|q| q.is_watch())));
+    let template = fixture_pod_value("istio/istio-master__pod.yaml.injected");
+    let mut latencies = Vec::new();
+    for i in 0..300 {
+        let pod = synthesize_running(
+            template.clone(),
+            &format!("lat-{i}"),
+            "node-a",
+            &[format!("10.3.{}.{}", i / 200, i % 200).as_str()],
+            "1",
+        );
+        let sent = Instant::now();
+        server.add_pod(pod);
+        let (received, event) = rx.recv_timeout(Duration::from_secs(30)).expect("event");
+        assert!(matches!(event, PodEvent::Upsert(p) if p.uid == format!("lat-{i}")));
+        latencies.push(received - sent);
+    }
+    stop.stop();
+    runner.join().unwrap();
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "watch event -> sink over 300 events: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        latencies.last().unwrap()
+    );
+    assert!(p99 < Duration::from_millis(500), "p99 {p99:?}");
+}
