@@ -595,14 +595,22 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
             );
             assert_eq!(mesh.dns_port, Some(15053));
             let peers = sidecar.dns_peers();
-            assert_eq!(peers.len(), 1, "{peers:?}");
-            assert_eq!(peers[0].ip().to_canonical(), client.ip(v6));
+            // One query, or a few if a try timed out: all from the app's pod.
+            assert!(!peers.is_empty(), "the DNS proxy saw no query");
+            assert!(
+                peers.iter().all(|p| p.ip().to_canonical() == client.ip(v6)),
+                "{peers:?}"
+            );
             let (answer, _) = query(mesh.proxy_uid);
             assert_eq!(
                 answer, SERVER_ANSWER,
                 "the proxy's own query must reach the server"
             );
-            assert_eq!(sidecar.dns_peers().len(), 1);
+            assert_eq!(
+                sidecar.dns_peers().len(),
+                peers.len(),
+                "the proxy's query was captured"
+            );
         }
         _ => assert_eq!(answer, SERVER_ANSWER, "without a mesh the server answers"),
     }

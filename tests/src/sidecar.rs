@@ -701,6 +701,13 @@ impl Sidecar {
             .clone()
     }
 
+    /// Waits (≤ `timeout`) until the DNS proxy has answered at least `n` queries; returns
+    /// their sources either way.
+    pub fn wait_for_dns_peers(&self, n: usize, timeout: Duration) -> Vec<SocketAddr> {
+        self.wait_until(timeout, |s| s.dns_peers.len() >= n || s.ended);
+        self.dns_peers()
+    }
+
     /// Records of finished connections so far.
     pub fn records(&self) -> Vec<Record> {
         self.seen

@@ -255,12 +255,31 @@ pub fn dns_query(server: SocketAddr, name: &str) -> io::Result<(Ipv4Addr, Socket
         "[::]:0".parse().expect("literal")
     };
     let socket = UdpSocket::bind(bind)?;
-    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
     let id = (std::process::id() as u16) ^ 0x5a5a;
     let query = dns_query_packet(id, name)?;
-    socket.send_to(&query, server)?;
     let mut buf = [0u8; 512];
-    let (n, from) = socket.recv_from(&mut buf)?;
+    // UDP: ask up to three times, as resolvers do.
+    let mut attempt = 0;
+    let (n, from) = loop {
+        attempt += 1;
+        socket.send_to(&query, server)?;
+        match socket.recv_from(&mut buf) {
+            Ok(got) => break got,
+            Err(e)
+                if attempt < 3
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("no DNS answer from {server} after {attempt} tries: {e}"),
+                ))
+            }
+        }
+    };
     let reply = &buf[..n];
     if n < query.len() + 16 || reply[0..2] != id.to_be_bytes() || reply[2] & 0x80 == 0 {
         return Err(io::Error::new(
