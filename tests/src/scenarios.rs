@@ -594,7 +594,7 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
                 "the sidecar's DNS proxy should answer"
             );
             assert_eq!(mesh.dns_port, Some(15053));
-            let peers = sidecar.dns_peers();
+            let peers = sidecar.wait_for_dns_peers(1, RECORD_TIMEOUT);
             // One query, or a few if a try timed out: all from the app's pod.
             assert!(!peers.is_empty(), "the DNS proxy saw no query");
             assert!(
@@ -606,6 +606,8 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
                 answer, SERVER_ANSWER,
                 "the proxy's own query must reach the server"
             );
+            // Give a captured query's line time to arrive before declaring there is none.
+            std::thread::sleep(Duration::from_millis(100));
             assert_eq!(
                 sidecar.dns_peers().len(),
                 peers.len(),
