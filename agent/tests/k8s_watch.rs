@@ -501,3 +501,28 @@ fn empty_node_name_is_an_error_that_says_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn kubeconfig_file_with_relative_ca_and_token_file_and_named_context() {
+    let pki = TestPki::new("files");
+    let server = FakeApiServer::start(Some(pki.server()));
+    server.require_tokens(&["from-file"]);
+    server.seed_pods(vec![pod(LINKERD, "l1", "node-a", "10.0.0.1")]);
+    let dir = TempDir::new("kubeconfig");
+    std::fs::create_dir_all(dir.0.join("certs")).unwrap();
+    std::fs::write(dir.0.join("certs/ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.0.join("token"), "from-file\n").unwrap();
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: wrong\nclusters:\n- name: real\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: certs/ca.pem\ncontexts:\n- name: wrong\n  context: {{cluster: missing, user: u}}\n- name: right\n  context: {{cluster: real, user: u}}\nusers:\n- name: u\n  user:\n    tokenFile: token\n",
+        server.addr.port()
+    );
+    let path = dir.0.join("config");
+    std::fs::write(&path, kubeconfig).unwrap();
+    let err = ClientConfig::from_kubeconfig(&path, None).unwrap_err();
+    assert!(err.0.contains("\"missing\""), "{err}");
+    let config = ClientConfig::from_kubeconfig(&path, Some("right")).unwrap();
+    let running = Running::start(config, fast_options("node-a"));
+    assert_eq!(upserted_uids(&running.until_synced()), vec!["l1"]);
+    let err = ClientConfig::from_kubeconfig(&dir.0.join("absent"), None).unwrap_err();
+    assert!(err.0.contains("cannot read kubeconfig"), "{err}");
+}
