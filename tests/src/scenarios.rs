@@ -311,6 +311,8 @@ pub fn sidecar_to_own_app_passthrough(mode: &Interception, bins: &Binaries, v6: 
     let (peer, local) = whoami(&p.pod, bins, uid, target, Some(passthrough(v6)));
     assert_eq!(peer.ip(), passthrough(v6));
     assert_eq!(local, target);
+    // Give a stray record time to show up before declaring there is none.
+    std::thread::sleep(Duration::from_millis(100));
     assert!(
         p.records(0).is_empty(),
         "passthrough went through the sidecar: {:#?}",
