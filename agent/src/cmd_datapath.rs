@@ -7,7 +7,7 @@ use mb_loader::attach::AttachMode;
 use mb_loader::datapath::{
     embedded, hook_status, load_datapath, unload_datapath, LoadOptions, MeshConstants, PinLayout,
 };
-use mb_maps::datapath::{Hook, MAPS, MAP_COUNTERS};
+use mb_maps::datapath::{Hook, MAPS, MAP_COUNTERS, SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
 use mb_maps::layout::Counter;
 use mb_maps::{Map, PerCpuArray};
 use merbridge::mesh::{
@@ -59,6 +59,11 @@ pub struct MeshArgs {
     /// Sidecar DNS proxy port (default: the mesh's; 15053 where it has none).
     #[arg(long)]
     pub dns_port: Option<u16>,
+    /// Which redirected connections skip the loopback TCP stack: `sidecars` (sidecar to
+    /// sidecar), `all` (also application to sidecar: fastest, but applications that block in
+    /// recv() can see spurious EAGAIN on kernels up to at least 6.18), or `none`.
+    #[arg(long, default_value = "sidecars")]
+    pub splice: String,
 }
 
 impl MeshArgs {
@@ -73,6 +78,16 @@ impl MeshArgs {
             inbound_port: self.inbound_port.unwrap_or(d.inbound_port),
             proxy_uid: self.proxy_uid.unwrap_or(d.proxy_uid),
             dns_port: self.dns_port.or(d.dns_port).unwrap_or(15053),
+            splice_mode: match self.splice.as_str() {
+                "none" => SPLICE_NONE,
+                "sidecars" => SPLICE_SIDECARS,
+                "all" => SPLICE_ALL,
+                other => {
+                    return Err(format!(
+                        "--splice {other:?}: use sidecars (the default), all or none"
+                    ))
+                }
+            },
         };
         if c.outbound_port == 0 || c.inbound_port == 0 || c.dns_port == 0 {
             return Err("ports must be between 1 and 65535".into());
@@ -400,6 +415,7 @@ fn dump_stats(hooks: &[Hook]) -> Result<ExitCode, String> {
         inbound_port: 15006,
         proxy_uid: 1337,
         dns_port: 15053,
+        splice_mode: SPLICE_SIDECARS,
     }
     .relocations();
     println!("{:<14} {:>6} {:>10}", "program", "insns", "processed");

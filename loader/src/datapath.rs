@@ -18,8 +18,8 @@ use crate::load::{load, LoadError, LoadedProgram};
 use crate::memlock::{raise_memlock_if_needed, Memlock};
 use mb_asm::{Insn, Program, RelocKind, Relocation};
 use mb_maps::datapath::{
-    Hook, MapDecl, CONST_DNS_PORT, CONST_INBOUND_PORT, CONST_OUTBOUND_PORT, CONST_PROXY_UID, MAPS,
-    MAP_SOCK_PAIRS,
+    Hook, MapDecl, CONST_DNS_PORT, CONST_INBOUND_PORT, CONST_OUTBOUND_PORT, CONST_PROXY_UID,
+    CONST_SPLICE, MAPS, MAP_SOCK_PAIRS,
 };
 use mb_maps::{Map, MapError};
 use mb_sys::bpf::{link_info, obj_get, prog_detach, AttachType, BpfError, LinkInfo};
@@ -96,15 +96,18 @@ pub struct MeshConstants {
     pub inbound_port: u16,
     pub proxy_uid: u32,
     pub dns_port: u16,
+    /// `mb_maps::datapath::SPLICE_*`.
+    pub splice_mode: u32,
 }
 
 impl MeshConstants {
-    pub fn relocations(&self) -> [(&'static str, i64); 4] {
+    pub fn relocations(&self) -> [(&'static str, i64); 5] {
         [
             (CONST_OUTBOUND_PORT, self.outbound_port as i64),
             (CONST_INBOUND_PORT, self.inbound_port as i64),
             (CONST_PROXY_UID, self.proxy_uid as i64),
             (CONST_DNS_PORT, self.dns_port as i64),
+            (CONST_SPLICE, self.splice_mode as i64),
         ]
     }
 }
@@ -562,6 +565,7 @@ mod tests {
                 inbound_port: 15006,
                 proxy_uid: 1337,
                 dns_port: 15053,
+                splice_mode: mb_maps::datapath::SPLICE_SIDECARS,
             },
             ipv6: false,
             dns_capture: false,

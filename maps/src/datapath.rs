@@ -20,6 +20,15 @@ pub const CONST_OUTBOUND_PORT: &str = "outbound_port";
 pub const CONST_INBOUND_PORT: &str = "inbound_port";
 pub const CONST_PROXY_UID: &str = "proxy_uid";
 pub const CONST_DNS_PORT: &str = "dns_port";
+/// Which redirected connections sk_msg splices: [`SPLICE_NONE`], [`SPLICE_SIDECARS`] or
+/// [`SPLICE_ALL`].
+pub const CONST_SPLICE: &str = "splice_mode";
+pub const SPLICE_NONE: u32 = 0;
+/// Only connections between two sidecars (both ends event-driven proxies).
+pub const SPLICE_SIDECARS: u32 = 1;
+/// Also the legs between applications and their sidecars (faster; see `mb-programs`'
+/// `sockmap` for the blocking-`recv()` hazard).
+pub const SPLICE_ALL: u32 = 2;
 
 /// Where a program hooks in. The loader derives the program type, expected attach type and
 /// attach target from it.
@@ -274,4 +283,8 @@ pub const CONSTANTS: &[(&str, &str)] = &[
     (CONST_INBOUND_PORT, "sidecar inbound listener port"),
     (CONST_PROXY_UID, "UID the sidecar runs as"),
     (CONST_DNS_PORT, "sidecar DNS proxy port"),
+    (
+        CONST_SPLICE,
+        "which connections sk_msg splices (0 none, 1 sidecars, 2 all)",
+    ),
 ];

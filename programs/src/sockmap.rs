@@ -2,6 +2,13 @@
 //! `sock_pairs`, and each `sendmsg()` payload then moves straight into the peer socket's
 //! receive queue, skipping the loopback TCP/IP stack.
 //!
+//! What is spliced is the load's choice (`splice_mode`): every redirected connection, only
+//! sidecar-to-sidecar ones (the default), or none. Application sockets are spared by default
+//! because a socket in a sockhash answers a *blocking* `recv()` with `EAGAIN` whenever its
+//! wait queue is woken without data (`tcp_bpf_recvmsg`, up to at least Linux 6.18): an
+//! application that blocks in `recv()` after a large upload fails. Sidecars (Envoy) are
+//! event-driven and simply wait again.
+//!
 //! A socket is inserted only when its peer will be in the map too (DESIGN.md "Known hazards":
 //! a socket in a sockhash whose peer is missing can see spurious `EAGAIN` on blocking reads):
 //! - active side: its connect was redirected (`cookie_orig` has its cookie) — the original
@@ -14,7 +21,7 @@
 use crate::ctx::{abi, sk_msg, sock_ops};
 use crate::emit::*;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
-use mb_maps::layout::{Counter, SockPairKey};
+use mb_maps::layout::{Counter, OrigDst, SockPairKey, ORIG_INBOUND};
 
 const LOCAL_IP: i16 = SockPairKey::OFF_LOCAL_IP as i16;
 const REMOTE_IP: i16 = SockPairKey::OFF_REMOTE_IP as i16;
@@ -94,6 +101,7 @@ pub fn sockops() -> Result<Program, AsmError> {
     let passive = a.label();
     let insert = a.label();
     let no_orig = a.label();
+    let decide = a.label();
     let failed = a.label();
 
     a.mov64_reg(R6, R1);
@@ -114,13 +122,15 @@ pub fn sockops() -> Result<Program, AsmError> {
         passive,
     );
 
-    // Active side: move the original destination from the cookie to the 4-tuple.
+    // Active side: move the original destination from the cookie to the 4-tuple. r8 keeps
+    // its flags: they tell whose socket this is (ORIG_INBOUND: a sidecar's).
     a.mov64_reg(R1, R6).call(Helper::GetSocketCookie);
     a.stx(Size::DW, FP, COOKIE, R0);
     a.ld_map_fd(R1, MAP_COOKIE_ORIG);
     stack_ptr(&mut a, R2, COOKIE);
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, no_orig)
+        .ldx(Size::W, R8, R0, OrigDst::OFF_FLAGS as i16)
         .mov64_reg(R3, R0);
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
     stack_ptr(&mut a, R2, PAIR_KEY);
@@ -129,18 +139,30 @@ pub fn sockops() -> Result<Program, AsmError> {
         .jmp_imm(JmpOp::Ne, R0, 0, failed);
     a.ld_map_fd(R1, MAP_COOKIE_ORIG);
     stack_ptr(&mut a, R2, COOKIE);
-    a.call(Helper::MapDeleteElem).ja(insert);
-    a.bind(no_orig);
-    jmp_if_passthrough(&mut a, PAIR_KEY + LOCAL_IP, insert);
+    a.call(Helper::MapDeleteElem).ja(decide);
+    // The sidecar's passthrough connection to its own application: an application socket
+    // is at one end.
+    a.bind(no_orig).mov64_imm(R8, 0);
+    jmp_if_passthrough(&mut a, PAIR_KEY + LOCAL_IP, decide);
     a.ja(out);
 
     // Passive side: only when the active side is in the map.
-    a.bind(passive);
-    jmp_if_passthrough(&mut a, PAIR_KEY + REMOTE_IP, insert);
+    a.bind(passive).mov64_imm(R8, 0);
+    jmp_if_passthrough(&mut a, PAIR_KEY + REMOTE_IP, decide);
     reverse_pair_key(&mut a, PAIR_KEY, PEER_KEY);
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
     stack_ptr(&mut a, R2, PEER_KEY);
-    a.call(Helper::MapLookupElem).jmp_imm(JmpOp::Eq, R0, 0, out);
+    a.call(Helper::MapLookupElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, out)
+        .ldx(Size::W, R8, R0, OrigDst::OFF_FLAGS as i16);
+
+    // Which connections to splice: all, only sidecar-to-sidecar (ORIG_INBOUND), or none.
+    a.bind(decide)
+        .mov64_const(R1, CONST_SPLICE)
+        .jmp_imm(JmpOp::Eq, R1, SPLICE_ALL as i32, insert)
+        .jmp_imm(JmpOp::Ne, R1, SPLICE_SIDECARS as i32, out)
+        .jmp_imm(JmpOp::Set, R8, ORIG_INBOUND as i32, insert)
+        .ja(out);
 
     a.bind(insert).mov64_reg(R1, R6);
     a.ld_map_fd(R2, MAP_SOCK_PAIRS);
