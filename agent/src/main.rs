@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod cmd_asm;
 mod cmd_datapath;
+mod cmd_demo;
 mod cmd_probe;
 
 #[derive(Parser)]
@@ -40,6 +41,8 @@ enum Command {
     Status(cmd_datapath::StatusArgs),
     /// The embedded bytecode, disassembled.
     Dump(cmd_datapath::DumpArgs),
+    /// A two-pod mesh on this machine: iptables, then merbridge, side by side (root).
+    Demo(cmd_demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Pod { command } => cmd_datapath::run_pod(command),
         Command::Status(args) => cmd_datapath::run_status(args),
         Command::Dump(args) => cmd_datapath::run_dump(args),
+        Command::Demo(args) => cmd_demo::run(args),
     };
     match result {
         Ok(code) => code,
