@@ -413,11 +413,48 @@ impl ClientConfig {
         })
     }
 
+    /// The configuration `merbridge run` uses: `--kubeconfig FILE` (with `--context`, else
+    /// its current context); without it, in-cluster. Never `~/.kube/config` implicitly: a
+    /// node agent that silently used an admin's kubeconfig would be surprising.
+    pub fn load(
+        kubeconfig: Option<&Path>,
+        context: Option<&str>,
+    ) -> Result<ClientConfig, ConfigError> {
+        match kubeconfig {
+            Some(path) => ClientConfig::from_kubeconfig(path, context),
+            None if context.is_some() => fail(
+                "a kube context was given without --kubeconfig; pass --kubeconfig FILE too".into(),
+            ),
+            None => ClientConfig::in_cluster(),
+        }
+    }
+
     /// Replaces a token file's re-read interval (tests use a short one).
     pub fn set_token_max_age(&mut self, max_age: Duration) {
         if let Auth::TokenFile(file) = &mut self.auth {
             file.max_age = max_age;
         }
+    }
+}
+
+/// The node whose pods to watch: `--node-name`, else `$NODE_NAME` (set from the downward
+/// API `spec.nodeName` in the DaemonSet). Never the host name: the Node object's name may
+/// differ from it (kubelet `--hostname-override`, cloud naming).
+pub fn node_name(flag: Option<&str>, env: Option<&str>) -> Result<String, ConfigError> {
+    match flag.or(env).map(str::trim) {
+        Some(name) if !name.is_empty() => {
+            if name.contains(|c: char| c.is_whitespace() || c == ',' || c == '=') {
+                return fail(format!(
+                    "node name {name:?} is not a Kubernetes object name (it contains a space, ',' or '=')"
+                ));
+            }
+            Ok(name.to_string())
+        }
+        _ => fail(
+            "no node name: pass --node-name NAME or set NODE_NAME (in a DaemonSet: env NODE_NAME \
+             from fieldRef spec.nodeName)"
+                .into(),
+        ),
     }
 }
 
@@ -594,6 +631,19 @@ mod tests {
         assert_eq!(config.endpoint.port, 8001);
         assert!(config.endpoint.tls.is_none());
         assert_eq!(config.auth.bearer().unwrap().as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn node_name_from_flag_then_env_never_hostname() {
+        assert_eq!(node_name(Some("n1"), Some("n2")).unwrap(), "n1");
+        assert_eq!(node_name(None, Some(" n2 ")).unwrap(), "n2");
+        assert!(node_name(None, None).unwrap_err().0.contains("NODE_NAME"));
+        assert!(node_name(Some(""), None).is_err());
+        assert!(node_name(Some("a,b"), None).is_err());
+        assert!(ClientConfig::load(None, Some("ctx"))
+            .unwrap_err()
+            .0
+            .contains("--kubeconfig"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod http;
 pub mod pod;
 pub mod watcher;
 
-pub use config::{ClientConfig, ConfigError};
+pub use config::{node_name, ClientConfig, ConfigError};
 pub use decode::{DecodeError, WatchDecoder, WatchEvent};
 pub use pod::{ContainerInfo, ContainerPort, PodInfo, PodRef};
 pub use watcher::{PodEvent, PodWatcher, StopHandle, WatchOptions, WatcherStats};
