@@ -164,12 +164,12 @@ impl MapKind {
         }
     }
 
-    /// MAP_CREATE flags: LPM tries must not be preallocated.
+    /// MAP_CREATE flags: LPM tries must not be preallocated; the pod hashes need not be
+    /// (the agent fills them, no program runs in NMI context), which keeps `load` fast.
     pub fn flags(self) -> u32 {
-        if self == MapKind::LpmTrie {
-            F_NO_PREALLOC
-        } else {
-            0
+        match self {
+            MapKind::LpmTrie | MapKind::Hash => F_NO_PREALLOC,
+            _ => 0,
         }
     }
 }

@@ -142,10 +142,13 @@ impl OrigDst {
 
 /// `OrigDst.flags`: the connection was redirected outbound (application → its sidecar).
 pub const ORIG_OUTBOUND: u32 = 1 << 0;
-/// `OrigDst.flags`: the connection was redirected inbound (sidecar → another pod's sidecar).
+/// `OrigDst.flags`: the connection was redirected inbound (to a local pod's sidecar).
 pub const ORIG_INBOUND: u32 = 1 << 1;
 /// `OrigDst.flags`: a UDP DNS query sent to the DNS proxy.
 pub const ORIG_DNS: u32 = 1 << 2;
+/// `OrigDst.flags`: the connect was made by a sidecar (with `ORIG_INBOUND`: both ends of the
+/// connection are sidecars, the one kind `--splice sidecars` moves socket to socket).
+pub const ORIG_SIDECAR_CALLER: u32 = 1 << 3;
 
 /// Value of `netns_pods` (key: network-namespace cookie, u64) and of `pod_ips` (key: one of the
 /// pod's addresses, 16 bytes): a meshed pod on this node and its policy switches.

@@ -6,21 +6,24 @@
 //! `::ffff:127.0.0.1` for IPv6 sockets). No `bpf_bind` is needed: pair keys are scoped by
 //! network namespace.
 //!
-//! TCP from the sidecar (UID = proxy UID): a destination that is another meshed pod on this
-//! node goes, if that pod's inbound policy says so, to the same address on its inbound port;
-//! the caller's own pod (the sidecar's last hop to its application) and non-local
-//! destinations pass unchanged — decided by the caller's network namespace, so the first
-//! connection to its own application never fails.
+//! TCP to another meshed pod of this node that is not going to the caller's own sidecar —
+//! from that pod's peer sidecar (UID = proxy UID), from a pod without sidecar, from the node,
+//! or from an application whose outbound policy excluded it — goes, if the destination pod's
+//! inbound policy says so, to the same address on its inbound port: no caller on this node
+//! gets around a pod's sidecar. The caller's own pod (the sidecar's last hop to its
+//! application) and non-local destinations pass unchanged — decided by the caller's network
+//! namespace, so the first connection to its own application never fails.
 //!
 //! UDP to port 53 from an application whose pod captures DNS goes to the DNS proxy.
 
 use crate::ctx::{abi, sock_addr};
 use crate::emit::*;
-use mb_asm::{Asm, AsmError, Helper, JmpOp, Label, Program, Size};
+use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Label, Program, Size};
 use mb_maps::layout::{
-    Counter, PodEntry, ORIG_DNS, ORIG_INBOUND, ORIG_OUTBOUND, POD_DNS_CAPTURE, POD_IN_PORTS_ALL,
-    POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE,
-    POD_OUT_PORTS_INCLUDE, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
+    Counter, OrigDst, PodEntry, ORIG_DNS, ORIG_INBOUND, ORIG_OUTBOUND, ORIG_SIDECAR_CALLER,
+    POD_DNS_CAPTURE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL,
+    POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, RULE_EXCLUDE,
+    RULE_INBOUND, RULE_INCLUDE,
 };
 
 /// `cgroup/connect4` or `cgroup/connect6`.
@@ -29,6 +32,7 @@ pub fn connect(family: Family) -> Result<Program, AsmError> {
     let allow = a.label();
     let bypass = a.label();
     let sidecar = a.label();
+    let inbound = a.label();
     let udp = a.label();
 
     a.mov64_reg(R6, R1);
@@ -36,7 +40,6 @@ pub fn connect(family: Family) -> Result<Program, AsmError> {
         .jmp_imm(JmpOp::Eq, R1, abi::IPPROTO_UDP, udp)
         .jmp_imm(JmpOp::Ne, R1, abi::IPPROTO_TCP, allow);
 
-    caller_pod(&mut a, allow);
     store_ctx_addr(
         &mut a,
         family,
@@ -45,12 +48,17 @@ pub fn connect(family: Family) -> Result<Program, AsmError> {
         sock_addr::USER_IP6,
     );
     a.ldx(Size::W, R9, R6, sock_addr::USER_PORT);
+    // Who is calling: r7 = the caller's pod (0: not a meshed pod); CALLER = the ORIG_* bits
+    // a redirect records about the caller.
+    a.mov64_imm(R7, 0).st_imm(Size::DW, FP, CALLER, 0);
+    caller_pod(&mut a, inbound);
     a.call(Helper::GetCurrentUidGid)
         .jmp32_const(JmpOp::Eq, R0, CONST_PROXY_UID, sidecar);
 
-    // Application: loopback stays local, then the pod's outbound policy.
+    // Application of a meshed pod: loopback stays local, then the pod's outbound policy;
+    // what it does not send to its own sidecar may still enter the destination's.
     jmp_if_loopback(&mut a, DST_ADDR, bypass);
-    outbound_policy(&mut a, bypass);
+    outbound_policy(&mut a, inbound);
     store_orig(&mut a, R9, family, ORIG_OUTBOUND);
     remember_orig(&mut a, allow);
     write_loopback_dst(&mut a, family, sock_addr::USER_IP4, sock_addr::USER_IP6);
@@ -58,23 +66,42 @@ pub fn connect(family: Family) -> Result<Program, AsmError> {
     count(&mut a, Counter::RedirectOutbound);
     a.ja(allow);
 
-    // Sidecar: only connects to another meshed pod of this node are redirected.
-    a.bind(sidecar);
+    a.bind(sidecar)
+        .st_imm(Size::DW, FP, CALLER, ORIG_SIDECAR_CALLER as i32);
+
+    // Inbound: a connect to another meshed pod of this node — from its peer's sidecar, from
+    // a pod without sidecar or from the node — goes to that pod's inbound port if its policy
+    // says so. Its own sidecar's last hop to its application passes.
+    a.bind(inbound);
     a.ld_map_fd(R1, MAP_POD_IPS);
     stack_ptr(&mut a, R2, DST_ADDR);
+    let not_own = a.label();
+    let no_local_dst = a.label();
     a.call(Helper::MapLookupElem)
-        .jmp_imm(JmpOp::Eq, R0, 0, allow)
+        .jmp_imm(JmpOp::Eq, R0, 0, no_local_dst)
+        .jmp_imm(JmpOp::Eq, R7, 0, not_own)
         .ldx(Size::W, R1, R0, PodEntry::OFF_POD_ID as i16)
         .ldx(Size::W, R2, R7, PodEntry::OFF_POD_ID as i16)
         .jmp_reg(JmpOp::Eq, R1, R2, bypass)
+        .bind(not_own)
         .mov64_reg(R7, R0);
     inbound_policy(&mut a, bypass);
     store_orig(&mut a, R9, family, ORIG_INBOUND);
+    a.ldx(Size::W, R1, FP, ORIG + OrigDst::OFF_FLAGS as i16)
+        .ldx(Size::W, R2, FP, CALLER)
+        .alu64_reg(AluOp::Or, R1, R2)
+        .stx(Size::W, FP, ORIG + OrigDst::OFF_FLAGS as i16, R1);
     remember_orig(&mut a, allow);
     write_port_const(&mut a, sock_addr::USER_PORT, CONST_INBOUND_PORT);
     count(&mut a, Counter::RedirectInbound);
     a.ja(allow);
 
+    // Not a local meshed pod: a bypass only for a meshed pod's application (its policy
+    // kept the connect from its sidecar); the sidecar's own upstream calls are routine.
+    a.bind(no_local_dst)
+        .jmp_imm(JmpOp::Eq, R7, 0, allow)
+        .ldx(Size::DW, R1, FP, CALLER)
+        .jmp_imm(JmpOp::Ne, R1, 0, allow);
     a.bind(bypass);
     count(&mut a, Counter::Bypassed);
     a.ja(allow);

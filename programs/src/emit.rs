@@ -38,6 +38,9 @@ pub const CIDR_KEY: i16 = -120;
 pub const DST_ADDR: i16 = CIDR_KEY + CidrRuleKey::OFF_ADDR as i16;
 /// A [`PortRuleKey`] (12 bytes, 16 reserved).
 pub const PORT_KEY: i16 = -136;
+/// connect programs only (overlaps `PAIR_KEY`, which they do not use): the `ORIG_*` bits a
+/// redirect records about its caller (u64).
+pub const CALLER: i16 = -8;
 /// A second [`SockPairKey`], for the peer's view of a connection.
 pub const PEER_KEY: i16 = -184;
 

@@ -21,7 +21,7 @@
 use crate::ctx::{abi, sk_msg, sock_ops};
 use crate::emit::*;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
-use mb_maps::layout::{Counter, OrigDst, SockPairKey, ORIG_INBOUND};
+use mb_maps::layout::{Counter, OrigDst, SockPairKey, ORIG_SIDECAR_CALLER};
 
 const LOCAL_IP: i16 = SockPairKey::OFF_LOCAL_IP as i16;
 const REMOTE_IP: i16 = SockPairKey::OFF_REMOTE_IP as i16;
@@ -123,7 +123,7 @@ pub fn sockops() -> Result<Program, AsmError> {
     );
 
     // Active side: move the original destination from the cookie to the 4-tuple. r8 keeps
-    // its flags: they tell whose socket this is (ORIG_INBOUND: a sidecar's).
+    // its flags: they tell whose socket this is (ORIG_SIDECAR_CALLER: a sidecar's).
     a.mov64_reg(R1, R6).call(Helper::GetSocketCookie);
     a.stx(Size::DW, FP, COOKIE, R0);
     a.ld_map_fd(R1, MAP_COOKIE_ORIG);
@@ -156,12 +156,12 @@ pub fn sockops() -> Result<Program, AsmError> {
         .jmp_imm(JmpOp::Eq, R0, 0, out)
         .ldx(Size::W, R8, R0, OrigDst::OFF_FLAGS as i16);
 
-    // Which connections to splice: all, only sidecar-to-sidecar (ORIG_INBOUND), or none.
+    // Which connections to splice: all, only sidecar-to-sidecar, or none.
     a.bind(decide)
         .mov64_const(R1, CONST_SPLICE)
         .jmp_imm(JmpOp::Eq, R1, SPLICE_ALL as i32, insert)
         .jmp_imm(JmpOp::Ne, R1, SPLICE_SIDECARS as i32, out)
-        .jmp_imm(JmpOp::Set, R8, ORIG_INBOUND as i32, insert)
+        .jmp_imm(JmpOp::Set, R8, ORIG_SIDECAR_CALLER as i32, insert)
         .ja(out);
 
     a.bind(insert).mov64_reg(R1, R6);
