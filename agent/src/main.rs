@@ -46,6 +46,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    mb_sys::signal::default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Asm(args) => cmd_asm::run_asm(args),

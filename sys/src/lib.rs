@@ -7,5 +7,6 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod netns;
 pub mod process;
+pub mod signal;
 pub mod sockopt;
 pub mod testing;
