@@ -336,7 +336,9 @@ fn policy_fields(v6: bool) {
     let server_ip = c.ip(server, v6);
     let pt = passthrough(v6);
     let intercepted = (pt, 1, 1);
-    let direct = (client_ip, 0, 0);
+    // Kept from the client's sidecar by its outbound policy, the call still enters the
+    // server pod through its sidecar (as Istio's inbound rules would have it).
+    let around_sidecar = (pt, 0, 1);
 
     assert_eq!(
         c.call(client, server, 9092, v6),
@@ -348,7 +350,7 @@ fn policy_fields(v6: bool) {
     repolicy(&c, client, &["--exclude-outbound-ports", "9090-9099"]);
     assert_eq!(
         c.call(client, server, 9092, v6),
-        direct,
+        around_sidecar,
         "excluded port range"
     );
     assert_eq!(
@@ -360,7 +362,7 @@ fn policy_fields(v6: bool) {
     repolicy(&c, client, &["--include-outbound-ip-ranges", ""]);
     assert_eq!(
         c.call(client, server, 9092, v6),
-        direct,
+        around_sidecar,
         "empty include list = nothing"
     );
 
@@ -386,7 +388,11 @@ fn policy_fields(v6: bool) {
             &narrow,
         ],
     );
-    assert_eq!(c.call(client, server, 9092, v6), direct, "excluded prefix");
+    assert_eq!(
+        c.call(client, server, 9092, v6),
+        around_sidecar,
+        "excluded prefix"
+    );
     repolicy(
         &c,
         client,
@@ -404,7 +410,7 @@ fn policy_fields(v6: bool) {
     );
     assert_eq!(
         c.call(client, server, 9091, v6),
-        direct,
+        around_sidecar,
         "other ports stay out"
     );
     repolicy(&c, client, &[]);
@@ -451,7 +457,7 @@ fn policy_fields_are_honoured_ipv6() {
 }
 
 #[test]
-fn loopback_and_pods_without_sidecar_are_untouched() {
+fn loopback_untouched_and_pods_without_sidecar_enter_through_the_sidecar() {
     if !mb_sys::testing::kernel_tests_enabled("loopback_and_pods_without_sidecar_are_untouched") {
         return;
     }
@@ -465,10 +471,11 @@ fn loopback_and_pods_without_sidecar_are_untouched() {
     let (peer, _) = whoami(&c.pods[meshed], &c.bins, APP_UID, to_self6, None);
     assert_eq!(peer.ip(), to_self6.ip());
     assert!(c.records(meshed).is_empty(), "{:#?}", c.records(meshed));
-    // A pod without a sidecar calls a meshed pod directly and is called directly.
+    // A pod without a sidecar is called directly; its calls to a meshed pod enter through
+    // that pod's sidecar (no bypass of the server's policy from the same node).
     assert_eq!(
         c.call(plain, meshed, 9080, false),
-        (c.ip(plain, false), 0, 0)
+        (passthrough(false), 0, 1)
     );
     let (peer, out, _) = c.call(meshed, plain, 9080, false);
     assert_eq!(
@@ -476,11 +483,7 @@ fn loopback_and_pods_without_sidecar_are_untouched() {
         (c.ip(meshed, false), 1),
         "outbound still goes via the sidecar"
     );
-    assert_eq!(
-        c.loaded.counter("redirected_inbound"),
-        0,
-        "nothing to redirect inbound"
-    );
+    assert_eq!(c.loaded.counter("redirected_inbound"), 1);
 }
 
 #[test]

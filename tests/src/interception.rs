@@ -163,6 +163,9 @@ pub enum Interception {
     None,
     /// Istio's `istio-iptables` nat rules in every meshed pod (REDIRECT + conntrack).
     Iptables(MeshPorts),
+    /// merbridge: the `merbridge` binary loads its programs on the node's cgroup (pins in a
+    /// private bpffs) and adds each meshed pod with `merbridge pod add`; no iptables rules.
+    Merbridge(MeshPorts),
 }
 
 impl Interception {
@@ -170,14 +173,17 @@ impl Interception {
     pub fn mesh(&self) -> Option<&MeshPorts> {
         match self {
             Interception::None => None,
-            Interception::Iptables(m) => Some(m),
+            Interception::Iptables(m) | Interception::Merbridge(m) => Some(m),
         }
     }
 
-    /// Node-wide setup (merbridge will attach to `node.cgroup_path()` here). Nothing for
-    /// iptables, whose rules live in each pod.
-    pub fn install_node(&self, _node: &Node) -> io::Result<()> {
-        Ok(())
+    /// Node-wide setup: merbridge attaches to `node.cgroup_path()` (and is unloaded when the
+    /// node goes). Nothing for iptables, whose rules live in each pod.
+    pub fn install_node(&self, node: &Node) -> io::Result<()> {
+        match self {
+            Interception::Merbridge(mesh) => crate::merbridge::install_node(node, mesh),
+            _ => Ok(()),
+        }
     }
 
     /// Per-pod setup for a pod with a sidecar.
@@ -188,6 +194,7 @@ impl Interception {
                 restore(pod, "iptables-restore", &mesh.nat_rules(false))?;
                 restore(pod, "ip6tables-restore", &mesh.nat_rules(true))
             }
+            Interception::Merbridge(mesh) => crate::merbridge::install_pod(pod, mesh),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod node;
 pub use node::{Node, Pod, PodSpec, Spawned};
 pub mod interception;
 pub mod leftovers;
+pub mod merbridge;
 pub mod scenarios;
 pub mod sidecar;
 pub mod workload;

@@ -14,6 +14,7 @@ use crate::cmd::{ip_batch, CommandFailure};
 use mb_sys::cgroup::{remove_cgroup_tree, OwnedCgroup};
 use mb_sys::netns::NamedNetns;
 use mb_sys::process::{place, Placement};
+use std::fmt;
 use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -45,6 +46,15 @@ impl PodSpec {
     }
 }
 
+/// Guards a node keeps for interception modes (see [`Node::hold`]).
+struct Held(Vec<Box<dyn std::any::Any + Send>>);
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} guards", self.0.len())
+    }
+}
+
 /// A node: private cgroup + network namespace with the pod bridge.
 #[derive(Debug)]
 pub struct Node {
@@ -52,7 +62,9 @@ pub struct Node {
     subnet_index: u8,
     next_host: Mutex<u8>,
     pod_names: Mutex<Vec<String>>,
-    // Dropped in this order: cgroup (ends processes) before the namespace.
+    // Dropped in this order: what interception modes attached, the cgroup (ends processes),
+    // the namespace.
+    held: Mutex<Held>,
     cgroup: OwnedCgroup,
     netns: NamedNetns,
 }
@@ -77,6 +89,7 @@ impl Node {
             subnet_index,
             next_host: Mutex::new(2),
             pod_names: Mutex::new(Vec::new()),
+            held: Mutex::new(Held(Vec::new())),
             cgroup,
             netns,
         };
@@ -105,6 +118,16 @@ impl Node {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Keeps `guard` (e.g. an attached data path) until the node goes; guards are dropped in
+    /// the order they were given, before the node's cgroup and namespace are removed.
+    pub fn hold(&self, guard: Box<dyn std::any::Any + Send>) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .push(guard);
     }
 
     /// The node's private cgroup. merbridge attaches its programs here, never to the root.

@@ -8,7 +8,7 @@
 //! intercepted. Scenario functions panic with a message on a failed expectation: they are
 //! test code.
 
-use crate::interception::Interception;
+use crate::interception::{Interception, MeshPorts};
 use crate::node::{Node, Pod, PodSpec, Spawned};
 use crate::sidecar::{Listener, Record, Sidecar, SidecarConfig};
 use crate::workload::{parse_kv, BulkStats, LatencyStats};
@@ -58,12 +58,21 @@ impl Interception {
     pub fn with_exclusions(&self, inbound: &[u16], outbound: &[u16]) -> Interception {
         match self {
             Interception::None => Interception::None,
-            Interception::Iptables(m) => {
+            Interception::Iptables(m) | Interception::Merbridge(m) => {
                 let mut m = m.clone();
                 m.exclude_inbound_ports.extend_from_slice(inbound);
                 m.exclude_outbound_ports.extend_from_slice(outbound);
-                Interception::Iptables(m)
+                self.with_mesh(m)
             }
+        }
+    }
+
+    /// The same kind of interception with other mesh settings.
+    fn with_mesh(&self, mesh: MeshPorts) -> Interception {
+        match self {
+            Interception::None => Interception::None,
+            Interception::Iptables(_) => Interception::Iptables(mesh),
+            Interception::Merbridge(_) => Interception::Merbridge(mesh),
         }
     }
 
@@ -71,12 +80,34 @@ impl Interception {
     pub fn with_dns_capture(&self, port: u16) -> Interception {
         match self {
             Interception::None => Interception::None,
-            Interception::Iptables(m) => Interception::Iptables(m.clone().with_dns(port)),
+            Interception::Iptables(m) | Interception::Merbridge(m) => {
+                self.with_mesh(m.clone().with_dns(port))
+            }
         }
     }
 
     /// Whether this mode creates conntrack entries for intercepted connections.
     pub fn uses_conntrack(&self) -> bool {
+        matches!(self, Interception::Iptables(_))
+    }
+
+    /// The source address a pod's own sidecar sees on an intercepted connection (TCP or DNS)
+    /// from the pod's application at `app_ip`: REDIRECT keeps the application's address;
+    /// merbridge rewrites the destination to loopback in `connect()`, before the kernel picks
+    /// a source, and does not `bind()` it back (a per-connect cost), so the sidecar sees
+    /// loopback.
+    pub fn source_seen_by_own_sidecar(&self, app_ip: IpAddr) -> IpAddr {
+        match (self, app_ip) {
+            (Interception::Merbridge(_), IpAddr::V4(_)) => Ipv4Addr::LOCALHOST.into(),
+            (Interception::Merbridge(_), IpAddr::V6(_)) => Ipv6Addr::LOCALHOST.into(),
+            _ => app_ip,
+        }
+    }
+
+    /// Whether connections arriving from another node reach the server pod's sidecar.
+    /// merbridge redirects only connections it sees being made on its own node (as the
+    /// original does without its CNI mode); Istio's rules also catch inbound packets.
+    pub fn intercepts_inbound_from_other_nodes(&self) -> bool {
         matches!(self, Interception::Iptables(_))
     }
 }
@@ -251,6 +282,22 @@ pub fn app_to_service(mode: &Interception, bins: &Binaries, v6: bool, cross_node
         );
         return;
     }
+    if cross_node && !mode.intercepts_inbound_from_other_nodes() {
+        // The client's sidecar takes the call; the server's node leaves inbound alone.
+        assert_eq!(
+            peer.ip(),
+            client.ip(v6),
+            "the app sees the client pod's sidecar"
+        );
+        let out = only(&client.records(1), Listener::Outbound, "client sidecar");
+        assert_eq!(
+            out.original_dst,
+            Some(target),
+            "client sidecar original destination"
+        );
+        assert!(server.records(0).is_empty(), "{:#?}", server.records(0));
+        return;
+    }
     assert_eq!(
         peer.ip(),
         passthrough(v6),
@@ -265,8 +312,8 @@ pub fn app_to_service(mode: &Interception, bins: &Binaries, v6: bool, cross_node
     );
     assert_eq!(
         out.peer.ip(),
-        client.ip(v6),
-        "client sidecar sees the app's pod address"
+        mode.source_seen_by_own_sidecar(client.ip(v6)),
+        "the source the client's sidecar sees"
     );
     assert!(out.bytes_down > 0, "no reply relayed: {out:?}");
 
@@ -599,8 +646,9 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
             let peers = sidecar.wait_for_dns_peers(1, RECORD_TIMEOUT);
             // One query, or a few if a try timed out: all from the app's pod.
             assert!(!peers.is_empty(), "the DNS proxy saw no query");
+            let source = mode.source_seen_by_own_sidecar(client.ip(v6));
             assert!(
-                peers.iter().all(|p| p.ip().to_canonical() == client.ip(v6)),
+                peers.iter().all(|p| p.ip().to_canonical() == source),
                 "{peers:?}"
             );
             let (answer, _) = query(mesh.proxy_uid);

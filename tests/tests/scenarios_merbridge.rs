@@ -1,0 +1,57 @@
+//! The same scenarios as `scenarios_iptables.rs`, with merbridge instead of iptables: the
+//! `merbridge` binary loads the data path on each node's cgroup and adds each meshed pod.
+
+use mb_sys::testing::kernel_tests_enabled;
+use mb_testbed::scenarios::{self, Binaries};
+use mb_testbed::sidecar::RelayMode;
+use mb_testbed::{Interception, MeshPorts};
+
+fn bins() -> Binaries {
+    Binaries {
+        sidecar: env!("CARGO_BIN_EXE_mb-sidecar").into(),
+        workload: env!("CARGO_BIN_EXE_mb-workload").into(),
+    }
+}
+
+fn istio() -> Interception {
+    Interception::Merbridge(MeshPorts::istio())
+}
+
+macro_rules! scenario_tests {
+    ($($name:ident => $body:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            if !kernel_tests_enabled(stringify!($name)) {
+                return;
+            }
+            let bins = bins();
+            let run: &dyn Fn(&Binaries) = &$body;
+            run(&bins);
+        }
+    )*};
+}
+
+scenario_tests! {
+    merbridge_app_to_service_v4 => |b| scenarios::app_to_service(&istio(), b, false, false);
+    merbridge_app_to_service_v6 => |b| scenarios::app_to_service(&istio(), b, true, false);
+    merbridge_app_to_service_cross_node_v4 => |b| scenarios::app_to_service(&istio(), b, false, true);
+    merbridge_app_to_service_cross_node_v6 => |b| scenarios::app_to_service(&istio(), b, true, true);
+    merbridge_sidecar_to_own_app_passthrough_v4 => |b| scenarios::sidecar_to_own_app_passthrough(&istio(), b, false);
+    merbridge_sidecar_to_own_app_passthrough_v6 => |b| scenarios::sidecar_to_own_app_passthrough(&istio(), b, true);
+    merbridge_excluded_ports_bypass_v4 => |b| scenarios::excluded_ports_bypass(&istio(), b, false);
+    merbridge_excluded_ports_bypass_v6 => |b| scenarios::excluded_ports_bypass(&istio(), b, true);
+    merbridge_loopback_untouched_v4 => |b| scenarios::loopback_untouched(&istio(), b, false);
+    merbridge_loopback_untouched_v6 => |b| scenarios::loopback_untouched(&istio(), b, true);
+    merbridge_pod_without_sidecar_untouched_v4 => |b| scenarios::pod_without_sidecar_untouched(&istio(), b, false);
+    merbridge_pod_without_sidecar_untouched_v6 => |b| scenarios::pod_without_sidecar_untouched(&istio(), b, true);
+    merbridge_bulk_and_rr_read_write_v4 => |b| scenarios::bulk_and_rr_through_sidecars(&istio(), b, false, RelayMode::ReadWrite);
+    merbridge_bulk_and_rr_read_write_v6 => |b| scenarios::bulk_and_rr_through_sidecars(&istio(), b, true, RelayMode::ReadWrite);
+    merbridge_creates_no_conntrack_entries => |b| {
+        assert_eq!(scenarios::conntrack_entries(&istio(), b, 50), 0);
+    };
+    merbridge_linkerd_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Merbridge(MeshPorts::linkerd()), b, false, false);
+    merbridge_kuma_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Merbridge(MeshPorts::kuma()), b, false, false);
+    merbridge_osm_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Merbridge(MeshPorts::osm()), b, true, false);
+    merbridge_dns_captured_v4 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, false);
+    merbridge_dns_captured_v6 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, true);
+}
