@@ -68,11 +68,9 @@ fn all_forms() -> Vec<Op> {
             src: s,
             imm: 0,
         });
-        v.push(Op::LdInd {
-            size,
-            src: s,
-            imm: -2,
-        });
+        for imm in [-2, i32::MIN, 70_000] {
+            v.push(Op::LdInd { size, src: s, imm });
+        }
         v.push(Op::Ldx {
             size,
             signed: true,
@@ -309,13 +307,9 @@ fn op() -> impl Strategy<Value = Op> {
         (
             prop::sample::select(vec![Size::B, Size::H, Size::W]),
             reg(),
-            any::<i16>()
+            any::<i32>()
         )
-            .prop_map(|(size, src, imm)| Op::LdInd {
-                size,
-                src,
-                imm: imm.into()
-            }),
+            .prop_map(|(size, src, imm)| Op::LdInd { size, src, imm }),
         (size(), any::<bool>(), reg(), reg(), any::<i16>()).prop_map(
             |(size, signed, dst, src, off)| Op::Ldx {
                 size,
@@ -424,7 +418,11 @@ proptest! {
         let bytes = Program { insns, relocations: vec![] }.to_bytes();
         let text = fmt_llvm(&Program::from_bytes(&bytes).unwrap()).unwrap();
         let back = parse_lenient(&text).unwrap().program;
-        prop_assert_eq!(back.to_bytes(), bytes);
+        prop_assert_eq!(back.to_bytes(), bytes.clone());
+        let labeled = fmt_llvm_labeled(&Program::from_bytes(&bytes).unwrap()).unwrap();
+        let back = parse_lenient(&labeled);
+        prop_assert!(back.is_ok(), "{}: {:?}", labeled, back.err());
+        prop_assert_eq!(back.unwrap().program.to_bytes(), bytes);
     }
 
     #[test]

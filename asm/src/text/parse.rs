@@ -775,12 +775,20 @@ fn assignment(c: &mut Cursor) -> Result<Stmt, String> {
             }
             c.expect_punct("[")?;
             let stmt = if c.peek_reg().is_some() {
-                let (src, off) = c.mem_inner()?;
-                Stmt::op(Op::LdInd {
-                    size,
-                    src,
-                    imm: i32::from(off),
-                })
+                let (src, wide) = c.reg()?;
+                if !wide {
+                    return Err("packet offsets use 64-bit registers (r0-r10)".into());
+                }
+                let imm = if c.is_punct("+") || c.is_punct("-") {
+                    let negative = c.next() == Some(Tok::Punct("-"));
+                    let v = c.int()?;
+                    let v = if negative { -v } else { v };
+                    i32::try_from(v)
+                        .map_err(|_| format!("packet offset {v} does not fit in 32 bits"))?
+                } else {
+                    0
+                };
+                Stmt::op(Op::LdInd { size, src, imm })
             } else {
                 let v = c.int()?;
                 let imm = i32::try_from(v)

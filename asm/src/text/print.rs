@@ -143,10 +143,11 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
         }
         Op::LdAbs { size, imm } => format!("r0 = *({} *)skb[{imm}]", size_name(size)),
         Op::LdInd { size, src, imm } => {
-            if imm == 0 {
-                format!("r0 = *({} *)skb[r{}]", size_name(size), src.index())
-            } else {
-                format!("r0 = *({} *)skb[r{} + {imm}]", size_name(size), src.index())
+            let (ty, r) = (size_name(size), src.index());
+            match imm {
+                0 => format!("r0 = *({ty} *)skb[r{r}]"),
+                1.. => format!("r0 = *({ty} *)skb[r{r} + {imm}]"),
+                _ => format!("r0 = *({ty} *)skb[r{r} - {}]", -i64::from(imm)),
             }
         }
         Op::Ldx {
@@ -469,10 +470,13 @@ fn fmt_llvm_with(program: &Program, labels: bool) -> Result<String, crate::Decod
     let decoded = Op::decode_all(&program.insns)?;
     let mut targets = std::collections::BTreeSet::new();
     if labels {
+        // Only instruction starts get labels; a jump into the middle of a 64-bit load keeps
+        // its numeric offset.
+        let starts: std::collections::HashSet<usize> = decoded.iter().map(|(at, _)| *at).collect();
         for (at, op) in &decoded {
             if let Some(off) = op.branch_offset() {
                 let t = *at as i64 + 1 + off;
-                if (0..program.insns.len() as i64).contains(&t) {
+                if t >= 0 && starts.contains(&(t as usize)) {
                     targets.insert(t as usize);
                 }
             }
