@@ -463,6 +463,25 @@ impl Asm {
         };
         self.reloc(op, RelocKind::Const(name.into()))
     }
+    /// `if dst op value goto target` comparing the full 64-bit `dst` with the *unsigned* 32-bit
+    /// `value`. A jump immediate is sign-extended, so values above `i32::MAX` are first moved
+    /// into `scratch` with a 32-bit mov (which zero-extends) and compared as registers; the
+    /// caller names `scratch` so that no register is clobbered behind its back.
+    pub fn jmp_imm_u32(
+        &mut self,
+        op: JmpOp,
+        dst: Reg,
+        value: u32,
+        scratch: Reg,
+        target: Label,
+    ) -> &mut Self {
+        match i32::try_from(value) {
+            Ok(imm) => self.jmp_imm(op, dst, imm, target),
+            Err(_) => self
+                .mov32_imm(scratch, value as i32)
+                .jmp_reg(op, dst, scratch, target),
+        }
+    }
     /// `BPF_JMP_A(target)`: `goto target` (16-bit offset).
     pub fn ja(&mut self, target: Label) -> &mut Self {
         self.jump_to(Op::Ja { off: 0 }, target, FixupField::Off)

@@ -52,6 +52,26 @@ pub use helper::Helper;
 pub use op::{AluOp, AtomicOp, CallTarget, DecodeError, Endian, JmpOp, Op, Size, Source};
 pub use program::{Program, RelocError, RelocKind, Relocation};
 pub use reg::Reg;
+pub use text::{parse, ParseError};
+
+impl Program {
+    /// LLVM syntax, one instruction per line (see [`text::fmt_llvm`]).
+    pub fn fmt_llvm(&self) -> Result<String, DecodeError> {
+        text::fmt_llvm(self)
+    }
+
+    /// The kernel verifier's syntax, `N: (code) text` per line (see [`text::fmt_kernel`]).
+    pub fn fmt_kernel(&self) -> Result<String, DecodeError> {
+        text::fmt_kernel(self)
+    }
+}
+
+/// LLVM syntax (what `llvm-objdump --no-print-imm-hex -d` prints).
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&text::llvm_text(self))
+    }
+}
 
 /// One raw instruction slot, `struct bpf_insn` of `linux/bpf.h`:
 /// `code` (opcode byte), `dst_reg:4`, `src_reg:4`, `off` (s16), `imm` (s32).

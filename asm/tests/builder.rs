@@ -656,3 +656,34 @@ fn local_calls_and_function_pointers_resolve() {
     assert_eq!(p.insns[0], Insn::new(0x85, 0, BPF_PSEUDO_CALL, 0, 3));
     assert_eq!(p.insns[1], Insn::new(0x18, 2, BPF_PSEUDO_FUNC, 0, 2));
 }
+
+#[test]
+fn unsigned_32_bit_compares_do_not_sign_extend() {
+    let mut asm = Asm::new();
+    let hit = asm.label();
+    asm.jmp_imm_u32(JmpOp::Eq, Reg::R1, 0x7fff_ffff, Reg::R9, hit)
+        .jmp_imm_u32(JmpOp::Eq, Reg::R1, 0xfe00_0001, Reg::R9, hit)
+        .bind(hit)
+        .exit();
+    let p = asm.finish().unwrap();
+    assert_eq!(p.insns.len(), 4);
+    assert_eq!(
+        p.insns[0],
+        Insn::new(BPF_JMP | BPF_JEQ | BPF_K, 1, 0, 2, 0x7fff_ffff)
+    );
+    // w9 = 0xfe000001 (zero-extending 32-bit mov), then a register compare.
+    assert_eq!(
+        p.insns[1],
+        Insn::new(BPF_ALU | BPF_MOV | BPF_K, 9, 0, 0, 0xfe00_0001_u32 as i32)
+    );
+    assert_eq!(p.insns[2], Insn::new(BPF_JMP | BPF_JEQ | BPF_X, 1, 9, 0, 0));
+    assert_eq!(
+        p.fmt_llvm().unwrap(),
+        "if r1 == 2147483647 goto +2\nw9 = -33554431\nif r1 == r9 goto +0\nexit\n"
+    );
+    assert_eq!(
+        p.insns.len(),
+        mb_asm::parse(&p.fmt_llvm().unwrap()).unwrap().insns.len()
+    );
+    assert_eq!(mb_asm::Op::Exit.to_string(), "exit");
+}
