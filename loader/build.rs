@@ -12,8 +12,8 @@ fn main() {
     for def in defs {
         write!(
             out,
-            "    EmbeddedProgram {{ hook: Hook::{:?}, insns: &[",
-            def.hook
+            "    EmbeddedProgram {{ hook: Hook::{:?}, netns_keys: {}, insns: &[",
+            def.hook, def.variant.netns_keys
         )
         .unwrap();
         for insn in &def.program.insns {

@@ -120,6 +120,10 @@ pub struct LoadArgs {
     /// Attach cgroup programs with PROG_ATTACH even where bpf_link exists.
     #[arg(long)]
     pub legacy_attach: bool,
+    /// How connections stay unique across pods: `netns` (netns cookie in the keys, 6.1+),
+    /// `bind` (bind redirected sockets to the pod address, any kernel), or `auto` (probe).
+    #[arg(long, default_value = "auto")]
+    pub keys: String,
 }
 
 fn cgroup_or_root(cgroup: &Option<PathBuf>) -> Result<PathBuf, String> {
@@ -154,6 +158,12 @@ pub fn run_load(args: LoadArgs) -> Result<ExitCode, String> {
         } else {
             AttachMode::Auto
         },
+        netns_keys: match args.keys.as_str() {
+            "auto" => None,
+            "netns" => Some(true),
+            "bind" => Some(false),
+            other => return Err(format!("--keys {other:?}: use auto, netns or bind")),
+        },
     };
     let report = load_datapath(&opts).map_err(|e| e.to_string())?;
     println!(
@@ -171,6 +181,13 @@ pub fn run_load(args: LoadArgs) -> Result<ExitCode, String> {
             h.insns,
             h.via,
             if h.replaced { " (replaced)" } else { "" }
+        );
+    }
+    if !report.netns_keys {
+        println!(
+            "  note: connection keys without netns cookies (this kernel's sock_ops, sk_msg or \
+             getsockopt lack bpf_get_netns_cookie, Linux 6.1); redirected sockets are bound to \
+             their pod's address instead"
         );
     }
     if !report.maps_reused.is_empty() {

@@ -104,6 +104,7 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
             dns_capture: false,
             bind4: false,
             mode: AttachMode::Auto,
+            netns_keys: None,
         })
         .map_err(|e| format!("load the data path: {e}"))?;
         Some(Datapath {

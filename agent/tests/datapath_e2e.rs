@@ -764,3 +764,31 @@ fn splice_modes_choose_which_sockets_enter_the_sockhash() {
         assert_eq!(c.loaded.counter("spliced_bytes") > 0, inserts > 0, "{mode}");
     }
 }
+
+/// Kernels whose sock_ops, sk_msg and getsockopt lack the netns cookie (5.10) get the variant
+/// that binds redirected sockets to their pod's address instead; forced here on this kernel.
+#[test]
+fn bound_source_keys_serve_kernels_without_netns_cookies() {
+    if !mb_sys::testing::kernel_tests_enabled("bound_source_keys") {
+        return;
+    }
+    let mut c = Cluster::new(
+        "bindkeys",
+        ("istio", MeshPorts::istio()),
+        &["--keys", "bind", "--splice", "all"],
+    );
+    let client = c.pod("client", Some(&[]));
+    let server = c.pod("server", Some(&[]));
+    for v6 in [false, true] {
+        assert_eq!(
+            c.call(client, server, 9080, v6),
+            (passthrough(v6), 1, 1),
+            "v6={v6}"
+        );
+        let out = c.records(client).pop().unwrap();
+        // The application's socket was bound to its pod's address.
+        assert_eq!(out.peer.ip(), c.ip(client, v6));
+    }
+    assert_eq!(c.loaded.counter("sockhash_inserts"), 12);
+    assert_eq!(c.loaded.counter("map_update_failures"), 0);
+}

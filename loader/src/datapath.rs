@@ -40,6 +40,8 @@ pub enum RelocTag {
 #[derive(Debug)]
 pub struct EmbeddedProgram {
     pub hook: Hook,
+    /// Built for netns-scoped keys (`true`) or for binding sources to pod addresses.
+    pub netns_keys: bool,
     /// Little-endian instruction slots.
     pub insns: &'static [u64],
     pub relocations: &'static [(usize, RelocTag, &'static str)],
@@ -81,12 +83,36 @@ impl EmbeddedProgram {
     }
 }
 
-/// The embedded program for `hook`.
+/// The embedded program for `hook` in the netns-keys variant.
 pub fn embedded(hook: Hook) -> &'static EmbeddedProgram {
+    embedded_variant(hook, true)
+}
+
+/// The embedded program for `hook`: the `netns_keys` variant where the hook has two.
+pub fn embedded_variant(hook: Hook, netns_keys: bool) -> &'static EmbeddedProgram {
     EMBEDDED
         .iter()
-        .find(|p| p.hook == hook)
+        .find(|p| p.hook == hook && p.netns_keys == netns_keys)
+        .or_else(|| EMBEDDED.iter().find(|p| p.hook == hook))
         .expect("the build script embeds every hook")
+}
+
+/// Whether this kernel lets sock_ops, sk_msg and getsockopt programs read the network
+/// namespace cookie (6.1 and newer): then pair keys carry it; otherwise connect binds
+/// redirected sockets to their pod's address (the original's way).
+pub fn kernel_has_netns_keys() -> bool {
+    use mb_sys::bpf::ProgType;
+    const GET_NETNS_COOKIE: u32 = 122;
+    [
+        (ProgType::SOCK_OPS, Hook::SockOps),
+        (ProgType::SK_MSG, Hook::SkMsg),
+        (ProgType::CGROUP_SOCKOPT, Hook::GetSockopt),
+    ]
+    .iter()
+    .all(|&(prog_type, hook)| {
+        crate::probe::probe_helper(prog_type, hook.expected_attach_type(), GET_NETNS_COOKIE)
+            .is_yes()
+    })
 }
 
 /// The mesh's numbers patched into the bytecode at load.
@@ -125,6 +151,9 @@ pub struct LoadOptions {
     /// Attach bind4 (Linkerd's outbound listener).
     pub bind4: bool,
     pub mode: AttachMode,
+    /// Netns-scoped pair keys (`Some(true)`), bound sources (`Some(false)`), or probe the
+    /// kernel (`None`).
+    pub netns_keys: Option<bool>,
 }
 
 impl LoadOptions {
@@ -235,6 +264,8 @@ pub struct LoadedHook {
 /// What `load` did.
 #[derive(Debug)]
 pub struct LoadReport {
+    /// Which variant was loaded (see [`LoadOptions::netns_keys`]).
+    pub netns_keys: bool,
     pub hooks: Vec<LoadedHook>,
     pub maps_created: Vec<&'static str>,
     pub maps_reused: Vec<&'static str>,
@@ -305,9 +336,10 @@ pub fn load_datapath(opts: &LoadOptions) -> Result<LoadReport, DataPathError> {
     let consts = opts.constants.relocations();
 
     let hooks = opts.hooks();
+    let netns_keys = opts.netns_keys.unwrap_or_else(kernel_has_netns_keys);
     let mut programs: Vec<(Hook, LoadedProgram)> = Vec::new();
     for &hook in &hooks {
-        let image = embedded(hook).image();
+        let image = embedded_variant(hook, netns_keys).image();
         let prog = load(&image, &map_fds, &consts).map_err(DataPathError::Load)?;
         programs.push((hook, prog));
     }
@@ -317,7 +349,7 @@ pub fn load_datapath(opts: &LoadOptions) -> Result<LoadReport, DataPathError> {
     let result = (|| {
         for (hook, prog) in &programs {
             let prog_id = prog.info().map(|i| i.id).unwrap_or(0);
-            let insns = embedded(*hook).insns.len();
+            let insns = embedded_variant(*hook, netns_keys).insns.len();
             if *hook == Hook::SkMsg {
                 let sockhash = maps
                     .iter()
@@ -396,6 +428,7 @@ pub fn load_datapath(opts: &LoadOptions) -> Result<LoadReport, DataPathError> {
     }
     let (created, reused): (Vec<_>, Vec<_>) = maps.iter().partition(|(_, _, c)| *c);
     Ok(LoadReport {
+        netns_keys,
         hooks: report_hooks,
         maps_created: created.iter().map(|(d, _, _)| d.name).collect(),
         maps_reused: reused.iter().map(|(d, _, _)| d.name).collect(),
@@ -540,6 +573,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn variants_are_embedded_where_they_differ() {
+        assert!(!embedded_variant(Hook::Connect4, false).netns_keys);
+        assert!(embedded_variant(Hook::Connect4, true).netns_keys);
+        // One program serves both where nothing differs.
+        assert!(embedded_variant(Hook::Recvmsg4, false).netns_keys);
+    }
+
+    #[test]
     fn every_hook_is_embedded_with_its_relocations() {
         for hook in Hook::ALL {
             let e = embedded(hook);
@@ -571,6 +612,7 @@ mod tests {
             dns_capture: false,
             bind4: false,
             mode: AttachMode::Auto,
+            netns_keys: None,
         };
         assert_eq!(
             opts.hooks(),

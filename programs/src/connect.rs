@@ -27,7 +27,7 @@ use mb_maps::layout::{
 };
 
 /// `cgroup/connect4` or `cgroup/connect6`.
-pub fn connect(family: Family) -> Result<Program, AsmError> {
+pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     let mut a = Asm::new();
     let allow = a.label();
     let bypass = a.label();
@@ -60,6 +60,9 @@ pub fn connect(family: Family) -> Result<Program, AsmError> {
     jmp_if_loopback(&mut a, DST_ADDR, bypass);
     outbound_policy(&mut a, inbound);
     store_orig(&mut a, R9, family, ORIG_OUTBOUND);
+    if !variant.netns_keys {
+        bind_to_pod_address(&mut a, family, allow);
+    }
     remember_orig(&mut a, allow);
     write_loopback_dst(&mut a, family, sock_addr::USER_IP4, sock_addr::USER_IP6);
     write_port_const(&mut a, sock_addr::USER_PORT, CONST_OUTBOUND_PORT);
@@ -111,6 +114,44 @@ pub fn connect(family: Family) -> Result<Program, AsmError> {
 
     a.bind(allow).mov64_imm(R0, 1).exit();
     a.finish()
+}
+
+/// Binds the socket to the caller's pod address (pod entry in r7) so that its 4-tuple to the
+/// loopback sidecar is unique on the node without a netns cookie in the key. An IPv6 socket
+/// calling a v4-mapped destination is bound to the pod's v4-mapped address. Jumps to `failed`
+/// (after counting) when the kernel refuses. Clobbers r0–r5.
+fn bind_to_pod_address(a: &mut Asm, family: Family, failed: Label) {
+    let ok = a.label();
+    match family {
+        Family::V4 => {
+            a.st_imm(Size::H, FP, SOCKADDR, abi::AF_INET)
+                .st_imm(Size::H, FP, SOCKADDR + 2, 0)
+                .ldx(Size::W, R1, R7, PodEntry::OFF_IPV4 as i16 + 12)
+                .stx(Size::W, FP, SOCKADDR + 4, R1)
+                .st_imm(Size::DW, FP, SOCKADDR + 8, 0);
+            a.mov64_reg(R1, R6);
+            stack_ptr(a, R2, SOCKADDR);
+            a.mov64_imm(R3, abi::SOCKADDR_IN_SIZE);
+        }
+        Family::V6 => {
+            let mapped = a.label();
+            let copied = a.label();
+            a.st_imm(Size::H, FP, SOCKADDR, abi::AF_INET6)
+                .st_imm(Size::H, FP, SOCKADDR + 2, 0)
+                .st_imm(Size::W, FP, SOCKADDR + 4, 0)
+                .st_imm(Size::W, FP, SOCKADDR + 24, 0);
+            jmp_if_v4_mapped(a, DST_ADDR, mapped);
+            copy_words(a, FP, SOCKADDR + 8, R7, PodEntry::OFF_IPV6 as i16, 4, R1);
+            a.ja(copied).bind(mapped);
+            copy_words(a, FP, SOCKADDR + 8, R7, PodEntry::OFF_IPV4 as i16, 4, R1);
+            a.bind(copied).mov64_reg(R1, R6);
+            stack_ptr(a, R2, SOCKADDR);
+            a.mov64_imm(R3, abi::SOCKADDR_IN6_SIZE);
+        }
+    }
+    a.call(Helper::Bind).jmp_imm(JmpOp::Eq, R0, 0, ok);
+    count(a, Counter::MapUpdateFailures);
+    a.ja(failed).bind(ok);
 }
 
 /// `cgroup/sendmsg4` or `cgroup/sendmsg6`: DNS queries on unconnected UDP sockets.

@@ -41,6 +41,9 @@ pub const PORT_KEY: i16 = -136;
 /// connect programs only (overlaps `PAIR_KEY`, which they do not use): the `ORIG_*` bits a
 /// redirect records about its caller (u64).
 pub const CALLER: i16 = -8;
+/// A second [`SockPairKey`], for the peer's view of a connection; in connect programs the
+/// socket address `bpf_bind` takes.
+pub const SOCKADDR: i16 = -184;
 /// A second [`SockPairKey`], for the peer's view of a connection.
 pub const PEER_KEY: i16 = -184;
 
@@ -290,9 +293,29 @@ pub fn write_port_const(a: &mut Asm, field: i16, name: &str) {
         .stx(Size::W, R6, field, R1);
 }
 
+/// How the programs keep connection keys unique across pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// Pair keys involving loopback carry the network-namespace cookie (needs
+    /// `bpf_get_netns_cookie` in sock_ops, sk_msg and getsockopt: 6.1 and newer). Without it
+    /// connect binds each redirected application socket to its pod's address instead (the
+    /// original's way; one `bind` per redirected connect).
+    pub netns_keys: bool,
+}
+
+impl Variant {
+    pub const NETNS_KEYS: Variant = Variant { netns_keys: true };
+    pub const BIND_SOURCE: Variant = Variant { netns_keys: false };
+}
+
 /// Sets the `netns` of the pair key at `fp + key`: the caller's network-namespace cookie if
-/// either address is loopback, else 0 (see [`SockPairKey`]). Clobbers r0–r5.
-pub fn scope_pair_key(a: &mut Asm, key: i16) {
+/// either address is loopback, else 0 (see [`SockPairKey`]); always 0 without netns keys.
+/// Clobbers r0–r5.
+pub fn scope_pair_key(a: &mut Asm, key: i16, variant: Variant) {
+    if !variant.netns_keys {
+        a.st_imm(Size::DW, FP, key + SockPairKey::OFF_NETNS as i16, 0);
+        return;
+    }
     let scoped = a.label();
     let done = a.label();
     jmp_if_loopback(a, key + SockPairKey::OFF_LOCAL_IP as i16, scoped);

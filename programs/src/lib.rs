@@ -12,18 +12,27 @@ pub mod sockopt;
 pub mod udp;
 
 use emit::Family;
+pub use emit::Variant;
 use mb_asm::{AsmError, Program};
 
 pub use mb_maps::datapath::{Hook, MapDecl, MapKind, CONSTANTS, MAPS};
 
+/// Whether `hook`'s program differs between [`Variant`]s.
+pub fn has_variants(hook: Hook) -> bool {
+    matches!(
+        hook,
+        Hook::Connect4 | Hook::Connect6 | Hook::SockOps | Hook::SkMsg | Hook::GetSockopt
+    )
+}
+
 /// Assembles `hook`'s program.
-pub fn build(hook: Hook) -> Result<Program, AsmError> {
+pub fn build(hook: Hook, variant: Variant) -> Result<Program, AsmError> {
     match hook {
-        Hook::Connect4 => connect::connect(Family::V4),
-        Hook::Connect6 => connect::connect(Family::V6),
-        Hook::SockOps => sockmap::sockops(),
-        Hook::SkMsg => sockmap::msg_redirect(),
-        Hook::GetSockopt => sockopt::getsockopt(),
+        Hook::Connect4 => connect::connect(Family::V4, variant),
+        Hook::Connect6 => connect::connect(Family::V6, variant),
+        Hook::SockOps => sockmap::sockops(variant),
+        Hook::SkMsg => sockmap::msg_redirect(variant),
+        Hook::GetSockopt => sockopt::getsockopt(variant),
         Hook::Sendmsg4 => connect::sendmsg(Family::V4),
         Hook::Sendmsg6 => connect::sendmsg(Family::V6),
         Hook::Recvmsg4 => udp::recvmsg(Family::V4),
@@ -36,19 +45,30 @@ pub fn build(hook: Hook) -> Result<Program, AsmError> {
 #[derive(Clone, Debug)]
 pub struct ProgramDef {
     pub hook: Hook,
+    pub variant: Variant,
     pub program: Program,
 }
 
-/// Every program of the data path, assembled.
+/// Every program of the data path, assembled: each hook with netns keys, and the hooks that
+/// differ also in the bind-source variant.
 pub fn programs() -> Result<Vec<ProgramDef>, (Hook, AsmError)> {
-    Hook::ALL
-        .iter()
-        .map(|&hook| {
-            build(hook)
-                .map(|program| ProgramDef { hook, program })
-                .map_err(|e| (hook, e))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for hook in Hook::ALL {
+        let variants: &[Variant] = if has_variants(hook) {
+            &[Variant::NETNS_KEYS, Variant::BIND_SOURCE]
+        } else {
+            &[Variant::NETNS_KEYS]
+        };
+        for &variant in variants {
+            let program = build(hook, variant).map_err(|e| (hook, e))?;
+            out.push(ProgramDef {
+                hook,
+                variant,
+                program,
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -58,7 +78,7 @@ mod tests {
     #[test]
     fn every_program_assembles_and_uses_only_declared_maps_and_constants() {
         let all = programs().unwrap_or_else(|(hook, e)| panic!("{hook:?}: {e}"));
-        assert_eq!(all.len(), Hook::ALL.len());
+        assert_eq!(all.len(), Hook::ALL.len() + 5);
         for def in &all {
             for name in def.program.map_names() {
                 assert!(

@@ -63,7 +63,14 @@ const SK_MSG_FIELDS: TupleFields = TupleFields {
 /// Builds the pair key at `fp + key` from the context in r6. With `reversed`, the key is the
 /// peer's view (local and remote swapped). Jumps to `other` for families other than IPv4/IPv6.
 /// Clobbers r0–r5.
-fn build_pair_key(a: &mut Asm, f: &TupleFields, key: i16, reversed: bool, other: mb_asm::Label) {
+fn build_pair_key(
+    a: &mut Asm,
+    f: &TupleFields,
+    key: i16,
+    reversed: bool,
+    other: mb_asm::Label,
+    variant: Variant,
+) {
     let (me_ip, peer_ip, me_port, peer_port) = if reversed {
         (REMOTE_IP, LOCAL_IP, REMOTE_PORT, LOCAL_PORT)
     } else {
@@ -90,11 +97,11 @@ fn build_pair_key(a: &mut Asm, f: &TupleFields, key: i16, reversed: bool, other:
         .alu64_imm(AluOp::Rsh, R1, 16)
         .stx(Size::H, FP, key + peer_port, R1)
         .st_imm(Size::W, FP, key + REMOTE_PORT + 2, 0);
-    scope_pair_key(a, key);
+    scope_pair_key(a, key, variant);
 }
 
 /// `sockops`, attached to the node's cgroup.
-pub fn sockops() -> Result<Program, AsmError> {
+pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     let mut a = Asm::new();
     let out = a.label();
     let established = a.label();
@@ -114,7 +121,7 @@ pub fn sockops() -> Result<Program, AsmError> {
         )
         .jmp_imm(JmpOp::Ne, R9, abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, out)
         .bind(established);
-    build_pair_key(&mut a, &SOCK_OPS_FIELDS, PAIR_KEY, false, out);
+    build_pair_key(&mut a, &SOCK_OPS_FIELDS, PAIR_KEY, false, out, variant);
     a.jmp_imm(
         JmpOp::Eq,
         R9,
@@ -196,11 +203,11 @@ fn reverse_pair_key(a: &mut Asm, from: i16, to: i16) {
 }
 
 /// `sk_msg`, attached to the sockhash: redirect each message to the peer socket.
-pub fn msg_redirect() -> Result<Program, AsmError> {
+pub fn msg_redirect(variant: Variant) -> Result<Program, AsmError> {
     let mut a = Asm::new();
     let out = a.label();
     a.mov64_reg(R6, R1);
-    build_pair_key(&mut a, &SK_MSG_FIELDS, PAIR_KEY, true, out);
+    build_pair_key(&mut a, &SK_MSG_FIELDS, PAIR_KEY, true, out, variant);
     a.ldx(Size::W, R7, R6, sk_msg::SIZE);
     a.mov64_reg(R1, R6);
     a.ld_map_fd(R2, MAP_SOCK_PAIRS);

@@ -7,7 +7,7 @@ use crate::emit::*;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
 use mb_maps::layout::{Counter, OrigDst, SockPairKey};
 
-pub fn getsockopt() -> Result<Program, AsmError> {
+pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     let mut a = Asm::new();
     let out = a.label();
     let level_ok = a.label();
@@ -55,7 +55,7 @@ pub fn getsockopt() -> Result<Program, AsmError> {
             key + SockPairKey::OFF_REMOTE_PORT as i16 + 2,
             0,
         );
-    scope_pair_key(&mut a, key);
+    scope_pair_key(&mut a, key, variant);
 
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
     stack_ptr(&mut a, R2, key);
