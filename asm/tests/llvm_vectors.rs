@@ -2,7 +2,7 @@
 //! llvm/test/MC/BPF and llvm/test/CodeGen/BPF, see data/llvm_mc_checks.txt) — not against
 //! our own printer.
 
-use mb_asm::text::{fmt_llvm, parse_lenient};
+use mb_asm::text::{fmt_llvm, fmt_llvm_hex, parse_lenient};
 use mb_asm::Program;
 
 struct Vector {
@@ -96,6 +96,27 @@ fn llvm_bytes_print_as_llvm_text() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn hex_mode_prints_what_default_objdump_prints() {
+    // The CHECK lines of the files run without --no-print-imm-hex are objdump's hex form.
+    let hex_vectors: Vec<Vector> = vectors()
+        .into_iter()
+        .filter(|v| v.text.contains("0x"))
+        .collect();
+    assert!(hex_vectors.len() > 50);
+    for v in hex_vectors {
+        let program = Program::from_bytes(&v.bytes).unwrap();
+        let text = fmt_llvm_hex(&program).unwrap();
+        assert_eq!(text.trim_end(), v.text, "fixture line {}", v.line);
+    }
+    // Negative values print like LLVM's formatHex.
+    let p = mb_asm::parse("r8 = *(u64 *)(r3 - 30)\nr2 *= -4\ngoto -1\nexit").unwrap();
+    assert_eq!(
+        fmt_llvm_hex(&p).unwrap(),
+        "r8 = *(u64 *)(r3 - 0x1e)\nr2 *= -0x4\ngoto -0x1\nexit\n"
+    );
 }
 
 #[test]

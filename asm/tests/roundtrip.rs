@@ -419,6 +419,10 @@ proptest! {
         let text = fmt_llvm(&Program::from_bytes(&bytes).unwrap()).unwrap();
         let back = parse_lenient(&text).unwrap().program;
         prop_assert_eq!(back.to_bytes(), bytes.clone());
+        let hex = mb_asm::text::fmt_llvm_hex(&Program::from_bytes(&bytes).unwrap()).unwrap();
+        let back = parse_lenient(&hex);
+        prop_assert!(back.is_ok(), "{}: {:?}", hex, back.err());
+        prop_assert_eq!(back.unwrap().program.to_bytes(), bytes.clone());
         let labeled = fmt_llvm_labeled(&Program::from_bytes(&bytes).unwrap()).unwrap();
         let back = parse_lenient(&labeled);
         prop_assert!(back.is_ok(), "{}: {:?}", labeled, back.err());

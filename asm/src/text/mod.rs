@@ -15,7 +15,7 @@
 //!
 //! The printer writes decimal (LLVM's `--no-print-imm-hex` form, the one LLVM's own MC tests
 //! check): it round-trips exactly and diffs cleanly against those tests; the parser reads
-//! both.
+//! both. [`fmt_llvm_hex`] prints hex like `llvm-objdump -d` does by default since LLVM 16.
 //!
 //! Difference from llvm-mc's bytes: `r1 = my_map ll` sets `src = BPF_PSEUDO_MAP_FD` in the
 //! instruction (what the kernel needs); llvm-mc leaves `src = 0` and emits an ELF relocation
@@ -38,4 +38,4 @@ mod parse;
 mod print;
 
 pub use parse::{parse, parse_lenient, ParseError, Parsed};
-pub use print::{fmt_kernel, fmt_llvm, fmt_llvm_labeled, kernel_op, llvm_text};
+pub use print::{fmt_kernel, fmt_llvm, fmt_llvm_hex, fmt_llvm_labeled, kernel_op, llvm_text};

@@ -54,33 +54,44 @@ pub(crate) fn pseudo_name(pseudo: u8) -> Option<&'static str> {
     })
 }
 
-fn signed_offset(off: i64) -> String {
-    if off >= 0 {
-        format!("+{off}")
-    } else {
-        format!("{off}")
+/// A number as objdump prints it: decimal, or with `hex` like LLVM's `formatHex` (`0x2a`,
+/// `-0x1e`).
+fn num(v: i64, hex: bool) -> String {
+    match (hex, v < 0) {
+        (false, _) => v.to_string(),
+        (true, false) => format!("{v:#x}"),
+        (true, true) => format!("-{:#x}", v.unsigned_abs()),
     }
 }
 
-fn llvm_mem(base: crate::Reg, off: i16) -> String {
+fn signed_offset(off: i64, hex: bool) -> String {
     if off >= 0 {
-        format!("r{} + {}", base.index(), off)
+        format!("+{}", num(off, hex))
     } else {
-        format!("r{} - {}", base.index(), -i32::from(off))
+        num(off, hex)
+    }
+}
+
+fn llvm_mem(base: crate::Reg, off: i16, hex: bool) -> String {
+    if off >= 0 {
+        format!("r{} + {}", base.index(), num(off.into(), hex))
+    } else {
+        format!("r{} - {}", base.index(), num(-i64::from(off), hex))
     }
 }
 
 /// One instruction in LLVM syntax. `target` replaces the numeric jump offset with a label
 /// name when given; `symbol` names a relocated immediate.
-pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> String {
+pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bool) -> String {
+    let n = |v: i64| num(v, hex);
     let rw = |wide: bool| if wide { 'r' } else { 'w' };
     let jump = |off: i64| match target {
         Some(name) => name.to_string(),
-        None => signed_offset(off),
+        None => signed_offset(off, hex),
     };
     let imm_or_symbol = |imm: i32| match symbol {
         Symbol::Reloc(kind) => kind.name().to_string(),
-        Symbol::None => imm.to_string(),
+        Symbol::None => n(imm.into()),
     };
     match *op {
         Op::Alu {
@@ -123,31 +134,33 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
             let value = match (symbol, pseudo) {
                 (Symbol::Reloc(RelocKind::MapFd(name)), _) => name.clone(),
                 (Symbol::Reloc(RelocKind::MapValue(name)), _) => {
-                    format!("map_value({name}, {})", hi as u32)
+                    format!("map_value({name}, {})", n((hi as u32).into()))
                 }
                 (Symbol::Reloc(RelocKind::Const(name)), _) => format!("const({name})"),
-                (Symbol::None, 0) => (imm as i64).to_string(),
+                (Symbol::None, 0) => n(imm as i64),
                 (Symbol::None, BPF_PSEUDO_FUNC) if hi == 0 && target.is_some() => {
                     format!("func({})", jump(0))
                 }
                 (Symbol::None, p) => {
                     let kind = pseudo_name(p).unwrap_or("pseudo");
                     if hi == 0 {
-                        format!("{kind}({lo})")
+                        format!("{kind}({})", n(lo.into()))
                     } else {
-                        format!("{kind}({lo}, {hi})")
+                        format!("{kind}({}, {})", n(lo.into()), n(hi.into()))
                     }
                 }
             };
             format!("r{} = {value} ll", dst.index())
         }
-        Op::LdAbs { size, imm } => format!("r0 = *({} *)skb[{imm}]", size_name(size)),
+        Op::LdAbs { size, imm } => {
+            format!("r0 = *({} *)skb[{}]", size_name(size), n(imm.into()))
+        }
         Op::LdInd { size, src, imm } => {
             let (ty, r) = (size_name(size), src.index());
             match imm {
                 0 => format!("r0 = *({ty} *)skb[r{r}]"),
-                1.. => format!("r0 = *({ty} *)skb[r{r} + {imm}]"),
-                _ => format!("r0 = *({ty} *)skb[r{r} - {}]", -i64::from(imm)),
+                1.. => format!("r0 = *({ty} *)skb[r{r} + {}]", n(imm.into())),
+                _ => format!("r0 = *({ty} *)skb[r{r} - {}]", n(-i64::from(imm))),
             }
         }
         Op::Ldx {
@@ -162,7 +175,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
             } else {
                 size_name(size)
             };
-            format!("r{} = *({ty} *)({})", dst.index(), llvm_mem(src, off))
+            format!("r{} = *({ty} *)({})", dst.index(), llvm_mem(src, off, hex))
         }
         Op::St {
             size,
@@ -172,7 +185,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
         } => format!(
             "*({} *)({}) = {}",
             size_name(size),
-            llvm_mem(dst, off),
+            llvm_mem(dst, off, hex),
             imm_or_symbol(imm)
         ),
         Op::Stx {
@@ -183,7 +196,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
         } => format!(
             "*({} *)({}) = r{}",
             size_name(size),
-            llvm_mem(dst, off),
+            llvm_mem(dst, off, hex),
             src.index()
         ),
         Op::Atomic {
@@ -195,7 +208,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
         } => {
             let wide = size == Size::DW;
             let c = rw(wide);
-            let (s, mem) = (src.index(), llvm_mem(dst, off));
+            let (s, mem) = (src.index(), llvm_mem(dst, off, hex));
             let ty = if wide { "u64" } else { "u32" };
             match op {
                 AtomicOp::Add | AtomicOp::Or | AtomicOp::And | AtomicOp::Xor => {
@@ -221,7 +234,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
             rw(size == Size::DW),
             dst.index(),
             size_name(size),
-            llvm_mem(src, off)
+            llvm_mem(src, off, hex)
         ),
         Op::StoreRelease {
             size,
@@ -231,7 +244,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
         } => format!(
             "store_release(({} *)({}), {}{})",
             size_name(size),
-            llvm_mem(dst, off),
+            llvm_mem(dst, off, hex),
             rw(size == Size::DW),
             src.index()
         ),
@@ -241,9 +254,11 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
             dst_as,
             src_as,
         } => format!(
-            "r{} = addr_space_cast(r{}, {dst_as}, {src_as})",
+            "r{} = addr_space_cast(r{}, {}, {})",
             dst.index(),
-            src.index()
+            src.index(),
+            n(dst_as.into()),
+            n(src_as.into())
         ),
         Op::Jmp {
             jmp32,
@@ -267,16 +282,16 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>) -> Stri
         Op::Ja { off } => format!("goto {}", jump(i64::from(off))),
         Op::Gotol { imm } => format!("gotol {}", jump(i64::from(imm))),
         Op::MayGoto { off } => format!("may_goto {}", jump(i64::from(off))),
-        Op::Call(CallTarget::Helper(id)) => format!("call {id}"),
+        Op::Call(CallTarget::Helper(id)) => format!("call {}", n(id.into())),
         Op::Call(CallTarget::Local(imm)) => match target {
             Some(name) => format!("call {name}"),
-            None => format!("call pc{}", signed_offset(i64::from(imm))),
+            None => format!("call pc{}", signed_offset(i64::from(imm), hex)),
         },
         Op::Call(CallTarget::Kfunc { btf_id, off }) => {
             if off == 0 {
-                format!("call kfunc({btf_id})")
+                format!("call kfunc({})", n(btf_id.into()))
             } else {
-                format!("call kfunc({btf_id}, {off})")
+                format!("call kfunc({}, {})", n(btf_id.into()), n(off.into()))
             }
         }
         Op::Callx { reg } => format!("callx r{}", reg.index()),
@@ -458,15 +473,21 @@ pub fn kernel_op(op: &Op) -> String {
 /// Print `program` in LLVM syntax, one instruction per line, numeric jump offsets. The output
 /// assembles back (with [`parse`](super::parse)) to the same slots and relocations.
 pub fn fmt_llvm(program: &Program) -> Result<String, crate::DecodeError> {
-    fmt_llvm_with(program, false)
+    fmt_llvm_with(program, false, false)
+}
+
+/// Like [`fmt_llvm`] with hex immediates and offsets (`r1 += 0x2a`, `goto +0x3`), what
+/// `llvm-objdump -d` prints by default since LLVM 16. Parses back the same.
+pub fn fmt_llvm_hex(program: &Program) -> Result<String, crate::DecodeError> {
+    fmt_llvm_with(program, false, true)
 }
 
 /// Like [`fmt_llvm`], but jump targets become labels `L<slot>:` (easier to read and edit).
 pub fn fmt_llvm_labeled(program: &Program) -> Result<String, crate::DecodeError> {
-    fmt_llvm_with(program, true)
+    fmt_llvm_with(program, true, false)
 }
 
-fn fmt_llvm_with(program: &Program, labels: bool) -> Result<String, crate::DecodeError> {
+fn fmt_llvm_with(program: &Program, labels: bool, hex: bool) -> Result<String, crate::DecodeError> {
     let decoded = Op::decode_all(&program.insns)?;
     let mut targets = std::collections::BTreeSet::new();
     if labels {
@@ -501,7 +522,7 @@ fn fmt_llvm_with(program: &Program, labels: bool) -> Result<String, crate::Decod
             let t = *at as i64 + 1 + off;
             (labels && t >= 0 && targets.contains(&(t as usize))).then(|| format!("L{t}"))
         });
-        let _ = writeln!(out, "{}", llvm_op(op, symbol, name.as_deref()));
+        let _ = writeln!(out, "{}", llvm_op(op, symbol, name.as_deref(), hex));
     }
     Ok(out)
 }
@@ -517,5 +538,5 @@ pub fn fmt_kernel(program: &Program) -> Result<String, crate::DecodeError> {
 
 /// One instruction in LLVM syntax (numeric offsets, no symbols).
 pub fn llvm_text(op: &Op) -> String {
-    llvm_op(op, Symbol::None, None)
+    llvm_op(op, Symbol::None, None, false)
 }
