@@ -134,27 +134,42 @@ pub fn store_ctx_addr(a: &mut Asm, family: Family, off: i16, v4_field: i16, v6_f
 /// Jumps to `yes` if the 16-byte address at `fp + off` is a loopback address
 /// (`127.0.0.0/8` v4-mapped, or `::1`). Clobbers r1.
 pub fn jmp_if_loopback(a: &mut Asm, off: i16, yes: Label) {
-    let no = a.label();
-    let not_v4 = a.label();
-    a.ldx(Size::W, R1, FP, off)
-        .jmp32_imm(JmpOp::Ne, R1, 0, no)
-        .ldx(Size::W, R1, FP, off + 4)
-        .jmp32_imm(JmpOp::Ne, R1, 0, no)
-        .ldx(Size::W, R1, FP, off + 8)
-        .jmp32_imm(JmpOp::Ne, R1, V4_MAPPED_WORD2_LE as i32, not_v4)
-        .ldx(Size::B, R1, FP, off + 12)
-        .jmp_imm(JmpOp::Eq, R1, 127, yes)
-        .ja(no)
-        .bind(not_v4)
-        .jmp32_imm(JmpOp::Ne, R1, 0, no)
-        .ldx(Size::W, R1, FP, off + 12)
-        .jmp32_imm(JmpOp::Eq, R1, LOOPBACK_V6_WORD3_LE, yes)
-        .bind(no);
+    jmp_if_address(
+        a,
+        off,
+        yes,
+        |a, yes| {
+            a.ldx(Size::B, R1, FP, off + 12)
+                .jmp_imm(JmpOp::Eq, R1, 127, yes);
+        },
+        LOOPBACK_V6_WORD3_LE,
+    );
 }
 
 /// Jumps to `yes` if the 16-byte address at `fp + off` is the passthrough source
 /// (`127.0.0.6` v4-mapped, or `::6`). Clobbers r1.
 pub fn jmp_if_passthrough(a: &mut Asm, off: i16, yes: Label) {
+    jmp_if_address(
+        a,
+        off,
+        yes,
+        |a, yes| {
+            a.ldx(Size::W, R1, FP, off + 12)
+                .jmp32_imm(JmpOp::Eq, R1, PASSTHROUGH_V4_LE, yes);
+        },
+        PASSTHROUGH_V6_WORD3_LE,
+    );
+}
+
+/// The shared shape of the two tests above: words 0 and 1 zero, then either v4-mapped (word 2
+/// `ffff`) and `v4_test` on the IPv4 part, or word 2 zero and word 3 equal to `v6_word3`.
+fn jmp_if_address(
+    a: &mut Asm,
+    off: i16,
+    yes: Label,
+    v4_test: impl FnOnce(&mut Asm, Label),
+    v6_word3: i32,
+) {
     let no = a.label();
     let not_v4 = a.label();
     a.ldx(Size::W, R1, FP, off)
@@ -162,14 +177,13 @@ pub fn jmp_if_passthrough(a: &mut Asm, off: i16, yes: Label) {
         .ldx(Size::W, R1, FP, off + 4)
         .jmp32_imm(JmpOp::Ne, R1, 0, no)
         .ldx(Size::W, R1, FP, off + 8)
-        .jmp32_imm(JmpOp::Ne, R1, V4_MAPPED_WORD2_LE as i32, not_v4)
-        .ldx(Size::W, R1, FP, off + 12)
-        .jmp32_imm(JmpOp::Eq, R1, PASSTHROUGH_V4_LE, yes)
-        .ja(no)
+        .jmp32_imm(JmpOp::Ne, R1, V4_MAPPED_WORD2_LE as i32, not_v4);
+    v4_test(a, yes);
+    a.ja(no)
         .bind(not_v4)
         .jmp32_imm(JmpOp::Ne, R1, 0, no)
         .ldx(Size::W, R1, FP, off + 12)
-        .jmp32_imm(JmpOp::Eq, R1, PASSTHROUGH_V6_WORD3_LE, yes)
+        .jmp32_imm(JmpOp::Eq, R1, v6_word3, yes)
         .bind(no);
 }
 
