@@ -4,7 +4,9 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
 mod cmd_asm;
+mod cmd_bench;
 mod cmd_datapath;
 mod cmd_demo;
 mod cmd_probe;
@@ -43,6 +45,8 @@ enum Command {
     Dump(cmd_datapath::DumpArgs),
     /// A two-pod mesh on this machine: iptables, then merbridge, side by side (root).
     Demo(cmd_demo::DemoArgs),
+    /// Direct vs iptables vs merbridge, data path and control plane, measured (root).
+    Bench(cmd_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd_datapath::run_status(args),
         Command::Dump(args) => cmd_datapath::run_dump(args),
         Command::Demo(args) => cmd_demo::run(args),
+        Command::Bench(args) => cmd_bench::run(args),
     };
     match result {
         Ok(code) => code,

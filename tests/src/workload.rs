@@ -411,6 +411,88 @@ pub fn rr_samples(addr: SocketAddr, size: usize, count: u64, warmup: u64) -> io:
     Ok(samples)
 }
 
+/// Round trips measured over `connections` persistent connections at once (the
+/// concurrency of an RR benchmark).
+#[derive(Debug, Clone)]
+pub struct ParallelRr {
+    /// Every measured round trip in nanoseconds, all connections together.
+    pub samples: Vec<u64>,
+    /// Wall time of the measured phase (all connections connected and warmed up first).
+    pub elapsed_ns: u64,
+}
+
+/// [`rr_samples`] on `connections` connections in parallel (one thread each): `count`
+/// measured exchanges in total (split evenly, at least one per connection), each
+/// connection first doing `warmup` unmeasured ones. The measured phase starts for all
+/// connections together, so `samples.len() / elapsed` is the request rate.
+pub fn rr_parallel(
+    addr: SocketAddr,
+    size: usize,
+    count: u64,
+    warmup: u64,
+    connections: usize,
+) -> io::Result<ParallelRr> {
+    let connections = connections.max(1);
+    let per_connection = (count / connections as u64).max(1);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(connections + 1));
+    let mut threads = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let barrier = std::sync::Arc::clone(&barrier);
+        threads.push(std::thread::spawn(move || -> io::Result<Vec<u64>> {
+            let connected = connect(addr);
+            let result = connected.and_then(|mut s| {
+                let request = vec![0xa5u8; size.max(1)];
+                let mut response = vec![0u8; request.len()];
+                for _ in 0..warmup {
+                    s.write_all(&request)?;
+                    s.read_exact(&mut response)?;
+                }
+                Ok((s, request, response))
+            });
+            // Every thread reaches the barrier, also after an error, so none waits forever.
+            barrier.wait();
+            let (mut s, request, mut response) = result?;
+            let mut samples = Vec::with_capacity(per_connection as usize);
+            for _ in 0..per_connection {
+                let start = Instant::now();
+                s.write_all(&request)?;
+                s.read_exact(&mut response)?;
+                samples.push(start.elapsed().as_nanos() as u64);
+            }
+            if response != request {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "echo returned other bytes",
+                ));
+            }
+            Ok(samples)
+        }));
+    }
+    barrier.wait();
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity((per_connection as usize) * connections);
+    let mut first_error = None;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(s)) => samples.extend(s),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(io::Error::other("an RR client thread panicked"));
+            }
+        }
+    }
+    let elapsed_ns = start.elapsed().as_nanos() as u64;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(ParallelRr {
+            samples,
+            elapsed_ns,
+        }),
+    }
+}
+
 /// Latency histogram with 1-2-5 buckets per decade from 1 µs to 5 s: `(upper bound ns,
 /// count)` for every non-empty bucket; samples above 5 s land in a last `u64::MAX` bucket.
 pub fn histogram(samples: &[u64]) -> Vec<(u64, u64)> {
@@ -680,6 +762,9 @@ mod tests {
         let rr = rr_client(echo_addr, 64, 200, 10).unwrap();
         assert_eq!(rr.count, 200);
         assert!(rr.p50_ns > 0 && rr.p50_ns <= rr.p99_ns && rr.p99_ns <= rr.max_ns);
+        let par = rr_parallel(echo_addr, 64, 80, 5, 8).unwrap();
+        assert_eq!(par.samples.len(), 80);
+        assert!(par.elapsed_ns > 0 && par.samples.iter().all(|&ns| ns > 0));
         let crr = crr_client(echo_addr, 64, 20).unwrap();
         assert_eq!(crr.connections, 20);
         let b = bulk_client(bulk_addr, 3 * 1024 * 1024 + 17).unwrap();

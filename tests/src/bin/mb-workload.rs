@@ -46,6 +46,13 @@ enum Cmd {
         /// Also print `bucket le_ns=… count=…` lines (1-2-5 buckets) before the summary line.
         #[arg(long)]
         histogram: bool,
+        /// Persistent connections used at once (`--count` is split among them); the
+        /// summary line then also has `connections=`, `elapsed_ns=` and `per_sec=`.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Also print every measured round trip: `samples ns=<n>,<n>,…` before the summary.
+        #[arg(long)]
+        samples: bool,
     },
     /// Connect-request-close rate.
     Crr {
@@ -125,14 +132,32 @@ fn run(cli: Cli) -> std::io::Result<()> {
             count,
             warmup,
             histogram,
+            connections,
+            samples: print_samples,
         } => {
-            let mut samples = workload::rr_samples(to, size, count, warmup)?;
+            let (mut samples, elapsed_ns) = if connections > 1 {
+                let par = workload::rr_parallel(to, size, count, warmup, connections)?;
+                (par.samples, Some(par.elapsed_ns))
+            } else {
+                (workload::rr_samples(to, size, count, warmup)?, None)
+            };
             if histogram {
                 for (le, n) in workload::histogram(&samples) {
                     println!("bucket le_ns={le} count={n}");
                 }
             }
-            println!("{}", workload::LatencyStats::from_samples(&mut samples));
+            if print_samples {
+                let list: Vec<String> = samples.iter().map(u64::to_string).collect();
+                println!("samples ns={}", list.join(","));
+            }
+            let stats = workload::LatencyStats::from_samples(&mut samples);
+            match elapsed_ns {
+                Some(ns) => println!(
+                    "{stats} connections={connections} elapsed_ns={ns} per_sec={:.0}",
+                    stats.count as f64 / (ns.max(1) as f64 / 1e9)
+                ),
+                None => println!("{stats}"),
+            }
         }
         Cmd::Crr { to, size, count } => println!("{}", workload::crr_client(to, size, count)?),
         Cmd::Bulk { to, bytes } => println!("{}", workload::bulk_client(to, bytes)?),

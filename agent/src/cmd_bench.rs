@@ -1,0 +1,130 @@
+//! `merbridge bench`: direct vs iptables vs merbridge on this machine (root), data path and
+//! control plane, with a table, JSON and an SVG chart. See `crate::bench`.
+
+use crate::bench::{self, env::Pinning, report};
+use clap::Args;
+use mb_testbed::scenarios::Binaries;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Small counts, one round, 1,000 pods for the control plane: well under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds per setup (interleaved; medians are reported). Default 5, 1 with --quick.
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write an SVG chart (latency distribution, throughput and connection-rate bars) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Pin client, sidecars and server app to CPUs: `CLIENT,SIDECAR,SERVER`, e.g. `0,1,0`.
+    #[arg(long, value_name = "C,S,S")]
+    pub pin: Option<String>,
+    /// Skip the extra `--splice all` merbridge setup (it runs by default without --quick).
+    #[arg(long)]
+    pub no_splice_all: bool,
+}
+
+fn parse_pinning(text: &str) -> Result<Pinning, String> {
+    let cpus: Vec<usize> = text
+        .split(',')
+        .map(|c| {
+            c.trim().parse::<usize>().map_err(|_| {
+                format!("--pin {text:?}: {c:?} is not a CPU number (want CLIENT,SIDECAR,SERVER, e.g. 0,1,0)")
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(c) = cpus.iter().find(|&&c| c >= available) {
+        return Err(format!(
+            "--pin {text:?}: CPU {c} does not exist here (CPUs 0..{})",
+            available - 1
+        ));
+    }
+    match cpus[..] {
+        [client, sidecar, server] => Ok(Pinning {
+            client: Some(client),
+            sidecar: Some(sidecar),
+            server: Some(server),
+        }),
+        _ => Err(format!(
+            "--pin {text:?}: give three CPUs, CLIENT,SIDECAR,SERVER (e.g. 0,1,0)"
+        )),
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
+    let pinning = match &args.pin {
+        Some(p) => parse_pinning(p)?,
+        None => Pinning::default(),
+    };
+    if !mb_sys::testing::is_root() {
+        return Err(
+            "the bench builds network namespaces and cgroups, installs iptables rules \
+                    and loads eBPF programs: run it as root"
+                .into(),
+        );
+    }
+    let bins = Binaries::find().map_err(|e| {
+        format!("{e}\nthe bench runs the test bed's sidecar and workloads: build them with `cargo build --release --workspace`")
+    })?;
+    let command: Vec<String> = std::env::args().collect();
+    let command = command.join(" ");
+    let plan = bench::Plan::new(
+        args.quick,
+        args.rounds,
+        !args.quick && !args.no_splice_all,
+        pinning,
+    );
+    eprintln!(
+        "merbridge bench: {} environments x {} rounds, then the control plane up to {} pods",
+        plan.setups.len(),
+        plan.rounds,
+        plan.control_plane_pods
+    );
+    let started = std::time::Instant::now();
+    let results = bench::run(&plan, &bins, &|line| {
+        eprintln!("{:>6.1}s {line}", started.elapsed().as_secs_f64())
+    });
+    print!("{}", report::table(&results));
+    if let Some(path) = &args.json {
+        let json = report::to_json(&results, &command);
+        let text = serde_json::to_string_pretty(&json)
+            .map_err(|e| format!("encode the JSON report: {e}"))?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("write the JSON report to {}: {e}", path.display()))?;
+        println!("JSON: {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report::to_svg(&results))
+            .map_err(|e| format!("write the SVG chart to {}: {e}", path.display()))?;
+        println!("SVG: {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_needs_three_existing_cpus() {
+        assert_eq!(
+            parse_pinning("0,0,0").unwrap(),
+            Pinning {
+                client: Some(0),
+                sidecar: Some(0),
+                server: Some(0)
+            }
+        );
+        assert!(parse_pinning("0,1").unwrap_err().contains("three CPUs"));
+        assert!(parse_pinning("0,x,1").unwrap_err().contains("not a CPU"));
+        assert!(parse_pinning("0,0,4096")
+            .unwrap_err()
+            .contains("does not exist"));
+    }
+}
