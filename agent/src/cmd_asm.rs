@@ -30,6 +30,9 @@ pub struct DisasmArgs {
     /// Print jump targets as labels (`L5:` / `goto L5`) instead of numeric offsets.
     #[arg(long, conflicts_with = "kernel")]
     pub labels: bool,
+    /// Print immediates and offsets in hex (`r1 += 0x2a`), as `llvm-objdump -d` does by default.
+    #[arg(long, conflicts_with_all = ["kernel", "labels"])]
+    pub hex: bool,
 }
 
 fn display_name(path: &std::path::Path) -> String {
@@ -113,6 +116,8 @@ pub fn run_disasm(args: DisasmArgs) -> Result<ExitCode, String> {
         text::fmt_kernel(&program)
     } else if args.labels {
         text::fmt_llvm_labeled(&program)
+    } else if args.hex {
+        text::fmt_llvm_hex(&program)
     } else {
         text::fmt_llvm(&program)
     };

@@ -126,6 +126,12 @@ fn asm_writes_raw_bytes_and_disasm_reads_them_back() {
          3: (18) r1 = 0x1122334455667788\n5: (95) exit\n"
     );
 
+    let out = merbridge(&["disasm", &bin, "--hex"], None);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "r0 = 0x0\nr0 += 0x1\nif r0 < 0x3 goto -0x2\nr1 = 0x1122334455667788 ll\nexit\n"
+    );
+
     let out = merbridge(&["disasm", &bin, "--labels"], None);
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),

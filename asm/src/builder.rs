@@ -39,7 +39,7 @@ struct Fixup {
 /// `BPF_*` instruction macros where one exists and return `&mut Self` for chaining.
 ///
 /// Problems with operands are remembered and reported by [`Asm::finish`], which never panics.
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 pub struct Asm {
     insns: Vec<Insn>,
     labels: Vec<Option<usize>>,

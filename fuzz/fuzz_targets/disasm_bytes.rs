@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
         data,
         "asm(disasm(bytes)) of {text}"
     );
+    let hex = mb_asm::text::fmt_llvm_hex(&program).expect("decodes");
+    let back = mb_asm::text::parse_lenient(&hex).expect("hex disassembly parses");
+    assert_eq!(back.program.to_bytes(), data, "hex round trip of {hex}");
     let labeled = mb_asm::text::fmt_llvm_labeled(&program).expect("decodes");
     let back = mb_asm::text::parse_lenient(&labeled).expect("labeled disassembly parses");
     assert_eq!(
