@@ -177,8 +177,8 @@ impl Program {
     /// A copy with every constant relocation named `name` set to `value`.
     ///
     /// Ranges: 64-bit loads take any `i64`/`u64` bit pattern (pass `u64` as `value as i64`);
-    /// 32-bit ALU and JMP32 immediates take `-2^31 ..= 2^32-1`; 64-bit ALU and JMP immediates
-    /// are sign-extended by the CPU, so they take `-2^31 ..= 2^31-1`.
+    /// 32-bit ALU, JMP32 and u8-u32 store immediates take `-2^31 ..= 2^32-1`; 64-bit ALU, JMP
+    /// and u64 store immediates are sign-extended by the CPU, so they take `-2^31 ..= 2^31-1`.
     pub fn relocate_const(&self, name: &str, value: i64) -> Result<Program, RelocError> {
         let mut out = self.clone();
         let mut found = false;
@@ -207,11 +207,14 @@ impl Program {
                 out.insns[slot + 1].imm = ((value as u64) >> 32) as u32 as i32;
                 continue;
             }
-            let wide = matches!(class(code), BPF_ALU64 | BPF_JMP);
-            let has_imm = matches!(
-                class(code),
-                BPF_ALU | BPF_ALU64 | BPF_JMP | BPF_JMP32 | BPF_ST
-            ) && src(code) == BPF_K;
+            // Sign-extended to 64 bits by the CPU: only the i32 range keeps the value.
+            let wide =
+                matches!(class(code), BPF_ALU64 | BPF_JMP) || code == BPF_ST | BPF_MEM | BPF_DW;
+            // ALU and JMP take an immediate in the `BPF_K` form; stores of an immediate always
+            // do (their size bits overlap the source bit, so it must not be tested there).
+            let has_imm = class(code) == BPF_ST
+                || (matches!(class(code), BPF_ALU | BPF_ALU64 | BPF_JMP | BPF_JMP32)
+                    && src(code) == BPF_K);
             if !has_imm {
                 return Err(RelocError::BadSlot {
                     slot,
@@ -220,7 +223,7 @@ impl Program {
                     ),
                 });
             }
-            let imm = if wide || class(code) == BPF_ST {
+            let imm = if wide {
                 i32::try_from(value).map_err(|_| does_not_fit("-2147483648 ..= 2147483647"))?
             } else if (i64::from(i32::MIN)..=i64::from(u32::MAX)).contains(&value) {
                 value as u32 as i32

@@ -687,3 +687,73 @@ fn unsigned_32_bit_compares_do_not_sign_extend() {
     );
     assert_eq!(mb_asm::Op::Exit.to_string(), "exit");
 }
+
+#[test]
+fn raw_invalid_slot_is_reported_by_finish() {
+    let mut asm = Asm::new();
+    asm.mov64_imm(Reg::R0, 0)
+        .raw(Insn::new(0xff, 0, 0, 0, 0))
+        .exit();
+    let e = asm.finish().unwrap_err();
+    assert!(
+        matches!(&e, AsmError::Structure(Issue::Invalid(d)) if d.slot == 1),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().starts_with("instruction 1: opcode 0xff"),
+        "{e}"
+    );
+}
+
+#[test]
+fn jump_to_the_first_slot_of_lddw_is_fine() {
+    let mut asm = Asm::new();
+    let load = asm.label();
+    asm.ja(load).bind(load).ld_imm64(Reg::R0, 1).exit();
+    let p = asm.finish().unwrap();
+    assert_eq!(p.insns[0].off, 0);
+}
+
+#[test]
+fn relocations_on_the_wrong_instruction_are_errors() {
+    use mb_asm::{Program, Relocation};
+    let exit = Insn::new(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
+    let mov = Insn::new(BPF_ALU64 | BPF_MOV | BPF_X, 1, 2, 0, 0);
+    let with = |insns: Vec<Insn>, slot, kind| Program {
+        insns,
+        relocations: vec![Relocation { slot, kind }],
+    };
+    // A constant on an instruction without an immediate.
+    let p = with(vec![mov, exit], 0, RelocKind::Const("c".into()));
+    assert!(matches!(
+        p.relocate_const("c", 1),
+        Err(RelocError::BadSlot { slot: 0, .. })
+    ));
+    // A map on something that is not a 64-bit load.
+    let p = with(vec![mov, exit], 1, RelocKind::MapFd("m".into()));
+    let e = p.relocate_map("m", 3).unwrap_err();
+    assert!(matches!(e, RelocError::BadSlot { slot: 1, .. }));
+    assert!(e.to_string().contains("not on a 64-bit load"), "{e}");
+    // Past the end.
+    let p = with(vec![exit], 5, RelocKind::Const("c".into()));
+    assert!(matches!(
+        p.relocate_const("c", 1),
+        Err(RelocError::BadSlot { slot: 5, .. })
+    ));
+    // A 64-bit load cut short.
+    let lddw = Insn::new(BPF_LD | BPF_DW | BPF_IMM, 1, 0, 0, 0);
+    let p = with(vec![lddw], 0, RelocKind::Const("c".into()));
+    assert!(matches!(
+        p.relocate_const("c", 1),
+        Err(RelocError::BadSlot { slot: 0, .. })
+    ));
+    // The store immediate is sign-extended for u64 stores: the 64-bit range applies.
+    let st = Insn::new(BPF_ST | BPF_MEM | BPF_DW, 10, 0, -8, 0);
+    let p = with(vec![st, exit], 0, RelocKind::Const("c".into()));
+    assert!(p.relocate_const("c", -1).is_ok());
+    assert!(p.relocate_const("c", 1 << 31).is_err());
+    let st32 = Insn::new(BPF_ST | BPF_MEM | BPF_W, 10, 0, -4, 0);
+    let p = with(vec![st32, exit], 0, RelocKind::Const("c".into()));
+    assert_eq!(p.relocate_const("c", 0xffff_ffff).unwrap().insns[0].imm, -1);
+    assert!(p.relocate_const("c", 1 << 32).is_err());
+}
