@@ -286,4 +286,7 @@ kernel_test!(kernel_printer_matches_the_verifier_log, {
         compared += 1;
     }
     assert_eq!(compared, program.fmt_kernel().unwrap().lines().count());
+    // And the real log reassembles to the same bytes.
+    let back = mb_asm::text::parse_kernel(&log).unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(back.program.insns, program.insns);
 });

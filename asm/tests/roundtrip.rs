@@ -442,3 +442,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn kernel_text_parses_back_to_the_same_bytes() {
+    use mb_asm::text::parse_kernel;
+    // Everything but what the kernel's text cannot carry (pseudo sources, kfunc offsets).
+    let forms: Vec<Op> = all_forms()
+        .into_iter()
+        .filter(|op| {
+            !matches!(op, Op::LdImm64 { pseudo, .. } if *pseudo != 0)
+                && !matches!(op, Op::Call(CallTarget::Kfunc { off, .. }) if *off != 0)
+        })
+        .collect();
+    let mut insns = Vec::new();
+    for op in &forms {
+        op.encode_into(&mut insns);
+    }
+    let program = Program {
+        insns,
+        relocations: vec![],
+    };
+    let printed = fmt_kernel(&program).unwrap();
+    let back = parse_kernel(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(back.program.insns, program.insns);
+}
+
+#[test]
+fn kernel_parser_reads_a_verifier_log() {
+    use mb_asm::text::parse_kernel;
+    let log = "\
+func#0 @0
+0: R1=ctx() R10=fp0
+0: (bf) r6 = r1                       ; R1=ctx() R6_w=ctx()
+1: (b7) r1 = 128                      ; R1_w=128
+2: (18) r7 = 0x1122334455667788      ; R7_w=0x1122334455667788
+4: (85) call bpf_ktime_get_ns#5       ; R0=scalar()
+5: (66) if w1 s> 0xfffffffb goto pc+1
+6: (95) exit
+processed 6 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0
+";
+    let parsed = parse_kernel(log).unwrap();
+    assert_eq!(
+        parsed.program.fmt_llvm().unwrap(),
+        "r6 = r1\nr1 = 128\nr7 = 1234605616436508552 ll\ncall 5\nif w1 s> -5 goto +1\nexit\n"
+    );
+    // The opcode in parentheses must agree with the text.
+    let e = parse_kernel("0: (07) r1 = 1").unwrap_err();
+    assert_eq!(e.line, 1);
+    assert!(
+        e.message.contains("(07)") && e.message.contains("(b7)"),
+        "{}",
+        e.message
+    );
+}

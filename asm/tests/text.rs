@@ -47,7 +47,16 @@ fn syntax_errors_name_the_line_and_the_problem() {
             1,
             "source register",
         ),
-        ("r1 = atomic_fetch_add((u32 *)(r2 + 0), r1)", 1, "u32"),
+        (
+            "w1 = atomic_fetch_add((u64 *)(r2 + 0), w1)",
+            1,
+            "r registers",
+        ),
+        (
+            "r1 = atomic64_fetch_add((u32 *)(r2 + 0), r1)",
+            1,
+            "takes (u64 *)",
+        ),
         ("lock *(u8 *)(r1 + 0) += r2", 1, "u32 or u64"),
         ("lock *(u64 *)(r1 + 0) -= r2", 1, "expected +="),
         ("r1 = (s64)r2", 1, "s8, s16 or s32"),

@@ -1,5 +1,5 @@
 //! Text in and out: LLVM syntax ([`fmt_llvm`], [`parse`]) and the kernel's syntax
-//! ([`fmt_kernel`]).
+//! ([`fmt_kernel`], [`parse_kernel`] for verifier logs and `bpftool prog dump xlated`).
 //!
 //! # Syntax
 //!
@@ -37,5 +37,5 @@
 mod parse;
 mod print;
 
-pub use parse::{parse, parse_lenient, ParseError, Parsed};
+pub use parse::{parse, parse_kernel, parse_lenient, ParseError, Parsed};
 pub use print::{fmt_kernel, fmt_llvm, fmt_llvm_hex, fmt_llvm_labeled, kernel_op, llvm_text};

@@ -54,6 +54,83 @@ pub fn parse_lenient(text: &str) -> Result<Parsed, ParseError> {
     asm.finish()
 }
 
+/// Parse the kernel's syntax: a verifier log, `bpftool prog dump xlated` or
+/// [`fmt_kernel`](super::fmt_kernel) output (`0: (61) r1 = *(u32 *)(r2 +8)`,
+/// `if r1 > 0x40 goto pc+3`, `call bpf_map_lookup_elem#1`, `r2 = atomic64_fetch_add(...)`).
+/// Only lines with an `(code)` byte are instructions; everything else (verifier messages,
+/// register states, the state comment after `;`) is skipped. When every line has an index,
+/// lines are put in index order and repeats (the verifier walks some instructions more than
+/// once) are dropped; instructions the verifier never walked are missing from its log. The `(code)` byte, when present, must
+/// match what the text assembles to. What the kernel text cannot carry is lost: pseudo
+/// sources of 64-bit loads (maps print as plain numbers) and kfunc BTF object offsets.
+pub fn parse_kernel(text: &str) -> Result<Parsed, ParseError> {
+    // A verifier log lists instructions in the order it walked them, some more than once:
+    // keep the first copy of each index, in index order.
+    let mut lines: Vec<(Option<usize>, usize, u8, String)> = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        if let Some((insn_index, code, translated)) = kernel_line(raw) {
+            lines.push((insn_index, index + 1, code, translated));
+        }
+    }
+    if lines.iter().all(|l| l.0.is_some()) {
+        lines.sort_by_key(|l| l.0);
+        lines.dedup_by_key(|l| l.0);
+    }
+    let mut asm = TextAsm::default();
+    for (_, line, code, translated) in lines {
+        let before = asm.insns.len();
+        asm.line(line, &translated)?;
+        if let Some(insn) = asm.insns.get(before) {
+            if insn.code != code {
+                return Err(ParseError {
+                    line,
+                    message: format!(
+                        "the line says opcode ({code:02x}) but its text assembles to ({:02x})",
+                        insn.code
+                    ),
+                });
+            }
+        }
+    }
+    asm.finish()
+}
+
+/// The instruction index (if given), the opcode byte and the line rewritten in LLVM
+/// syntax; `None` for lines that carry no instruction.
+fn kernel_line(raw: &str) -> Option<(Option<usize>, u8, String)> {
+    let mut rest = raw.trim_start();
+    // `12: ` instruction index (verifier log, bpftool).
+    let mut insn_index = None;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits > 0 && rest[digits..].starts_with(':') {
+        insn_index = rest[..digits].parse().ok();
+        rest = rest[digits + 1..].trim_start();
+    }
+    // `(61) ` opcode byte. Only such lines are instructions; the rest is verifier chatter or
+    // register state (`func#0 @0`, `0: R1=ctx() R10=fp0`, `processed 5 insns ...`).
+    if rest.len() < 4 || !rest.starts_with('(') || rest.as_bytes()[3] != b')' {
+        return None;
+    }
+    let code = u8::from_str_radix(rest.get(1..3)?, 16).ok()?;
+    rest = rest[4..].trim_start();
+    // Drop the register-state comment before rewriting (it may contain `#`).
+    let body = rest.split(';').next().unwrap_or("").trim_end();
+    let mut text = if let Some(call) = body.strip_prefix("call ") {
+        match call.split_once('#') {
+            Some(("kernel-function", id)) => format!("call kfunc({id})"),
+            Some((_, id)) => format!("call {id}"),
+            None => body.to_string(),
+        }
+    } else {
+        body.replace("goto pc", "goto ")
+            .replace("gotol pc", "gotol ")
+    };
+    if code == BPF_LD | BPF_DW | BPF_IMM {
+        text.push_str(" ll");
+    }
+    Some((insn_index, code, text))
+}
+
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {
     Ident(String),
@@ -639,7 +716,10 @@ fn statement(c: &mut Cursor) -> Result<Stmt, String> {
             }
             let (dst, off) = c.mem()?;
             c.expect_punct(",")?;
-            let src = c.reg_of(size == Size::DW)?;
+            let (src, wide) = c.reg()?;
+            if size == Size::DW && !wide {
+                return Err("store_release of a u64 takes an r register".into());
+            }
             c.expect_punct(")")?;
             Stmt::op(Op::StoreRelease {
                 size,
@@ -932,27 +1012,52 @@ fn ld_imm64(c: &mut Cursor, dst: Reg) -> Result<Stmt, String> {
 }
 
 fn atomic_call(c: &mut Cursor, name: &str, dst: Reg, wide: bool) -> Result<Option<Stmt>, String> {
-    let fetch = match name {
-        "atomic_fetch_add" => Some(AtomicOp::FetchAdd),
-        "atomic_fetch_or" => Some(AtomicOp::FetchOr),
-        "atomic_fetch_and" => Some(AtomicOp::FetchAnd),
-        "atomic_fetch_xor" => Some(AtomicOp::FetchXor),
+    // LLVM: `atomic_fetch_add((u64 *)(..), r1)`; kernel: `atomic64_fetch_add((u64 *)(..), r1)`,
+    // `atomic_fetch_add((u32 *)(..), r1)`, `atomic64_xchg(..)`, `atomic_cmpxchg(..)`.
+    let (named_64, core) = if let Some(rest) = name.strip_prefix("atomic64_") {
+        (true, rest)
+    } else if let Some(rest) = name.strip_prefix("atomic_") {
+        (false, rest)
+    } else {
+        (false, "")
+    };
+    let op = match core {
+        "fetch_add" => Some(AtomicOp::FetchAdd),
+        "fetch_or" => Some(AtomicOp::FetchOr),
+        "fetch_and" => Some(AtomicOp::FetchAnd),
+        "fetch_xor" => Some(AtomicOp::FetchXor),
+        "xchg" => Some(AtomicOp::Xchg),
+        "cmpxchg" => Some(AtomicOp::Cmpxchg),
         _ => None,
     };
-    if let Some(op) = fetch {
+    if let Some(op) = op {
         c.next();
         c.expect_punct("(")?;
         let (size, signed) = c.type_cast()?;
-        if signed || size != if wide { Size::DW } else { Size::W } {
-            return Err(
-                "atomic_fetch_* takes (u64 *) with r registers or (u32 *) with w registers".into(),
-            );
+        if signed || !matches!(size, Size::W | Size::DW) || (named_64 && size != Size::DW) {
+            return Err(format!(
+                "`{name}` takes {}",
+                if named_64 {
+                    "(u64 *)"
+                } else {
+                    "(u64 *) or (u32 *)"
+                }
+            ));
+        }
+        if size == Size::DW && !wide {
+            return Err("a 64-bit atomic takes r registers".into());
         }
         let (base, off) = c.mem()?;
         c.expect_punct(",")?;
+        if op == AtomicOp::Cmpxchg {
+            if dst != Reg::R0 || c.reg_of(wide)? != Reg::R0 {
+                return Err("cmpxchg compares with and returns in r0: write `r0 = atomic64_cmpxchg((u64 *)(r1 +0), r0, r2)`".into());
+            }
+            c.expect_punct(",")?;
+        }
         let src = c.reg_of(wide)?;
         c.expect_punct(")")?;
-        if src != dst {
+        if op != AtomicOp::Cmpxchg && src != dst {
             return Err("the fetched value goes to the source register: write `rN = atomic_fetch_op((u64 *)(..), rN)`".into());
         }
         return Ok(Some(Stmt::op(Op::Atomic {
@@ -967,8 +1072,8 @@ fn atomic_call(c: &mut Cursor, name: &str, dst: Reg, wide: bool) -> Result<Optio
         c.next();
         c.expect_punct("(")?;
         let (size, signed) = c.type_cast()?;
-        if signed || (size == Size::DW) != wide {
-            return Err("load_acquire takes (u64 *) with an r register, or (u8|u16|u32 *) with a w register".into());
+        if signed || (size == Size::DW && !wide) {
+            return Err("load_acquire takes (u8|u16|u32|u64 *); a u64 needs an r register".into());
         }
         let (src, off) = c.mem()?;
         c.expect_punct(")")?;

@@ -159,7 +159,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
             let (ty, r) = (size_name(size), src.index());
             match imm {
                 0 => format!("r0 = *({ty} *)skb[r{r}]"),
-                1.. => format!("r0 = *({ty} *)skb[r{r} + {}]", n(imm.into())),
+                1..=i32::MAX => format!("r0 = *({ty} *)skb[r{r} + {}]", n(imm.into())),
                 _ => format!("r0 = *({ty} *)skb[r{r} - {}]", n(-i64::from(imm))),
             }
         }
