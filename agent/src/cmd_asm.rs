@@ -18,6 +18,10 @@ pub struct AsmArgs {
     /// as errors instead of warnings.
     #[arg(long)]
     pub strict: bool,
+    /// Read the kernel's syntax instead (a verifier log, `bpftool prog dump xlated`, or
+    /// `merbridge disasm --kernel` output): `0: (61) r1 = *(u32 *)(r2 +8)`.
+    #[arg(long)]
+    pub kernel: bool,
 }
 
 #[derive(Args)]
@@ -79,7 +83,12 @@ pub fn run_asm(args: AsmArgs) -> Result<ExitCode, String> {
     let data = read_input(&args.input)?;
     let source =
         String::from_utf8(data).map_err(|_| format!("{name}: the input is not UTF-8 text"))?;
-    let parsed = match text::parse_lenient(&source) {
+    let parsed = if args.kernel {
+        text::parse_kernel(&source)
+    } else {
+        text::parse_lenient(&source)
+    };
+    let parsed = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("{name}:{}: {}", e.line, e.message);

@@ -121,10 +121,24 @@ fn asm_writes_raw_bytes_and_disasm_reads_them_back() {
     let out = merbridge(&["disasm", &bin, "--kernel"], None);
     assert!(out.status.success());
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stdout.clone()).unwrap(),
         "0: (b7) r0 = 0\n1: (07) r0 += 1\n2: (a5) if r0 < 0x3 goto pc-2\n\
          3: (18) r1 = 0x1122334455667788\n5: (95) exit\n"
     );
+
+    // The kernel listing reassembles too.
+    let kernel_listing = dir.file("prog.kernel", &out.stdout);
+    let from_kernel = dir.path("from_kernel.bin");
+    let out = merbridge(
+        &["asm", "--kernel", &kernel_listing, "-o", &from_kernel],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&from_kernel).unwrap(), bytes);
 
     let out = merbridge(&["disasm", &bin, "--hex"], None);
     assert_eq!(

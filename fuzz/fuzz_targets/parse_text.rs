@@ -7,6 +7,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if let Ok(parsed) = mb_asm::text::parse_kernel(text) {
+        let _ = mb_asm::text::fmt_kernel(&parsed.program);
+    }
     let Ok(parsed) = mb_asm::text::parse_lenient(text) else {
         return;
     };
