@@ -7,3 +7,4 @@
 pub mod k8s;
 pub mod mesh;
 pub mod pods;
+pub mod run;

@@ -10,6 +10,7 @@ mod cmd_bench;
 mod cmd_datapath;
 mod cmd_demo;
 mod cmd_probe;
+mod cmd_run;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,8 @@ enum Command {
     Demo(cmd_demo::DemoArgs),
     /// Direct vs iptables vs merbridge, data path and control plane, measured (root).
     Bench(cmd_bench::BenchArgs),
+    /// The node agent: watch this node's pods in Kubernetes, keep the maps in sync (root).
+    Run(cmd_run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Dump(args) => cmd_datapath::run_dump(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Run(args) => cmd_run::run(args),
     };
     match result {
         Ok(code) => code,

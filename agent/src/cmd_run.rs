@@ -1,0 +1,120 @@
+//! `merbridge run`: the node agent (what the DaemonSet runs).
+
+use crate::cmd_datapath::{MeshArgs, PinArgs};
+use clap::Args;
+use mb_loader::attach::AttachMode;
+use mb_loader::datapath::LoadOptions;
+use merbridge::k8s::node_name;
+use merbridge::mesh::Mesh;
+use merbridge::run::{AgentConfig, OnExit};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// This node's name as the API knows it (default: $NODE_NAME, from the downward API).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// A kubeconfig file (its current context unless --context); default: in-cluster.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The cgroup (v2) whose processes are intercepted: the node's root cgroup by default.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Where /metrics, /healthz and /readyz are served (none when omitted).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// On SIGTERM: `keep` the data path attached, `unload` it, or `auto`: unload only when
+    /// our DaemonSet is gone or being deleted.
+    #[arg(long, default_value = "auto")]
+    pub on_exit: String,
+    /// Namespace of our DaemonSet (default: $POD_NAMESPACE).
+    #[arg(long)]
+    pub daemonset_namespace: Option<String>,
+    /// Name of our DaemonSet (default: $DAEMONSET_NAME).
+    #[arg(long)]
+    pub daemonset_name: Option<String>,
+    /// Intercept IPv6 too (connect6).
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Send pods' UDP DNS queries to the sidecar's DNS proxy.
+    #[arg(long)]
+    pub dns_capture: bool,
+    /// Seconds between full scans of the host's network namespaces.
+    #[arg(long, default_value_t = 30)]
+    pub rescan_secs: u64,
+    /// error, warn, info or debug.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let level: log::LevelFilter = args.log_level.parse().map_err(|_| {
+        format!(
+            "--log-level {:?}: use error, warn, info or debug",
+            args.log_level
+        )
+    })?;
+    let _ = simplelog::WriteLogger::init(level, simplelog::Config::default(), std::io::stderr());
+    let mesh: Mesh = args.mesh.mesh()?;
+    let constants = args.mesh.constants()?;
+    let node = node_name(args.node_name.as_deref(), env("NODE_NAME").as_deref())
+        .map_err(|e| e.to_string())?;
+    let cgroup = match &args.cgroup {
+        Some(p) => p.clone(),
+        None => mb_sys::cgroup::cgroup2_root().map_err(|e| e.to_string())?,
+    };
+    if !mb_sys::cgroup::is_cgroup2(&cgroup) {
+        return Err(format!(
+            "{} is not a cgroup v2 directory: pass --cgroup with a path under the cgroup2 mount",
+            cgroup.display()
+        ));
+    }
+    if args.pin.pin_dir == std::path::Path::new(crate::cmd_datapath::DEFAULT_PIN_DIR) {
+        mb_sys::bpffs::ensure_bpffs(std::path::Path::new(mb_sys::bpffs::DEFAULT_BPFFS))
+            .map_err(|e| e.to_string())?;
+    }
+    let daemonset = match (
+        args.daemonset_namespace.or_else(|| env("POD_NAMESPACE")),
+        args.daemonset_name.or_else(|| env("DAEMONSET_NAME")),
+    ) {
+        (Some(ns), Some(name)) => Some((ns, name)),
+        _ => None,
+    };
+    let config = AgentConfig {
+        load: LoadOptions {
+            cgroup,
+            pin_dir: args.pin.pin_dir.clone(),
+            constants,
+            ipv6: args.ipv6,
+            dns_capture: args.dns_capture,
+            bind4: mesh == Mesh::Linkerd,
+            mode: AttachMode::Auto,
+            netns_keys: None,
+        },
+        mesh,
+        node_name: node,
+        kubeconfig: args.kubeconfig,
+        context: args.context,
+        metrics_addr: args.metrics_addr,
+        on_exit: args.on_exit.parse::<OnExit>()?,
+        daemonset,
+        rescan_interval: Duration::from_secs(args.rescan_secs.max(1)),
+        retry_interval: Duration::from_secs(2),
+    };
+    merbridge::run::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,460 @@
+//! The agent's main loop: load or adopt the data path, watch the API, keep the maps in sync,
+//! find namespaces, and on SIGTERM either leave everything attached (rolling upgrade) or
+//! unload (the DaemonSet is being deleted).
+
+use super::metrics::{self, AgentStatus};
+use super::netns_scan::NetnsScanner;
+use super::sync::{BpfPodStore, Change, PodStore, PodSync};
+use crate::k8s::{http, ClientConfig, PodEvent, PodWatcher, WatchOptions};
+use crate::mesh::Mesh;
+use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
+use nix::sys::signal::{SigSet, Signal};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What to do with the data path when the agent stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnExit {
+    /// Leave it attached (an upgrade's successor adopts it).
+    Keep,
+    /// Detach and unpin everything (as `merbridge unload`).
+    Unload,
+    /// Unload only when our DaemonSet is gone or being deleted; otherwise keep.
+    Auto,
+}
+
+impl std::str::FromStr for OnExit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<OnExit, String> {
+        match s {
+            "keep" => Ok(OnExit::Keep),
+            "unload" => Ok(OnExit::Unload),
+            "auto" => Ok(OnExit::Auto),
+            other => Err(format!("--on-exit {other:?}: use keep, unload or auto")),
+        }
+    }
+}
+
+/// Everything `merbridge run` was told.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub load: LoadOptions,
+    pub mesh: Mesh,
+    pub node_name: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub on_exit: OnExit,
+    /// Our own DaemonSet (namespace, name), asked about on exit in `Auto` mode.
+    pub daemonset: Option<(String, String)>,
+    /// Full re-scan of the host's namespaces.
+    pub rescan_interval: Duration,
+    /// Re-scan while some pod's namespace is still missing.
+    pub retry_interval: Duration,
+}
+
+enum Msg {
+    Pod(Box<PodEvent>, Instant),
+    Signal(Signal),
+    WatcherEnded(Result<(), String>),
+}
+
+/// [`Msg`] with the event unboxed, for matching (a short-lived local: its size is no cost).
+#[allow(clippy::large_enum_variant)]
+enum Unboxed {
+    Pod(PodEvent, Instant),
+    Signal(Signal),
+    WatcherEnded(Result<(), String>),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Must be called before the process starts any other
+/// thread: the signals are blocked here so that only the agent's signal thread takes them.
+pub fn run(config: AgentConfig) -> Result<(), String> {
+    let started = Instant::now();
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+        .thread_block()
+        .map_err(|e| format!("cannot block SIGTERM/SIGINT for the signal thread: {e}"))?;
+
+    let client = ClientConfig::load(config.kubeconfig.as_deref(), config.context.as_deref())
+        .map_err(|e| e.to_string())?;
+    log::info!(
+        "merbridge run: mesh {}, node {}, API {:?}",
+        config.mesh,
+        config.node_name,
+        client
+    );
+    let status = Arc::new(AgentStatus {
+        mesh: config.mesh.to_string(),
+        pin_dir: config.load.pin_dir.clone(),
+        ..AgentStatus::default()
+    });
+    if let Some(addr) = config.metrics_addr {
+        let bound = metrics::serve(addr, Arc::clone(&status))?;
+        log::info!("metrics on http://{bound}/metrics (/healthz, /readyz)");
+    }
+
+    // Load, or adopt what a previous agent pinned: programs are swapped in place, maps kept.
+    let report = load_datapath(&config.load).map_err(|e| e.to_string())?;
+    let replaced = report.hooks.iter().filter(|h| h.replaced).count();
+    log::info!(
+        "data path attached to {} in {:.1} ms ({} hooks, {} replaced in place, maps re-used: {})",
+        config.load.cgroup.display(),
+        report.elapsed.as_secs_f64() * 1000.0,
+        report.hooks.len(),
+        replaced,
+        if report.maps_reused.is_empty() {
+            "none".to_string()
+        } else {
+            report.maps_reused.join(", ")
+        }
+    );
+    status.attached.store(true, Ordering::SeqCst);
+    let store = BpfPodStore::open(&config.load.pin_dir)?;
+    let mut sync = PodSync::new(store, config.mesh, config.load.dns_capture);
+
+    let mut watcher = PodWatcher::new(client, WatchOptions::new(config.node_name.clone()));
+    *status.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher.stats());
+    let stop = watcher.stop_handle();
+    let (tx, rx) = mpsc::channel::<Msg>();
+    {
+        let tx = tx.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(signal) = signals.wait() {
+                    stop.stop();
+                    let _ = tx.send(Msg::Signal(signal));
+                }
+            })
+            .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    }
+    let watch_thread = {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("watch".into())
+            .spawn(move || {
+                let result = watcher.run(&mut |event| {
+                    let _ = tx.send(Msg::Pod(Box::new(event), Instant::now()));
+                });
+                let _ = tx.send(Msg::WatcherEnded(result));
+            })
+            .map_err(|e| format!("cannot start the watch thread: {e}"))?
+    };
+    drop(tx);
+
+    let mut scanner = NetnsScanner::new();
+    let mut ids = Identity::new(&status);
+    ids.scan(&mut scanner);
+    let mut next_scan = Instant::now() + config.rescan_interval;
+    let mut watcher_error = None;
+    loop {
+        let wait = next_scan.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait).map(|m| match m {
+            Msg::Pod(event, at) => Unboxed::Pod(*event, at),
+            Msg::Signal(s) => Unboxed::Signal(s),
+            Msg::WatcherEnded(r) => Unboxed::WatcherEnded(r),
+        }) {
+            Ok(Unboxed::Pod(PodEvent::Upsert(pod), at)) => {
+                let ips_changed = sync.ips_of(&pod.uid) != Some(pod.pod_ips.as_slice());
+                match sync.upsert(&pod) {
+                    Ok(change) => {
+                        if matches!(change, Change::Added | Change::Updated) && ips_changed {
+                            ids.resolve_one(&mut scanner, &mut sync, &pod.uid);
+                        }
+                        if matches!(change, Change::Added | Change::Updated | Change::Removed) {
+                            status.events_applied.fetch_add(1, Ordering::Relaxed);
+                            status
+                                .apply_latency
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .observe(at.elapsed().as_secs_f64());
+                            status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
+                        }
+                        log::debug!("pod {}: {change:?}", pod.pod_ref());
+                    }
+                    Err(e) => {
+                        status.sync_errors.fetch_add(1, Ordering::Relaxed);
+                        log::error!("pod {}: {e}", pod.pod_ref());
+                    }
+                }
+            }
+            Ok(Unboxed::Pod(PodEvent::Delete(pod_ref), at)) => match sync.delete(&pod_ref.uid) {
+                Ok(Change::Removed) => {
+                    status.events_applied.fetch_add(1, Ordering::Relaxed);
+                    status
+                        .apply_latency
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .observe(at.elapsed().as_secs_f64());
+                    status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
+                    log::info!("pod {pod_ref}: removed from the maps");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    status.sync_errors.fetch_add(1, Ordering::Relaxed);
+                    log::error!("pod {pod_ref}: {e}");
+                }
+            },
+            Ok(Unboxed::Pod(PodEvent::Synced, _)) => {
+                if !sync.is_synced() {
+                    ids.scan(&mut scanner);
+                    ids.resolve_all(&mut scanner, &mut sync);
+                    let reconcile_started = Instant::now();
+                    match sync.reconcile() {
+                        Ok(stale) => {
+                            status.stale_removed.store(stale as u64, Ordering::Relaxed);
+                            status.synced.store(true, Ordering::SeqCst);
+                            status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
+                            status
+                                .first_sync_ms
+                                .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                            let counts = sync.counts();
+                            log::info!(
+                                "first list reconciled in {:.1} ms: {} meshed pods ({} without a \
+                                 network namespace yet), {} stale pods removed",
+                                reconcile_started.elapsed().as_secs_f64() * 1000.0,
+                                counts.pods,
+                                counts.without_netns,
+                                stale
+                            );
+                        }
+                        Err(e) => {
+                            status.sync_errors.fetch_add(1, Ordering::Relaxed);
+                            log::error!("first sync: {e}");
+                        }
+                    }
+                }
+            }
+            Ok(Unboxed::Signal(signal)) => {
+                log::info!("{signal}: stopping the watch");
+                break;
+            }
+            Ok(Unboxed::WatcherEnded(result)) => {
+                if let Err(e) = result {
+                    watcher_error = Some(e);
+                }
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                ids.scan(&mut scanner);
+                ids.resolve_all(&mut scanner, &mut sync);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let counts = sync.counts();
+        status.pods.store(counts.pods as u64, Ordering::Relaxed);
+        status
+            .pods_without_netns
+            .store(counts.without_netns as u64, Ordering::Relaxed);
+        if Instant::now() >= next_scan {
+            next_scan = Instant::now()
+                + if counts.without_netns > 0 {
+                    config.retry_interval.min(config.rescan_interval)
+                } else {
+                    config.rescan_interval
+                };
+        } else if counts.without_netns > 0 {
+            next_scan = next_scan.min(ids.last_scan + config.retry_interval);
+        }
+    }
+    stop.stop();
+    let _ = watch_thread.join();
+    if let Some(e) = watcher_error {
+        return Err(e);
+    }
+    if should_unload(&config) {
+        let report = unload_datapath(&config.load.pin_dir, Some(&config.load.cgroup))
+            .map_err(|e| e.to_string())?;
+        log::info!(
+            "data path unloaded: {} links and {} legacy attachments detached, {} pins removed",
+            report.links_detached,
+            report.legacy_detached,
+            report.pins_removed
+        );
+    } else {
+        log::info!(
+            "data path left attached (pins in {}): the next agent adopts it",
+            config.load.pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Pod → network namespace bookkeeping around the scanner.
+struct Identity {
+    status: Arc<AgentStatus>,
+    last_scan: Instant,
+}
+
+/// Event-triggered scans are spaced at least this much; the retry timer covers the rest.
+const MIN_SCAN_SPACING: Duration = Duration::from_millis(200);
+
+impl Identity {
+    fn new(status: &Arc<AgentStatus>) -> Identity {
+        Identity {
+            status: Arc::clone(status),
+            last_scan: Instant::now() - MIN_SCAN_SPACING,
+        }
+    }
+
+    fn scan(&mut self, scanner: &mut NetnsScanner) {
+        let stats = scanner.scan();
+        self.last_scan = Instant::now();
+        self.status.netns_scans.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .namespaces
+            .store(stats.namespaces as u64, Ordering::Relaxed);
+        log::debug!("netns scan: {stats:?}");
+    }
+
+    /// A pod appeared or changed address: look in the cache, else scan (rate-limited).
+    fn resolve_one<S: PodStore>(
+        &mut self,
+        scanner: &mut NetnsScanner,
+        sync: &mut PodSync<S>,
+        uid: &str,
+    ) {
+        let Some(ips) = sync.ips_of(uid).map(<[_]>::to_vec) else {
+            return;
+        };
+        let mut cookie = scanner.cookie_for(&ips);
+        if cookie.is_none() && self.last_scan.elapsed() >= MIN_SCAN_SPACING {
+            self.scan(scanner);
+            cookie = scanner.cookie_for(&ips);
+        }
+        if let Some(cookie) = cookie {
+            if let Err(e) = sync.set_cookie(uid, cookie) {
+                self.status.sync_errors.fetch_add(1, Ordering::Relaxed);
+                log::error!("pod uid {uid}: {e}");
+            }
+        }
+    }
+
+    /// After a scan: every pod whose namespace is now known (or changed) gets it.
+    fn resolve_all<S: PodStore>(&mut self, scanner: &mut NetnsScanner, sync: &mut PodSync<S>) {
+        for (uid, ips) in sync.all_pods() {
+            if let Some(cookie) = scanner.cookie_for(&ips) {
+                match sync.set_cookie(&uid, cookie) {
+                    Ok(true) => log::info!("pod uid {uid}: network namespace cookie {cookie}"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.status.sync_errors.fetch_add(1, Ordering::Relaxed);
+                        log::error!("pod uid {uid}: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn should_unload(config: &AgentConfig) -> bool {
+    match config.on_exit {
+        OnExit::Keep => false,
+        OnExit::Unload => true,
+        OnExit::Auto => {
+            let Some((namespace, name)) = &config.daemonset else {
+                log::warn!(
+                    "on exit: own DaemonSet unknown (set --daemonset-namespace/--daemonset-name \
+                     or POD_NAMESPACE/DAEMONSET_NAME); leaving the data path attached — run \
+                     `merbridge unload` to remove it"
+                );
+                return false;
+            };
+            match daemonset_state(config, namespace, name) {
+                Ok(DaemonSetState::Present) => {
+                    log::info!("DaemonSet {namespace}/{name} still exists: rolling upgrade");
+                    false
+                }
+                Ok(DaemonSetState::Deleting) => {
+                    log::info!("DaemonSet {namespace}/{name} is being deleted: unloading");
+                    true
+                }
+                Ok(DaemonSetState::Gone) => {
+                    log::info!("DaemonSet {namespace}/{name} is gone: unloading");
+                    true
+                }
+                Err(e) => {
+                    log::warn!(
+                        "on exit: cannot tell whether DaemonSet {namespace}/{name} exists ({e}); \
+                         leaving the data path attached — run `merbridge unload` to remove it"
+                    );
+                    false
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum DaemonSetState {
+    Present,
+    Deleting,
+    Gone,
+}
+
+fn daemonset_state(
+    config: &AgentConfig,
+    namespace: &str,
+    name: &str,
+) -> Result<DaemonSetState, String> {
+    let client = ClientConfig::load(config.kubeconfig.as_deref(), config.context.as_deref())
+        .map_err(|e| e.to_string())?;
+    let path = format!(
+        "/apis/apps/v1/namespaces/{}/daemonsets/{}",
+        http::encode_query_value(namespace),
+        http::encode_query_value(name)
+    );
+    for attempt in 0..2 {
+        let token = client.auth.bearer().map_err(|e| e.to_string())?;
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Accept", "application/json")];
+        if let Some(value) = authorization.as_deref() {
+            headers.push(("Authorization", value));
+        }
+        let mut response = http::get(
+            &client.endpoint,
+            &path,
+            &headers,
+            Duration::from_secs(5),
+            &mut |_| {},
+        )
+        .map_err(|e| e.message)?;
+        let body = response.read_to_end(4 << 20).map_err(|e| e.message)?;
+        match response.status {
+            200 => {
+                let value: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| format!("GET {path}: not JSON: {e}"))?;
+                let deleting = value
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some_and(|t| !t.is_null());
+                return Ok(if deleting {
+                    DaemonSetState::Deleting
+                } else {
+                    DaemonSetState::Present
+                });
+            }
+            404 => return Ok(DaemonSetState::Gone),
+            401 if attempt == 0 => client.auth.invalidate(),
+            code => {
+                return Err(format!(
+                    "GET {path}: HTTP {code} (the ClusterRole must allow get on daemonsets)"
+                ))
+            }
+        }
+    }
+    Err(format!("GET {path}: HTTP 401 after re-reading the token"))
+}

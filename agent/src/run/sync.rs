@@ -1,0 +1,846 @@
+//! The agent's map sync: the desired state (meshed pods of this node by UID, from the API)
+//! written into the data path's maps, with exact diffs.
+//!
+//! Every pod gets a small id (rules are keyed by it) that stays the same for its lifetime, so
+//! connections in flight keep their policy when the pod changes. What was written for each
+//! pod is remembered, so an update writes only new keys and removes exactly the keys the
+//! previous version had and the new one lacks — no scan of the rule maps per event.
+//! Write order as `merbridge pod add`: rules, then `pod_ips`, then `netns_pods`; removal the
+//! other way round, so the programs never see a half-written pod.
+//!
+//! At the first sync the maps may hold what a previous agent wrote (an upgrade adopts the
+//! pinned data path): pods still in the API keep their ids, everything else is removed.
+
+use crate::k8s::{PodInfo, PodRef};
+use crate::mesh::{intercepted, Mesh, PodPolicy};
+use crate::pods::compile;
+use mb_loader::datapath::PinLayout;
+use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_POD_IPS, MAP_PORT_RULES};
+use mb_maps::layout::{addr_bytes, CidrRuleKey, PodEntry, PortRuleKey};
+use mb_maps::{HashMap as BpfHash, LpmTrie, MapError};
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+
+type Addr = [u8; 16];
+
+/// The four pod maps, as primitive writes. The kernel maps in production; a plain in-memory
+/// copy in unit tests of the diff logic.
+pub trait PodStore {
+    fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, String>;
+    fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, String>;
+    fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, String>;
+    fn cidr_rule_keys(&self) -> Result<Vec<CidrRuleKey>, String>;
+    fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), String>;
+    fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), String>;
+    fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), String>;
+    fn del_netns(&mut self, cookie: u64) -> Result<(), String>;
+    fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String>;
+    fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String>;
+    fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String>;
+    fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String>;
+}
+
+/// The pinned pod maps of a loaded data path.
+pub struct BpfPodStore {
+    netns_pods: BpfHash<u64, PodEntry>,
+    pod_ips: BpfHash<Addr, PodEntry>,
+    port_rules: LpmTrie<PortRuleKey, u32>,
+    cidr_rules: LpmTrie<CidrRuleKey, u32>,
+}
+
+fn in_map(name: &'static str) -> impl Fn(MapError) -> String {
+    move |e| format!("map {name}: {e}")
+}
+
+impl BpfPodStore {
+    pub fn open(pin_dir: &Path) -> Result<BpfPodStore, String> {
+        let layout = PinLayout::new(pin_dir);
+        let hint = |name: &'static str| {
+            move |e: MapError| {
+                format!(
+                    "map {name} under {}: {e} (is the data path loaded there?)",
+                    pin_dir.display()
+                )
+            }
+        };
+        Ok(BpfPodStore {
+            netns_pods: BpfHash::open_pinned(&layout.map(MAP_NETNS_PODS))
+                .map_err(hint(MAP_NETNS_PODS))?,
+            pod_ips: BpfHash::open_pinned(&layout.map(MAP_POD_IPS)).map_err(hint(MAP_POD_IPS))?,
+            port_rules: LpmTrie::open_pinned(&layout.map(MAP_PORT_RULES))
+                .map_err(hint(MAP_PORT_RULES))?,
+            cidr_rules: LpmTrie::open_pinned(&layout.map(MAP_CIDR_RULES))
+                .map_err(hint(MAP_CIDR_RULES))?,
+        })
+    }
+
+    /// The entry stored for `ip` (tests and benchmarks watch the maps with it).
+    pub fn find(&self, ip: IpAddr) -> Result<Option<PodEntry>, String> {
+        self.pod_ips
+            .get(&addr_bytes(ip))
+            .map_err(in_map(MAP_POD_IPS))
+    }
+}
+
+fn full_hint(name: &'static str, flag: &'static str) -> impl Fn(MapError) -> String {
+    move |e| {
+        let text = e.to_string();
+        if text.contains("E2BIG") || text.contains("ENOSPC") || text.contains("No space") {
+            format!("map {name} is full: {text} (raise {flag} and restart the agent)")
+        } else {
+            format!("map {name}: {text}")
+        }
+    }
+}
+
+impl PodStore for BpfPodStore {
+    fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, String> {
+        self.pod_ips
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(in_map(MAP_POD_IPS))
+    }
+    fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, String> {
+        self.netns_pods
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(in_map(MAP_NETNS_PODS))
+    }
+    fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, String> {
+        self.port_rules
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(in_map(MAP_PORT_RULES))
+    }
+    fn cidr_rule_keys(&self) -> Result<Vec<CidrRuleKey>, String> {
+        self.cidr_rules
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(in_map(MAP_CIDR_RULES))
+    }
+    fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), String> {
+        self.pod_ips
+            .insert(addr, entry)
+            .map_err(full_hint(MAP_POD_IPS, "the map's max_entries"))
+    }
+    fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), String> {
+        self.pod_ips
+            .remove(addr)
+            .map(drop)
+            .map_err(in_map(MAP_POD_IPS))
+    }
+    fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), String> {
+        self.netns_pods
+            .insert(&cookie, entry)
+            .map_err(full_hint(MAP_NETNS_PODS, "the map's max_entries"))
+    }
+    fn del_netns(&mut self, cookie: u64) -> Result<(), String> {
+        self.netns_pods
+            .remove(&cookie)
+            .map(drop)
+            .map_err(in_map(MAP_NETNS_PODS))
+    }
+    fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
+        self.port_rules
+            .insert(key, &1)
+            .map_err(full_hint(MAP_PORT_RULES, "the map's max_entries"))
+    }
+    fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
+        self.port_rules
+            .remove(key)
+            .map(drop)
+            .map_err(in_map(MAP_PORT_RULES))
+    }
+    fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
+        self.cidr_rules
+            .insert(key, &1)
+            .map_err(full_hint(MAP_CIDR_RULES, "the map's max_entries"))
+    }
+    fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
+        self.cidr_rules
+            .remove(key)
+            .map(drop)
+            .map_err(in_map(MAP_CIDR_RULES))
+    }
+}
+
+/// What the API says one meshed pod needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Desired {
+    pod_ref: PodRef,
+    ips: Vec<IpAddr>,
+    policy: PodPolicy,
+}
+
+/// What is in the maps for one pod.
+#[derive(Clone, Debug, Default)]
+struct Written {
+    entry: PodEntry,
+    port_rules: BTreeSet<PortRuleKey>,
+    cidr_rules: BTreeSet<CidrRuleKey>,
+}
+
+/// What an event changed, for logs and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Not meshed (or not yet: no IP) and not in the maps.
+    Ignored,
+    /// Remembered; written at the first sync.
+    Pending,
+    Added,
+    Updated,
+    Unchanged,
+    Removed,
+}
+
+/// Counts for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    pub pods: usize,
+    pub without_netns: usize,
+}
+
+/// Keeps the pod maps equal to the desired state.
+pub struct PodSync<S: PodStore> {
+    store: S,
+    mesh: Mesh,
+    dns_capture: bool,
+    synced: bool,
+    desired: HashMap<String, Desired>,
+    cookies: HashMap<String, u64>,
+    written: HashMap<String, Written>,
+    ids: HashMap<String, u32>,
+    free_ids: Vec<u32>,
+    next_id: u32,
+    /// Which pod wrote each address / namespace key: an address reused by a new pod is not
+    /// removed when the old one goes.
+    ip_owner: HashMap<Addr, String>,
+    netns_owner: HashMap<u64, String>,
+}
+
+/// Ids share the rule keys' scope word with 2 bits of rule kind.
+const MAX_POD_ID: u32 = (1 << 30) - 1;
+
+impl<S: PodStore> PodSync<S> {
+    pub fn new(store: S, mesh: Mesh, dns_capture: bool) -> PodSync<S> {
+        PodSync {
+            store,
+            mesh,
+            dns_capture,
+            synced: false,
+            desired: HashMap::new(),
+            cookies: HashMap::new(),
+            written: HashMap::new(),
+            ids: HashMap::new(),
+            free_ids: Vec::new(),
+            next_id: 1,
+            ip_owner: HashMap::new(),
+            netns_owner: HashMap::new(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The IPs of a meshed pod, if it is one.
+    pub fn ips_of(&self, uid: &str) -> Option<&[IpAddr]> {
+        self.desired.get(uid).map(|d| d.ips.as_slice())
+    }
+
+    /// Every meshed pod: `(uid, ips)`.
+    pub fn all_pods(&self) -> Vec<(String, Vec<IpAddr>)> {
+        self.desired
+            .iter()
+            .map(|(uid, d)| (uid.clone(), d.ips.clone()))
+            .collect()
+    }
+
+    /// Meshed pods whose namespace is not known yet: `(uid, ips)`.
+    pub fn without_netns(&self) -> Vec<(String, Vec<IpAddr>)> {
+        self.desired
+            .iter()
+            .filter(|(uid, _)| !self.cookies.contains_key(*uid))
+            .map(|(uid, d)| (uid.clone(), d.ips.clone()))
+            .collect()
+    }
+
+    pub fn counts(&self) -> SyncCounts {
+        SyncCounts {
+            pods: self.desired.len(),
+            without_netns: self
+                .desired
+                .keys()
+                .filter(|uid| !self.cookies.contains_key(*uid))
+                .count(),
+        }
+    }
+
+    /// A pod as the API reports it. Logs its annotation warnings.
+    pub fn upsert(&mut self, pod: &PodInfo) -> Result<Change, String> {
+        let Some(decision) = intercepted(pod, self.mesh) else {
+            return self.delete(&pod.uid);
+        };
+        let pod_ref = pod.pod_ref();
+        for warning in &decision.warnings {
+            log::warn!("pod {pod_ref}: {warning}");
+        }
+        let desired = Desired {
+            pod_ref,
+            ips: pod.pod_ips.clone(),
+            policy: decision.policy,
+        };
+        if self.desired.get(&pod.uid) == Some(&desired) {
+            return Ok(Change::Unchanged);
+        }
+        if let Some(old) = self.desired.get(&pod.uid) {
+            if old.ips != desired.ips {
+                // A new address may mean a new sandbox: find its namespace again.
+                self.cookies.remove(&pod.uid);
+            }
+        }
+        let is_new = self.desired.insert(pod.uid.clone(), desired).is_none();
+        if !self.synced {
+            return Ok(Change::Pending);
+        }
+        self.apply(&pod.uid)?;
+        Ok(if is_new {
+            Change::Added
+        } else {
+            Change::Updated
+        })
+    }
+
+    /// A pod is gone (deleted, finished, moved off the node, no longer meshed).
+    pub fn delete(&mut self, uid: &str) -> Result<Change, String> {
+        let was_desired = self.desired.remove(uid).is_some();
+        self.cookies.remove(uid);
+        let removed = self.erase(uid)?;
+        if let Some(id) = self.ids.remove(uid) {
+            self.free_ids.push(id);
+        }
+        Ok(if removed || was_desired {
+            Change::Removed
+        } else {
+            Change::Ignored
+        })
+    }
+
+    /// The cookie of a pod's namespace, found by the scanner. Rewrites the pod if it changed.
+    pub fn set_cookie(&mut self, uid: &str, cookie: u64) -> Result<bool, String> {
+        if !self.desired.contains_key(uid) || self.cookies.get(uid) == Some(&cookie) {
+            return Ok(false);
+        }
+        self.cookies.insert(uid.to_string(), cookie);
+        if self.synced {
+            self.apply(uid)?;
+        }
+        Ok(true)
+    }
+
+    /// The first complete list has been seen: adopt what a previous agent left in the maps
+    /// for pods that still exist, remove everything else, write the rest. Returns the number
+    /// of stale pods removed.
+    pub fn reconcile(&mut self) -> Result<usize, String> {
+        let ip_entries = self.store.pod_ip_entries()?;
+        let netns_entries = self.store.netns_entries()?;
+        let mut port_by_id: HashMap<u32, BTreeSet<PortRuleKey>> = HashMap::new();
+        for key in self.store.port_rule_keys()? {
+            port_by_id.entry(key.scope >> 2).or_default().insert(key);
+        }
+        let mut cidr_by_id: HashMap<u32, BTreeSet<CidrRuleKey>> = HashMap::new();
+        for key in self.store.cidr_rule_keys()? {
+            cidr_by_id.entry(key.scope >> 2).or_default().insert(key);
+        }
+        let mut uid_by_ip: HashMap<Addr, &str> = HashMap::new();
+        for (uid, d) in &self.desired {
+            for ip in &d.ips {
+                uid_by_ip.insert(addr_bytes(*ip), uid);
+            }
+        }
+        // Adopt: an entry whose address belongs to a desired pod keeps its id.
+        let mut adopted: HashMap<String, Written> = HashMap::new();
+        let mut id_owner: HashMap<u32, String> = HashMap::new();
+        for (addr, entry) in &ip_entries {
+            let Some(uid) = uid_by_ip.get(addr).copied() else {
+                continue;
+            };
+            if id_owner.contains_key(&entry.pod_id) || adopted.contains_key(uid) {
+                continue;
+            }
+            id_owner.insert(entry.pod_id, uid.to_string());
+            adopted.insert(
+                uid.to_string(),
+                Written {
+                    entry: *entry,
+                    port_rules: port_by_id.remove(&entry.pod_id).unwrap_or_default(),
+                    cidr_rules: cidr_by_id.remove(&entry.pod_id).unwrap_or_default(),
+                },
+            );
+        }
+        let mut stale_ids = BTreeSet::new();
+        // Addresses and namespaces of pods the API no longer has (or that moved).
+        for (addr, entry) in &ip_entries {
+            let owner = id_owner.get(&entry.pod_id);
+            let kept = owner.is_some_and(|uid| uid_by_ip.get(addr).copied() == Some(uid.as_str()));
+            if !kept {
+                self.store.del_pod_ip(addr)?;
+                if owner.is_none() {
+                    stale_ids.insert(entry.pod_id);
+                }
+            }
+        }
+        for (cookie, entry) in &netns_entries {
+            match id_owner.get(&entry.pod_id) {
+                Some(uid) => {
+                    // Keep the namespace the previous agent found, until a scan says otherwise.
+                    self.cookies.entry(uid.clone()).or_insert(*cookie);
+                    if let Some(w) = adopted.get_mut(uid) {
+                        w.entry.netns = *cookie;
+                    }
+                }
+                None => {
+                    self.store.del_netns(*cookie)?;
+                    stale_ids.insert(entry.pod_id);
+                }
+            }
+        }
+        for keys in port_by_id.values() {
+            for key in keys {
+                self.store.del_port_rule(key)?;
+            }
+        }
+        for keys in cidr_by_id.values() {
+            for key in keys {
+                self.store.del_cidr_rule(key)?;
+            }
+        }
+        for (uid, w) in adopted {
+            self.ids.insert(uid.clone(), w.entry.pod_id);
+            for addr in [w.entry.ipv4, w.entry.ipv6] {
+                if addr != [0; 16] && uid_by_ip.get(&addr).copied() == Some(uid.as_str()) {
+                    self.ip_owner.insert(addr, uid.clone());
+                }
+            }
+            if w.entry.netns != 0 {
+                self.netns_owner.insert(w.entry.netns, uid.clone());
+            }
+            self.written.insert(uid, w);
+        }
+        self.next_id = self.ids.values().max().map_or(1, |m| m + 1);
+        self.synced = true;
+        let uids: Vec<String> = self.desired.keys().cloned().collect();
+        for uid in uids {
+            self.apply(&uid)?;
+        }
+        Ok(stale_ids.len())
+    }
+
+    fn allocate_id(&mut self, uid: &str) -> Result<u32, String> {
+        if let Some(&id) = self.ids.get(uid) {
+            return Ok(id);
+        }
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None if self.next_id <= MAX_POD_ID => {
+                self.next_id += 1;
+                self.next_id - 1
+            }
+            None => return Err(format!("no pod id left for pod {uid} (2^30 in use)")),
+        };
+        self.ids.insert(uid.to_string(), id);
+        Ok(id)
+    }
+
+    /// Writes one desired pod: new keys first, then removes what the previous write had.
+    fn apply(&mut self, uid: &str) -> Result<(), String> {
+        let Some(desired) = self.desired.get(uid).cloned() else {
+            return Ok(());
+        };
+        let pod_id = self.allocate_id(uid)?;
+        let compiled = compile(pod_id, &desired.policy, self.dns_capture);
+        for note in &compiled.unsupported {
+            log::warn!("pod {}: {note}", desired.pod_ref);
+        }
+        let mut entry = PodEntry {
+            pod_id,
+            flags: compiled.flags,
+            netns: self.cookies.get(uid).copied().unwrap_or(0),
+            ..PodEntry::default()
+        };
+        for ip in &desired.ips {
+            match ip {
+                IpAddr::V4(_) => entry.ipv4 = addr_bytes(*ip),
+                IpAddr::V6(_) => entry.ipv6 = addr_bytes(*ip),
+            }
+        }
+        let previous = self.written.remove(uid).unwrap_or_default();
+        let same_entry = previous.entry == entry;
+        for key in compiled.port_rules.difference(&previous.port_rules) {
+            self.store.add_port_rule(key)?;
+        }
+        for key in compiled.cidr_rules.difference(&previous.cidr_rules) {
+            self.store.add_cidr_rule(key)?;
+        }
+        for addr in [entry.ipv4, entry.ipv6] {
+            if addr == [0; 16] {
+                continue;
+            }
+            let owned = self.ip_owner.get(&addr).map(String::as_str) == Some(uid);
+            if !same_entry || !owned {
+                self.store.set_pod_ip(&addr, &entry)?;
+                if let Some(old) = self.ip_owner.insert(addr, uid.to_string()) {
+                    if old != uid {
+                        log::warn!(
+                            "pod {}: address {} was pod {old}'s; it is this pod's now",
+                            desired.pod_ref,
+                            mb_maps::layout::addr_from_bytes(addr)
+                        );
+                    }
+                }
+            }
+        }
+        if entry.netns != 0 {
+            let owned = self.netns_owner.get(&entry.netns).map(String::as_str) == Some(uid);
+            if !same_entry || !owned {
+                self.store.set_netns(entry.netns, &entry)?;
+                self.netns_owner.insert(entry.netns, uid.to_string());
+            }
+        }
+        // What the previous write had and this one does not.
+        for old in [previous.entry.ipv4, previous.entry.ipv6] {
+            if old != [0; 16] && old != entry.ipv4 && old != entry.ipv6 {
+                self.release_ip(uid, &old)?;
+            }
+        }
+        if previous.entry.netns != 0 && previous.entry.netns != entry.netns {
+            self.release_netns(uid, previous.entry.netns)?;
+        }
+        for key in previous.port_rules.difference(&compiled.port_rules) {
+            self.store.del_port_rule(key)?;
+        }
+        for key in previous.cidr_rules.difference(&compiled.cidr_rules) {
+            self.store.del_cidr_rule(key)?;
+        }
+        self.written.insert(
+            uid.to_string(),
+            Written {
+                entry,
+                port_rules: compiled.port_rules,
+                cidr_rules: compiled.cidr_rules,
+            },
+        );
+        Ok(())
+    }
+
+    fn release_ip(&mut self, uid: &str, addr: &Addr) -> Result<(), String> {
+        if self.ip_owner.get(addr).map(String::as_str) == Some(uid) {
+            self.ip_owner.remove(addr);
+            self.store.del_pod_ip(addr)?;
+        }
+        Ok(())
+    }
+
+    fn release_netns(&mut self, uid: &str, cookie: u64) -> Result<(), String> {
+        if self.netns_owner.get(&cookie).map(String::as_str) == Some(uid) {
+            self.netns_owner.remove(&cookie);
+            self.store.del_netns(cookie)?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything written for `uid`; true if there was something.
+    fn erase(&mut self, uid: &str) -> Result<bool, String> {
+        let Some(w) = self.written.remove(uid) else {
+            return Ok(false);
+        };
+        if w.entry.netns != 0 {
+            self.release_netns(uid, w.entry.netns)?;
+        }
+        for addr in [w.entry.ipv4, w.entry.ipv6] {
+            if addr != [0; 16] {
+                self.release_ip(uid, &addr)?;
+            }
+        }
+        for key in &w.port_rules {
+            self.store.del_port_rule(key)?;
+        }
+        for key in &w.cidr_rules {
+            self.store.del_cidr_rule(key)?;
+        }
+        Ok(true)
+    }
+}
+
+/// The maps in memory, for tests of the diff logic (and to count writes).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    pub pod_ips: std::collections::BTreeMap<Addr, PodEntry>,
+    pub netns: std::collections::BTreeMap<u64, PodEntry>,
+    pub port_rules: BTreeSet<PortRuleKey>,
+    pub cidr_rules: BTreeSet<CidrRuleKey>,
+    /// Number of writes and removals made.
+    pub writes: usize,
+}
+
+impl PodStore for MemoryStore {
+    fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, String> {
+        Ok(self.pod_ips.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, String> {
+        Ok(self.netns.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, String> {
+        Ok(self.port_rules.iter().copied().collect())
+    }
+    fn cidr_rule_keys(&self) -> Result<Vec<CidrRuleKey>, String> {
+        Ok(self.cidr_rules.iter().copied().collect())
+    }
+    fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), String> {
+        self.writes += 1;
+        self.pod_ips.insert(*addr, *entry);
+        Ok(())
+    }
+    fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), String> {
+        self.writes += 1;
+        self.pod_ips.remove(addr);
+        Ok(())
+    }
+    fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), String> {
+        self.writes += 1;
+        self.netns.insert(cookie, *entry);
+        Ok(())
+    }
+    fn del_netns(&mut self, cookie: u64) -> Result<(), String> {
+        self.writes += 1;
+        self.netns.remove(&cookie);
+        Ok(())
+    }
+    fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
+        self.writes += 1;
+        self.port_rules.insert(*key);
+        Ok(())
+    }
+    fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
+        self.writes += 1;
+        self.port_rules.remove(key);
+        Ok(())
+    }
+    fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
+        self.writes += 1;
+        self.cidr_rules.insert(*key);
+        Ok(())
+    }
+    fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
+        self.writes += 1;
+        self.cidr_rules.remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::ContainerInfo;
+    use mb_maps::layout::POD_OUT_PORTS_EXCLUDE;
+
+    fn istio_pod(uid: &str, ips: &[&str]) -> PodInfo {
+        let mut pod = PodInfo {
+            uid: uid.into(),
+            name: format!("pod-{uid}"),
+            namespace: "default".into(),
+            phase: "Running".into(),
+            pod_ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            containers: vec![
+                ContainerInfo {
+                    name: "app".into(),
+                    ..ContainerInfo::default()
+                },
+                ContainerInfo {
+                    name: "istio-proxy".into(),
+                    ..ContainerInfo::default()
+                },
+            ],
+            ..PodInfo::default()
+        };
+        pod.annotations
+            .insert("sidecar.istio.io/status".into(), "{}".into());
+        pod
+    }
+
+    fn addr(ip: &str) -> Addr {
+        addr_bytes(ip.parse().unwrap())
+    }
+
+    fn synced() -> PodSync<MemoryStore> {
+        let mut sync = PodSync::new(MemoryStore::default(), Mesh::Istio, false);
+        assert_eq!(sync.reconcile().unwrap(), 0);
+        sync
+    }
+
+    #[test]
+    fn nothing_is_written_before_the_first_sync() {
+        let mut sync = PodSync::new(MemoryStore::default(), Mesh::Istio, false);
+        let pod = istio_pod("a", &["10.0.0.5", "fd00::5"]);
+        assert_eq!(sync.upsert(&pod).unwrap(), Change::Pending);
+        assert_eq!(sync.store().writes, 0);
+        sync.reconcile().unwrap();
+        let store = sync.store();
+        assert_eq!(store.pod_ips.len(), 2);
+        let entry = store.pod_ips[&addr("10.0.0.5")];
+        assert_eq!(entry, store.pod_ips[&addr("fd00::5")]);
+        assert_eq!(entry.ipv4, addr("10.0.0.5"));
+        assert_eq!(entry.netns, 0, "no namespace known yet");
+        assert!(store.netns.is_empty());
+        assert!(
+            !store.port_rules.is_empty(),
+            "istio's own ports excluded inbound"
+        );
+        assert!(store
+            .port_rules
+            .iter()
+            .all(|k| k.scope >> 2 == entry.pod_id));
+    }
+
+    #[test]
+    fn unmeshed_terminal_and_ipless_pods_stay_out() {
+        let mut sync = synced();
+        let mut plain = istio_pod("p", &["10.0.0.9"]);
+        plain.containers.truncate(1);
+        assert_eq!(sync.upsert(&plain).unwrap(), Change::Ignored);
+        let no_ip = istio_pod("n", &[]);
+        assert_eq!(sync.upsert(&no_ip).unwrap(), Change::Ignored);
+        let mut done = istio_pod("d", &["10.0.0.8"]);
+        assert_eq!(sync.upsert(&done).unwrap(), Change::Added);
+        done.phase = "Succeeded".into();
+        assert_eq!(sync.upsert(&done).unwrap(), Change::Removed);
+        let store = sync.store();
+        assert!(store.pod_ips.is_empty() && store.port_rules.is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_pod_costs_no_writes_and_a_change_only_its_diff() {
+        let mut sync = synced();
+        let mut pod = istio_pod("a", &["10.0.0.5"]);
+        sync.upsert(&pod).unwrap();
+        let after_add = sync.store().writes;
+        assert_eq!(sync.upsert(&pod).unwrap(), Change::Unchanged);
+        assert_eq!(sync.store().writes, after_add);
+        let rules_before = sync.store().port_rules.clone();
+        let id = sync.store().pod_ips[&addr("10.0.0.5")].pod_id;
+
+        // Exclude outbound 5432: new rules appear, the id stays, nothing else is rewritten.
+        pod.annotations.insert(
+            "traffic.sidecar.istio.io/excludeOutboundPorts".into(),
+            "5432".into(),
+        );
+        assert_eq!(sync.upsert(&pod).unwrap(), Change::Updated);
+        let store = sync.store();
+        let entry = store.pod_ips[&addr("10.0.0.5")];
+        assert_eq!(entry.pod_id, id, "id kept across updates");
+        assert_ne!(entry.flags & POD_OUT_PORTS_EXCLUDE, 0);
+        assert!(store.port_rules.is_superset(&rules_before));
+        let added = store.port_rules.len() - rules_before.len();
+        assert_eq!(added, 1, "5432 is one exact-port key");
+        // One rule insert and one pod_ips rewrite (flags changed).
+        assert_eq!(store.writes, after_add + 2);
+
+        // Annotation removed again: exactly that key goes.
+        pod.annotations
+            .remove("traffic.sidecar.istio.io/excludeOutboundPorts");
+        sync.upsert(&pod).unwrap();
+        assert_eq!(sync.store().port_rules, rules_before);
+    }
+
+    #[test]
+    fn new_address_drops_the_old_key_and_the_namespace() {
+        let mut sync = synced();
+        let mut pod = istio_pod("a", &["10.0.0.5"]);
+        sync.upsert(&pod).unwrap();
+        assert!(sync.set_cookie("a", 77).unwrap());
+        assert!(!sync.set_cookie("a", 77).unwrap(), "same cookie: no write");
+        assert_eq!(sync.store().netns[&77].pod_id, sync.ids["a"]);
+        assert_eq!(sync.store().pod_ips[&addr("10.0.0.5")].netns, 77);
+        pod.pod_ips = vec!["10.0.0.6".parse().unwrap()];
+        sync.upsert(&pod).unwrap();
+        let store = sync.store();
+        assert!(!store.pod_ips.contains_key(&addr("10.0.0.5")));
+        assert_eq!(store.pod_ips[&addr("10.0.0.6")].netns, 0);
+        assert!(store.netns.is_empty(), "a new address may be a new sandbox");
+        assert_eq!(sync.without_netns().len(), 1);
+    }
+
+    #[test]
+    fn delete_removes_every_key_and_frees_the_id() {
+        let mut sync = synced();
+        sync.upsert(&istio_pod("a", &["10.0.0.5", "fd00::5"]))
+            .unwrap();
+        sync.set_cookie("a", 5).unwrap();
+        let id = sync.ids["a"];
+        assert_eq!(sync.delete("a").unwrap(), Change::Removed);
+        let store = sync.store();
+        assert!(store.pod_ips.is_empty() && store.netns.is_empty());
+        assert!(store.port_rules.is_empty() && store.cidr_rules.is_empty());
+        assert_eq!(sync.delete("a").unwrap(), Change::Ignored);
+        sync.upsert(&istio_pod("b", &["10.0.0.7"])).unwrap();
+        assert_eq!(sync.ids["b"], id, "freed ids are reused");
+    }
+
+    #[test]
+    fn a_reused_address_is_not_removed_with_its_old_pod() {
+        let mut sync = synced();
+        sync.upsert(&istio_pod("old", &["10.0.0.5"])).unwrap();
+        sync.upsert(&istio_pod("new", &["10.0.0.5"])).unwrap();
+        let new_id = sync.ids["new"];
+        sync.delete("old").unwrap();
+        let store = sync.store();
+        assert_eq!(store.pod_ips[&addr("10.0.0.5")].pod_id, new_id);
+        assert!(store.port_rules.iter().all(|k| k.scope >> 2 == new_id));
+    }
+
+    #[test]
+    fn first_sync_adopts_live_pods_and_removes_the_rest() {
+        // A previous agent wrote pods a (still there) and gone (deleted meanwhile).
+        let mut first = synced();
+        first.upsert(&istio_pod("a", &["10.0.0.5"])).unwrap();
+        first.set_cookie("a", 11).unwrap();
+        first.upsert(&istio_pod("gone", &["10.0.0.6"])).unwrap();
+        first.set_cookie("gone", 12).unwrap();
+        let a_id = first.ids["a"];
+        let mut store = first.store().clone();
+        store.writes = 0;
+
+        let mut second = PodSync::new(store, Mesh::Istio, false);
+        second.upsert(&istio_pod("a", &["10.0.0.5"])).unwrap();
+        assert_eq!(second.reconcile().unwrap(), 1, "one stale pod");
+        let store = second.store();
+        assert_eq!(store.pod_ips.len(), 1);
+        let entry = store.pod_ips[&addr("10.0.0.5")];
+        assert_eq!(entry.pod_id, a_id, "adopted with its id");
+        assert_eq!(
+            entry.netns, 11,
+            "namespace kept until a scan says otherwise"
+        );
+        assert_eq!(store.netns.keys().copied().collect::<Vec<_>>(), vec![11]);
+        assert!(store.port_rules.iter().all(|k| k.scope >> 2 == a_id));
+        assert_eq!(
+            second.counts(),
+            SyncCounts {
+                pods: 1,
+                without_netns: 0
+            }
+        );
+        // Adopting an identical pod rewrites nothing of it.
+        let removals_only = store.writes;
+        let stale_keys = 1 + 1 + first.written["gone"].port_rules.len();
+        assert_eq!(removals_only, stale_keys);
+        // A new pod gets an id the adopted one does not have.
+        second.upsert(&istio_pod("c", &["10.0.0.9"])).unwrap();
+        assert_ne!(second.ids["c"], a_id);
+    }
+}
