@@ -14,9 +14,10 @@ use mb_maps::layout::{
     POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
 use mb_maps::{HashMap, LpmTrie, MapError};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 /// A pod of this node as the data path needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +109,39 @@ pub struct PodMaps {
     pod_ips: HashMap<[u8; 16], PodEntry>,
     port_rules: LpmTrie<PortRuleKey, u32>,
     cidr_rules: LpmTrie<CidrRuleKey, u32>,
+    /// What this handle knows of the maps, built by one scan at the first write and kept up
+    /// to date by its own writes: adding or updating a pod then costs O(its own rules), not
+    /// O(all pods' rules) (`None` until needed, and again after a failed write).
+    index: Mutex<Option<Index>>,
+}
+
+/// Pod ids in use and the rule keys stored per pod id.
+#[derive(Default)]
+struct Index {
+    used_ids: BTreeSet<u32>,
+    /// Lowest id that may be free (every id below it is in use).
+    free_from: u32,
+    port_rules: BTreeMap<u32, BTreeSet<PortRuleKey>>,
+    cidr_rules: BTreeMap<u32, BTreeSet<CidrRuleKey>>,
+}
+
+impl Index {
+    /// The lowest unused id (ids share the rule keys' scope word with 2 bits of rule kind).
+    fn unused_id(&mut self) -> Option<u32> {
+        let mut id = self.free_from.max(1);
+        while self.used_ids.contains(&id) {
+            id += 1;
+        }
+        self.free_from = id;
+        (id < (1u32 << 30)).then_some(id)
+    }
+
+    fn release(&mut self, id: u32) {
+        self.used_ids.remove(&id);
+        self.port_rules.remove(&id);
+        self.cidr_rules.remove(&id);
+        self.free_from = self.free_from.min(id);
+    }
 }
 
 fn map_err(name: &str) -> impl Fn(MapError) -> String + '_ {
@@ -134,7 +168,37 @@ impl PodMaps {
                 .map_err(|e| open_hint(e, MAP_PORT_RULES))?,
             cidr_rules: LpmTrie::open_pinned(&layout.map(MAP_CIDR_RULES))
                 .map_err(|e| open_hint(e, MAP_CIDR_RULES))?,
+            index: Mutex::new(None),
         })
+    }
+
+    /// The index, built by scanning the maps if this handle has none yet.
+    fn index(&self) -> Result<MutexGuard<'_, Option<Index>>, String> {
+        let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let mut index = Index {
+                used_ids: self.pods()?.iter().map(|p| p.pod_id).collect(),
+                ..Index::default()
+            };
+            for key in self.port_rules.keys() {
+                let key = key.map_err(map_err(MAP_PORT_RULES))?;
+                index
+                    .port_rules
+                    .entry(key.scope >> 2)
+                    .or_default()
+                    .insert(key);
+            }
+            for key in self.cidr_rules.keys() {
+                let key = key.map_err(map_err(MAP_CIDR_RULES))?;
+                index
+                    .cidr_rules
+                    .entry(key.scope >> 2)
+                    .or_default()
+                    .insert(key);
+            }
+            *guard = Some(index);
+        }
+        Ok(guard)
     }
 
     /// Every pod in the maps, by pod id.
@@ -158,16 +222,13 @@ impl PodMaps {
             .map_err(map_err(MAP_POD_IPS))
     }
 
-    fn unused_pod_id(&self) -> Result<u32, String> {
-        let used: BTreeSet<u32> = self.pods()?.iter().map(|p| p.pod_id).collect();
-        // Ids share the rule keys' scope word with 2 bits of rule kind.
-        (1..(1u32 << 30))
-            .find(|id| !used.contains(id))
-            .ok_or_else(|| "no pod id left".to_string())
-    }
-
     /// Adds `pod`, or updates it when one of its addresses is already known (its id is kept,
     /// so connections in flight keep their policy).
+    ///
+    /// Cost: a few map lookups and the pod's own rules, whatever the number of pods — the
+    /// stale rules of an updated pod come from this handle's index, not from a scan. The
+    /// index assumes this handle is the maps' only writer while it lives (the agent); a
+    /// one-shot `merbridge pod add` builds it fresh, by one scan.
     pub fn upsert(&self, pod: &LocalPod) -> Result<(u32, CompiledPolicy), String> {
         let existing = pod
             .ips
@@ -177,13 +238,23 @@ impl PodMaps {
             .into_iter()
             .flatten()
             .next();
+        let mut guard = self.index()?;
+        let index = guard.as_mut().expect("index() builds the index");
         let pod_id = match existing {
             Some(e) => e.pod_id,
-            None => self.unused_pod_id()?,
+            None => index
+                .unused_id()
+                .ok_or_else(|| "no pod id left".to_string())?,
         };
         let compiled = compile(pod_id, &pod.policy, pod.dns_capture);
-        self.write(pod_id, pod, &compiled, existing.as_ref())?;
-        Ok((pod_id, compiled))
+        match self.write(pod_id, pod, &compiled, existing.as_ref(), index) {
+            Ok(()) => Ok((pod_id, compiled)),
+            Err(e) => {
+                // The maps may now differ from the index: rebuild it next time.
+                *guard = None;
+                Err(e)
+            }
+        }
     }
 
     fn write(
@@ -192,6 +263,7 @@ impl PodMaps {
         pod: &LocalPod,
         compiled: &CompiledPolicy,
         previous: Option<&PodEntry>,
+        index: &mut Index,
     ) -> Result<(), String> {
         let mut entry = PodEntry {
             pod_id,
@@ -238,34 +310,41 @@ impl PodMaps {
                     .map_err(map_err(MAP_NETNS_PODS))?;
             }
         }
-        self.remove_rules(pod_id, Some(compiled))
+        index.used_ids.insert(pod_id);
+        self.remove_rules(pod_id, Some(compiled), index)
     }
 
-    /// Removes the rules of `pod_id` that `keep` does not have (all, without `keep`).
-    fn remove_rules(&self, pod_id: u32, keep: Option<&CompiledPolicy>) -> Result<(), String> {
-        let stale_ports: Vec<PortRuleKey> = self
-            .port_rules
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.scope >> 2 == pod_id)
-            .filter(|k| keep.is_none_or(|c| !c.port_rules.contains(k)))
-            .collect();
-        for key in stale_ports {
-            self.port_rules
-                .remove(&key)
-                .map_err(map_err(MAP_PORT_RULES))?;
+    /// Removes the rules of `pod_id` that `keep` does not have (all, without `keep`), as the
+    /// index knows them, and records what stays.
+    fn remove_rules(
+        &self,
+        pod_id: u32,
+        keep: Option<&CompiledPolicy>,
+        index: &mut Index,
+    ) -> Result<(), String> {
+        let stored_ports = index.port_rules.remove(&pod_id).unwrap_or_default();
+        for key in &stored_ports {
+            if keep.is_none_or(|c| !c.port_rules.contains(key)) {
+                self.port_rules
+                    .remove(key)
+                    .map_err(map_err(MAP_PORT_RULES))?;
+            }
         }
-        let stale_cidrs: Vec<CidrRuleKey> = self
-            .cidr_rules
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.scope >> 2 == pod_id)
-            .filter(|k| keep.is_none_or(|c| !c.cidr_rules.contains(k)))
-            .collect();
-        for key in stale_cidrs {
-            self.cidr_rules
-                .remove(&key)
-                .map_err(map_err(MAP_CIDR_RULES))?;
+        let stored_cidrs = index.cidr_rules.remove(&pod_id).unwrap_or_default();
+        for key in &stored_cidrs {
+            if keep.is_none_or(|c| !c.cidr_rules.contains(key)) {
+                self.cidr_rules
+                    .remove(key)
+                    .map_err(map_err(MAP_CIDR_RULES))?;
+            }
+        }
+        if let Some(c) = keep {
+            if !c.port_rules.is_empty() {
+                index.port_rules.insert(pod_id, c.port_rules.clone());
+            }
+            if !c.cidr_rules.is_empty() {
+                index.cidr_rules.insert(pod_id, c.cidr_rules.clone());
+            }
         }
         Ok(())
     }
@@ -282,6 +361,17 @@ impl PodMaps {
 
     /// Removes a pod by its entry.
     pub fn remove_entry(&self, entry: &PodEntry) -> Result<(), String> {
+        let mut guard = self.index()?;
+        let index = guard.as_mut().expect("index() builds the index");
+        let result = self.remove_entry_indexed(entry, index);
+        match &result {
+            Ok(()) => index.release(entry.pod_id),
+            Err(_) => *guard = None,
+        }
+        result
+    }
+
+    fn remove_entry_indexed(&self, entry: &PodEntry, index: &mut Index) -> Result<(), String> {
         if entry.netns != 0 {
             self.netns_pods
                 .remove(&entry.netns)
@@ -292,7 +382,7 @@ impl PodMaps {
                 self.pod_ips.remove(&addr).map_err(map_err(MAP_POD_IPS))?;
             }
         }
-        self.remove_rules(entry.pod_id, None)
+        self.remove_rules(entry.pod_id, None, index)
     }
 
     /// Rules currently stored for `pod_id` (for `pod list`).
@@ -378,5 +468,98 @@ mod tests {
             c.cidr_rules.iter().filter(|k| k.scope == include).count(),
             2
         );
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+    use crate::mesh::Mesh;
+    use mb_loader::attach::AttachMode;
+    use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants};
+    use mb_sys::bpffs::PrivateBpffs;
+    use mb_sys::cgroup::OwnedCgroup;
+
+    fn policy(exclude_outbound_ports: &str) -> PodPolicy {
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(
+            "traffic.sidecar.istio.io/excludeOutboundPorts".to_string(),
+            exclude_outbound_ports.to_string(),
+        );
+        PodPolicy::from_annotations(Mesh::Istio, &annotations).0
+    }
+
+    fn pod(last: u8, ports: &str) -> LocalPod {
+        LocalPod {
+            ips: vec![IpAddr::from([100, 65, 0, last])],
+            netns_cookie: 0xfff1_0000_0000_0000 | u64::from(last),
+            policy: policy(ports),
+            dns_capture: false,
+        }
+    }
+
+    /// The index-based upsert leaves exactly the rules a full scan would: updates drop stale
+    /// rules, removal drops all, ids are reused, and a fresh handle (fresh scan) agrees.
+    #[test]
+    fn upsert_keeps_exactly_the_current_rules() {
+        if !mb_sys::testing::kernel_tests_enabled("upsert_keeps_exactly_the_current_rules") {
+            return;
+        }
+        let cgroup = OwnedCgroup::create_private("mb-test-pods").expect("cgroup");
+        let bpffs = PrivateBpffs::new("mb-test-pods").expect("bpffs");
+        let pin_dir = bpffs.path().join("merbridge");
+        let d = Mesh::Istio.defaults();
+        load_datapath(&LoadOptions {
+            cgroup: cgroup.path().to_path_buf(),
+            pin_dir: pin_dir.clone(),
+            constants: MeshConstants {
+                outbound_port: d.outbound_port,
+                inbound_port: d.inbound_port,
+                proxy_uid: d.proxy_uid,
+                dns_port: 15053,
+                splice_mode: mb_maps::datapath::SPLICE_SIDECARS,
+            },
+            ipv6: false,
+            dns_capture: false,
+            bind4: false,
+            mode: AttachMode::Auto,
+            netns_keys: None,
+        })
+        .expect("load");
+        struct Unload(std::path::PathBuf);
+        impl Drop for Unload {
+            fn drop(&mut self) {
+                let _ = unload_datapath(&self.0, None);
+            }
+        }
+        let _unload = Unload(pin_dir.clone());
+
+        let maps = PodMaps::open(&pin_dir).expect("open");
+        let (a, compiled_a) = maps.upsert(&pod(1, "1000-1010")).expect("add a");
+        let (b, _) = maps.upsert(&pod(2, "80")).expect("add b");
+        assert_ne!(a, b);
+        let fresh = || PodMaps::open(&pin_dir).expect("reopen");
+        assert_eq!(fresh().rule_counts(a).0, compiled_a.port_rules.len());
+        // Update a: the 1000-1010 keys go, the 2000 key comes.
+        let (a2, compiled_a2) = maps.upsert(&pod(1, "2000")).expect("update a");
+        assert_eq!(a2, a, "an update keeps the pod id");
+        assert_ne!(compiled_a.port_rules, compiled_a2.port_rules);
+        assert_eq!(fresh().rule_counts(a).0, compiled_a2.port_rules.len());
+        // Removal drops every rule; the id is reused by the next pod.
+        assert!(maps
+            .remove(IpAddr::from([100, 65, 0, 1]))
+            .expect("remove a"));
+        assert_eq!(fresh().rule_counts(a), (0, 0));
+        assert!(fresh().rule_counts(b).0 > 0, "b keeps its rules");
+        let (c, compiled_c) = maps.upsert(&pod(3, "9000")).expect("add c");
+        assert_eq!(c, a, "the lowest free id is reused");
+        assert_eq!(fresh().rule_counts(c).0, compiled_c.port_rules.len());
+        // A second handle (another scan) continues where the first stopped.
+        let other = fresh();
+        let (d_id, _) = other.upsert(&pod(4, "")).expect("add d");
+        assert!(d_id != b && d_id != c);
+        let (c2, compiled_c2) = other.upsert(&pod(3, "9001")).expect("update c elsewhere");
+        assert_eq!(c2, c);
+        assert_eq!(fresh().rule_counts(c).0, compiled_c2.port_rules.len());
     }
 }
