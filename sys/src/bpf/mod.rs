@@ -236,7 +236,10 @@ impl fmt::Display for BpfError {
             write!(f, ": {d}")?;
         }
         if self.errno == nix::errno::Errno::EPERM as i32 {
-            f.write_str(" — needs root or CAP_BPF (and CAP_NET_ADMIN to attach)")?;
+            f.write_str(
+                " — needs root or CAP_BPF (and CAP_NET_ADMIN to attach); on kernels before \
+                 5.11 also a high enough RLIMIT_MEMLOCK (ulimit -l unlimited)",
+            )?;
         }
         Ok(())
     }
@@ -277,7 +280,32 @@ fn bpf<A: Attr>(cmd: Cmd, attr: &mut A) -> Result<i64, BpfError> {
     let bytes = unsafe {
         std::slice::from_raw_parts_mut(attr as *mut A as *mut u8, std::mem::size_of::<A>())
     };
-    raw_bpf(cmd, bytes).map_err(|errno| BpfError::new(cmd, errno))
+    match raw_bpf(cmd, bytes) {
+        Err(errno) if errno == libc::EPERM && charges_memlock(cmd) && raise_memlock() => {
+            raw_bpf(cmd, bytes).map_err(|errno| BpfError::new(cmd, errno))
+        }
+        other => other.map_err(|errno| BpfError::new(cmd, errno)),
+    }
+}
+
+/// Commands whose memory kernels before 5.11 charge to RLIMIT_MEMLOCK (EPERM when it is low).
+fn charges_memlock(cmd: Cmd) -> bool {
+    matches!(cmd, Cmd::MapCreate | Cmd::ProgLoad)
+}
+
+/// Raises RLIMIT_MEMLOCK to infinity, once per process; true if it was below and is now
+/// raised (then the failed command is worth one retry). Needs root or CAP_SYS_RESOURCE.
+fn raise_memlock() -> bool {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TRIED: AtomicBool = AtomicBool::new(false);
+    if TRIED.swap(true, Ordering::SeqCst) {
+        return false;
+    }
+    match getrlimit(Resource::RLIMIT_MEMLOCK) {
+        Ok((soft, _)) if soft == RLIM_INFINITY => false,
+        _ => setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok(),
+    }
 }
 
 /// Wraps an fd the kernel just returned. fd 0 is dup'd to >= 1 (the BPF UAPI treats 0 as "no
