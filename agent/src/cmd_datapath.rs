@@ -681,12 +681,8 @@ fn pod_add(args: PodAddArgs) -> Result<ExitCode, String> {
         return Err("give the pod's address: IPV4, IPV6 or IPV4,IPV6".into());
     }
     let policy = policy_from_args(&args, mesh)?;
-    let netns_cookie = mb_sys::netns::netns_cookie(&args.netns).map_err(|e| {
-        format!(
-            "reading the network-namespace cookie of {}: {e} (pass the pod's namespace, e.g. \
-             /run/netns/NAME or /proc/PID/ns/net)",
-            args.netns.display()
-        )
+    let netns_cookie = mb_loader::netns_cookie::netns_cookie(&args.netns).map_err(|e| {
+        format!("{e} (pass the pod's namespace, e.g. /run/netns/NAME or /proc/PID/ns/net)")
     })?;
     let maps = PodMaps::open(&args.pin.pin_dir)?;
     let pod = LocalPod {

@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod image;
 pub mod load;
 pub mod memlock;
+pub mod netns_cookie;
 pub mod probe;
 
 pub use attach::{

@@ -186,6 +186,74 @@ fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
+/// Makes one UDP `connect()` to `127.0.0.1:9` from a short-lived child process placed in the
+/// network namespace at `netns` and the cgroup at `cgroup` — so that cgroup connect programs
+/// run for a socket of that namespace (how kernels without `SO_NETNS_COOKIE`, before 5.14,
+/// learn a namespace's cookie from a BPF program). No packet is sent; the connect's own result
+/// does not matter (with `lo` down it fails after the cgroup hook ran).
+pub fn connect_once_in(netns: &Path, cgroup: &Path) -> io::Result<()> {
+    let ns = open_netns(netns)?;
+    let procs_path = cgroup.join("cgroup.procs");
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .map_err(|e| annotate(e, "open", &procs_path))?;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 9u16.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let (ns_fd, procs_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
+    // SAFETY: the child runs only async-signal-safe system calls on memory prepared before the
+    // fork (two open fds, a sockaddr on the stack, a static byte) and leaves with _exit, so a
+    // lock another thread held at fork time is never touched.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; each call's arguments are valid for it.
+        unsafe {
+            let code = if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                2
+            } else if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                3
+            } else {
+                let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                if s < 0 {
+                    4
+                } else if libc::connect(
+                    s,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                ) != 0
+                {
+                    5
+                } else {
+                    0
+                }
+            };
+            libc::_exit(code);
+        }
+    }
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
+        .map_err(|e| io::Error::other(format!("waiting for the connect child: {e}")))?;
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0 | 5) => Ok(()),
+        nix::sys::wait::WaitStatus::Exited(_, code) => Err(io::Error::other(format!(
+            "connect child in {} failed at step {code} (2 setns, 3 join cgroup {}, 4 socket)",
+            netns.display(),
+            cgroup.display()
+        ))),
+        other => Err(io::Error::other(format!(
+            "connect child ended with {other:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

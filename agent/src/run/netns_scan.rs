@@ -97,7 +97,9 @@ pub struct NetnsScanner {
     mount_dirs: Vec<PathBuf>,
     own_inode: Option<u64>,
     by_inode: HashMap<u64, Namespace>,
-    by_addr: HashMap<IpAddr, u64>,
+    /// Address → namespaces that have it (more than one only on odd hosts: test beds,
+    /// a dying sandbox whose address was already reused).
+    by_addr: HashMap<IpAddr, Vec<u64>>,
     generation: u64,
 }
 
@@ -207,20 +209,39 @@ impl NetnsScanner {
         self.by_addr.clear();
         for (&inode, ns) in &self.by_inode {
             for &addr in &ns.addrs {
-                self.by_addr.insert(addr, inode);
+                self.by_addr.entry(addr).or_default().push(inode);
             }
         }
         stats.elapsed = started.elapsed();
         stats
     }
 
-    /// The cookie of the namespace that has one of `ips` (as of the last scan). Reads the
-    /// cookie on first use; `None` when no namespace has these addresses (or it vanished).
+    /// The namespace that has the most of `ips` (as of the last scan); `None` when none has
+    /// any, or when two have equally many (ambiguous: better no cookie than a wrong one).
+    fn best_match(&self, ips: &[IpAddr]) -> Option<u64> {
+        let mut score: HashMap<u64, usize> = HashMap::new();
+        for ip in ips {
+            for &inode in self.by_addr.get(ip).map_or(&[][..], Vec::as_slice) {
+                *score.entry(inode).or_default() += 1;
+            }
+        }
+        let best = score.values().copied().max()?;
+        let mut winners = score.iter().filter(|(_, &s)| s == best).map(|(&i, _)| i);
+        let inode = winners.next()?;
+        if winners.next().is_some() {
+            log::debug!("addresses {ips:?} are in several network namespaces: not assigning one");
+            return None;
+        }
+        Some(inode)
+    }
+
+    /// The cookie of the namespace that has `ips` (see `best_match`). Reads the cookie on
+    /// first use; `None` when no single namespace has these addresses (or it vanished).
     pub fn cookie_for(&mut self, ips: &[IpAddr]) -> Option<u64> {
-        let inode = ips.iter().find_map(|ip| self.by_addr.get(ip).copied())?;
+        let inode = self.best_match(ips)?;
         let ns = self.by_inode.get_mut(&inode)?;
         if ns.cookie.is_none() {
-            match mb_sys::netns::netns_cookie(&ns.path) {
+            match mb_loader::netns_cookie::netns_cookie(&ns.path) {
                 Ok(cookie) => ns.cookie = Some(cookie),
                 Err(e) => {
                     log::debug!("netns cookie of {}: {e}", ns.path.display());
@@ -359,11 +380,27 @@ short 01 80 10 80 lo
         assert_eq!((stats.namespaces, stats.new_namespaces), (1, 1));
         let inode = fs::metadata(pid_dir.join("ns/net")).unwrap().ino();
         let v6: IpAddr = "fd00:10:4::7".parse().unwrap();
-        assert_eq!(scanner.by_addr.get(&v6), Some(&inode));
-        assert_eq!(
-            scanner.by_addr.get(&IpAddr::V4(Ipv4Addr::new(10, 4, 0, 7))),
-            Some(&inode)
-        );
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 4, 0, 7));
+        assert_eq!(scanner.best_match(&[v4, v6]), Some(inode));
+        assert_eq!(scanner.best_match(&[v4]), Some(inode));
+        assert_eq!(scanner.best_match(&["10.4.0.8".parse().unwrap()]), None);
+
+        // A second namespace with the same IPv4 but another IPv6: the pod's IPv6 decides;
+        // the IPv4 alone is ambiguous.
+        let other = root.join("4343");
+        fs::create_dir_all(other.join("ns")).unwrap();
+        fs::create_dir_all(other.join("net")).unwrap();
+        fs::write(other.join("ns/net"), "other pod").unwrap();
+        fs::write(other.join("net/fib_trie"), POD_FIB_TRIE).unwrap();
+        fs::write(
+            other.join("net/if_inet6"),
+            "fd000010000400000000000000000099 04 40 00 80     eth0\n",
+        )
+        .unwrap();
+        assert_eq!(scanner.scan().new_namespaces, 1);
+        assert_eq!(scanner.best_match(&[v4, v6]), Some(inode));
+        assert_eq!(scanner.best_match(&[v4]), None, "ambiguous");
+        fs::remove_dir_all(&other).unwrap();
         // Cached: a second scan reads nothing new; a vanished process is forgotten.
         assert_eq!(scanner.scan().new_namespaces, 0);
         fs::remove_dir_all(&pid_dir).unwrap();
