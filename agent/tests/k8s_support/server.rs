@@ -54,6 +54,8 @@ struct State {
     /// Status codes for the next list requests.
     list_failures: VecDeque<u16>,
     drop_next_event: bool,
+    /// Other objects served by plain GET at their API path (e.g. a DaemonSet).
+    objects: BTreeMap<String, Value>,
     /// Continue tokens handed out, to reject reuse with a resourceVersion.
     active_watches: usize,
 }
@@ -339,6 +341,16 @@ impl FakeApiServer {
         self.lock().active_watches
     }
 
+    /// Serves `object` on GET `path` (e.g. `/apis/apps/v1/namespaces/ns/daemonsets/name`);
+    /// `None` removes it (the path then answers 404).
+    pub fn set_object(&self, path: &str, object: Option<Value>) {
+        let mut state = self.lock();
+        match object {
+            Some(o) => state.objects.insert(path.to_string(), o),
+            None => state.objects.remove(path),
+        };
+    }
+
     pub fn current_version(&self) -> u64 {
         self.lock().version
     }
@@ -441,6 +453,12 @@ fn handle(shared: Arc<Shared>, mut conn: Box<dyn Conn>) {
             );
             return;
         }
+    }
+    if let Some(object) = state.objects.get(path) {
+        let body = object.to_string();
+        drop(state);
+        write_response(&mut *conn, 200, "OK", &body);
+        return;
     }
     if path != "/api/v1/pods" {
         drop(state);

@@ -1,0 +1,264 @@
+//! `merbridge run` end to end, as root: a test-bed node with two pods (the reference sidecar
+//! in each), a fake API server on loopback that says which pods exist, and the real agent
+//! binary spawned with `--kubeconfig` (the fake server), `--cgroup` (the node's private
+//! cgroup) and `--pin-dir` (a private bpffs).
+//!
+//! The pods are the real injected fixture `istio/istio-master__pod.yaml.injected` with a
+//! SYNTHETIC uid, nodeName and status (the test-bed pods' addresses), added by
+//! `synthesize_running`.
+
+mod common;
+mod k8s_support;
+
+use common::{wait_until, Agent, AgentOptions};
+use k8s_support::server::FakeApiServer;
+use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
+use mb_loader::datapath::hook_status;
+use mb_sys::bpffs::PrivateBpffs;
+use mb_testbed::scenarios::{start_app, whoami, Binaries, APP_UID, WHOAMI_PORT};
+use mb_testbed::sidecar::{Listener, Record};
+use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
+use merbridge::run::BpfPodStore;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+const NODE: &str = "mb-run-node";
+const DS_PATH: &str = "/apis/apps/v1/namespaces/mb-system/daemonsets/merbridge";
+
+fn api_pod(pod: &Pod, uid: &str) -> serde_json::Value {
+    let template = fixture_pod_value("istio/istio-master__pod.yaml.injected");
+    let v4 = pod.ipv4().to_string();
+    let v6 = pod.ipv6().to_string();
+    synthesize_running(template, uid, NODE, &[&v4, &v6], "1")
+}
+
+fn outbound(records: &[Record]) -> usize {
+    records
+        .iter()
+        .filter(|r| r.listener == Listener::Outbound)
+        .count()
+}
+
+/// Removes whatever is still pinned (a failed test must not leave programs attached).
+struct UnloadOnDrop {
+    pin_dir: std::path::PathBuf,
+    cgroup: std::path::PathBuf,
+}
+
+impl Drop for UnloadOnDrop {
+    fn drop(&mut self) {
+        let _ = mb_loader::datapath::unload_datapath(&self.pin_dir, Some(&self.cgroup));
+    }
+}
+
+#[test]
+fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
+    if !mb_sys::testing::kernel_tests_enabled(
+        "run_follows_the_api_and_leaves_or_unloads_on_sigterm",
+    ) {
+        return;
+    }
+    let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
+    let node = Node::new("run").expect("node");
+    let bpffs = PrivateBpffs::new("mb-run").expect("private bpffs");
+    let pin_dir = bpffs.path().join("merbridge");
+    let _cleanup = UnloadOnDrop {
+        pin_dir: pin_dir.clone(),
+        cgroup: node.cgroup_path().to_path_buf(),
+    };
+    // Test beds of other processes reuse the same IPv4 subnets; an IPv6 address unique to
+    // this process tells the agent's scanner which namespace is ours (as pod IPs do on a
+    // real node).
+    let unique_pod = |name: &str, host: u16| {
+        let mut spec = PodSpec::named(name);
+        let base = node.gateway_v6().segments();
+        let pid = std::process::id();
+        spec.ipv6 = Some(std::net::Ipv6Addr::new(
+            base[0],
+            base[1],
+            base[2],
+            0,
+            0x77,
+            (pid >> 16) as u16,
+            pid as u16,
+            host,
+        ));
+        node.add_pod(spec).expect("pod")
+    };
+    let client = unique_pod("client", 2);
+    let server = unique_pod("server", 3);
+    let sidecar = |pod: &Pod| {
+        Sidecar::start_binary(
+            &bins.sidecar,
+            pod,
+            SidecarConfig::for_mesh(&MeshPorts::istio()),
+            1337,
+        )
+        .expect("sidecar")
+    };
+    let client_sidecar = sidecar(&client);
+    let _server_sidecar = sidecar(&server);
+    let _app = start_app(&server, &bins).expect("app");
+
+    let api = FakeApiServer::start(None);
+    api.set_object(
+        DS_PATH,
+        Some(
+            serde_json::json!({"kind":"DaemonSet","apiVersion":"apps/v1",
+            "metadata":{"name":"merbridge","namespace":"mb-system","uid":"ds-1"}}),
+        ),
+    );
+    api.add_pod(api_pod(&client, "uid-client"));
+    api.add_pod(api_pod(&server, "uid-server"));
+    let dir = TempDir::new("run-e2e");
+    let options = AgentOptions {
+        api: &api,
+        dir: &dir.0,
+        node: NODE,
+        cgroup: node.cgroup_path(),
+        pin_dir: &pin_dir,
+        extra: &[
+            "--ipv6",
+            "--daemonset-namespace",
+            "mb-system",
+            "--daemonset-name",
+            "merbridge",
+        ],
+    };
+    let mut agent = Agent::start(&options);
+    agent.wait_ready(Duration::from_secs(30));
+
+    // Both pods are in the maps, each with its own namespace found by the scanner.
+    let maps = BpfPodStore::open(&pin_dir).expect("maps");
+    for pod in [&client, &server] {
+        let cookie = pod.netns_cookie().unwrap();
+        wait_until(Duration::from_secs(10), "pod namespace found", || {
+            maps.find(pod.ipv4().into())
+                .unwrap()
+                .is_some_and(|e| e.netns == cookie)
+        })
+        .unwrap_or_else(|e| panic!("{e} for {}; agent log:\n{}", pod.name(), agent.log()));
+    }
+    let server_id = maps.find(server.ipv4().into()).unwrap().unwrap().pod_id;
+
+    // The client's connect goes through its sidecar.
+    let target = SocketAddr::new(IpAddr::V4(server.ipv4()), WHOAMI_PORT);
+    let (peer, local) = whoami(&client, &bins, APP_UID, target, None);
+    assert_eq!(local, target);
+    assert_eq!(
+        peer.ip(),
+        "127.0.0.6".parse::<IpAddr>().unwrap(),
+        "via the sidecars"
+    );
+    let records = client_sidecar.wait_for_records(1, Duration::from_secs(5));
+    assert_eq!(outbound(&records), 1, "client sidecar: {records:#?}");
+    assert_eq!(records[0].original_dst, Some(target));
+
+    let metrics = agent.get("/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("merbridge_pods{mesh=\"istio\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("merbridge_pods_without_netns 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("merbridge_ready 1"), "{metrics}");
+
+    // The API deletes the client: its traffic is no longer redirected.
+    api.delete_pod("uid-client");
+    wait_until(
+        Duration::from_secs(10),
+        "client removed from the maps",
+        || {
+            maps.find(client.ipv4().into()).unwrap().is_none()
+                && maps.find(client.ipv6().into()).unwrap().is_none()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    let (_, local) = whoami(&client, &bins, APP_UID, target, None);
+    assert_eq!(local, target);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = client_sidecar.records();
+    assert_eq!(
+        outbound(&records),
+        1,
+        "no new outbound record: {records:#?}"
+    );
+
+    // SIGTERM while our DaemonSet exists (rolling upgrade): everything stays attached.
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status:?}\n{}", agent.log());
+    assert!(agent.log().contains("rolling upgrade"), "{}", agent.log());
+    assert!(!hook_status(&pin_dir).is_empty(), "still attached");
+    assert_eq!(
+        maps.find(server.ipv4().into()).unwrap().map(|e| e.pod_id),
+        Some(server_id),
+        "maps kept"
+    );
+
+    // The successor adopts the data path: programs replaced in place, the server keeps its id,
+    // and the re-added client is intercepted again.
+    let mut agent = Agent::start(&options);
+    agent.wait_ready(Duration::from_secs(30));
+    assert!(agent.log().contains("replaced in place"), "{}", agent.log());
+    assert_eq!(
+        maps.find(server.ipv4().into()).unwrap().map(|e| e.pod_id),
+        Some(server_id),
+        "adopted with the same id"
+    );
+    api.add_pod(api_pod(&client, "uid-client-2"));
+    wait_until(Duration::from_secs(10), "client back in the maps", || {
+        maps.find(client.ipv4().into()).unwrap().is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    let _ = whoami(&client, &bins, APP_UID, target, None);
+    let records = client_sidecar.wait_for_records(2, Duration::from_secs(5));
+    assert_eq!(
+        outbound(&records),
+        2,
+        "through the sidecar again: {records:#?}"
+    );
+
+    // SIGTERM once the DaemonSet is gone: unloaded.
+    api.set_object(DS_PATH, None);
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status:?}\n{}", agent.log());
+    assert!(
+        hook_status(&pin_dir).is_empty(),
+        "detached:\n{}",
+        agent.log()
+    );
+    assert!(!pin_dir.exists(), "pins removed");
+}
+
+#[test]
+fn run_refuses_bad_flags_with_a_hint() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_merbridge"))
+        .args([
+            "run",
+            "--mesh",
+            "istio",
+            "--node-name",
+            "n",
+            "--on-exit",
+            "sometimes",
+        ])
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--on-exit \"sometimes\": use keep, unload or auto"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_merbridge"))
+        .args(["run", "--mesh", "istio"])
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no node name"), "{err}");
+}
