@@ -272,3 +272,15 @@ fn disassembling_invalid_bytes_is_an_error_naming_the_instruction() {
         .unwrap_err()
         .contains("multiple of 8"));
 }
+
+#[test]
+fn helpers_can_be_called_by_name_unless_a_label_has_that_name() {
+    let p = parse("call bpf_get_socket_cookie\ncall map_lookup_elem\nexit").unwrap();
+    assert_eq!(p.insns[0], mb_asm::Insn::new(0x85, 0, 0, 0, 46));
+    assert_eq!(p.insns[1], mb_asm::Insn::new(0x85, 0, 0, 0, 1));
+    // A label wins: then it is a BPF-to-BPF call.
+    let p = parse("call map_lookup_elem\nexit\nmap_lookup_elem:\nr0 = 0\nexit").unwrap();
+    assert_eq!(p.insns[0], mb_asm::Insn::new(0x85, 0, 1, 0, 1));
+    let e = parse("call no_such_helper\nexit").unwrap_err();
+    assert!(e.message.contains("not defined"), "{}", e.message);
+}

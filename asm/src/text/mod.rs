@@ -23,7 +23,8 @@
 //!
 //! Extensions (LLVM's text has no way to say these, but the bytes can):
 //! * `call pc+N` / `call pc-N` / `call label`: BPF-to-BPF call (`src = BPF_PSEUDO_CALL`);
-//!   `call N` (also `+N`, `-N`, as llvm-mc reads them) is a helper call.
+//!   `call N` (also `+N`, `-N`, as llvm-mc reads them) is a helper call, and so is
+//!   `call bpf_map_lookup_elem` / `call map_lookup_elem` when no label has that name.
 //! * `call kfunc(ID)` / `call kfunc(ID, OFF)`: kfunc call (`src = BPF_PSEUDO_KFUNC_CALL`).
 //! * 64-bit loads with a pseudo source: `r1 = map_fd(FD) ll`, `r1 = map_value(FD, OFF) ll`,
 //!   `r1 = btf_id(ID) ll`, `r1 = func(OFF) ll` / `func(label)`, `map_idx(..)`,

@@ -1218,6 +1218,15 @@ impl TextAsm {
     fn finish(mut self) -> Result<Parsed, ParseError> {
         for (slot, name, field, line) in std::mem::take(&mut self.fixups) {
             let Some(&(target, _)) = self.labels.get(&name) else {
+                // `call bpf_get_socket_cookie` / `call get_socket_cookie`: a helper by name.
+                let insn = &mut self.insns[slot];
+                if insn.code == BPF_JMP | BPF_CALL && insn.src == BPF_PSEUDO_CALL {
+                    if let Some(helper) = crate::Helper::from_name(&name) {
+                        insn.src = 0;
+                        insn.imm = helper.id() as i32;
+                        continue;
+                    }
+                }
                 return Err(ParseError {
                     line,
                     message: format!("label `{name}` is not defined"),
