@@ -1,7 +1,7 @@
 //! `merbridge bench`: direct vs iptables vs merbridge on this machine (root), data path and
 //! control plane, with a table, JSON and an SVG chart. See `crate::bench`.
 
-use crate::bench::{self, env::Pinning, report};
+use crate::bench::{self, env::Pinning, env::Topology, report};
 use clap::Args;
 use mb_testbed::scenarios::Binaries;
 use std::path::PathBuf;
@@ -27,6 +27,16 @@ pub struct BenchArgs {
     /// Skip the extra `--splice all` merbridge setup (it runs by default without --quick).
     #[arg(long)]
     pub no_splice_all: bool,
+    /// Add a merbridge setup with `--splice none` (what the sockhash gains or costs).
+    #[arg(long)]
+    pub splice_none: bool,
+    /// Only this topology (repeat for several): outbound, same-node, cross-node.
+    #[arg(long, value_name = "NAME")]
+    pub topology: Vec<String>,
+    /// Pods for the control plane (largest N) and for the many-pods setup (default 10,000;
+    /// 1,000 with --quick).
+    #[arg(long, value_name = "N")]
+    pub pods: Option<u32>,
 }
 
 fn parse_pinning(text: &str) -> Result<Pinning, String> {
@@ -74,11 +84,26 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
     })?;
     let command: Vec<String> = std::env::args().collect();
     let command = command.join(" ");
+    let topologies = args
+        .topology
+        .iter()
+        .map(|name| {
+            Topology::from_name(name).ok_or_else(|| {
+                format!("--topology {name:?}: not a topology (outbound, same-node, cross-node)")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.pods == Some(0) {
+        return Err("--pods 0: give at least one pod".into());
+    }
     let plan = bench::Plan::new(
         args.quick,
         args.rounds,
         !args.quick && !args.no_splice_all,
+        args.splice_none,
         pinning,
+        &topologies,
+        args.pods,
     );
     eprintln!(
         "merbridge bench: {} environments x {} rounds, then the control plane up to {} pods",

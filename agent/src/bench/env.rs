@@ -5,7 +5,7 @@
 use super::stats::{mean, quantile};
 use mb_loader::attach::AttachMode;
 use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants};
-use mb_maps::datapath::{SPLICE_ALL, SPLICE_SIDECARS};
+use mb_maps::datapath::{SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
 use mb_sys::bpffs::PrivateBpffs;
 use mb_sys::process::{place, Placement};
 use mb_testbed::scenarios::{Binaries, APP_UID, BULK_PORT, ECHO_PORT};
@@ -31,6 +31,8 @@ pub enum Setup {
     Merbridge,
     /// merbridge with `--splice all` (application legs spliced too).
     MerbridgeSpliceAll,
+    /// merbridge with `--splice none` (no sockhash at all): shows what splicing gains.
+    MerbridgeSpliceNone,
     /// merbridge with many other pods known to the maps (lookups must stay O(1)).
     MerbridgeManyPods,
 }
@@ -42,6 +44,7 @@ impl Setup {
             Setup::Iptables => "iptables",
             Setup::Merbridge => "merbridge",
             Setup::MerbridgeSpliceAll => "merbridge-splice-all",
+            Setup::MerbridgeSpliceNone => "merbridge-splice-none",
             Setup::MerbridgeManyPods => "merbridge-many-pods",
         }
     }
@@ -52,6 +55,7 @@ impl Setup {
             Setup::Iptables => "i",
             Setup::Merbridge => "m",
             Setup::MerbridgeSpliceAll => "ma",
+            Setup::MerbridgeSpliceNone => "mn",
             Setup::MerbridgeManyPods => "mk",
         }
     }
@@ -70,6 +74,11 @@ pub enum Topology {
 
 impl Topology {
     pub const ALL: [Topology; 3] = [Topology::Outbound, Topology::SameNode, Topology::CrossNode];
+
+    /// The topology called `name` (as [`Topology::name`] prints it).
+    pub fn from_name(name: &str) -> Option<Topology> {
+        Topology::ALL.into_iter().find(|t| t.name() == name)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -380,6 +389,9 @@ impl Env {
                 Some(Datapath::load(nodes[0].cgroup_path(), SPLICE_SIDECARS)?)
             }
             Setup::MerbridgeSpliceAll => Some(Datapath::load(nodes[0].cgroup_path(), SPLICE_ALL)?),
+            Setup::MerbridgeSpliceNone => {
+                Some(Datapath::load(nodes[0].cgroup_path(), SPLICE_NONE)?)
+            }
             _ => None,
         };
         let maps = match &datapath {
@@ -629,6 +641,10 @@ impl Env {
         r.figures.insert("crr_per_s", stats.per_second());
         r.figures
             .insert("crr_p50_us", stats.latency.p50_ns as f64 / 1e3);
+        r.figures
+            .insert("crr_p99_us", stats.latency.p99_ns as f64 / 1e3);
+        r.figures
+            .insert("crr_max_us", stats.latency.max_ns as f64 / 1e3);
         r.figures.insert("conntrack_entries", created as f64);
         Ok(())
     }

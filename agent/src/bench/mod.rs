@@ -35,7 +35,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(quick: bool, rounds: Option<usize>, splice_all: bool, pinning: Pinning) -> Plan {
+    /// The default plan; `topologies` empty = all; `pods` overrides the control plane's N
+    /// and the many-pods setup's pod count.
+    pub fn new(
+        quick: bool,
+        rounds: Option<usize>,
+        splice_all: bool,
+        splice_none: bool,
+        pinning: Pinning,
+        topologies: &[Topology],
+        pods: Option<u32>,
+    ) -> Plan {
         let counts = if quick {
             Counts {
                 rr: 2_000,
@@ -53,7 +63,10 @@ impl Plan {
                 bulk_bytes: 256 << 20,
             }
         };
-        let topologies = Topology::ALL.to_vec();
+        let topologies: Vec<Topology> = Topology::ALL
+            .into_iter()
+            .filter(|t| topologies.is_empty() || topologies.contains(t))
+            .collect();
         let mut setups = Vec::new();
         for &t in &topologies {
             for s in [Setup::Direct, Setup::Iptables, Setup::Merbridge] {
@@ -61,6 +74,9 @@ impl Plan {
             }
             if splice_all && t != Topology::CrossNode {
                 setups.push((t, Setup::MerbridgeSpliceAll));
+            }
+            if splice_none {
+                setups.push((t, Setup::MerbridgeSpliceNone));
             }
             if t == Topology::SameNode {
                 setups.push((t, Setup::MerbridgeManyPods));
@@ -73,8 +89,8 @@ impl Plan {
             topologies,
             setups,
             pinning,
-            many_pods: if quick { 1_000 } else { 10_000 },
-            control_plane_pods: if quick { 1_000 } else { 10_000 },
+            many_pods: pods.unwrap_or(if quick { 1_000 } else { 10_000 }),
+            control_plane_pods: pods.unwrap_or(if quick { 1_000 } else { 10_000 }),
         }
     }
 }

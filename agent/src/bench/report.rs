@@ -37,6 +37,8 @@ pub const METRICS: &[Metric] = &[
     m("rr_c64_p99_us", "RR 64 conns p99", "us", false),
     m("crr_per_s", "connect+req+close", "conn/s", true),
     m("crr_p50_us", "connect+req+close p50", "us", false),
+    m("crr_p99_us", "connect+req+close p99", "us", false),
+    m("crr_max_us", "connect+req+close max", "us", false),
     m("bulk_mbit_s", "bulk, 1 conn, checksummed", "Mbit/s", true),
     m("cpu_10k_client_s", "CPU/10k RR: client", "s", false),
     m("cpu_10k_sidecars_s", "CPU/10k RR: sidecars", "s", false),
@@ -155,7 +157,7 @@ pub fn table(results: &Results) -> String {
         );
         let mut header = format!("{:<28}{:>7}", "", "unit");
         for s in &setups {
-            let _ = write!(header, "{:>12}", short_name(*s));
+            let _ = write!(header, "{:>14}", short_name(*s));
         }
         let _ = write!(header, "{:>10}{:>10}", "mb/ipt", "mb/direct");
         let _ = writeln!(out, "{header}");
@@ -165,7 +167,7 @@ pub fn table(results: &Results) -> String {
         let mut row = |label: &str, unit: &str, values: Vec<Option<f64>>, r1, r2| {
             let mut line = format!("{label:<28}{unit:>7}");
             for v in values {
-                let _ = write!(line, "{:>12}", fmt_value(v));
+                let _ = write!(line, "{:>14}", fmt_value(v));
             }
             let _ = write!(line, "{:>10}{:>10}", fmt_ratio(r1), fmt_ratio(r2));
             let _ = writeln!(out, "{line}");
@@ -252,8 +254,9 @@ pub fn table(results: &Results) -> String {
     for e in &cp.errors {
         let _ = writeln!(out, "  ! control plane: {e}");
     }
-    let _ = writeln!(out, "\n== goals (same-node topology) ==");
-    for g in goals(results, Topology::SameNode) {
+    let headline = headline_topology(results);
+    let _ = writeln!(out, "\n== goals ({} topology) ==", headline.name());
+    for g in goals(results, headline) {
         let _ = writeln!(
             out,
             "{:<54} target {:<8} measured {:<10} {}",
@@ -271,12 +274,24 @@ pub fn table(results: &Results) -> String {
     out
 }
 
+/// The topology the goals and the latency chart use: same-node (the whole mesh path) when
+/// it ran.
+fn headline_topology(results: &Results) -> Topology {
+    let ran = &results.plan.topologies;
+    if ran.contains(&Topology::SameNode) || ran.is_empty() {
+        Topology::SameNode
+    } else {
+        ran[0]
+    }
+}
+
 fn short_name(s: Setup) -> &'static str {
     match s {
         Setup::Direct => "direct",
         Setup::Iptables => "iptables",
         Setup::Merbridge => "merbridge",
         Setup::MerbridgeSpliceAll => "mb-splice-all",
+        Setup::MerbridgeSpliceNone => "mb-splice-no",
         Setup::MerbridgeManyPods => "mb-many-pods",
     }
 }
@@ -402,11 +417,12 @@ pub fn to_json(results: &Results, command: &str) -> Value {
     })
 }
 
-const COLORS: [(Setup, &str); 5] = [
+const COLORS: [(Setup, &str); 6] = [
     (Setup::Direct, "#7f7f7f"),
     (Setup::Iptables, "#d62728"),
     (Setup::Merbridge, "#1f77b4"),
     (Setup::MerbridgeSpliceAll, "#2ca02c"),
+    (Setup::MerbridgeSpliceNone, "#17becf"),
     (Setup::MerbridgeManyPods, "#9467bd"),
 ];
 
@@ -441,7 +457,7 @@ pub fn to_svg(results: &Results) -> String {
     );
     // Panel 1: CDF.
     let (x0, y0, pw, ph) = (60.0, 60.0, 420.0, 340.0);
-    let topology = Topology::SameNode;
+    let topology = headline_topology(results);
     let series: Vec<(Setup, Vec<u64>)> = results
         .envs
         .iter()
