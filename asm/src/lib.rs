@@ -8,8 +8,12 @@
 //! * [`Program`] holds the slots and relocations; the loader fills them with
 //!   [`Program::relocate_map`] / [`Program::relocate_const`].
 //! * [`text`] parses LLVM's BPF assembly (what `llvm-mc -triple bpfel` accepts) and prints it
-//!   the way `llvm-objdump --no-print-imm-hex -d` does, or the way the kernel verifier log and
-//!   `bpftool prog dump xlated` do.
+//!   the way `llvm-objdump --no-print-imm-hex -d` does (or with hex immediates, objdump's
+//!   default); it also prints and parses the kernel verifier's / `bpftool prog dump xlated`
+//!   form, so dumps diff against a verifier log and a verifier log reassembles.
+//!
+//! Encodings are checked against LLVM's own MC test vectors, the UAPI header, and the running
+//! kernel (programs are loaded and run with `BPF_PROG_TEST_RUN` in `tests/kernel_exec.rs`).
 //!
 //! ```
 //! use mb_asm::{Asm, Helper, JmpOp, Reg, Size};
