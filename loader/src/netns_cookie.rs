@@ -20,7 +20,7 @@ static REPORTER: Mutex<()> = Mutex::new(());
 pub fn netns_cookie(path: &Path) -> Result<u64, String> {
     match mb_sys::netns::netns_cookie(path) {
         Ok(cookie) => Ok(cookie),
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOPROTOOPT as i32) => {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
             cookie_from_bpf(path).map_err(|why| {
                 format!(
                     "the network-namespace cookie of {}: this kernel has no SO_NETNS_COOKIE \

@@ -36,6 +36,10 @@ fn getsockopt_pod<T: Copy + Default>(
     };
     if rc != 0 {
         let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+            // Callers tell "this kernel has no such option" from other failures by it.
+            return Err(e);
+        }
         return Err(io::Error::new(e.kind(), format!("getsockopt({what}): {e}")));
     }
     if len as usize != size_of::<T>() {
