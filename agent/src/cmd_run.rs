@@ -114,6 +114,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         daemonset,
         rescan_interval: Duration::from_secs(args.rescan_secs.max(1)),
         retry_interval: Duration::from_secs(2),
+        scan_spacing: Duration::from_millis(100),
     };
     merbridge::run::run(config)?;
     Ok(ExitCode::SUCCESS)

@@ -208,9 +208,16 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         "adopted with the same id"
     );
     api.add_pod(api_pod(&client, "uid-client-2"));
-    wait_until(Duration::from_secs(10), "client back in the maps", || {
-        maps.find(client.ipv4().into()).unwrap().is_some()
-    })
+    let client_cookie = client.netns_cookie().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "client back in the maps, with its namespace",
+        || {
+            maps.find(client.ipv4().into())
+                .unwrap()
+                .is_some_and(|e| e.netns == client_cookie)
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
     let _ = whoami(&client, &bins, APP_UID, target, None);
     let records = client_sidecar.wait_for_records(2, Duration::from_secs(5));

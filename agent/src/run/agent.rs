@@ -4,12 +4,13 @@
 
 use super::metrics::{self, AgentStatus};
 use super::netns_scan::NetnsScanner;
-use super::sync::{BpfPodStore, Change, PodStore, PodSync};
+use super::sync::{BpfPodStore, Change, PodSync};
 use crate::k8s::{http, ClientConfig, PodEvent, PodWatcher, WatchOptions};
 use crate::mesh::Mesh;
 use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
 use nix::sys::signal::{SigSet, Signal};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -55,12 +56,16 @@ pub struct AgentConfig {
     pub rescan_interval: Duration,
     /// Re-scan while some pod's namespace is still missing.
     pub retry_interval: Duration,
+    /// Minimum time between two scans (bounds the cost of a burst of new pods).
+    pub scan_spacing: Duration,
 }
 
 enum Msg {
     Pod(Box<PodEvent>, Instant),
     Signal(Signal),
     WatcherEnded(Result<(), String>),
+    /// Cookies found by a scan: `(uid, ips asked about, cookie)`, and the namespace count.
+    Scanned(Vec<(String, Vec<IpAddr>, u64)>, usize),
 }
 
 /// [`Msg`] with the event unboxed, for matching (a short-lived local: its size is no cost).
@@ -69,6 +74,7 @@ enum Unboxed {
     Pod(PodEvent, Instant),
     Signal(Signal),
     WatcherEnded(Result<(), String>),
+    Scanned(Vec<(String, Vec<IpAddr>, u64)>, usize),
 }
 
 fn now_ms() -> u64 {
@@ -154,35 +160,41 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             })
             .map_err(|e| format!("cannot start the watch thread: {e}"))?
     };
+    let scan_requests = start_scanner(tx.clone(), config.scan_spacing)?;
     drop(tx);
-
-    let mut scanner = NetnsScanner::new();
-    let mut ids = Identity::new(&status);
-    ids.scan(&mut scanner);
-    let mut next_scan = Instant::now() + config.rescan_interval;
+    // Asks the scanner thread about `pods`; their cookies come back as `Msg::Scanned`.
+    let request_scan = |pods: Vec<(String, Vec<IpAddr>)>| {
+        let _ = scan_requests.send(pods);
+    };
+    request_scan(Vec::new());
+    let mut next_full_scan = Instant::now() + config.rescan_interval;
+    let mut next_retry = Instant::now() + config.retry_interval;
     let mut watcher_error = None;
     loop {
-        let wait = next_scan.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait).map(|m| match m {
+        let waiting = sync.counts().without_netns > 0;
+        let deadline = if waiting {
+            next_full_scan.min(next_retry)
+        } else {
+            next_full_scan
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let message = rx.recv_timeout(wait).map(|m| match m {
             Msg::Pod(event, at) => Unboxed::Pod(*event, at),
             Msg::Signal(s) => Unboxed::Signal(s),
             Msg::WatcherEnded(r) => Unboxed::WatcherEnded(r),
-        }) {
+            Msg::Scanned(found, namespaces) => Unboxed::Scanned(found, namespaces),
+        });
+        match message {
             Ok(Unboxed::Pod(PodEvent::Upsert(pod), at)) => {
                 let ips_changed = sync.ips_of(&pod.uid) != Some(pod.pod_ips.as_slice());
                 match sync.upsert(&pod) {
                     Ok(change) => {
-                        if matches!(change, Change::Added | Change::Updated) && ips_changed {
-                            ids.resolve_one(&mut scanner, &mut sync, &pod.uid);
-                        }
                         if matches!(change, Change::Added | Change::Updated | Change::Removed) {
-                            status.events_applied.fetch_add(1, Ordering::Relaxed);
-                            status
-                                .apply_latency
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .observe(at.elapsed().as_secs_f64());
-                            status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
+                            observe(&status, at);
+                        }
+                        if matches!(change, Change::Added | Change::Updated) && ips_changed {
+                            // Off the event path: the scanner thread answers in a moment.
+                            request_scan(vec![(pod.uid.clone(), pod.pod_ips.clone())]);
                         }
                         log::debug!("pod {}: {change:?}", pod.pod_ref());
                     }
@@ -194,13 +206,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             }
             Ok(Unboxed::Pod(PodEvent::Delete(pod_ref), at)) => match sync.delete(&pod_ref.uid) {
                 Ok(Change::Removed) => {
-                    status.events_applied.fetch_add(1, Ordering::Relaxed);
-                    status
-                        .apply_latency
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .observe(at.elapsed().as_secs_f64());
-                    status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
+                    observe(&status, at);
                     log::info!("pod {pod_ref}: removed from the maps");
                 }
                 Ok(_) => {}
@@ -211,8 +217,6 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             },
             Ok(Unboxed::Pod(PodEvent::Synced, _)) => {
                 if !sync.is_synced() {
-                    ids.scan(&mut scanner);
-                    ids.resolve_all(&mut scanner, &mut sync);
                     let reconcile_started = Instant::now();
                     match sync.reconcile() {
                         Ok(stale) => {
@@ -231,10 +235,31 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
                                 counts.without_netns,
                                 stale
                             );
+                            request_scan(sync.all_pods());
                         }
                         Err(e) => {
                             status.sync_errors.fetch_add(1, Ordering::Relaxed);
                             log::error!("first sync: {e}");
+                        }
+                    }
+                }
+            }
+            Ok(Unboxed::Scanned(found, namespaces)) => {
+                status.netns_scans.fetch_add(1, Ordering::Relaxed);
+                status
+                    .namespaces
+                    .store(namespaces as u64, Ordering::Relaxed);
+                for (uid, ips, cookie) in found {
+                    // The pod may have changed address (or gone) while the scan ran.
+                    if sync.ips_of(&uid) != Some(ips.as_slice()) {
+                        continue;
+                    }
+                    match sync.set_cookie(&uid, cookie) {
+                        Ok(true) => log::info!("pod uid {uid}: network namespace cookie {cookie}"),
+                        Ok(false) => {}
+                        Err(e) => {
+                            status.sync_errors.fetch_add(1, Ordering::Relaxed);
+                            log::error!("pod uid {uid}: {e}");
                         }
                     }
                 }
@@ -250,8 +275,16 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
                 break;
             }
             Err(RecvTimeoutError::Timeout) => {
-                ids.scan(&mut scanner);
-                ids.resolve_all(&mut scanner, &mut sync);
+                let now = Instant::now();
+                if now >= next_full_scan {
+                    // Also re-checks the namespaces already known (a sandbox may be replaced).
+                    request_scan(sync.all_pods());
+                    next_full_scan = now + config.rescan_interval;
+                    next_retry = now + config.retry_interval;
+                } else if now >= next_retry {
+                    request_scan(sync.without_netns());
+                    next_retry = now + config.retry_interval;
+                }
             }
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -260,16 +293,6 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         status
             .pods_without_netns
             .store(counts.without_netns as u64, Ordering::Relaxed);
-        if Instant::now() >= next_scan {
-            next_scan = Instant::now()
-                + if counts.without_netns > 0 {
-                    config.retry_interval.min(config.rescan_interval)
-                } else {
-                    config.rescan_interval
-                };
-        } else if counts.without_netns > 0 {
-            next_scan = next_scan.min(ids.last_scan + config.retry_interval);
-        }
     }
     stop.stop();
     let _ = watch_thread.join();
@@ -294,71 +317,54 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Pod → network namespace bookkeeping around the scanner.
-struct Identity {
-    status: Arc<AgentStatus>,
-    last_scan: Instant,
+fn observe(status: &AgentStatus, event_at: Instant) {
+    status.events_applied.fetch_add(1, Ordering::Relaxed);
+    status
+        .apply_latency
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .observe(event_at.elapsed().as_secs_f64());
+    status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
 }
 
-/// Event-triggered scans are spaced at least this much; the retry timer covers the rest.
-const MIN_SCAN_SPACING: Duration = Duration::from_millis(200);
+/// Pods to look up: `(uid, ips)`.
+type ScanRequest = Vec<(String, Vec<IpAddr>)>;
 
-impl Identity {
-    fn new(status: &Arc<AgentStatus>) -> Identity {
-        Identity {
-            status: Arc::clone(status),
-            last_scan: Instant::now() - MIN_SCAN_SPACING,
-        }
-    }
-
-    fn scan(&mut self, scanner: &mut NetnsScanner) {
-        let stats = scanner.scan();
-        self.last_scan = Instant::now();
-        self.status.netns_scans.fetch_add(1, Ordering::Relaxed);
-        self.status
-            .namespaces
-            .store(stats.namespaces as u64, Ordering::Relaxed);
-        log::debug!("netns scan: {stats:?}");
-    }
-
-    /// A pod appeared or changed address: look in the cache, else scan (rate-limited).
-    fn resolve_one<S: PodStore>(
-        &mut self,
-        scanner: &mut NetnsScanner,
-        sync: &mut PodSync<S>,
-        uid: &str,
-    ) {
-        let Some(ips) = sync.ips_of(uid).map(<[_]>::to_vec) else {
-            return;
-        };
-        let mut cookie = scanner.cookie_for(&ips);
-        if cookie.is_none() && self.last_scan.elapsed() >= MIN_SCAN_SPACING {
-            self.scan(scanner);
-            cookie = scanner.cookie_for(&ips);
-        }
-        if let Some(cookie) = cookie {
-            if let Err(e) = sync.set_cookie(uid, cookie) {
-                self.status.sync_errors.fetch_add(1, Ordering::Relaxed);
-                log::error!("pod uid {uid}: {e}");
-            }
-        }
-    }
-
-    /// After a scan: every pod whose namespace is now known (or changed) gets it.
-    fn resolve_all<S: PodStore>(&mut self, scanner: &mut NetnsScanner, sync: &mut PodSync<S>) {
-        for (uid, ips) in sync.all_pods() {
-            if let Some(cookie) = scanner.cookie_for(&ips) {
-                match sync.set_cookie(&uid, cookie) {
-                    Ok(true) => log::info!("pod uid {uid}: network namespace cookie {cookie}"),
-                    Ok(false) => {}
-                    Err(e) => {
-                        self.status.sync_errors.fetch_add(1, Ordering::Relaxed);
-                        log::error!("pod uid {uid}: {e}");
-                    }
+/// The scanner thread: each request (requests queued meanwhile are merged into it) is one
+/// scan of the host's namespaces, answered with the cookies found. Scans are at least
+/// `spacing` apart, so a burst of new pods costs a few scans, not one per pod.
+fn start_scanner(
+    tx: mpsc::Sender<Msg>,
+    spacing: Duration,
+) -> Result<mpsc::Sender<ScanRequest>, String> {
+    let (requests, incoming) = mpsc::channel::<ScanRequest>();
+    std::thread::Builder::new()
+        .name("netns-scan".into())
+        .spawn(move || {
+            let mut scanner = NetnsScanner::new();
+            let mut last_scan: Option<Instant> = None;
+            while let Ok(first) = incoming.recv() {
+                if let Some(last) = last_scan {
+                    std::thread::sleep(spacing.saturating_sub(last.elapsed()));
+                }
+                let mut wanted: HashMap<String, Vec<IpAddr>> = first.into_iter().collect();
+                while let Ok(more) = incoming.try_recv() {
+                    wanted.extend(more);
+                }
+                let stats = scanner.scan();
+                last_scan = Some(Instant::now());
+                log::debug!("netns scan: {stats:?}");
+                let found: Vec<(String, Vec<IpAddr>, u64)> = wanted
+                    .into_iter()
+                    .filter_map(|(uid, ips)| scanner.cookie_for(&ips).map(|c| (uid, ips, c)))
+                    .collect();
+                if tx.send(Msg::Scanned(found, stats.namespaces)).is_err() {
+                    break;
                 }
             }
-        }
-    }
+        })
+        .map_err(|e| format!("cannot start the namespace scanner thread: {e}"))?;
+    Ok(requests)
 }
 
 fn should_unload(config: &AgentConfig) -> bool {

@@ -28,6 +28,25 @@ pub fn wait_until(
     }
 }
 
+/// Like [`wait_until`] but polls without sleeping (for latency measurements; each check
+/// must be cheap, e.g. one map lookup).
+pub fn spin_until(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        if check() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("timed out after {timeout:?} waiting for: {what}"));
+        }
+        std::thread::yield_now();
+    }
+}
+
 pub struct AgentOptions<'a> {
     pub api: &'a FakeApiServer,
     /// A scratch directory for the kubeconfig and the log.
@@ -73,12 +92,12 @@ impl Agent {
             .arg(o.cgroup)
             .arg("--pin-dir")
             .arg(o.pin_dir)
-            .args([
-                "--metrics-addr",
-                &metrics.to_string(),
-                "--log-level",
-                "debug",
-            ])
+            .args(["--metrics-addr", &metrics.to_string()])
+            .args(if o.extra.contains(&"--log-level") {
+                &[][..]
+            } else {
+                &["--log-level", "debug"][..]
+            })
             .args(o.extra)
             .env_remove("NODE_NAME")
             .env_remove("POD_NAMESPACE")
