@@ -37,10 +37,11 @@ pub struct RunArgs {
     /// our DaemonSet is gone or being deleted.
     #[arg(long, default_value = "auto")]
     pub on_exit: String,
-    /// Namespace of our DaemonSet (default: $POD_NAMESPACE).
+    /// Namespace of our DaemonSet (default: $POD_NAMESPACE, else the service account's).
     #[arg(long)]
     pub daemonset_namespace: Option<String>,
-    /// Name of our DaemonSet (default: $DAEMONSET_NAME).
+    /// Name of our DaemonSet (default: $DAEMONSET_NAME). Without it, `--on-exit auto` keeps
+    /// the data path attached (a guessed name that is wrong would unload on every upgrade).
     #[arg(long)]
     pub daemonset_name: Option<String>,
     /// Intercept IPv6 too (connect6).
@@ -59,6 +60,14 @@ pub struct RunArgs {
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// In a pod: the namespace its service account lives in (the DaemonSet's own namespace).
+fn service_account_namespace() -> Option<String> {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
@@ -88,7 +97,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
     }
     let daemonset = match (
-        args.daemonset_namespace.or_else(|| env("POD_NAMESPACE")),
+        args.daemonset_namespace
+            .or_else(|| env("POD_NAMESPACE"))
+            .or_else(service_account_namespace),
         args.daemonset_name.or_else(|| env("DAEMONSET_NAME")),
     ) {
         (Some(ns), Some(name)) => Some((ns, name)),

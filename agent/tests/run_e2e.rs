@@ -15,7 +15,7 @@ use k8s_support::server::FakeApiServer;
 use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
 use mb_loader::datapath::hook_status;
 use mb_sys::bpffs::PrivateBpffs;
-use mb_testbed::scenarios::{start_app, whoami, Binaries, APP_UID, WHOAMI_PORT};
+use mb_testbed::scenarios::{start_app, whoami, Binaries, APP_UID, ECHO_PORT, WHOAMI_PORT};
 use mb_testbed::sidecar::{Listener, Record};
 use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
 use merbridge::run::BpfPodStore;
@@ -268,4 +268,117 @@ fn run_refuses_bad_flags_with_a_hint() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no node name"), "{err}");
+}
+
+/// An agent upgrade (SIGTERM with `--on-exit keep`, a new agent adopts the pins) while a
+/// client holds a redirected connection and keeps talking on it: not one round trip fails.
+#[test]
+fn run_restart_keeps_a_live_connection() {
+    if !mb_sys::testing::kernel_tests_enabled("run_restart_keeps_a_live_connection") {
+        return;
+    }
+    let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
+    let node = Node::new("run-restart").expect("node");
+    let bpffs = PrivateBpffs::new("mb-run-restart").expect("private bpffs");
+    let pin_dir = bpffs.path().join("merbridge");
+    let _cleanup = UnloadOnDrop {
+        pin_dir: pin_dir.clone(),
+        cgroup: node.cgroup_path().to_path_buf(),
+    };
+    let unique_pod = |name: &str, host: u16| {
+        let mut spec = PodSpec::named(name);
+        let base = node.gateway_v6().segments();
+        let pid = std::process::id();
+        spec.ipv6 = Some(std::net::Ipv6Addr::new(
+            base[0],
+            base[1],
+            base[2],
+            0,
+            0x78,
+            (pid >> 16) as u16,
+            pid as u16,
+            host,
+        ));
+        node.add_pod(spec).expect("pod")
+    };
+    let client = unique_pod("client", 2);
+    let server = unique_pod("server", 3);
+    let sidecar = |pod: &Pod| {
+        Sidecar::start_binary(
+            &bins.sidecar,
+            pod,
+            SidecarConfig::for_mesh(&MeshPorts::istio()),
+            1337,
+        )
+        .expect("sidecar")
+    };
+    let client_sidecar = sidecar(&client);
+    let _server_sidecar = sidecar(&server);
+    let _app = start_app(&server, &bins).expect("app");
+    let api = FakeApiServer::start(None);
+    api.add_pod(api_pod(&client, "uid-client"));
+    api.add_pod(api_pod(&server, "uid-server"));
+    let dir = TempDir::new("run-restart");
+    let options = AgentOptions {
+        api: &api,
+        dir: &dir.0,
+        node: NODE,
+        cgroup: node.cgroup_path(),
+        pin_dir: &pin_dir,
+        extra: &["--on-exit", "keep"],
+    };
+    let mut agent = Agent::start(&options);
+    agent.wait_ready(Duration::from_secs(30));
+    let maps = BpfPodStore::open(&pin_dir).expect("maps");
+    for pod in [&client, &server] {
+        let cookie = pod.netns_cookie().unwrap();
+        wait_until(Duration::from_secs(10), "pod namespace found", || {
+            maps.find(pod.ipv4().into())
+                .unwrap()
+                .is_some_and(|e| e.netns == cookie)
+        })
+        .unwrap_or_else(|e| panic!("{e} for {}; agent log:\n{}", pod.name(), agent.log()));
+    }
+
+    // One persistent connection, many round trips, spanning the restart.
+    let mut cmd = std::process::Command::new(&bins.workload);
+    cmd.args([
+        "rr".to_string(),
+        format!(
+            "--to={}",
+            SocketAddr::new(IpAddr::V4(server.ipv4()), ECHO_PORT)
+        ),
+        "--count=80000".into(),
+        "--warmup=10".into(),
+    ])
+    .stdout(std::process::Stdio::piped());
+    let mut rr = client.spawn(cmd, APP_UID).expect("rr client");
+    std::thread::sleep(Duration::from_millis(200));
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", agent.log());
+    let mut successor = Agent::start(&options);
+    successor.wait_ready(Duration::from_secs(30));
+    assert!(
+        successor.log().contains("replaced in place"),
+        "{}",
+        successor.log()
+    );
+    assert!(
+        rr.child_mut().try_wait().unwrap().is_none(),
+        "the connection must still be in use after the restart: raise --count"
+    );
+    let out = rr
+        .finish(Duration::from_secs(120))
+        .expect("every round trip succeeded across the restart");
+    assert!(
+        out.contains("rr count=80000 "),
+        "every round trip answered on the one connection: {out}"
+    );
+    let records = client_sidecar.wait_for_records(1, Duration::from_secs(5));
+    assert_eq!(
+        outbound(&records),
+        1,
+        "one redirected connection: {records:#?}"
+    );
+    assert_eq!(records[0].error, None, "{records:#?}");
 }
