@@ -86,6 +86,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         Some(p) => p.clone(),
         None => mb_sys::cgroup::cgroup2_root().map_err(|e| e.to_string())?,
     };
+    // Hybrid hosts mount cgroup v2 under <cgroup v1 root>/unified; a DaemonSet written for
+    // pure v2 hosts passes /sys/fs/cgroup.
+    let cgroup = if !mb_sys::cgroup::is_cgroup2(&cgroup)
+        && mb_sys::cgroup::is_cgroup2(&cgroup.join("unified"))
+    {
+        log::info!(
+            "{} is not cgroup v2; using {}/unified (hybrid host)",
+            cgroup.display(),
+            cgroup.display()
+        );
+        cgroup.join("unified")
+    } else {
+        cgroup
+    };
     if !mb_sys::cgroup::is_cgroup2(&cgroup) {
         return Err(format!(
             "{} is not a cgroup v2 directory: pass --cgroup with a path under the cgroup2 mount",

@@ -381,4 +381,11 @@ fn run_restart_keeps_a_live_connection() {
         "one redirected connection: {records:#?}"
     );
     assert_eq!(records[0].error, None, "{records:#?}");
+
+    // Someone unloads behind the agent's back: it stops saying ready, and says why.
+    assert_eq!(successor.get("/readyz").map(|r| r.0), Some(200));
+    mb_loader::datapath::unload_datapath(&pin_dir, Some(node.cgroup_path())).expect("unload");
+    let (code, body) = successor.get("/readyz").expect("readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("pinned links are gone"), "{body}");
 }

@@ -105,6 +105,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     let status = Arc::new(AgentStatus {
         mesh: config.mesh.to_string(),
         pin_dir: config.load.pin_dir.clone(),
+        check_links: true,
         ..AgentStatus::default()
     });
     if let Some(addr) = config.metrics_addr {

@@ -61,11 +61,18 @@ pub struct AgentStatus {
     pub first_sync_ms: AtomicU64,
     pub apply_latency: Mutex<Histogram>,
     pub watcher: Mutex<Option<Arc<WatcherStats>>>,
+    /// `/readyz` also checks that the pinned links still exist.
+    pub check_links: bool,
 }
 
 impl AgentStatus {
     pub fn ready(&self) -> bool {
         self.attached.load(Ordering::SeqCst) && self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Whether the pinned links are still there (someone may have run `merbridge unload`).
+    fn links_present(&self) -> bool {
+        !self.check_links || !mb_loader::datapath::hook_status(&self.pin_dir).is_empty()
     }
 
     /// The Prometheus text exposition.
@@ -285,10 +292,14 @@ fn answer(mut conn: TcpStream, status: &AgentStatus) -> std::io::Result<()> {
     let (code, body, kind) = match (method, path) {
         ("GET", "/metrics") => (200, status.render(), "text/plain; version=0.0.4"),
         ("GET", "/healthz") => (200, "ok\n".to_string(), "text/plain"),
-        ("GET", "/readyz") if status.ready() => (200, "ready\n".to_string(), "text/plain"),
+        ("GET", "/readyz") if status.ready() && status.links_present() => {
+            (200, "ready\n".to_string(), "text/plain")
+        }
         ("GET", "/readyz") => {
             let why = if !status.attached.load(Ordering::SeqCst) {
                 "data path not attached yet\n"
+            } else if !status.links_present() {
+                "the data path's pinned links are gone (unloaded?): restart the agent\n"
             } else {
                 "waiting for the first pod list\n"
             };
