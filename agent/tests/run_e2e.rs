@@ -227,8 +227,15 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         "through the sidecar again: {records:#?}"
     );
 
-    // SIGTERM once the DaemonSet is gone: unloaded.
-    api.set_object(DS_PATH, None);
+    // SIGTERM while the DaemonSet is being deleted: unloaded.
+    api.set_object(
+        DS_PATH,
+        Some(
+            serde_json::json!({"kind":"DaemonSet","apiVersion":"apps/v1",
+            "metadata":{"name":"merbridge","namespace":"mb-system","uid":"ds-1",
+                        "deletionTimestamp":"2026-01-01T00:00:00Z"}}),
+        ),
+    );
     let status = agent.terminate(Duration::from_secs(10));
     assert!(status.success(), "agent exit: {status:?}\n{}", agent.log());
     assert!(
@@ -388,4 +395,62 @@ fn run_restart_keeps_a_live_connection() {
     let (code, body) = successor.get("/readyz").expect("readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("pinned links are gone"), "{body}");
+}
+
+/// No pods at all, the DaemonSet gone (404): SIGTERM unloads; `--on-exit` parsing and the
+/// empty first list are covered on the way.
+#[test]
+fn run_unloads_when_its_daemonset_is_gone() {
+    if !mb_sys::testing::kernel_tests_enabled("run_unloads_when_its_daemonset_is_gone") {
+        return;
+    }
+    let cgroup = mb_sys::cgroup::OwnedCgroup::create_private("mb-test-run-gone").expect("cgroup");
+    let bpffs = PrivateBpffs::new("mb-run-gone").expect("private bpffs");
+    let pin_dir = bpffs.path().join("merbridge");
+    let _cleanup = UnloadOnDrop {
+        pin_dir: pin_dir.clone(),
+        cgroup: cgroup.path().to_path_buf(),
+    };
+    let api = FakeApiServer::start(None);
+    let dir = TempDir::new("run-gone");
+    let options = AgentOptions {
+        api: &api,
+        dir: &dir.0,
+        node: NODE,
+        cgroup: cgroup.path(),
+        pin_dir: &pin_dir,
+        extra: &[
+            "--on-exit",
+            "auto",
+            "--daemonset-namespace",
+            "mb-system",
+            "--daemonset-name",
+            "merbridge",
+        ],
+    };
+    let mut agent = Agent::start(&options);
+    agent.wait_ready(Duration::from_secs(30));
+    assert!(!hook_status(&pin_dir).is_empty());
+    let metrics = agent.get("/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("merbridge_pods{mesh=\"istio\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("merbridge_map_entries{map=\"pod_ips\"} 0"),
+        "{metrics}"
+    );
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", agent.log());
+    assert!(
+        agent.log().contains("is gone: unloading"),
+        "{}",
+        agent.log()
+    );
+    assert!(hook_status(&pin_dir).is_empty());
+    assert!(!pin_dir.exists());
+    assert!(
+        api.requests().iter().any(|r| r.path == DS_PATH),
+        "asked the API about its DaemonSet"
+    );
 }

@@ -278,6 +278,23 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             Err(RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
                 if now >= next_full_scan {
+                    let missing = sync.without_netns();
+                    if !missing.is_empty() {
+                        let names: Vec<String> = missing
+                            .iter()
+                            .take(5)
+                            .filter_map(|(uid, _)| sync.pod_ref(uid))
+                            .map(|r| format!("{}/{}", r.namespace, r.name))
+                            .collect();
+                        log::warn!(
+                            "{} meshed pods have no network namespace on this host yet (their \
+                             inbound is intercepted, their outbound not until it is found; \
+                             hostPID is needed to see them): {}{}",
+                            missing.len(),
+                            names.join(", "),
+                            if missing.len() > 5 { ", ..." } else { "" }
+                        );
+                    }
                     // Also re-checks the namespaces already known (a sandbox may be replaced).
                     request_scan(sync.all_pods());
                     next_full_scan = now + config.rescan_interval;

@@ -253,6 +253,11 @@ impl<S: PodStore> PodSync<S> {
         self.desired.get(uid).map(|d| d.ips.as_slice())
     }
 
+    /// The namespace/name of a meshed pod, for messages.
+    pub fn pod_ref(&self, uid: &str) -> Option<&PodRef> {
+        self.desired.get(uid).map(|d| &d.pod_ref)
+    }
+
     /// Every meshed pod: `(uid, ips)`.
     pub fn all_pods(&self) -> Vec<(String, Vec<IpAddr>)> {
         self.desired
