@@ -239,6 +239,11 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
     let status = agent.terminate(Duration::from_secs(10));
     assert!(status.success(), "agent exit: {status:?}\n{}", agent.log());
     assert!(
+        agent.log().contains("is being deleted: unloading"),
+        "{}",
+        agent.log()
+    );
+    assert!(
         hook_status(&pin_dir).is_empty(),
         "detached:\n{}",
         agent.log()
