@@ -1,0 +1,68 @@
+//! The pod-identity scanner against real namespaces (root): a test-bed pod is a named network
+//! namespace with addresses and, at first, no process in it — found through `/run/netns` by
+//! entering it; then with a process in it — found through `/proc/<pid>/ns/net` without
+//! entering. Either way the cookie is the namespace's own.
+
+use mb_testbed::{Node, PodSpec};
+use merbridge::run::NetnsScanner;
+use std::net::{IpAddr, Ipv6Addr};
+use std::process::Command;
+
+#[test]
+fn scanner_finds_a_pod_namespace_by_its_addresses() {
+    if !mb_sys::testing::kernel_tests_enabled("scanner_finds_a_pod_namespace_by_its_addresses") {
+        return;
+    }
+    let node = Node::new("scan").expect("node");
+    let mut spec = PodSpec::named("lonely");
+    let base = node.gateway_v6().segments();
+    let pid = std::process::id();
+    // Unique to this process: other test beds reuse the IPv4 subnets.
+    let v6 = Ipv6Addr::new(
+        base[0],
+        base[1],
+        base[2],
+        0,
+        0x79,
+        (pid >> 16) as u16,
+        pid as u16,
+        9,
+    );
+    spec.ipv6 = Some(v6);
+    let pod = node.add_pod(spec).expect("pod");
+    let ips = [IpAddr::V4(pod.ipv4()), IpAddr::V6(v6)];
+    let cookie = pod.netns_cookie().unwrap();
+
+    let mut scanner = NetnsScanner::new();
+    let stats = scanner.scan();
+    assert!(stats.namespaces >= 2, "{stats:?}");
+    assert_eq!(scanner.cookie_for(&ips), Some(cookie), "via /run/netns");
+    assert_eq!(scanner.cookie_for(&["192.0.2.254".parse().unwrap()]), None);
+
+    // Through /proc only (no /run/netns): a process must live in the namespace.
+    let mut procs_only = NetnsScanner::with_roots(std::path::Path::new("/proc"), vec![]);
+    procs_only.scan();
+    assert_eq!(procs_only.cookie_for(&ips), None, "no process in it yet");
+    let mut sleeper = pod
+        .spawn(
+            {
+                let mut c = Command::new("sleep");
+                c.arg("30");
+                c
+            },
+            0,
+        )
+        .expect("a process in the pod");
+    let stats = procs_only.scan();
+    assert!(stats.new_namespaces >= 1, "{stats:?}");
+    assert_eq!(
+        procs_only.cookie_for(&ips),
+        Some(cookie),
+        "via /proc/<pid>/ns/net"
+    );
+    let _ = sleeper.child_mut().kill();
+    let _ = sleeper.child_mut().wait();
+    let stats = procs_only.scan();
+    assert!(stats.gone >= 1, "{stats:?}");
+    assert_eq!(procs_only.cookie_for(&ips), None, "forgotten when gone");
+}
