@@ -3,21 +3,19 @@
 //! side-by-side comparison. Everything lives in a private cgroup, network namespaces and a
 //! private bpffs, and is removed at the end.
 
+use crate::bench::env::{add_real_pod, Datapath};
 use clap::Args;
-use mb_loader::attach::AttachMode;
-use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants, PinLayout};
+use mb_loader::datapath::PinLayout;
 use mb_maps::datapath::{MAP_COUNTERS, SPLICE_ALL, SPLICE_SIDECARS};
 use mb_maps::layout::Counter;
 use mb_maps::PerCpuArray;
-use mb_sys::bpffs::PrivateBpffs;
 use mb_testbed::scenarios::{
     run_client, start_app, Binaries, APP_UID, BULK_PORT, ECHO_PORT, WHOAMI_PORT,
 };
 use mb_testbed::sidecar::Record;
 use mb_testbed::workload::{parse_kv, BulkStats, CrrStats, LatencyStats};
 use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig, Spawned};
-use merbridge::mesh::{Mesh, PodPolicy};
-use merbridge::pods::{LocalPod, PodMaps};
+use merbridge::pods::PodMaps;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -61,20 +59,6 @@ struct Measured {
     counters: Vec<(Counter, u64)>,
 }
 
-/// A merbridge data path on a node's cgroup, unloaded on drop.
-struct Datapath {
-    pin_dir: std::path::PathBuf,
-    _bpffs: PrivateBpffs,
-}
-
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        if let Err(e) = unload_datapath(&self.pin_dir, None) {
-            eprintln!("merbridge demo: unloading: {e}");
-        }
-    }
-}
-
 fn io<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
     move |e| format!("{what}: {e}")
 }
@@ -83,34 +67,12 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
     let mesh = MeshPorts::istio();
     let node = Node::new(&format!("demo-{}", setup.name())).map_err(io("create node"))?;
     let datapath = if setup == Setup::Merbridge {
-        let bpffs = PrivateBpffs::new("mb-demo").map_err(io("mount a private bpffs"))?;
-        let pin_dir = bpffs.path().join("merbridge");
-        let d = Mesh::Istio.defaults();
-        load_datapath(&LoadOptions {
-            cgroup: node.cgroup_path().to_path_buf(),
-            pin_dir: pin_dir.clone(),
-            constants: MeshConstants {
-                outbound_port: d.outbound_port,
-                inbound_port: d.inbound_port,
-                proxy_uid: d.proxy_uid,
-                dns_port: 15053,
-                splice_mode: if args.splice_all {
-                    SPLICE_ALL
-                } else {
-                    SPLICE_SIDECARS
-                },
-            },
-            ipv6: true,
-            dns_capture: false,
-            bind4: false,
-            mode: AttachMode::Auto,
-            netns_keys: None,
-        })
-        .map_err(|e| format!("load the data path: {e}"))?;
-        Some(Datapath {
-            pin_dir,
-            _bpffs: bpffs,
-        })
+        let splice = if args.splice_all {
+            SPLICE_ALL
+        } else {
+            SPLICE_SIDECARS
+        };
+        Some(Datapath::load(node.cgroup_path(), splice)?)
     } else {
         None
     };
@@ -124,7 +86,7 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
     if setup != Setup::Direct {
         for (name, pod) in [("productpage", &client), ("reviews", &server)] {
             match &datapath {
-                Some(d) => add_pod(&d.pin_dir, pod)?,
+                Some(d) => add_real_pod(&PodMaps::open(d.pin_dir())?, pod)?,
                 None => Interception::Iptables(mesh.clone())
                     .install_pod(pod)
                     .map_err(io("install iptables rules"))?,
@@ -199,7 +161,7 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
         })
         .collect();
     let counters = match &datapath {
-        Some(d) => read_counters(&d.pin_dir)?,
+        Some(d) => read_counters(d.pin_dir())?,
         None => Vec::new(),
     };
     drop(sidecars);
@@ -218,18 +180,6 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
 fn client_line(pod: &Pod, bins: &Binaries, args: &[&str]) -> Result<String, String> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     run_client(pod, bins, APP_UID, &args).map_err(|e| format!("{}: {e}", args[0]))
-}
-
-fn add_pod(pin_dir: &std::path::Path, pod: &Pod) -> Result<(), String> {
-    let maps = PodMaps::open(pin_dir)?;
-    let cookie = pod.netns_cookie().map_err(io("netns cookie"))?;
-    maps.upsert(&LocalPod {
-        ips: vec![pod.ipv4().into(), pod.ipv6().into()],
-        netns_cookie: cookie,
-        policy: PodPolicy::defaults(Mesh::Istio),
-        dns_capture: false,
-    })?;
-    Ok(())
 }
 
 fn read_counters(pin_dir: &std::path::Path) -> Result<Vec<(Counter, u64)>, String> {
