@@ -26,7 +26,10 @@ fn quick_bench_completes_with_every_measure() {
         "bench failed: {}\n{stdout}\n{stderr}",
         out.status
     );
-    assert!(stdout.contains("mb/ipt") && stdout.contains("== goals"), "{stdout}");
+    assert!(
+        stdout.contains("mb/ipt") && stdout.contains("== goals"),
+        "{stdout}"
+    );
     assert!(stderr.contains("round 1/1"), "no progress lines: {stderr}");
 
     let text = std::fs::read_to_string(&json_path).expect("JSON written");
@@ -61,7 +64,10 @@ fn quick_bench_completes_with_every_measure() {
             }
             assert!(entry["medians"]["rr_p50_us"].as_f64() > Some(0.0));
             assert!(entry["medians"]["bulk_mbit_s"].as_f64() > Some(0.0));
-            assert!(!entry["rr_histogram"].as_array().expect("histogram").is_empty());
+            assert!(!entry["rr_histogram"]
+                .as_array()
+                .expect("histogram")
+                .is_empty());
         }
         // What the goals rest on: merbridge creates no conntrack entries, iptables does.
         let conntrack = |setup: &str| {
@@ -90,15 +96,16 @@ fn quick_bench_completes_with_every_measure() {
         assert!(c["iptables_node_table_us"].as_f64() > Some(0.0), "{c}");
     }
     assert!(json["control_plane"]["iptables_pod_netns_us"].as_f64() > Some(0.0));
-    assert_eq!(
-        json["goals"]["same-node"].as_array().map(Vec::len),
-        Some(5)
-    );
+    assert_eq!(json["goals"]["same-node"].as_array().map(Vec::len), Some(5));
 
     let svg = std::fs::read_to_string(&svg_path).expect("SVG written");
     assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("<path d=\"M") && svg.contains("<rect x="));
     let opened = svg.matches("<text").count();
-    assert_eq!(opened, svg.matches("</text>").count(), "unbalanced text tags");
+    assert_eq!(
+        opened,
+        svg.matches("</text>").count(),
+        "unbalanced text tags"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
