@@ -32,6 +32,9 @@ pub struct Checkpoint {
     pub merbridge_us: f64,
     /// merbridge: median over the adds of pods N-w+1..=N (w = min(N, 50)): less noise.
     pub merbridge_window_median_us: f64,
+    /// The agent's path (`merbridge run`: `PodSync::upsert` + `set_cookie` into the maps):
+    /// median over the adds of pods N-w+1..=N.
+    pub agent_window_median_us: f64,
     /// iptables per-node table: median of three adds at N, N+1, N+2.
     pub iptables_node_us: Option<f64>,
     /// Rules in the node table when pod N was added.
@@ -72,6 +75,14 @@ pub fn run(max_pods: u32, progress: &dyn Fn(&str)) -> ControlPlane {
             Vec::new()
         }
     };
+    progress(&format!("merbridge agent sync: adding {max_pods} pods"));
+    let agent = match agent_adds(max_pods) {
+        Ok(times) => times,
+        Err(e) => {
+            cp.errors.push(format!("merbridge agent: {e}"));
+            Vec::new()
+        }
+    };
     cp.merbridge_total_s = merbridge.iter().sum::<f64>() / 1e6;
     let netns = NamedNetns::create(&format!("mb-bench-ipt-{}", std::process::id()));
     let netns = match netns {
@@ -93,6 +104,12 @@ pub fn run(max_pods: u32, progress: &dyn Fn(&str)) -> ControlPlane {
         } else {
             (f64::NAN, f64::NAN)
         };
+        let agent_window_median_us = if agent.len() >= n as usize {
+            let w = (n as usize).min(50);
+            median(&agent[n as usize - w..n as usize]).unwrap_or(f64::NAN)
+        } else {
+            f64::NAN
+        };
         let mut iptables_node_us = None;
         let mut rules = 0;
         if let Some(ns) = &netns {
@@ -109,6 +126,7 @@ pub fn run(max_pods: u32, progress: &dyn Fn(&str)) -> ControlPlane {
             pods: n,
             merbridge_us,
             merbridge_window_median_us: window,
+            agent_window_median_us,
             iptables_node_us,
             iptables_node_rules: rules,
         });
@@ -133,6 +151,48 @@ fn merbridge_adds(n: u32) -> Result<Vec<f64>, String> {
         let start = Instant::now();
         maps.upsert(&pod)
             .map_err(|e| format!("add pod {i} of {n}: {e}"))?;
+        times.push(start.elapsed().as_nanos() as f64 / 1e3);
+    }
+    Ok(times)
+}
+
+/// Adds pods 1..=n the way `merbridge run` does (its map sync: the pod from the API, then its
+/// namespace cookie); the time of each add in microseconds.
+fn agent_adds(n: u32) -> Result<Vec<f64>, String> {
+    use merbridge::k8s::{ContainerInfo, PodInfo};
+    use merbridge::mesh::Mesh;
+    use merbridge::run::{BpfPodStore, PodSync};
+    let cgroup = OwnedCgroup::create_private("mb-bench-cp")
+        .map_err(|e| format!("create a private cgroup: {e}"))?;
+    let datapath = Datapath::load(cgroup.path(), SPLICE_SIDECARS)?;
+    let store = BpfPodStore::open(datapath.pin_dir())?;
+    let mut sync = PodSync::new(store, Mesh::Istio, false);
+    sync.reconcile()?;
+    let mut times = Vec::with_capacity(n as usize);
+    for i in 1..=n {
+        let fake = fake_pod(i);
+        let mut pod = PodInfo {
+            uid: format!("bench-{i}"),
+            name: format!("bench-{i}"),
+            namespace: "default".into(),
+            phase: "Running".into(),
+            pod_ips: fake.ips.clone(),
+            containers: ["app", "istio-proxy"]
+                .into_iter()
+                .map(|name| ContainerInfo {
+                    name: name.into(),
+                    ..ContainerInfo::default()
+                })
+                .collect(),
+            ..PodInfo::default()
+        };
+        pod.annotations
+            .insert("sidecar.istio.io/status".into(), "{}".into());
+        let start = Instant::now();
+        sync.upsert(&pod)
+            .map_err(|e| format!("add pod {i} of {n}: {e}"))?;
+        sync.set_cookie(&pod.uid, fake.netns_cookie)
+            .map_err(|e| format!("pod {i}: set its namespace: {e}"))?;
         times.push(start.elapsed().as_nanos() as f64 / 1e3);
     }
     Ok(times)

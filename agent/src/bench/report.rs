@@ -221,21 +221,22 @@ pub fn table(results: &Results) -> String {
     let cp = &results.control;
     let _ = writeln!(
         out,
-        "\n== control plane: time to add the N-th pod ==\n{:>8}{:>16}{:>22}{:>22}{:>14}{:>12}",
-        "N", "merbridge us", "merbridge us (median", "iptables node table", "table rules", "ipt/mb"
+        "\n== control plane: time to add the N-th pod ==\n{:>8}{:>14}{:>22}{:>16}{:>22}{:>14}{:>12}",
+        "N", "PodMaps us", "PodMaps us (median", "agent sync us", "iptables node table", "table rules", "ipt/mb"
     );
     let _ = writeln!(
         out,
-        "{:>8}{:>16}{:>22}{:>22}{:>14}{:>12}",
-        "", "(pod N)", "of last <=50 adds)", "us (median of 3)", "", ""
+        "{:>8}{:>14}{:>22}{:>16}{:>22}{:>14}{:>12}",
+        "", "(pod N)", "of last <=50 adds)", "(same median)", "us (median of 3)", "", ""
     );
     for c in &cp.checkpoints {
         let _ = writeln!(
             out,
-            "{:>8}{:>16}{:>22}{:>22}{:>14}{:>12}",
+            "{:>8}{:>14}{:>22}{:>16}{:>22}{:>14}{:>12}",
             c.pods,
             fmt_value(Some(c.merbridge_us)),
             fmt_value(Some(c.merbridge_window_median_us)),
+            fmt_value(Some(c.agent_window_median_us).filter(|v| v.is_finite())),
             fmt_value(c.iptables_node_us),
             c.iptables_node_rules,
             fmt_ratio(ratio(
@@ -371,6 +372,7 @@ pub fn to_json(results: &Results, command: &str) -> Value {
                 "pods": c.pods,
                 "merbridge_us": opt(Some(c.merbridge_us)),
                 "merbridge_window_median_us": opt(Some(c.merbridge_window_median_us)),
+                "agent_sync_window_median_us": opt(Some(c.agent_window_median_us)),
                 "iptables_node_table_us": opt(c.iptables_node_us),
                 "iptables_node_table_rules": c.iptables_node_rules,
                 "iptables_over_merbridge": opt(ratio(c.iptables_node_us, Some(c.merbridge_window_median_us))),
