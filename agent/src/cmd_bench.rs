@@ -12,7 +12,7 @@ pub struct BenchArgs {
     /// Small counts, one round, 1,000 pods for the control plane: well under a minute.
     #[arg(long)]
     pub quick: bool,
-    /// Rounds per setup (interleaved; medians are reported). Default 5, 1 with --quick.
+    /// Rounds per setup (interleaved; medians are reported). Default 9, 1 with --quick.
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Write the results as JSON to FILE.

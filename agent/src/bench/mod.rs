@@ -55,12 +55,14 @@ impl Plan {
                 bulk_bytes: 16 << 20,
             }
         } else {
+            // Many short rounds rather than few long ones: on a shared machine load comes in
+            // bursts, and a median over more rounds shrugs them off better.
             Counts {
-                rr: 20_000,
-                rr_warmup: 2_000,
-                rr_parallel: 40_000,
-                crr: 3_000,
-                bulk_bytes: 256 << 20,
+                rr: 10_000,
+                rr_warmup: 1_000,
+                rr_parallel: 20_000,
+                crr: 2_000,
+                bulk_bytes: 128 << 20,
             }
         };
         let topologies: Vec<Topology> = Topology::ALL
@@ -84,7 +86,7 @@ impl Plan {
         }
         Plan {
             quick,
-            rounds: rounds.unwrap_or(if quick { 1 } else { 5 }).max(1),
+            rounds: rounds.unwrap_or(if quick { 1 } else { 9 }).max(1),
             counts,
             topologies,
             setups,
