@@ -527,8 +527,15 @@ fn dns_queries_reach_the_dns_proxy_and_replies_show_the_server() {
             "the reply shows the server: {out}"
         );
     }
-    assert_eq!(c.loaded.counter("dns_redirects"), 2);
-    assert_eq!(c.loaded.counter("dns_restores"), 2);
+    // Two queries; a slow machine (TCG guests) may retry one, never fewer.
+    let (redirects, restores) = (
+        c.loaded.counter("dns_redirects"),
+        c.loaded.counter("dns_restores"),
+    );
+    assert!(
+        redirects >= 2 && restores >= 2,
+        "{redirects} redirected, {restores} restored"
+    );
     // The proxy's own queries go out unchanged.
     let dns = SocketAddr::new(c.ip(server, false), 53);
     let out = mb_testbed::scenarios::run_client(
