@@ -1,34 +1,14 @@
 //! The scenarios under the iptables baseline (Istio's rules), and under no interception as a
 //! control. The merbridge variant will add a file like this one with its own mode.
 
-use mb_sys::testing::kernel_tests_enabled;
-use mb_testbed::scenarios::{self, Binaries};
+mod common;
+
+use mb_testbed::scenarios;
 use mb_testbed::sidecar::RelayMode;
 use mb_testbed::{Interception, MeshPorts};
 
-fn bins() -> Binaries {
-    Binaries {
-        sidecar: env!("CARGO_BIN_EXE_mb-sidecar").into(),
-        workload: env!("CARGO_BIN_EXE_mb-workload").into(),
-    }
-}
-
 fn istio() -> Interception {
     Interception::Iptables(MeshPorts::istio())
-}
-
-macro_rules! scenario_tests {
-    ($($name:ident => $body:expr;)*) => {$(
-        #[test]
-        fn $name() {
-            if !kernel_tests_enabled(stringify!($name)) {
-                return;
-            }
-            let bins = bins();
-            let run: &dyn Fn(&Binaries) = &$body;
-            run(&bins);
-        }
-    )*};
 }
 
 scenario_tests! {

@@ -1,34 +1,14 @@
 //! The same scenarios as `scenarios_iptables.rs`, with merbridge instead of iptables: the
 //! `merbridge` binary loads the data path on each node's cgroup and adds each meshed pod.
 
-use mb_sys::testing::kernel_tests_enabled;
-use mb_testbed::scenarios::{self, Binaries};
+mod common;
+
+use mb_testbed::scenarios;
 use mb_testbed::sidecar::RelayMode;
 use mb_testbed::{Interception, MeshPorts};
 
-fn bins() -> Binaries {
-    Binaries {
-        sidecar: env!("CARGO_BIN_EXE_mb-sidecar").into(),
-        workload: env!("CARGO_BIN_EXE_mb-workload").into(),
-    }
-}
-
 fn istio() -> Interception {
     Interception::Merbridge(MeshPorts::istio())
-}
-
-macro_rules! scenario_tests {
-    ($($name:ident => $body:expr;)*) => {$(
-        #[test]
-        fn $name() {
-            if !kernel_tests_enabled(stringify!($name)) {
-                return;
-            }
-            let bins = bins();
-            let run: &dyn Fn(&Binaries) = &$body;
-            run(&bins);
-        }
-    )*};
 }
 
 scenario_tests! {

@@ -1,0 +1,27 @@
+//! Shared by the scenario test files: the test bed's binaries and the test-generating macro.
+
+use mb_testbed::scenarios::Binaries;
+
+/// This package's `mb-sidecar` and `mb-workload`, as Cargo built them for these tests.
+pub fn bins() -> Binaries {
+    Binaries {
+        sidecar: env!("CARGO_BIN_EXE_mb-sidecar").into(),
+        workload: env!("CARGO_BIN_EXE_mb-workload").into(),
+    }
+}
+
+/// One `#[test]` per `name => |bins| body;` line, each gated on root and the kernel.
+#[macro_export]
+macro_rules! scenario_tests {
+    ($($name:ident => $body:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            if !mb_sys::testing::kernel_tests_enabled(stringify!($name)) {
+                return;
+            }
+            let bins = common::bins();
+            let run: &dyn Fn(&mb_testbed::scenarios::Binaries) = &$body;
+            run(&bins);
+        }
+    )*};
+}
