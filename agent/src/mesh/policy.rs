@@ -94,34 +94,10 @@ impl PortRanges {
             .sum()
     }
 
-    /// Every port, ascending (a range of 60,000 ports yields 60,000 items: prefer
-    /// [`prefix_blocks`](PortRanges::prefix_blocks) for maps).
+    /// Every port, ascending (a range of 60,000 ports yields 60,000 items: the maps store
+    /// ranges as prefixes, `mb_maps::layout::PortRuleKey::cover_range`).
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.0.iter().flat_map(|&(lo, hi)| lo..=hi)
-    }
-
-    /// The smallest cover by aligned blocks `(first port, prefix length of 16)`, for an LPM
-    /// trie keyed by port: `8100-8103` is `(8100, 14)`; any range needs at most 30 blocks.
-    pub fn prefix_blocks(&self) -> Vec<(u16, u8)> {
-        let mut out = Vec::new();
-        for &(lo, hi) in &self.0 {
-            let mut start = u32::from(lo);
-            let end = u32::from(hi);
-            while start <= end {
-                // Largest aligned block starting at `start` that stays within `end`.
-                let mut size_log = if start == 0 {
-                    16
-                } else {
-                    start.trailing_zeros().min(16)
-                };
-                while start + (1u32 << size_log) - 1 > end {
-                    size_log -= 1;
-                }
-                out.push((start as u16, (16 - size_log) as u8));
-                start += 1u32 << size_log;
-            }
-        }
-        out
     }
 }
 
@@ -973,7 +949,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn port_ranges_merge_and_prefix_blocks() {
+    fn port_ranges_merge() {
         let mut set = PortRanges::new();
         set.insert(8102, 8100);
         set.insert(8103, 8103);
@@ -982,34 +958,6 @@ mod tests {
         assert_eq!(set.ranges(), &[(21, 22), (8100, 8103)]);
         assert_eq!(set.to_string(), "21-22,8100-8103");
         assert!(set.contains(8101) && !set.contains(8104) && !set.contains(20));
-        assert_eq!(set.prefix_blocks(), vec![(21, 16), (22, 16), (8100, 14)]);
-        let all = {
-            let mut s = PortRanges::new();
-            s.insert(0, 65535);
-            s
-        };
-        assert_eq!(all.prefix_blocks(), vec![(0, 0)]);
-        // Every range is covered exactly by its blocks.
-        for (lo, hi) in [
-            (1u16, 65535u16),
-            (3, 1000),
-            (65535, 65535),
-            (0, 1),
-            (4096, 8191),
-        ] {
-            let mut s = PortRanges::new();
-            s.insert(lo, hi);
-            let mut covered = 0u32;
-            for (start, len) in s.prefix_blocks() {
-                let size = 1u32 << (16 - len);
-                assert_eq!(u32::from(start) % size, 0, "block aligned");
-                assert!(u32::from(start) >= u32::from(lo));
-                assert!(u32::from(start) + size - 1 <= u32::from(hi));
-                covered += size;
-            }
-            assert_eq!(covered, s.port_count());
-            assert!(s.prefix_blocks().len() <= 30);
-        }
     }
 
     #[test]
