@@ -11,13 +11,13 @@
 //! [`Record`] line per finished connection. [`Sidecar`] starts the binary in a pod and
 //! collects those lines.
 
+mod event_loop;
+
 use crate::node::{Pod, Spawned};
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
-};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -54,6 +54,10 @@ pub struct SidecarConfig {
     /// Relay buffer size per direction (read-write mode) in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     pub buffer: usize,
+    /// Worker threads, each an event loop serving many connections (Envoy's `--concurrency`;
+    /// Istio's sidecars run 2).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
     /// Refuse to start unless running as this UID (the UID the interception exempts).
     #[arg(long)]
     pub expect_uid: Option<u32>,
@@ -77,6 +81,7 @@ impl Default for SidecarConfig {
             passthrough_v6: Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6),
             relay: RelayMode::ReadWrite,
             buffer: 64 * 1024,
+            workers: 2,
             expect_uid: None,
             no_ipv6: false,
             dns_port: None,
@@ -112,6 +117,7 @@ impl SidecarConfig {
                 }
             ),
             format!("--buffer={}", self.buffer),
+            format!("--workers={}", self.workers),
         ];
         if let Some(uid) = self.expect_uid {
             a.push(format!("--expect-uid={uid}"));
@@ -231,7 +237,12 @@ pub fn run(config: SidecarConfig) -> io::Result<()> {
             "--buffer must be at least 1",
         ));
     }
-    let config = Arc::new(config);
+    if config.workers == 0 || config.workers > 256 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("--workers must be 1 to 256, not {}", config.workers),
+        ));
+    }
     let mut listeners = Vec::new();
     for (listener, port) in [
         (Listener::Outbound, config.outbound_port),
@@ -257,34 +268,43 @@ pub fn run(config: SidecarConfig) -> io::Result<()> {
             dns_sockets.push(bind_udp(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port))?);
         }
     }
-    let out = Arc::new(Mutex::new(io::stdout()));
+    for (_, listener) in &listeners {
+        listener.set_nonblocking(true)?;
+    }
+    let shared = Arc::new(event_loop::Shared {
+        config,
+        listeners,
+        out: Mutex::new(io::stdout()),
+    });
+    let config = &shared.config;
     {
-        let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut o = shared.out.lock().unwrap_or_else(|p| p.into_inner());
         writeln!(
             o,
-            "ready outbound={} inbound={} uid={} relay={:?}",
+            "ready outbound={} inbound={} uid={} relay={:?} workers={}",
             config.outbound_port,
             config.inbound_port,
             nix::unistd::geteuid(),
-            config.relay
+            config.relay,
+            config.workers
         )?;
         o.flush()?;
     }
-    let mut threads = Vec::new();
-    for (kind, listener) in listeners {
-        let config = Arc::clone(&config);
-        let out = Arc::clone(&out);
-        threads.push(std::thread::spawn(move || {
-            accept_loop(kind, listener, config, out)
-        }));
+    let mut workers = Vec::new();
+    for _ in 0..config.workers {
+        let shared = Arc::clone(&shared);
+        workers.push(std::thread::spawn(move || event_loop::worker(shared)));
     }
     for socket in dns_sockets {
-        let out = Arc::clone(&out);
-        let answer = config.dns_answer;
-        threads.push(std::thread::spawn(move || dns_loop(socket, answer, out)));
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || dns_loop(socket, shared));
     }
-    for t in threads {
-        let _ = t.join();
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(io::Error::other(format!("worker failed: {e}"))),
+            Err(_) => return Err(io::Error::other("worker panicked")),
+        }
     }
     Ok(())
 }
@@ -311,7 +331,9 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// The DNS proxy: answers every query itself (like Istio's DNS proxy for names it knows) and
 /// prints `dns peer=<client> local=<socket address>` per query.
-fn dns_loop(socket: UdpSocket, answer: Ipv4Addr, out: Arc<Mutex<io::Stdout>>) {
+fn dns_loop(socket: UdpSocket, shared: Arc<event_loop::Shared>) {
+    let answer = shared.config.dns_answer;
+    let out = &shared.out;
     let local = socket.local_addr().ok();
     let mut buf = [0u8; 512];
     loop {
@@ -356,223 +378,6 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN),
     )?;
     Ok(TcpListener::from(fd))
-}
-
-fn accept_loop(
-    kind: Listener,
-    listener: TcpListener,
-    config: Arc<SidecarConfig>,
-    out: Arc<Mutex<io::Stdout>>,
-) {
-    loop {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let config = Arc::clone(&config);
-                let out = Arc::clone(&out);
-                std::thread::spawn(move || {
-                    let record = handle(kind, stream, peer, &config);
-                    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-                    let _ = writeln!(o, "{record}");
-                    let _ = o.flush();
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                eprintln!("mb-sidecar: accept on {kind}: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-fn handle(
-    kind: Listener,
-    downstream: TcpStream,
-    peer: SocketAddr,
-    config: &SidecarConfig,
-) -> Record {
-    let local = downstream.local_addr().unwrap_or(peer);
-    let mut record = Record {
-        listener: kind,
-        peer,
-        local,
-        original_dst: None,
-        upstream_local: None,
-        bytes_up: 0,
-        bytes_down: 0,
-        error: None,
-    };
-    let fail = |mut record: Record, what: &str, e: &dyn fmt::Display| {
-        record.error = Some(format!("{what}:{e}").replace(char::is_whitespace, "_"));
-        record
-    };
-    let original = match mb_sys::sockopt::original_dst_for(downstream.as_fd(), &local) {
-        Ok(a) => a,
-        Err(e) => return fail(record, "no_original_dst", &e),
-    };
-    record.original_dst = Some(original);
-    // A connection whose original destination is one of our own listeners would loop forever.
-    if original.port() == config.outbound_port || original.port() == config.inbound_port {
-        return fail(
-            record,
-            "loop",
-            &format!("original_dst_{original}_is_a_sidecar_port"),
-        );
-    }
-    let source = match (kind, original.ip()) {
-        (Listener::Inbound, IpAddr::V4(_)) => {
-            Some(SocketAddr::new(config.passthrough_v4.into(), 0))
-        }
-        (Listener::Inbound, IpAddr::V6(_)) => {
-            Some(SocketAddr::new(config.passthrough_v6.into(), 0))
-        }
-        (Listener::Outbound, _) => None,
-    };
-    let upstream = match connect_from(source, original) {
-        Ok(s) => s,
-        Err(e) => return fail(record, "connect", &e),
-    };
-    record.upstream_local = upstream.local_addr().ok();
-    let _ = downstream.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-    match relay_both(downstream, upstream, config) {
-        Ok((up, down)) => {
-            record.bytes_up = up;
-            record.bytes_down = down;
-            record
-        }
-        Err((up, down, e)) => {
-            record.bytes_up = up;
-            record.bytes_down = down;
-            fail(record, "relay", &e)
-        }
-    }
-}
-
-fn connect_from(source: Option<SocketAddr>, to: SocketAddr) -> io::Result<TcpStream> {
-    match source {
-        None => TcpStream::connect_timeout(&to, Duration::from_secs(10)),
-        Some(source) => crate::workload::connect_from(source, to),
-    }
-}
-
-type RelayResult = Result<(u64, u64), (u64, u64, io::Error)>;
-
-/// Relays in both directions (one on this thread, one on a helper) until both have ended.
-fn relay_both(downstream: TcpStream, upstream: TcpStream, config: &SidecarConfig) -> RelayResult {
-    let (down_r, up_w) = match (downstream.try_clone(), upstream.try_clone()) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return Err((0, 0, e)),
-    };
-    let mode = config.relay;
-    let buffer = config.buffer;
-    let up = std::thread::spawn(move || relay_one(down_r, up_w, mode, buffer));
-    let down = relay_one(upstream, downstream, mode, buffer);
-    let up = up
-        .join()
-        .unwrap_or_else(|_| (0, Some(io::Error::other("relay thread panicked"))));
-    match (up, down) {
-        ((u, None), (d, None)) => Ok((u, d)),
-        ((u, Some(e)), (d, _)) | ((u, None), (d, Some(e))) => Err((u, d, e)),
-    }
-}
-
-/// Copies `from` → `to` until EOF, then half-closes `to`. On an error both sockets are shut
-/// down so the other direction ends too.
-fn relay_one(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    mode: RelayMode,
-    buffer: usize,
-) -> (u64, Option<io::Error>) {
-    let result = match mode {
-        RelayMode::ReadWrite => copy_read_write(&mut from, &mut to, buffer),
-        RelayMode::Splice => copy_splice(&from, &to),
-    };
-    match result {
-        Ok(n) => {
-            let _ = to.shutdown(Shutdown::Write);
-            (n, None)
-        }
-        Err((n, e)) => {
-            let _ = to.shutdown(Shutdown::Both);
-            let _ = from.shutdown(Shutdown::Both);
-            (n, Some(e))
-        }
-    }
-}
-
-fn copy_read_write(
-    from: &mut TcpStream,
-    to: &mut TcpStream,
-    buffer: usize,
-) -> Result<u64, (u64, io::Error)> {
-    let mut buf = vec![0u8; buffer];
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // A socket in a sockhash can return EAGAIN from a *blocking* read when its wait
-            // queue is woken without data (tcp_bpf_recvmsg, e.g. when the other relay thread
-            // half-closes it). Envoy is event-driven and simply waits for readiness again;
-            // so do we.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_readable(from).map_err(|e| (total, e))?;
-                continue;
-            }
-            Err(e) => return Err((total, e)),
-        };
-        if let Err(e) = to.write_all(&buf[..n]) {
-            return Err((total, e));
-        }
-        total += n as u64;
-    }
-}
-
-/// Blocks until `socket` is readable (data, EOF or error).
-fn wait_readable(socket: &TcpStream) -> io::Result<()> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    loop {
-        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-fn copy_splice(from: &TcpStream, to: &TcpStream) -> Result<u64, (u64, io::Error)> {
-    use nix::fcntl::{splice, SpliceFFlags};
-    let (pipe_r, pipe_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| (0, e.into()))?;
-    let flags = SpliceFFlags::SPLICE_F_MOVE;
-    let mut total = 0u64;
-    loop {
-        let n = match splice(from.as_fd(), None, pipe_w.as_fd(), None, 1 << 16, flags) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err((total, e.into())),
-        };
-        let mut left = n;
-        while left > 0 {
-            match splice(pipe_r.as_fd(), None, to.as_fd(), None, left, flags) {
-                Ok(0) => {
-                    return Err((
-                        total,
-                        io::Error::new(io::ErrorKind::WriteZero, "splice wrote 0"),
-                    ))
-                }
-                Ok(m) => left -= m,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err((total, e.into())),
-            }
-        }
-        total += n as u64;
-    }
 }
 
 /// Where the `mb-sidecar` binary is: `$MB_SIDECAR_BIN`, else next to the running executable
