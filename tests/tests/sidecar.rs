@@ -101,6 +101,61 @@ fn half_close_is_passed_through_both_sidecars() {
     assert_eq!((inbound[0].bytes_up, inbound[0].bytes_down), (7, 4));
 }
 
+/// The sidecar bounds reads per wake-up; an EOF read by the last of them must still be passed
+/// on (it once was not, and the connection hung). A 1-byte relay buffer makes every byte a
+/// read, and sizes 1 to 40 put the EOF at every position of a wake-up's reads.
+#[test]
+fn half_close_after_many_small_reads_is_passed_on() {
+    if !kernel_tests_enabled("half_close_after_many_small_reads_is_passed_on") {
+        return;
+    }
+    let mesh = MeshPorts::istio();
+    let mode = Interception::Iptables(mesh.clone());
+    let node = Node::new("sc-reads").unwrap();
+    let bins = bins();
+    let client = scenarios::start_pod(&node, "client", &mode, false, &bins).unwrap();
+    mode.install_pod(&client.pod).unwrap();
+    let config = SidecarConfig {
+        buffer: 1,
+        workers: 1,
+        ..SidecarConfig::for_mesh(&mesh)
+    };
+    let sidecar =
+        Sidecar::start_binary(&bins.sidecar, &client.pod, config, mesh.proxy_uid).unwrap();
+    let server = node.add_pod(PodSpec::named("server")).unwrap();
+    let addr = SocketAddr::new(server.ipv4().into(), 7778);
+    let listener = server
+        .run_in_netns(move || TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    let server_side = std::thread::spawn(move || {
+        for _ in 1..=40 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            s.write_all(got.len().to_string().as_bytes()).unwrap();
+        }
+    });
+    for n in 1..=40usize {
+        let mut s = client
+            .pod
+            .run_in_netns(move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+            .unwrap()
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&vec![b'x'; n]).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)
+            .unwrap_or_else(|e| panic!("{n} bytes then EOF: no reply ({e}): the EOF was lost"));
+        assert_eq!(reply, n.to_string());
+    }
+    server_side.join().unwrap();
+    let records = sidecar.wait_for_records(40, Duration::from_secs(5));
+    assert_eq!(records.len(), 40, "{records:#?}");
+    assert!(records.iter().all(|r| r.error.is_none()), "{records:#?}");
+}
+
 #[test]
 fn connection_to_a_sidecar_port_is_refused_as_a_loop() {
     if !kernel_tests_enabled("connection_to_a_sidecar_port_is_refused_as_a_loop") {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// How long an upstream connect may take before the connection is failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads per direction per wake-up before the loop serves other connections.
-const ROUNDS_PER_WAKE: usize = 16;
+const READS_PER_WAKE: usize = 16;
 /// Tokens at or above this are listeners; below, `slot << 32 | generation << 1 | side`.
 const LISTENER_TOKEN: u64 = u64::MAX - 1024;
 
@@ -400,7 +400,11 @@ fn step(
             (b, a)
         };
         let dir = &mut conn.dirs[d];
-        for _ in 0..ROUNDS_PER_WAKE {
+        // Reads are bounded per wake-up so one busy connection cannot starve the others;
+        // writing out and passing on an EOF are not, or a direction could end up waiting for
+        // nothing (no bytes to write, nothing registered to read).
+        let mut reads = 0;
+        loop {
             if dir.pending() > 0 {
                 match write_out(dir, dst) {
                     Ok(true) => {}
@@ -418,6 +422,10 @@ fn step(
                 }
                 break;
             }
+            if reads == READS_PER_WAKE {
+                break;
+            }
+            reads += 1;
             match read_in(dir, src, mode, buffer_size, buffers) {
                 Ok(true) => {}
                 Ok(false) => break,
