@@ -21,6 +21,17 @@ use std::time::{Duration, Instant};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads per direction per wake-up before the loop serves other connections.
 const READS_PER_WAKE: usize = 16;
+const READABLE: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLHUP)
+    .union(EpollFlags::EPOLLERR);
+const WRITABLE: EpollFlags = EpollFlags::EPOLLOUT
+    .union(EpollFlags::EPOLLHUP)
+    .union(EpollFlags::EPOLLERR);
+/// Record lines are written at most this long after the connection ended...
+const LOG_FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// ...or once this many bytes of them are waiting.
+const LOG_FLUSH_BYTES: usize = 16 * 1024;
 /// Tokens at or above this are listeners; below, `slot << 32 | generation << 1 | side`.
 const LISTENER_TOKEN: u64 = u64::MAX - 1024;
 
@@ -49,13 +60,20 @@ pub(super) fn worker(shared: Arc<Shared>) -> io::Result<()> {
         free: Vec::new(),
         buffers: Vec::new(),
         connecting: 0,
+        log: String::new(),
+        log_since: None,
     };
     let mut events = vec![EpollEvent::empty(); 256];
     loop {
-        let timeout = if w.connecting > 0 {
-            EpollTimeout::from(1000u16)
-        } else {
-            EpollTimeout::NONE
+        let timeout = match (w.log_since, w.connecting > 0) {
+            (Some(since), _) => EpollTimeout::from(
+                LOG_FLUSH_AFTER
+                    .saturating_sub(since.elapsed())
+                    .as_millis()
+                    .clamp(1, 1000) as u16,
+            ),
+            (None, true) => EpollTimeout::from(1000u16),
+            (None, false) => EpollTimeout::NONE,
         };
         let n = match w.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
@@ -65,7 +83,7 @@ pub(super) fn worker(shared: Arc<Shared>) -> io::Result<()> {
         for ev in &events[..n] {
             let token = ev.data();
             if token >= LISTENER_TOKEN {
-                w.accept_all((token - LISTENER_TOKEN) as usize);
+                w.accept_one((token - LISTENER_TOKEN) as usize);
             } else {
                 w.on_event(token, ev.events());
             }
@@ -73,6 +91,7 @@ pub(super) fn worker(shared: Arc<Shared>) -> io::Result<()> {
         if w.connecting > 0 {
             w.expire_connects();
         }
+        w.flush_log(false);
     }
 }
 
@@ -121,6 +140,10 @@ struct Worker<'a> {
     free: Vec<usize>,
     buffers: Vec<Vec<u8>>,
     connecting: usize,
+    /// Record lines not yet written, and since when (written in batches, like Envoy's
+    /// access log, so logging is not a pipe write and a reader wake-up per connection).
+    log: String,
+    log_since: Option<Instant>,
 }
 
 enum Step {
@@ -134,14 +157,16 @@ impl Worker<'_> {
         &self.shared.config
     }
 
-    fn accept_all(&mut self, index: usize) {
+    fn accept_one(&mut self, index: usize) {
         let Some((kind, listener)) = self.shared.listeners.get(index) else {
             return;
         };
         let kind = *kind;
+        // One per wake-up: the listener is level-triggered, so more waiting connections
+        // wake the loop again, and a lone one costs no extra accept that says EAGAIN.
         loop {
             match listener.accept() {
-                Ok((stream, peer)) => self.start(kind, stream, peer),
+                Ok((stream, peer)) => return self.start(kind, stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Aborted before accept, or out of fds: report and let the next wake-up retry.
@@ -351,11 +376,22 @@ impl Worker<'_> {
         self.emit(&conn.record);
     }
 
-    fn emit(&self, record: &Record) {
-        let line = format!("{record}\n");
-        let mut o = self.shared.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = o.write_all(line.as_bytes());
-        let _ = o.flush();
+    fn emit(&mut self, record: &Record) {
+        use std::fmt::Write as _;
+        let _ = writeln!(self.log, "{record}");
+        self.log_since.get_or_insert_with(Instant::now);
+        self.flush_log(false);
+    }
+
+    fn flush_log(&mut self, now: bool) {
+        let Some(since) = self.log_since else { return };
+        if now || self.log.len() >= LOG_FLUSH_BYTES || since.elapsed() >= LOG_FLUSH_AFTER {
+            let mut o = self.shared.out.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = o.write_all(self.log.as_bytes());
+            let _ = o.flush();
+            self.log.clear();
+            self.log_since = None;
+        }
     }
 }
 
@@ -367,13 +403,17 @@ fn step(
     buffer_size: usize,
     buffers: &mut Vec<Vec<u8>>,
 ) -> Step {
+    let mut just_connected = false;
     if conn.connect_deadline.is_some() {
         if !seen[1].intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
             return Step::Continue;
         }
         use nix::sys::socket::{getsockopt, sockopt::SocketError};
         match getsockopt(&conn.sockets[1], SocketError) {
-            Ok(0) => conn.connect_deadline = None,
+            Ok(0) => {
+                conn.connect_deadline = None;
+                just_connected = true;
+            }
             Ok(errno) => {
                 return Step::Failed("connect".to_owned(), io::Error::from_raw_os_error(errno))
             }
@@ -400,10 +440,21 @@ fn step(
             (b, a)
         };
         let dir = &mut conn.dirs[d];
+        // Only what epoll reported is tried (a read or write that can only say EAGAIN is a
+        // wasted syscall per wake-up): bytes stuck for a full destination move when it is
+        // writable, and then the source may have more; a source is read when readable, or
+        // when the downstream sent bytes while the upstream connect was in progress.
+        let (from, to) = (d, 1 - d);
+        let blocked = dir.pending() > 0;
+        if blocked && !seen[to].intersects(WRITABLE) {
+            continue;
+        }
+        let may_read = blocked || seen[from].intersects(READABLE) || (just_connected && d == 0);
         // Reads are bounded per wake-up so one busy connection cannot starve the others;
         // writing out and passing on an EOF are not, or a direction could end up waiting for
         // nothing (no bytes to write, nothing registered to read).
         let mut reads = 0;
+        let mut drained = false;
         loop {
             if dir.pending() > 0 {
                 match write_out(dir, dst) {
@@ -422,13 +473,16 @@ fn step(
                 }
                 break;
             }
-            if reads == READS_PER_WAKE {
+            // After a short read the socket was empty: epoll says when it is not, which
+            // saves a read that would only say EAGAIN (one syscall per message relayed).
+            if drained || !may_read || reads == READS_PER_WAKE {
                 break;
             }
             reads += 1;
             match read_in(dir, src, mode, buffer_size, buffers) {
-                Ok(true) => {}
-                Ok(false) => break,
+                Ok(ReadOutcome::Data { drained: d }) => drained = d,
+                Ok(ReadOutcome::Eof) => {}
+                Ok(ReadOutcome::Empty) => break,
                 Err(e) => return Step::Failed("relay".to_owned(), e),
             }
         }
@@ -440,14 +494,24 @@ fn step(
     }
 }
 
-/// Reads into the direction's buffer or pipe. `Ok(false)`: nothing to read now.
+enum ReadOutcome {
+    /// Bytes arrived; `drained`: fewer than asked for, so the socket had no more then.
+    Data {
+        drained: bool,
+    },
+    Eof,
+    /// Nothing to read now.
+    Empty,
+}
+
+/// Reads into the direction's buffer or pipe.
 fn read_in(
     dir: &mut Direction,
     mut src: &TcpStream,
     mode: RelayMode,
     buffer_size: usize,
     buffers: &mut Vec<Vec<u8>>,
-) -> io::Result<bool> {
+) -> io::Result<ReadOutcome> {
     loop {
         let got = match mode {
             RelayMode::ReadWrite => {
@@ -473,12 +537,14 @@ fn read_in(
         return match got {
             Ok(0) => {
                 dir.eof = true;
-                Ok(true)
+                Ok(ReadOutcome::Eof)
             }
-            Ok(_) => Ok(true),
+            Ok(n) => Ok(ReadOutcome::Data {
+                drained: n < buffer_size,
+            }),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // Also what a socket in a sockhash says when woken without data.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::Empty),
             Err(e) => Err(e),
         };
     }
