@@ -712,6 +712,63 @@ fn spliced_bulk_and_rr_arrive_intact_on_blocking_sockets() {
     }
 }
 
+/// `--splice all` puts the applications' sockets in the sockhash too. Clients that wait for
+/// readiness on EAGAIN (as event-driven apps do; the kernel's tcp_bpf_recvmsg can answer a
+/// blocking read with EAGAIN, e.g. at EOF) get every byte intact, all three legs spliced.
+#[test]
+fn splice_all_carries_bulk_and_rr_intact_for_event_driven_clients() {
+    if !mb_sys::testing::kernel_tests_enabled("splice_all_carries_bulk_and_rr_intact") {
+        return;
+    }
+    let mut c = Cluster::new(
+        "splall",
+        ("istio", MeshPorts::istio()),
+        &["--splice", "all"],
+    );
+    let client = c.pod("client", Some(&[]));
+    let server = c.pod("server", Some(&[]));
+    let bytes: u64 = 32 * 1024 * 1024 + 5;
+    for round in 0..3 {
+        let line = mb_testbed::scenarios::run_client(
+            &c.pods[client],
+            &c.bins,
+            APP_UID,
+            &[
+                "--wait-on-eagain".into(),
+                "bulk".into(),
+                format!("--to={}:8081", c.ip(server, false)),
+                format!("--bytes={bytes}"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("bulk round {round} with every leg spliced: {e}"));
+        assert!(line.contains(&format!("bytes={bytes}")), "{line}");
+    }
+    let line = mb_testbed::scenarios::run_client(
+        &c.pods[client],
+        &c.bins,
+        APP_UID,
+        &[
+            "--wait-on-eagain".into(),
+            "rr".into(),
+            format!("--to=[{}]:8080", c.ip(server, true)),
+            "--count=3000".into(),
+            "--warmup=0".into(),
+        ],
+    )
+    .expect("rr with every leg spliced");
+    assert!(line.contains("count=3000"), "{line}");
+    // App -> sidecar, sidecar -> sidecar and sidecar -> app all moved the uploads.
+    let spliced = c.loaded.counter("spliced_bytes");
+    assert!(
+        spliced >= 9 * bytes,
+        "spliced {spliced} bytes of 3 x 3 x {bytes}"
+    );
+    for pod in [client, server] {
+        let records = c.records(pod);
+        assert!(records.iter().all(|r| r.error.is_none()), "{records:#?}");
+    }
+}
+
 #[test]
 fn cross_node_outbound_goes_through_the_client_sidecar() {
     if !mb_sys::testing::kernel_tests_enabled("cross_node_outbound") {

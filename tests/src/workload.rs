@@ -13,6 +13,72 @@ use std::time::{Duration, Instant};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+static WAIT_ON_EAGAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process's clients wait for readiness when a blocking read says EAGAIN before
+/// its timeout, as event-driven applications (Go, Java NIO, Node, Envoy) do on their
+/// non-blocking sockets. Needed only where an application's socket sits in a sockhash
+/// (`merbridge load --splice all`): the kernel's `tcp_bpf_recvmsg` answers a blocking read
+/// with EAGAIN when woken without queued data, e.g. at EOF. Off by default, so tests see
+/// what a plain blocking application sees.
+pub fn wait_on_eagain(on: bool) {
+    WAIT_ON_EAGAIN.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `read`, retried after a readiness wait when EAGAIN came early (see [`wait_on_eagain`]).
+fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        match s.read(buf) {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    && WAIT_ON_EAGAIN.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
+                }
+                let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                    .unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, ms) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+fn read_exact(s: &mut TcpStream, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match read_some(s, buf)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => buf = &mut buf[n..],
+        }
+    }
+    Ok(())
+}
+
+fn read_to_string(s: &mut TcpStream, out: &mut String) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match read_some(s, &mut buf)? {
+            0 => break,
+            n => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+    out.push_str(
+        std::str::from_utf8(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+    );
+    Ok(())
+}
+
 /// Parses a `word key=value key=value …` line into its pairs (the leading word is returned
 /// under the key `kind`).
 pub fn parse_kv(line: &str) -> BTreeMap<String, String> {
@@ -397,7 +463,7 @@ pub fn rr_samples(addr: SocketAddr, size: usize, count: u64, warmup: u64) -> io:
     for i in 0..warmup + count {
         let start = Instant::now();
         s.write_all(&request)?;
-        s.read_exact(&mut response)?;
+        read_exact(&mut s, &mut response)?;
         if i >= warmup {
             samples.push(start.elapsed().as_nanos() as u64);
         }
@@ -445,7 +511,7 @@ pub fn rr_parallel(
                 let mut response = vec![0u8; request.len()];
                 for _ in 0..warmup {
                     s.write_all(&request)?;
-                    s.read_exact(&mut response)?;
+                    read_exact(&mut s, &mut response)?;
                 }
                 Ok((s, request, response))
             });
@@ -456,7 +522,7 @@ pub fn rr_parallel(
             for _ in 0..per_connection {
                 let start = Instant::now();
                 s.write_all(&request)?;
-                s.read_exact(&mut response)?;
+                read_exact(&mut s, &mut response)?;
                 samples.push(start.elapsed().as_nanos() as u64);
             }
             if response != request {
@@ -560,7 +626,7 @@ pub fn crr_client(addr: SocketAddr, size: usize, count: u64) -> io::Result<CrrSt
         let t = Instant::now();
         let mut s = connect(addr)?;
         s.write_all(&request)?;
-        s.read_exact(&mut response)?;
+        read_exact(&mut s, &mut response)?;
         drop(s);
         samples.push(t.elapsed().as_nanos() as u64);
     }
@@ -631,7 +697,7 @@ pub fn bulk_client(addr: SocketAddr, bytes: u64) -> io::Result<BulkStats> {
     }
     s.shutdown(std::net::Shutdown::Write)?;
     let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
+    read_to_string(&mut s, &mut reply)?;
     let elapsed_ns = start.elapsed().as_nanos() as u64;
     let m = parse_kv(reply.trim());
     let count: u64 = field(&m, "count")?;

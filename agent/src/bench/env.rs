@@ -463,6 +463,11 @@ impl Env {
     /// Runs `mb-workload <args>` as the client app; returns its stdout.
     fn client(&self, args: &[String]) -> Result<String, String> {
         let mut cmd = Command::new(&self.workload);
+        if self.setup == Setup::MerbridgeSpliceAll {
+            // The app's own sockets sit in the sockhash: a blocking read may say EAGAIN
+            // (kernel tcp_bpf_recvmsg); the client waits as an event-driven app would.
+            cmd.arg("--wait-on-eagain");
+        }
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = Proc(spawn_in(
             &self.client_pod,

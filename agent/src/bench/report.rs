@@ -71,11 +71,12 @@ pub struct Goal {
     pub met: Option<bool>,
 }
 
-/// The goals, judged on `topology`'s medians and the control-plane figures.
-pub fn goals(results: &Results, topology: Topology) -> Vec<Goal> {
+/// The goals, judged on `topology`'s medians and the control-plane figures, for merbridge
+/// setup `mb_setup` ([`Setup::Merbridge`], the default, or e.g. `--splice all`).
+pub fn goals_of(results: &Results, topology: Topology, mb_setup: Setup) -> Vec<Goal> {
     let d = results.get(topology, Setup::Direct);
     let i = results.get(topology, Setup::Iptables);
-    let mb = results.get(topology, Setup::Merbridge);
+    let mb = results.get(topology, mb_setup);
     let p50 = |r| figure(r, "rr_p50_us");
     let tax = |r| match (p50(r), p50(d)) {
         (Some(a), Some(b)) => Some(a - b),
@@ -210,6 +211,13 @@ pub fn table(results: &Results) -> String {
                 row("  mesh tax at p50", "us", taxes, ratio(tm, ti), None);
             }
         }
+        if setups.contains(&Setup::MerbridgeSpliceAll) {
+            let _ = writeln!(
+                out,
+                "  mb-splice-all: `load --splice all` (app sockets spliced too); its clients wait on an early\n  \
+                 EAGAIN as event-driven apps do: a blocking app reading to EOF gets EAGAIN (kernel tcp_bpf_recvmsg)"
+            );
+        }
         for s in &setups {
             if let Some(r) = results.get(t, *s) {
                 for e in r.errors() {
@@ -256,20 +264,29 @@ pub fn table(results: &Results) -> String {
         let _ = writeln!(out, "  ! control plane: {e}");
     }
     let headline = headline_topology(results);
-    let _ = writeln!(out, "\n== goals ({} topology) ==", headline.name());
-    for g in goals(results, headline) {
-        let _ = writeln!(
-            out,
-            "{:<54} target {:<8} measured {:<10} {}",
-            g.name,
-            g.target,
-            fmt_value(g.measured),
-            match g.met {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "not measured",
-            }
-        );
+    let mut blocks = vec![(Setup::Merbridge, String::new())];
+    if results.get(headline, Setup::MerbridgeSpliceAll).is_some() {
+        blocks.push((
+            Setup::MerbridgeSpliceAll,
+            ", with --splice all (event-driven apps)".to_owned(),
+        ));
+    }
+    for (setup, label) in blocks {
+        let _ = writeln!(out, "\n== goals ({} topology{label}) ==", headline.name());
+        for g in goals_of(results, headline, setup) {
+            let _ = writeln!(
+                out,
+                "{:<54} target {:<8} measured {:<10} {}",
+                g.name,
+                g.target,
+                fmt_value(g.measured),
+                match g.met {
+                    Some(true) => "met",
+                    Some(false) => "MISSED",
+                    None => "not measured",
+                }
+            );
+        }
     }
     let _ = writeln!(out, "\nfinished in {:.0} s", results.elapsed_s);
     out
@@ -353,14 +370,31 @@ pub fn to_json(results: &Results, command: &str) -> Value {
         .topologies
         .iter()
         .map(|&t| {
-            let list: Vec<Value> = goals(results, t)
-                .into_iter()
-                .map(|g| {
-                    json!({"goal": g.name, "target": g.target,
-                           "measured": opt(g.measured), "met": g.met})
-                })
-                .collect();
-            (t.name().to_owned(), Value::Array(list))
+            let list = |setup| -> Value {
+                Value::Array(
+                    goals_of(results, t, setup)
+                        .into_iter()
+                        .map(|g| {
+                            json!({"goal": g.name, "target": g.target,
+                                   "measured": opt(g.measured), "met": g.met})
+                        })
+                        .collect(),
+                )
+            };
+            let mut v = list(Setup::Merbridge);
+            if results.get(t, Setup::MerbridgeSpliceAll).is_some() {
+                if let Value::Array(goals) = &mut v {
+                    for (g, a) in
+                        goals
+                            .iter_mut()
+                            .zip(goals_of(results, t, Setup::MerbridgeSpliceAll))
+                    {
+                        g["measured_splice_all"] = opt(a.measured);
+                        g["met_splice_all"] = json!(a.met);
+                    }
+                }
+            }
+            (t.name().to_owned(), v)
         })
         .collect();
     let cp = &results.control;

@@ -9,6 +9,10 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 #[derive(Parser)]
 #[command(version, about = "Workloads for test-bed pods")]
 struct Cli {
+    /// Clients wait for readiness when a blocking read says EAGAIN early, as event-driven
+    /// apps do (needed with `merbridge load --splice all`; see `workload::wait_on_eagain`).
+    #[arg(long, global = true)]
+    wait_on_eagain: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -88,6 +92,7 @@ enum Cmd {
 }
 
 fn run(cli: Cli) -> std::io::Result<()> {
+    workload::wait_on_eagain(cli.wait_on_eagain);
     match cli.command {
         Cmd::Serve {
             echo,
