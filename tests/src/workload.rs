@@ -18,9 +18,10 @@ static WAIT_ON_EAGAIN: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 /// Makes this process's clients wait for readiness when a blocking read says EAGAIN before
 /// its timeout, as event-driven applications (Go, Java NIO, Node, Envoy) do on their
 /// non-blocking sockets. Needed only where an application's socket sits in a sockhash
-/// (`merbridge load --splice all`): the kernel's `tcp_bpf_recvmsg` answers a blocking read
-/// with EAGAIN when woken without queued data, e.g. at EOF. Off by default, so tests see
-/// what a plain blocking application sees.
+/// (`merbridge load --splice all`, or a pod with `merbridge.io/splice-app`): the kernel's
+/// `tcp_bpf_recvmsg` answers a blocking read with EAGAIN when woken without queued data —
+/// e.g. by send-buffer space freed while waiting for the reply to a large upload. Off by
+/// default, so tests see what a plain blocking application sees.
 pub fn wait_on_eagain(on: bool) {
     WAIT_ON_EAGAIN.store(on, std::sync::atomic::Ordering::Relaxed);
 }

@@ -464,8 +464,9 @@ impl Env {
     fn client(&self, args: &[String]) -> Result<String, String> {
         let mut cmd = Command::new(&self.workload);
         if self.setup == Setup::MerbridgeSpliceAll {
-            // The app's own sockets sit in the sockhash: a blocking read may say EAGAIN
-            // (kernel tcp_bpf_recvmsg); the client waits as an event-driven app would.
+            // The app's own sockets sit in the sockhash: a blocking read woken without data
+            // says EAGAIN (kernel tcp_bpf_recvmsg); the client waits as an event-driven app
+            // would.
             cmd.arg("--wait-on-eagain");
         }
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());

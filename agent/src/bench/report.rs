@@ -215,7 +215,8 @@ pub fn table(results: &Results) -> String {
             let _ = writeln!(
                 out,
                 "  mb-splice-all: `load --splice all` (app sockets spliced too); its clients wait on an early\n  \
-                 EAGAIN as event-driven apps do: a blocking app reading to EOF gets EAGAIN (kernel tcp_bpf_recvmsg)"
+                 EAGAIN as event-driven apps do (kernel tcp_bpf_recvmsg wakes a blocking reader without data\n  \
+                 when its send buffer drains: a blocking client reading the reply to a large upload fails)"
             );
         }
         for s in &setups {

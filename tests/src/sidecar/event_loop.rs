@@ -28,9 +28,9 @@ const READABLE: EpollFlags = EpollFlags::EPOLLIN
 const WRITABLE: EpollFlags = EpollFlags::EPOLLOUT
     .union(EpollFlags::EPOLLHUP)
     .union(EpollFlags::EPOLLERR);
-/// Record lines are written at most this long after the connection ended...
+/// Record lines are written at most once per this interval...
 const LOG_FLUSH_AFTER: Duration = Duration::from_millis(20);
-/// ...or once this many bytes of them are waiting.
+/// ...unless this many bytes of them are waiting.
 const LOG_FLUSH_BYTES: usize = 16 * 1024;
 /// Tokens at or above this are listeners; below, `slot << 32 | generation << 1 | side`.
 const LISTENER_TOKEN: u64 = u64::MAX - 1024;
@@ -61,19 +61,19 @@ pub(super) fn worker(shared: Arc<Shared>) -> io::Result<()> {
         buffers: Vec::new(),
         connecting: 0,
         log: String::new(),
-        log_since: None,
+        last_flush: None,
     };
     let mut events = vec![EpollEvent::empty(); 256];
     loop {
-        let timeout = match (w.log_since, w.connecting > 0) {
-            (Some(since), _) => EpollTimeout::from(
+        let timeout = match (w.log.is_empty(), w.last_flush, w.connecting > 0) {
+            (false, Some(last), _) => EpollTimeout::from(
                 LOG_FLUSH_AFTER
-                    .saturating_sub(since.elapsed())
+                    .saturating_sub(last.elapsed())
                     .as_millis()
                     .clamp(1, 1000) as u16,
             ),
-            (None, true) => EpollTimeout::from(1000u16),
-            (None, false) => EpollTimeout::NONE,
+            (_, _, true) => EpollTimeout::from(1000u16),
+            _ => EpollTimeout::NONE,
         };
         let n = match w.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
@@ -91,7 +91,7 @@ pub(super) fn worker(shared: Arc<Shared>) -> io::Result<()> {
         if w.connecting > 0 {
             w.expire_connects();
         }
-        w.flush_log(false);
+        w.flush_log();
     }
 }
 
@@ -140,10 +140,11 @@ struct Worker<'a> {
     free: Vec<usize>,
     buffers: Vec<Vec<u8>>,
     connecting: usize,
-    /// Record lines not yet written, and since when (written in batches, like Envoy's
-    /// access log, so logging is not a pipe write and a reader wake-up per connection).
+    /// Record lines not yet written, and when lines were last written: at most one write
+    /// per [`LOG_FLUSH_AFTER`] (a lone record goes out at once, a burst in batches, like
+    /// Envoy's access log), not a pipe write and a reader wake-up per connection.
     log: String,
-    log_since: Option<Instant>,
+    last_flush: Option<Instant>,
 }
 
 enum Step {
@@ -379,18 +380,19 @@ impl Worker<'_> {
     fn emit(&mut self, record: &Record) {
         use std::fmt::Write as _;
         let _ = writeln!(self.log, "{record}");
-        self.log_since.get_or_insert_with(Instant::now);
-        self.flush_log(false);
+        self.flush_log();
     }
 
-    fn flush_log(&mut self, now: bool) {
-        let Some(since) = self.log_since else { return };
-        if now || self.log.len() >= LOG_FLUSH_BYTES || since.elapsed() >= LOG_FLUSH_AFTER {
+    fn flush_log(&mut self) {
+        let due = self
+            .last_flush
+            .is_none_or(|last| last.elapsed() >= LOG_FLUSH_AFTER);
+        if !self.log.is_empty() && (due || self.log.len() >= LOG_FLUSH_BYTES) {
             let mut o = self.shared.out.lock().unwrap_or_else(|p| p.into_inner());
             let _ = o.write_all(self.log.as_bytes());
             let _ = o.flush();
             self.log.clear();
-            self.log_since = None;
+            self.last_flush = Some(Instant::now());
         }
     }
 }
