@@ -528,6 +528,11 @@ pub struct PodAddArgs {
     /// Send this pod's UDP DNS queries to the sidecar's DNS proxy.
     #[arg(long)]
     pub dns_capture: bool,
+    /// Splice this pod's application legs (app <-> its sidecar) too, under `--splice
+    /// sidecars`. Event-driven applications only: a blocking recv() on a spliced socket can
+    /// fail with EAGAIN (kernel tcp_bpf_recvmsg). Annotation: merbridge.io/splice-app: "true".
+    #[arg(long)]
+    pub splice_app: bool,
 }
 
 #[derive(Args)]
@@ -655,6 +660,9 @@ fn policy_from_args(args: &PodAddArgs, mesh: Mesh) -> Result<PodPolicy, String> 
         } else {
             CidrSelection::Only(cidrs("include-outbound-ip-ranges", t)?)
         };
+    }
+    if args.splice_app {
+        policy.splice_app = true;
     }
     Ok(policy)
 }

@@ -11,7 +11,8 @@ use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_POD_IPS, MAP_PORT_RU
 use mb_maps::layout::{
     addr_bytes, addr_from_bytes, rule_scope, CidrRuleKey, PodEntry, PortRuleKey, POD_DNS_CAPTURE,
     POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE,
-    POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
+    POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP, RULE_EXCLUDE, RULE_INBOUND,
+    RULE_INCLUDE,
 };
 use mb_maps::{HashMap, LpmTrie, MapError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -93,6 +94,9 @@ pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPo
     }
     if dns_capture && policy.dns_port.is_some() {
         c.flags |= POD_DNS_CAPTURE;
+    }
+    if policy.splice_app {
+        c.flags |= POD_SPLICE_APP;
     }
     if !policy.inbound_exclude_sources.is_empty() {
         c.unsupported.push(format!(
@@ -439,6 +443,30 @@ mod tests {
         assert!(covers(15020) && covers(15006) && !covers(8080));
         assert!(c.cidr_rules.is_empty());
         assert!(compile(3, &policy, true).flags & POD_DNS_CAPTURE != 0);
+        assert_eq!(c.flags & POD_SPLICE_APP, 0);
+    }
+
+    #[test]
+    fn splice_app_annotation_sets_the_pod_flag_in_any_mesh() {
+        for mesh in [Mesh::Istio, Mesh::Linkerd, Mesh::Kuma, Mesh::Osm] {
+            for (value, flag, warned) in [
+                ("true", POD_SPLICE_APP, false),
+                (" false ", 0, false),
+                ("yes", 0, true),
+            ] {
+                let annotations = std::collections::BTreeMap::from([(
+                    crate::mesh::SPLICE_APP_ANNOTATION.to_owned(),
+                    value.to_owned(),
+                )]);
+                let (policy, warnings) = PodPolicy::from_annotations(mesh, &annotations);
+                assert_eq!(compile(1, &policy, false).flags & POD_SPLICE_APP, flag);
+                assert_eq!(
+                    !warnings.is_empty(),
+                    warned,
+                    "{mesh:?} {value:?}: {warnings:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -713,8 +713,9 @@ fn spliced_bulk_and_rr_arrive_intact_on_blocking_sockets() {
 }
 
 /// `--splice all` puts the applications' sockets in the sockhash too. Clients that wait for
-/// readiness on EAGAIN (as event-driven apps do; the kernel's tcp_bpf_recvmsg can answer a
-/// blocking read with EAGAIN, e.g. at EOF) get every byte intact, all three legs spliced.
+/// readiness on EAGAIN (as event-driven apps do; the kernel's tcp_bpf_recvmsg answers a
+/// blocking read woken without data with EAGAIN, e.g. by send-buffer space freed while the
+/// client waits for the reply to its upload) get every byte intact, all three legs spliced.
 #[test]
 fn splice_all_carries_bulk_and_rr_intact_for_event_driven_clients() {
     if !mb_sys::testing::kernel_tests_enabled("splice_all_carries_bulk_and_rr_intact") {
@@ -767,6 +768,61 @@ fn splice_all_carries_bulk_and_rr_intact_for_event_driven_clients() {
         let records = c.records(pod);
         assert!(records.iter().all(|r| r.error.is_none()), "{records:#?}");
     }
+}
+
+/// `pod add --splice-app` (annotation `merbridge.io/splice-app: "true"`): under the default
+/// `--splice sidecars`, an opted-in pod's application legs join the sidecar-to-sidecar
+/// splice — its outbound leg (app -> own sidecar) and its inbound passthrough leg (sidecar ->
+/// app) — and no other pod's.
+#[test]
+fn pods_can_opt_in_to_splicing_their_application_legs() {
+    if !mb_sys::testing::kernel_tests_enabled("pods_can_opt_in_to_splicing") {
+        return;
+    }
+    let mut c = Cluster::new("spapp", ("istio", MeshPorts::istio()), &[]);
+    let plain = c.pod("plain", Some(&[]));
+    let plain2 = c.pod("plain2", Some(&[]));
+    let client = c.pod("client", Some(&["--splice-app"]));
+    let server = c.pod("server", Some(&["--splice-app"]));
+    let mut inserts = c.loaded.counter("sockhash_inserts");
+    for (from, to, sockets, what) in [
+        (plain, plain2, 2, "sidecar leg only"),
+        (client, plain, 4, "sidecar leg + client's app leg"),
+        (plain, server, 4, "sidecar leg + server's passthrough leg"),
+        (client, server, 6, "every leg"),
+    ] {
+        for v6 in [false, true] {
+            assert_eq!(
+                c.call(from, to, 9080, v6),
+                (passthrough(v6), 1, 1),
+                "{what}"
+            );
+            let now = c.loaded.counter("sockhash_inserts");
+            assert_eq!(now - inserts, sockets, "{what}, v6={v6}");
+            inserts = now;
+        }
+    }
+    let bytes: u64 = 16 * 1024 * 1024 + 3;
+    let spliced = c.loaded.counter("spliced_bytes");
+    let line = mb_testbed::scenarios::run_client(
+        &c.pods[client],
+        &c.bins,
+        APP_UID,
+        &[
+            "--wait-on-eagain".into(),
+            "bulk".into(),
+            format!("--to={}:8081", c.ip(server, false)),
+            format!("--bytes={bytes}"),
+        ],
+    )
+    .expect("bulk between two opted-in pods");
+    assert!(line.contains(&format!("bytes={bytes}")), "{line}");
+    let spliced = c.loaded.counter("spliced_bytes") - spliced;
+    assert!(
+        spliced >= 3 * bytes,
+        "spliced {spliced} of 3 x {bytes} bytes"
+    );
+    assert_eq!(c.loaded.counter("map_update_failures"), 0);
 }
 
 #[test]

@@ -149,6 +149,9 @@ pub const ORIG_DNS: u32 = 1 << 2;
 /// `OrigDst.flags`: the connect was made by a sidecar (with `ORIG_INBOUND`: both ends of the
 /// connection are sidecars, the one kind `--splice sidecars` moves socket to socket).
 pub const ORIG_SIDECAR_CALLER: u32 = 1 << 3;
+/// `OrigDst.flags`: the calling application's pod asked for its own sockets to be spliced
+/// too ([`POD_SPLICE_APP`]).
+pub const ORIG_SPLICE_APP: u32 = 1 << 4;
 
 /// Value of `netns_pods` (key: network-namespace cookie, u64) and of `pod_ips` (key: one of the
 /// pod's addresses, 16 bytes): a meshed pod on this node and its policy switches.
@@ -210,6 +213,11 @@ pub const POD_IN_PORTS_ALL: u32 = 1 << 4;
 pub const POD_IN_PORTS_EXCLUDE: u32 = 1 << 5;
 /// `PodEntry.flags`: UDP port 53 goes to the sidecar's DNS proxy.
 pub const POD_DNS_CAPTURE: u32 = 1 << 6;
+/// `PodEntry.flags`: under `--splice sidecars`, the pod's application legs (app ↔ its own
+/// sidecar, both directions) are spliced too, as `--splice all` does for every pod. Only for
+/// event-driven applications: a socket in a sockhash can answer a blocking `recv()` with
+/// `EAGAIN` (kernel `tcp_bpf_recvmsg`).
+pub const POD_SPLICE_APP: u32 = 1 << 7;
 
 /// Rule kinds, the low two bits of a rule key's `scope` (`pod_id << 2 | rule`).
 pub const RULE_INCLUDE: u32 = 0;

@@ -21,9 +21,9 @@ use crate::emit::*;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Label, Program, Size};
 use mb_maps::layout::{
     Counter, OrigDst, PodEntry, ORIG_DNS, ORIG_INBOUND, ORIG_OUTBOUND, ORIG_SIDECAR_CALLER,
-    POD_DNS_CAPTURE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL,
-    POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, RULE_EXCLUDE,
-    RULE_INBOUND, RULE_INCLUDE,
+    ORIG_SPLICE_APP, POD_DNS_CAPTURE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL,
+    POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP,
+    RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
 
 /// `cgroup/connect4` or `cgroup/connect6`.
@@ -60,6 +60,17 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     jmp_if_loopback(&mut a, DST_ADDR, bypass);
     outbound_policy(&mut a, inbound);
     store_orig(&mut a, R9, family, ORIG_OUTBOUND);
+    // A pod whose application is event-driven may have its own leg spliced too (sockops).
+    let plain = a.label();
+    a.ldx(Size::W, R2, R7, PodEntry::OFF_FLAGS as i16);
+    jmp_unless_flag(&mut a, R2, POD_SPLICE_APP, plain);
+    a.st_imm(
+        Size::W,
+        FP,
+        ORIG + OrigDst::OFF_FLAGS as i16,
+        (ORIG_OUTBOUND | ORIG_SPLICE_APP) as i32,
+    )
+    .bind(plain);
     if !variant.netns_keys {
         bind_to_pod_address(&mut a, family, allow);
     }

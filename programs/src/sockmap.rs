@@ -21,7 +21,9 @@
 use crate::ctx::{abi, sk_msg, sock_ops};
 use crate::emit::*;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
-use mb_maps::layout::{Counter, OrigDst, SockPairKey, ORIG_SIDECAR_CALLER};
+use mb_maps::layout::{
+    Counter, OrigDst, PodEntry, SockPairKey, ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP, POD_SPLICE_APP,
+};
 
 const LOCAL_IP: i16 = SockPairKey::OFF_LOCAL_IP as i16;
 const REMOTE_IP: i16 = SockPairKey::OFF_REMOTE_IP as i16;
@@ -148,14 +150,18 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     stack_ptr(&mut a, R2, COOKIE);
     a.call(Helper::MapDeleteElem).ja(decide);
     // The sidecar's passthrough connection to its own application: an application socket
-    // is at one end.
+    // is at one end, the pod's address at the other (the remote end here).
+    let passthrough_active = a.label();
+    let passthrough_passive = a.label();
     a.bind(no_orig).mov64_imm(R8, 0);
-    jmp_if_passthrough(&mut a, PAIR_KEY + LOCAL_IP, decide);
+    jmp_if_passthrough(&mut a, PAIR_KEY + LOCAL_IP, passthrough_active);
     a.ja(out);
+    a.bind(passthrough_active);
+    pod_splice_app_flag(&mut a, PAIR_KEY + REMOTE_IP, decide);
 
     // Passive side: only when the active side is in the map.
     a.bind(passive).mov64_imm(R8, 0);
-    jmp_if_passthrough(&mut a, PAIR_KEY + REMOTE_IP, decide);
+    jmp_if_passthrough(&mut a, PAIR_KEY + REMOTE_IP, passthrough_passive);
     reverse_pair_key(&mut a, PAIR_KEY, PEER_KEY);
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
     stack_ptr(&mut a, R2, PEER_KEY);
@@ -163,12 +169,21 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
         .jmp_imm(JmpOp::Eq, R0, 0, out)
         .ldx(Size::W, R8, R0, OrigDst::OFF_FLAGS as i16);
 
-    // Which connections to splice: all, only sidecar-to-sidecar, or none.
+    a.ja(decide).bind(passthrough_passive);
+    pod_splice_app_flag(&mut a, PAIR_KEY + LOCAL_IP, decide);
+
+    // Which connections to splice: all, only sidecar-to-sidecar (and the application legs of
+    // pods that asked for it), or none.
     a.bind(decide)
         .mov64_const(R1, CONST_SPLICE)
         .jmp_imm(JmpOp::Eq, R1, SPLICE_ALL as i32, insert)
         .jmp_imm(JmpOp::Ne, R1, SPLICE_SIDECARS as i32, out)
-        .jmp_imm(JmpOp::Set, R8, ORIG_SIDECAR_CALLER as i32, insert)
+        .jmp_imm(
+            JmpOp::Set,
+            R8,
+            (ORIG_SIDECAR_CALLER | ORIG_SPLICE_APP) as i32,
+            insert,
+        )
         .ja(out);
 
     a.bind(insert).mov64_reg(R1, R6);
@@ -184,6 +199,19 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     count(&mut a, Counter::MapUpdateFailures);
     a.bind(out).mov64_imm(R0, 1).exit();
     a.finish()
+}
+
+/// Sets r8 to `ORIG_SPLICE_APP` if the pod whose address is at `fp + addr` asked for its
+/// application legs to be spliced (`POD_SPLICE_APP`), else leaves it; then jumps to `next`.
+/// Clobbers r0–r5.
+fn pod_splice_app_flag(a: &mut Asm, addr: i16, next: mb_asm::Label) {
+    a.ld_map_fd(R1, MAP_POD_IPS);
+    stack_ptr(a, R2, addr);
+    a.call(Helper::MapLookupElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, next)
+        .ldx(Size::W, R1, R0, PodEntry::OFF_FLAGS as i16);
+    jmp_unless_flag(a, R1, POD_SPLICE_APP, next);
+    a.mov64_imm(R8, ORIG_SPLICE_APP as i32).ja(next);
 }
 
 /// Writes at `fp + to` the pair key at `fp + from` seen from the other end. Clobbers r1.

@@ -5,7 +5,9 @@ mod file;
 mod policy;
 
 pub use file::{annotations_from_file, annotations_from_text};
-pub use policy::{Cidr, CidrSelection, PodPolicy, PolicyWarning, PortRanges, PortSelection};
+pub use policy::{
+    Cidr, CidrSelection, PodPolicy, PolicyWarning, PortRanges, PortSelection, SPLICE_APP_ANNOTATION,
+};
 
 use crate::k8s::PodInfo;
 use std::fmt;

@@ -282,7 +282,14 @@ pub struct PodPolicy {
     pub inbound_exclude_ports: PortRanges,
     /// Inbound connections from these sources are not redirected (Kuma `exclude-inbound-ips`).
     pub inbound_exclude_sources: Vec<Cidr>,
+    /// Splice the application's own connections to and from its sidecar socket to socket
+    /// (annotation [`SPLICE_APP_ANNOTATION`]; for event-driven applications only).
+    pub splice_app: bool,
 }
+
+/// `"true"` on a pod: its application is event-driven, splice its legs to and from the
+/// sidecar as well (under `merbridge load --splice sidecars`, the default). Any mesh.
+pub const SPLICE_APP_ANNOTATION: &str = "merbridge.io/splice-app";
 
 /// Istio's own ports: admin, outbound, inbound, HBONE, status, health, Prometheus.
 const ISTIO_OWN_PORTS: &[u16] = &[15000, 15001, 15006, 15008, 15020, 15021, 15090];
@@ -484,6 +491,7 @@ impl PodPolicy {
             inbound_include_ports: PortSelection::All,
             inbound_exclude_ports,
             inbound_exclude_sources: Vec::new(),
+            splice_app: false,
         }
     }
 
@@ -742,6 +750,13 @@ fn parse(
             if !include.is_empty() {
                 policy.outbound_include_cidrs = CidrSelection::Only(include);
             }
+        }
+    }
+    if let Some(value) = p.get(SPLICE_APP_ANNOTATION) {
+        match value.trim() {
+            "true" => policy.splice_app = true,
+            "false" => policy.splice_app = false,
+            other => p.warn(SPLICE_APP_ANNOTATION, other, "expected true or false"),
         }
     }
     (policy, p.warnings, uid_set)
