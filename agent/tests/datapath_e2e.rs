@@ -688,7 +688,15 @@ fn spliced_bulk_and_rr_arrive_intact_on_blocking_sockets() {
             format!("--bytes={bytes}"),
         ],
     )
-    .expect("bulk through the sidecars (the client checks the checksum)");
+    .unwrap_or_else(|e| {
+        // What the sidecars saw says which hop broke (their records carry the errno).
+        std::thread::sleep(Duration::from_millis(100));
+        panic!(
+            "bulk through the sidecars (the client checks the checksum): {e}\nclient sidecar: {:#?}\nserver sidecar: {:#?}",
+            c.records(client),
+            c.records(server)
+        )
+    });
     assert!(line.contains(&format!("bytes={bytes}")), "{line}");
     let line = mb_testbed::scenarios::run_client(
         &c.pods[client],
