@@ -74,6 +74,21 @@ impl Loaded {
         merbridge(&args);
     }
 
+    /// Entries in one of the data path's maps, from `status --json`.
+    fn map_entries(&self, name: &str) -> u64 {
+        let json = merbridge(&["status", "--json", "--pin-dir", self.pin()]);
+        let key = format!("{{\"name\":\"{name}\",\"entries\":");
+        let at = json
+            .find(&key)
+            .unwrap_or_else(|| panic!("map {name} not in {json}"));
+        json[at + key.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("map {name} has no entry count in {json}"))
+    }
+
     fn counter(&self, name: &str) -> u64 {
         let json = merbridge(&["status", "--json", "--pin-dir", self.pin()]);
         let key = format!("\"{name}\":");
@@ -831,6 +846,38 @@ fn pods_can_opt_in_to_splicing_their_application_legs() {
         "spliced {spliced} of 3 x {bytes} bytes"
     );
     assert_eq!(c.loaded.counter("map_update_failures"), 0);
+}
+
+/// A redirected connection's original destination lives in `pair_orig` under its 4-tuple
+/// only while it is open: sockops forgets it when the socket closes, so a later connection
+/// reusing the 4-tuple cannot pick up a stale entry (and the LRU map does not fill up).
+#[test]
+fn original_destinations_are_forgotten_when_connections_close() {
+    if !mb_sys::testing::kernel_tests_enabled("original_destinations_are_forgotten") {
+        return;
+    }
+    let mut c = Cluster::new("forget", ("istio", MeshPorts::istio()), &[]);
+    let client = c.pod("client", Some(&[]));
+    let server = c.pod("server", Some(&[]));
+    for i in 0..10 {
+        assert_eq!(
+            c.call(client, server, 9080, i % 2 == 1),
+            (passthrough(i % 2 == 1), 1, 1)
+        );
+    }
+    // Every call redirected two connections (app -> sidecar, sidecar -> sidecar).
+    assert!(c.loaded.counter("redirected_outbound") >= 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut left = c.loaded.map_entries("pair_orig");
+    while left > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = c.loaded.map_entries("pair_orig");
+    }
+    assert_eq!(
+        left, 0,
+        "pair_orig entries left after every connection closed"
+    );
+    assert_eq!(c.loaded.map_entries("cookie_orig"), 0);
 }
 
 #[test]

@@ -18,6 +18,8 @@ pub mod sock_addr {
 /// `struct bpf_sock_ops`.
 pub mod sock_ops {
     pub const OP: i16 = 0;
+    /// `args[0]`; `args[1]` follows (STATE_CB: old state, new state).
+    pub const ARGS: i16 = 4;
     pub const FAMILY: i16 = 20;
     pub const REMOTE_IP4: i16 = 24;
     pub const LOCAL_IP4: i16 = 28;
@@ -80,6 +82,9 @@ pub mod abi {
     pub const SO_ORIGINAL_DST: i32 = 80;
     pub const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: i32 = 4;
     pub const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: i32 = 5;
+    pub const BPF_SOCK_OPS_STATE_CB: i32 = 10;
+    pub const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 4;
+    pub const BPF_TCP_CLOSE: i32 = 7;
     pub const BPF_ANY: i32 = 0;
     pub const BPF_NOEXIST: i32 = 1;
     pub const BPF_F_INGRESS: i32 = 1;
@@ -112,6 +117,7 @@ mod tests {
             ("bpf_sock_addr", "msg_src_ip4", sock_addr::MSG_SRC_IP4),
             ("bpf_sock_addr", "msg_src_ip6", sock_addr::MSG_SRC_IP6),
             ("bpf_sock_ops", "op", sock_ops::OP),
+            ("bpf_sock_ops", "args", sock_ops::ARGS),
             ("bpf_sock_ops", "family", sock_ops::FAMILY),
             ("bpf_sock_ops", "remote_ip4", sock_ops::REMOTE_IP4),
             ("bpf_sock_ops", "local_ip4", sock_ops::LOCAL_IP4),
@@ -152,6 +158,12 @@ mod tests {
                 "BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB",
                 abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
             ),
+            ("BPF_SOCK_OPS_STATE_CB", abi::BPF_SOCK_OPS_STATE_CB),
+            (
+                "BPF_SOCK_OPS_STATE_CB_FLAG",
+                abi::BPF_SOCK_OPS_STATE_CB_FLAG,
+            ),
+            ("BPF_TCP_CLOSE", abi::BPF_TCP_CLOSE),
             ("BPF_ANY", abi::BPF_ANY),
             ("BPF_NOEXIST", abi::BPF_NOEXIST),
             ("BPF_F_INGRESS", abi::BPF_F_INGRESS),

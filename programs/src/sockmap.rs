@@ -113,6 +113,7 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     let decide = a.label();
     let failed = a.label();
 
+    let state = a.label();
     a.mov64_reg(R6, R1);
     a.ldx(Size::W, R9, R6, sock_ops::OP)
         .jmp_imm(
@@ -121,6 +122,7 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
             abi::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
             established,
         )
+        .jmp_imm(JmpOp::Eq, R9, abi::BPF_SOCK_OPS_STATE_CB, state)
         .jmp_imm(JmpOp::Ne, R9, abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, out)
         .bind(established);
     build_pair_key(&mut a, &SOCK_OPS_FIELDS, PAIR_KEY, false, out, variant);
@@ -148,7 +150,13 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
         .jmp_imm(JmpOp::Ne, R0, 0, failed);
     a.ld_map_fd(R1, MAP_COOKIE_ORIG);
     stack_ptr(&mut a, R2, COOKIE);
-    a.call(Helper::MapDeleteElem).ja(decide);
+    a.call(Helper::MapDeleteElem);
+    // Tell us when this socket closes: its pair_orig entry goes then, so a later
+    // connection reusing the 4-tuple cannot find it.
+    a.mov64_reg(R1, R6)
+        .mov64_imm(R2, abi::BPF_SOCK_OPS_STATE_CB_FLAG)
+        .call(Helper::SockOpsCbFlagsSet)
+        .ja(decide);
     // The sidecar's passthrough connection to its own application: an application socket
     // is at one end, the pod's address at the other (the remote end here).
     let passthrough_active = a.label();
@@ -194,6 +202,15 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
         .jmp_imm(JmpOp::Ne, R0, 0, failed);
     count(&mut a, Counter::SockhashInserts);
     a.ja(out);
+
+    // A redirected connection's active socket closed: forget its original destination.
+    a.bind(state)
+        .ldx(Size::W, R1, R6, sock_ops::ARGS + 4)
+        .jmp_imm(JmpOp::Ne, R1, abi::BPF_TCP_CLOSE, out);
+    build_pair_key(&mut a, &SOCK_OPS_FIELDS, PAIR_KEY, false, out, variant);
+    a.ld_map_fd(R1, MAP_PAIR_ORIG);
+    stack_ptr(&mut a, R2, PAIR_KEY);
+    a.call(Helper::MapDeleteElem).ja(out);
 
     a.bind(failed);
     count(&mut a, Counter::MapUpdateFailures);
