@@ -170,9 +170,14 @@ impl Worker<'_> {
                 Ok((stream, peer)) => return self.start(kind, stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Aborted before accept, or out of fds: report and let the next wake-up retry.
+                // Aborted before accept, or out of fds: report; when out of resources pause
+                // briefly, so a level-triggered listener that cannot be served does not spin.
                 Err(e) => {
                     eprintln!("mb-sidecar: accept on {kind}: {e}");
+                    let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+                    if e.raw_os_error().is_some_and(|n| exhausted.contains(&n)) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                     return;
                 }
             }
