@@ -82,6 +82,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let constants = args.mesh.constants()?;
     let node = node_name(args.node_name.as_deref(), env("NODE_NAME").as_deref())
         .map_err(|e| e.to_string())?;
+    // Every flag is checked before anything on the host changes (the bpffs mount below).
+    let on_exit = args.on_exit.parse::<OnExit>()?;
     let cgroup = match &args.cgroup {
         Some(p) => p.clone(),
         None => mb_sys::cgroup::cgroup2_root().map_err(|e| e.to_string())?,
@@ -135,7 +137,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         kubeconfig: args.kubeconfig,
         context: args.context,
         metrics_addr: args.metrics_addr,
-        on_exit: args.on_exit.parse::<OnExit>()?,
+        on_exit,
         daemonset,
         rescan_interval: Duration::from_secs(args.rescan_secs.max(1)),
         retry_interval: Duration::from_secs(2),
