@@ -878,6 +878,60 @@ fn original_destinations_are_forgotten_when_connections_close() {
         "pair_orig entries left after every connection closed"
     );
     assert_eq!(c.loaded.map_entries("cookie_orig"), 0);
+
+    // Forgetting must wait for the sidecar: a client that writes and closes at once is done
+    // (its FIN acked by the kernel) before a busy sidecar even accepts. Stop the client's
+    // sidecar across such a client; its request must still reach the server.
+    use std::io::Read;
+    let addr = SocketAddr::new(c.ip(server, false), 7799);
+    let listener = c.pods[server]
+        .run_in_netns(move || std::net::TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(c.sidecars[client].as_ref().unwrap().pid() as i32);
+    struct Resume(nix::unistd::Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let resume = Resume(pid);
+    let line = mb_testbed::scenarios::run_client(
+        &c.pods[client],
+        &c.bins,
+        APP_UID,
+        &[
+            "send".into(),
+            format!("--to={addr}"),
+            "--text=fire-and-forget".into(),
+        ],
+    )
+    .expect("send while the sidecar is stopped");
+    assert!(line.starts_with("sent bytes=15"), "{line}");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(resume);
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the request never reached the server (original destination forgotten?): {:#?}",
+                    c.records(client)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "fire-and-forget", "{:#?}", c.records(client));
 }
 
 #[test]

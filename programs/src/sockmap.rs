@@ -17,6 +17,9 @@
 //! - passive side: the active side's entry exists in `pair_orig` (the active side's
 //!   ESTABLISHED callback runs first: its ACK is what completes the passive side), or the peer
 //!   is the passthrough address.
+//!
+//! Under `--splice sidecars` the application legs of pods with `POD_SPLICE_APP` are inserted
+//! too. A `pair_orig` entry is deleted when the passive end of its connection closes.
 
 use crate::ctx::{abi, sk_msg, sock_ops};
 use crate::emit::*;
@@ -150,13 +153,7 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
         .jmp_imm(JmpOp::Ne, R0, 0, failed);
     a.ld_map_fd(R1, MAP_COOKIE_ORIG);
     stack_ptr(&mut a, R2, COOKIE);
-    a.call(Helper::MapDeleteElem);
-    // Tell us when this socket closes: its pair_orig entry goes then, so a later
-    // connection reusing the 4-tuple cannot find it.
-    a.mov64_reg(R1, R6)
-        .mov64_imm(R2, abi::BPF_SOCK_OPS_STATE_CB_FLAG)
-        .call(Helper::SockOpsCbFlagsSet)
-        .ja(decide);
+    a.call(Helper::MapDeleteElem).ja(decide);
     // The sidecar's passthrough connection to its own application: an application socket
     // is at one end, the pod's address at the other (the remote end here).
     let passthrough_active = a.label();
@@ -176,6 +173,13 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, out)
         .ldx(Size::W, R8, R0, OrigDst::OFF_FLAGS as i16);
+    // Tell us when this socket closes: the entry goes then, so a later connection reusing
+    // the 4-tuple cannot find it. The passive end (the sidecar's accepted socket) closes
+    // only after the sidecar asked for the original destination; the active end may close
+    // first (an orphan is done as soon as its FIN is acked, maybe before the accept).
+    a.mov64_reg(R1, R6)
+        .mov64_imm(R2, abi::BPF_SOCK_OPS_STATE_CB_FLAG)
+        .call(Helper::SockOpsCbFlagsSet);
 
     a.ja(decide).bind(passthrough_passive);
     pod_splice_app_flag(&mut a, PAIR_KEY + LOCAL_IP, decide);
@@ -203,13 +207,15 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     count(&mut a, Counter::SockhashInserts);
     a.ja(out);
 
-    // A redirected connection's active socket closed: forget its original destination.
+    // The passive end of a redirected connection closed: forget its original destination
+    // (kept under the active end's 4-tuple).
     a.bind(state)
         .ldx(Size::W, R1, R6, sock_ops::ARGS + 4)
         .jmp_imm(JmpOp::Ne, R1, abi::BPF_TCP_CLOSE, out);
     build_pair_key(&mut a, &SOCK_OPS_FIELDS, PAIR_KEY, false, out, variant);
+    reverse_pair_key(&mut a, PAIR_KEY, PEER_KEY);
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
-    stack_ptr(&mut a, R2, PAIR_KEY);
+    stack_ptr(&mut a, R2, PEER_KEY);
     a.call(Helper::MapDeleteElem).ja(out);
 
     a.bind(failed);

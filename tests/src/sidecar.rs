@@ -479,6 +479,11 @@ impl Sidecar {
         &self.config
     }
 
+    /// The sidecar process's PID (e.g. to stop it for a while).
+    pub fn pid(&self) -> u32 {
+        self._process.pid()
+    }
+
     fn wait_until(&self, timeout: Duration, done: impl Fn(&Seen) -> bool) -> bool {
         let (lock, cvar) = &*self.seen;
         let deadline = Instant::now() + timeout;

@@ -717,6 +717,14 @@ pub fn bulk_client(addr: SocketAddr, bytes: u64) -> io::Result<BulkStats> {
     })
 }
 
+/// Connects, writes `data` and closes without reading: the socket is orphaned while its
+/// FIN may still be unacknowledged. Returns the local address it used.
+pub fn send_and_close(addr: SocketAddr, data: &[u8]) -> io::Result<SocketAddr> {
+    let mut s = connect(addr)?;
+    s.write_all(data)?;
+    s.local_addr()
+}
+
 /// What a who-am-I server saw: (source, destination) of the connection.
 pub fn whoami(addr: SocketAddr) -> io::Result<(SocketAddr, SocketAddr)> {
     whoami_from(addr, None)

@@ -82,6 +82,13 @@ enum Cmd {
         #[arg(long)]
         from: Option<std::net::IpAddr>,
     },
+    /// Connect, send TEXT, close at once without reading (a fire-and-forget client).
+    Send {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        text: String,
+    },
     /// One DNS query.
     Dns {
         #[arg(long)]
@@ -169,6 +176,10 @@ fn run(cli: Cli) -> std::io::Result<()> {
         Cmd::Whoami { to, from } => {
             let (peer, local) = workload::whoami_from(to, from)?;
             println!("whoami peer={peer} local={local}");
+        }
+        Cmd::Send { to, text } => {
+            let local = workload::send_and_close(to, text.as_bytes())?;
+            println!("sent bytes={} local={local}", text.len());
         }
         Cmd::Dns { to, name } => {
             let (a, from) = workload::dns_query(to, &name)?;
