@@ -312,6 +312,30 @@ impl Cluster {
         }
     }
 
+    /// Streams `bytes` from `from`'s app to `to`'s bulk sink (the client checks count and
+    /// checksum) and asserts it arrived; on failure says what both sidecars saw (their
+    /// records carry the errno of the hop that broke). `event_driven`: the client waits on an
+    /// early EAGAIN (`mb-workload --wait-on-eagain`).
+    fn bulk(&self, from: usize, to: usize, bytes: u64, event_driven: bool, what: &str) {
+        let mut args = Vec::new();
+        if event_driven {
+            args.push("--wait-on-eagain".to_owned());
+        }
+        args.push("bulk".into());
+        args.push(format!("--to={}:8081", self.ip(to, false)));
+        args.push(format!("--bytes={bytes}"));
+        let line = mb_testbed::scenarios::run_client(&self.pods[from], &self.bins, APP_UID, &args)
+            .unwrap_or_else(|e| {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "{what}: {e}\nclient sidecar: {:#?}\nserver sidecar: {:#?}",
+                    self.records(from),
+                    self.records(to)
+                )
+            });
+        assert!(line.contains(&format!("bytes={bytes}")), "{what}: {line}");
+    }
+
     fn records(&self, pod: usize) -> Vec<Record> {
         self.sidecars[pod]
             .as_ref()
@@ -693,26 +717,13 @@ fn spliced_bulk_and_rr_arrive_intact_on_blocking_sockets() {
     let client = c.pod("client", Some(&[]));
     let server = c.pod("server", Some(&[]));
     let bytes: u64 = 100 * 1024 * 1024 + 7;
-    let line = mb_testbed::scenarios::run_client(
-        &c.pods[client],
-        &c.bins,
-        APP_UID,
-        &[
-            "bulk".into(),
-            format!("--to={}:8081", c.ip(server, false)),
-            format!("--bytes={bytes}"),
-        ],
-    )
-    .unwrap_or_else(|e| {
-        // What the sidecars saw says which hop broke (their records carry the errno).
-        std::thread::sleep(Duration::from_millis(100));
-        panic!(
-            "bulk through the sidecars (the client checks the checksum): {e}\nclient sidecar: {:#?}\nserver sidecar: {:#?}",
-            c.records(client),
-            c.records(server)
-        )
-    });
-    assert!(line.contains(&format!("bytes={bytes}")), "{line}");
+    c.bulk(
+        client,
+        server,
+        bytes,
+        false,
+        "bulk through the sidecars (the client checks the checksum)",
+    );
     let line = mb_testbed::scenarios::run_client(
         &c.pods[client],
         &c.bins,
@@ -753,19 +764,13 @@ fn splice_all_carries_bulk_and_rr_intact_for_event_driven_clients() {
     let server = c.pod("server", Some(&[]));
     let bytes: u64 = 32 * 1024 * 1024 + 5;
     for round in 0..3 {
-        let line = mb_testbed::scenarios::run_client(
-            &c.pods[client],
-            &c.bins,
-            APP_UID,
-            &[
-                "--wait-on-eagain".into(),
-                "bulk".into(),
-                format!("--to={}:8081", c.ip(server, false)),
-                format!("--bytes={bytes}"),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("bulk round {round} with every leg spliced: {e}"));
-        assert!(line.contains(&format!("bytes={bytes}")), "{line}");
+        c.bulk(
+            client,
+            server,
+            bytes,
+            true,
+            &format!("bulk round {round} with every leg spliced"),
+        );
     }
     let line = mb_testbed::scenarios::run_client(
         &c.pods[client],
@@ -827,19 +832,13 @@ fn pods_can_opt_in_to_splicing_their_application_legs() {
     }
     let bytes: u64 = 16 * 1024 * 1024 + 3;
     let spliced = c.loaded.counter("spliced_bytes");
-    let line = mb_testbed::scenarios::run_client(
-        &c.pods[client],
-        &c.bins,
-        APP_UID,
-        &[
-            "--wait-on-eagain".into(),
-            "bulk".into(),
-            format!("--to={}:8081", c.ip(server, false)),
-            format!("--bytes={bytes}"),
-        ],
-    )
-    .expect("bulk between two opted-in pods");
-    assert!(line.contains(&format!("bytes={bytes}")), "{line}");
+    c.bulk(
+        client,
+        server,
+        bytes,
+        true,
+        "bulk between two opted-in pods",
+    );
     let spliced = c.loaded.counter("spliced_bytes") - spliced;
     assert!(
         spliced >= 3 * bytes,
