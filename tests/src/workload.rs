@@ -369,19 +369,38 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 
 /// Connects from `source` (bound first) to `to`.
 pub fn connect_from(source: SocketAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    use nix::sys::socket::{self, SockFlag, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let fd = tcp_socket_from(Some(source), to, SockFlag::empty())?;
+    socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to))
+        .map_err(|e| io::Error::other(format!("connect {to} from {source}: {e}")))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// A close-on-exec TCP socket of `to`'s family (plus `flags`), bound to `source` if given.
+pub(crate) fn tcp_socket_from(
+    source: Option<SocketAddr>,
+    to: SocketAddr,
+    flags: nix::sys::socket::SockFlag,
+) -> io::Result<std::os::fd::OwnedFd> {
     use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
-    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     let family = if to.is_ipv4() {
         AddressFamily::Inet
     } else {
         AddressFamily::Inet6
     };
-    let fd: OwnedFd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(source))
-        .map_err(|e| io::Error::other(format!("bind {source}: {e}")))?;
-    socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to))
-        .map_err(|e| io::Error::other(format!("connect {to} from {source}: {e}")))?;
-    Ok(TcpStream::from(fd))
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | flags,
+        None,
+    )?;
+    if let Some(source) = source {
+        socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(source))
+            .map_err(|e| io::Error::other(format!("bind {source}: {e}")))?;
+    }
+    Ok(fd)
 }
 
 /// Latency summary of many request/response exchanges.

@@ -121,7 +121,6 @@ impl Direction {
 }
 
 struct Conn {
-    generation: u32,
     record: Record,
     /// `[downstream, upstream]`.
     sockets: [TcpStream; 2],
@@ -219,7 +218,6 @@ impl Worker<'_> {
         self.conns[slot] = (
             generation,
             Some(Conn {
-                generation,
                 record,
                 sockets: [downstream, upstream],
                 registered: [EpollFlags::empty(); 2],
@@ -319,7 +317,9 @@ impl Worker<'_> {
     }
 
     fn register(&mut self, slot: usize) -> io::Result<()> {
-        let conn = self.conns[slot].1.as_mut().expect("live connection");
+        let (generation, conn) = &mut self.conns[slot];
+        let generation = *generation;
+        let conn = conn.as_mut().expect("live connection");
         let mut want = [EpollFlags::empty(); 2];
         if conn.connect_deadline.is_some() {
             want[1] = EpollFlags::EPOLLOUT;
@@ -339,7 +339,7 @@ impl Worker<'_> {
             if old == new {
                 continue;
             }
-            let token = (slot as u64) << 32 | u64::from(conn.generation) << 1 | side as u64;
+            let token = (slot as u64) << 32 | u64::from(generation) << 1 | side as u64;
             let socket = conn.sockets[side].as_fd();
             if new.is_empty() {
                 self.epoll.delete(socket)?;
@@ -600,23 +600,9 @@ fn splice(
 /// A non-blocking TCP socket connecting to `to` (from `source` if given); the connect
 /// completes when the socket turns writable.
 fn connect_nonblocking(source: Option<SocketAddr>, to: SocketAddr) -> io::Result<TcpStream> {
-    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use nix::sys::socket::{self, SockFlag, SockaddrStorage};
     use std::os::fd::AsRawFd;
-    let family = if to.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd: OwnedFd = socket::socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
-    if let Some(source) = source {
-        socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(source))
-            .map_err(|e| io::Error::other(format!("bind {source}: {e}")))?;
-    }
+    let fd = crate::workload::tcp_socket_from(source, to, SockFlag::SOCK_NONBLOCK)?;
     match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to)) {
         Ok(()) | Err(Errno::EINPROGRESS) => Ok(TcpStream::from(fd)),
         Err(e) => Err(io::Error::other(format!("connect {to}: {e}"))),
