@@ -226,8 +226,11 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
 
 /// Sets r8 to `ORIG_SPLICE_APP` if the pod whose address is at `fp + addr` asked for its
 /// application legs to be spliced (`POD_SPLICE_APP`), else leaves it; then jumps to `next`.
+/// Only `--splice sidecars` looks at the flag, so the lookup is skipped in the other modes.
 /// Clobbers r0–r5.
 fn pod_splice_app_flag(a: &mut Asm, addr: i16, next: mb_asm::Label) {
+    a.mov64_const(R1, CONST_SPLICE)
+        .jmp_imm(JmpOp::Ne, R1, SPLICE_SIDECARS as i32, next);
     a.ld_map_fd(R1, MAP_POD_IPS);
     stack_ptr(a, R2, addr);
     a.call(Helper::MapLookupElem)
