@@ -1,7 +1,10 @@
-//! `merbridge` as a library: the parts of the node agent that the binary (and the tests) share.
+//! `mb-agent`: merbridge's node agent as a library, shared by the `merbridge` binary (cli/),
+//! the developer tools (devtools/) and the tests. It links no test bed.
 //!
 //! - [`k8s`]: a list+watch client for the pods of one node (HTTP/1.1 over TCP or rustls).
 //! - [`mesh`]: which pods are meshed, and their interception policy from annotations.
+//! - [`pods`]: local pods in the pinned maps (what `merbridge pod` reads and writes).
+//! - [`run`]: the node agent's loop (`merbridge run`): watch, sync, netns scan, metrics.
 #![forbid(unsafe_code)]
 
 pub mod k8s;

@@ -1,8 +1,8 @@
 //! No input panics the watch-stream decoder or the pod parser (the fuzz target
 //! `fuzz/fuzz_targets/k8s_watch_decoder.rs` does the same with coverage guidance).
 
-use merbridge::k8s::decode::WatchDecoder;
-use merbridge::k8s::PodInfo;
+use mb_agent::k8s::decode::WatchDecoder;
+use mb_agent::k8s::PodInfo;
 use proptest::prelude::*;
 
 fn run_decoder(data: &[u8], split: usize, limit: usize) -> usize {

@@ -9,8 +9,8 @@ mod k8s_support;
 
 use k8s_support::server::FakeApiServer;
 use k8s_support::{fixture_pod_value, kubeconfig_text, synthesize_running};
-use merbridge::k8s::{ClientConfig, PodEvent, PodWatcher, WatchOptions};
-use merbridge::mesh::{intercepted, InterceptedPod, Mesh};
+use mb_agent::k8s::{ClientConfig, PodEvent, PodWatcher, WatchOptions};
+use mb_agent::mesh::{intercepted, InterceptedPod, Mesh};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;

@@ -8,8 +8,8 @@ mod k8s_support;
 
 use k8s_support::server::{FakeApiServer, TestPki};
 use k8s_support::{fixture_pod_value, kubeconfig_text, synthesize_running, TempDir};
-use merbridge::k8s::{ClientConfig, PodEvent, PodWatcher, StopHandle, WatchOptions, WatcherStats};
-use merbridge::mesh::{intercepted, Mesh};
+use mb_agent::k8s::{ClientConfig, PodEvent, PodWatcher, StopHandle, WatchOptions, WatcherStats};
+use mb_agent::mesh::{intercepted, Mesh};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::Ordering;

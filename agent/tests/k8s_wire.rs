@@ -5,8 +5,8 @@
 mod k8s_support;
 
 use k8s_support::{fixture_text, fixtures_dir};
-use merbridge::k8s::decode::{WatchDecoder, WatchEvent};
-use merbridge::k8s::http::{self, Endpoint};
+use mb_agent::k8s::decode::{WatchDecoder, WatchEvent};
+use mb_agent::k8s::http::{self, Endpoint};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::thread;
@@ -150,7 +150,7 @@ fn client_go_list_capture_reads_with_content_length() {
     assert_eq!(body.len(), 260, "Content-Length");
     let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(list["metadata"]["resourceVersion"], "222");
-    let item = merbridge::k8s::PodInfo::from_value(&list["items"][0]).unwrap();
+    let item = mb_agent::k8s::PodInfo::from_value(&list["items"][0]).unwrap();
     assert_eq!(item.uid, "a6bb38b5-67ca-4d0d-bd87-da746a94c8a5");
     assert_eq!(
         item.resource_version, "207",

@@ -2,7 +2,7 @@
 //! annotation (the fuzz target `fuzz/fuzz_targets/annotations_policy.rs` does the same with
 //! coverage guidance).
 
-use merbridge::mesh::{annotations_from_text, Mesh, PodPolicy};
+use mb_agent::mesh::{annotations_from_text, Mesh, PodPolicy};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 

@@ -5,8 +5,8 @@
 mod k8s_support;
 
 use k8s_support::{fixture_pod, fixture_pod_value, fixtures_dir, synthesize_running};
-use merbridge::k8s::PodInfo;
-use merbridge::mesh::{
+use mb_agent::k8s::PodInfo;
+use mb_agent::mesh::{
     annotations_from_file, intercepted, is_meshed, CidrSelection, Mesh, PodPolicy, PortSelection,
 };
 use std::collections::BTreeMap;

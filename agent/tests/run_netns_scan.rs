@@ -3,8 +3,8 @@
 //! entering it; then with a process in it — found through `/proc/<pid>/ns/net` without
 //! entering. Either way the cookie is the namespace's own.
 
+use mb_agent::run::NetnsScanner;
 use mb_testbed::{Node, PodSpec};
-use merbridge::run::NetnsScanner;
 use std::net::{IpAddr, Ipv6Addr};
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use merbridge::mesh::{annotations_from_text, Mesh, PodPolicy};
+use mb_agent::mesh::{annotations_from_text, Mesh, PodPolicy};
 use std::collections::BTreeMap;
 
 const NAMES: &[&str] = &[

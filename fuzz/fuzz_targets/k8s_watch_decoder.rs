@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use merbridge::k8s::decode::WatchDecoder;
-use merbridge::k8s::PodInfo;
+use mb_agent::k8s::decode::WatchDecoder;
+use mb_agent::k8s::PodInfo;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, stream)) = data.split_first() else {

@@ -4,7 +4,7 @@
 
 pub mod server;
 
-use merbridge::k8s::PodInfo;
+use mb_agent::k8s::PodInfo;
 use std::path::PathBuf;
 
 /// `$MB_K8S_FIXTURES`, else `<repo>/../shared/fixtures/k8s`.

@@ -12,13 +12,13 @@ fn quick_bench_completes_with_every_measure() {
     let dir = std::env::temp_dir().join(format!("mb-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (json_path, svg_path) = (dir.join("bench.json"), dir.join("bench.svg"));
-    let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
+    let out = Command::new(env!("CARGO_BIN_EXE_merbridge-dev"))
         .args(["bench", "--quick", "--json"])
         .arg(&json_path)
         .arg("--svg")
         .arg(&svg_path)
         .output()
-        .expect("run merbridge bench");
+        .expect("run merbridge-dev bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -13,13 +13,13 @@
 
 use super::env::{fake_pod, Datapath};
 use super::stats::median;
+use mb_agent::pods::PodMaps;
 use mb_maps::datapath::SPLICE_SIDECARS;
 use mb_sys::cgroup::OwnedCgroup;
 use mb_sys::netns::NamedNetns;
 use mb_sys::process::{place, Placement};
 use mb_testbed::cmd::run_with_input;
 use mb_testbed::MeshPorts;
-use merbridge::pods::PodMaps;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Instant;
@@ -159,9 +159,9 @@ fn merbridge_adds(n: u32) -> Result<Vec<f64>, String> {
 /// Adds pods 1..=n the way `merbridge run` does (its map sync: the pod from the API, then its
 /// namespace cookie); the time of each add in microseconds.
 fn agent_adds(n: u32) -> Result<Vec<f64>, String> {
-    use merbridge::k8s::{ContainerInfo, PodInfo};
-    use merbridge::mesh::Mesh;
-    use merbridge::run::{BpfPodStore, PodSync};
+    use mb_agent::k8s::{ContainerInfo, PodInfo};
+    use mb_agent::mesh::Mesh;
+    use mb_agent::run::{BpfPodStore, PodSync};
     let cgroup = OwnedCgroup::create_private("mb-bench-cp")
         .map_err(|e| format!("create a private cgroup: {e}"))?;
     let datapath = Datapath::load(cgroup.path(), SPLICE_SIDECARS)?;

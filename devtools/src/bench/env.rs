@@ -3,6 +3,8 @@
 //! (processes, pods, the merbridge data path, nodes), also when a measurement fails.
 
 use super::stats::{mean, quantile};
+use mb_agent::mesh::{Mesh, PodPolicy};
+use mb_agent::pods::{LocalPod, PodMaps};
 use mb_loader::attach::AttachMode;
 use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants};
 use mb_maps::datapath::{SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
@@ -11,8 +13,6 @@ use mb_sys::process::{place, Placement};
 use mb_testbed::scenarios::{Binaries, APP_UID, BULK_PORT, ECHO_PORT};
 use mb_testbed::workload::{parse_kv, BulkStats, CrrStats};
 use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
-use merbridge::mesh::{Mesh, PodPolicy};
-use merbridge::pods::{LocalPod, PodMaps};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -8,17 +8,18 @@
 //! `synthesize_running`.
 
 mod common;
+#[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
 use common::{wait_until, Agent, AgentOptions};
 use k8s_support::server::FakeApiServer;
 use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
+use mb_agent::run::BpfPodStore;
 use mb_loader::datapath::hook_status;
 use mb_sys::bpffs::PrivateBpffs;
 use mb_testbed::scenarios::{start_app, whoami, Binaries, APP_UID, ECHO_PORT, WHOAMI_PORT};
 use mb_testbed::sidecar::{Listener, Record};
 use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
-use merbridge::run::BpfPodStore;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 

@@ -1,14 +1,15 @@
-//! `merbridge`: the command line and node agent.
+//! `merbridge`: the command line and node agent, the one binary of the DaemonSet image.
+//! `demo` and `bench` are developer tools in a separate binary (`merbridge-dev`, crate
+//! mb-devtools) that this one starts, so the image carries no test bed.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-mod bench;
 mod cmd_asm;
-mod cmd_bench;
 mod cmd_datapath;
-mod cmd_demo;
+mod cmd_dev;
 mod cmd_probe;
 mod cmd_run;
 
@@ -44,10 +45,20 @@ enum Command {
     Status(cmd_datapath::StatusArgs),
     /// The embedded bytecode, disassembled.
     Dump(cmd_datapath::DumpArgs),
-    /// A two-pod mesh on this machine: iptables, then merbridge, side by side (root).
-    Demo(cmd_demo::DemoArgs),
-    /// Direct vs iptables vs merbridge, data path and control plane, measured (root).
-    Bench(cmd_bench::BenchArgs),
+    /// A two-pod mesh on this machine: iptables, then merbridge, side by side (root;
+    /// runs `merbridge-dev demo`).
+    #[command(disable_help_flag = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Direct vs iptables vs merbridge, data path and control plane, measured (root; runs
+    /// `merbridge-dev bench`).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// The node agent: watch this node's pods in Kubernetes, keep the maps in sync (root).
     Run(cmd_run::RunArgs),
 }
@@ -64,8 +75,8 @@ fn main() -> ExitCode {
         Command::Pod { command } => cmd_datapath::run_pod(command),
         Command::Status(args) => cmd_datapath::run_status(args),
         Command::Dump(args) => cmd_datapath::run_dump(args),
-        Command::Demo(args) => cmd_demo::run(args),
-        Command::Bench(args) => cmd_bench::run(args),
+        Command::Demo { args } => cmd_dev::run("demo", args),
+        Command::Bench { args } => cmd_dev::run("bench", args),
         Command::Run(args) => cmd_run::run(args),
     };
     match result {

@@ -15,14 +15,15 @@
 //! pods whose sandbox is not up yet).
 
 mod common;
+#[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
 use common::{spin_until, Agent, AgentOptions};
 use k8s_support::server::FakeApiServer;
 use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
+use mb_agent::run::BpfPodStore;
 use mb_sys::bpffs::PrivateBpffs;
 use mb_sys::cgroup::OwnedCgroup;
-use merbridge::run::BpfPodStore;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,10 @@
 //! standalone mode, no Kubernetes needed.
 
 use clap::{Args, Subcommand};
+use mb_agent::mesh::{
+    annotations_from_file, Cidr, CidrSelection, Mesh, PodPolicy, PortRanges, PortSelection,
+};
+use mb_agent::pods::{entry_ips, LocalPod, PodMaps};
 use mb_asm::text::{fmt_kernel, fmt_llvm};
 use mb_loader::attach::AttachMode;
 use mb_loader::datapath::{
@@ -10,10 +14,6 @@ use mb_loader::datapath::{
 use mb_maps::datapath::{Hook, MAPS, MAP_COUNTERS, SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
 use mb_maps::layout::Counter;
 use mb_maps::{Map, PerCpuArray};
-use merbridge::mesh::{
-    annotations_from_file, Cidr, CidrSelection, Mesh, PodPolicy, PortRanges, PortSelection,
-};
-use merbridge::pods::{entry_ips, LocalPod, PodMaps};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

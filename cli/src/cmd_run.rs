@@ -2,11 +2,11 @@
 
 use crate::cmd_datapath::{MeshArgs, PinArgs};
 use clap::Args;
+use mb_agent::k8s::node_name;
+use mb_agent::mesh::Mesh;
+use mb_agent::run::{AgentConfig, OnExit};
 use mb_loader::attach::AttachMode;
 use mb_loader::datapath::LoadOptions;
-use merbridge::k8s::node_name;
-use merbridge::mesh::Mesh;
-use merbridge::run::{AgentConfig, OnExit};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -143,6 +143,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         retry_interval: Duration::from_secs(2),
         scan_spacing: Duration::from_millis(100),
     };
-    merbridge::run::run(config)?;
+    mb_agent::run::run(config)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 
 use crate::bench::env::{add_real_pod, Datapath};
 use clap::Args;
+use mb_agent::pods::PodMaps;
 use mb_loader::datapath::PinLayout;
 use mb_maps::datapath::{MAP_COUNTERS, SPLICE_ALL, SPLICE_SIDECARS};
 use mb_maps::layout::Counter;
@@ -15,7 +16,6 @@ use mb_testbed::scenarios::{
 use mb_testbed::sidecar::Record;
 use mb_testbed::workload::{parse_kv, BulkStats, CrrStats, LatencyStats};
 use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig, Spawned};
-use merbridge::pods::PodMaps;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -1,0 +1,46 @@
+//! `merbridge-dev`: the developer tools, kept out of the production `merbridge` binary
+//! because they link the test bed (and need its sidecar, workload tools and iptables).
+//! `merbridge demo` and `merbridge bench` start this binary.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod bench;
+mod cmd_bench;
+mod cmd_demo;
+
+#[derive(Parser)]
+#[command(
+    name = "merbridge",
+    bin_name = "merbridge",
+    version,
+    about = "merbridge's developer tools: the demo and the bench (root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A two-pod mesh on this machine: iptables, then merbridge, side by side (root).
+    Demo(cmd_demo::DemoArgs),
+    /// Direct vs iptables vs merbridge, data path and control plane, measured (root).
+    Bench(cmd_bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    mb_sys::signal::default_sigpipe();
+    let result = match Cli::parse().command {
+        Command::Demo(args) => cmd_demo::run(args),
+        Command::Bench(args) => cmd_bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("merbridge: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
