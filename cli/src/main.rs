@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 mod cmd_asm;
+mod cmd_cni;
 mod cmd_datapath;
 mod cmd_dev;
 mod cmd_probe;
@@ -59,12 +60,29 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// The chained CNI plugin (run by the container runtime; also as `merbridge-cni`), and
+    /// its install step.
+    Cni {
+        #[command(subcommand)]
+        command: Option<cmd_cni::CniCommand>,
+    },
+    /// Init-container check: fail unless this pod's outbound connect is redirected.
+    Validate(cmd_cni::ValidateArgs),
     /// The node agent: watch this node's pods in Kubernetes, keep the maps in sync (root).
     Run(cmd_run::RunArgs),
 }
 
 fn main() -> ExitCode {
     mb_sys::signal::default_sigpipe();
+    // Installed in the CNI bin dir as `merbridge-cni`, the binary is the plugin.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let invoked_as = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if invoked_as == mb_agent::cni::config::PLUGIN_TYPE {
+        return cmd_cni::run_plugin_mode();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Asm(args) => cmd_asm::run_asm(args),
@@ -78,6 +96,11 @@ fn main() -> ExitCode {
         Command::Demo { args } => cmd_dev::run("demo", args),
         Command::Bench { args } => cmd_dev::run("bench", args),
         Command::Run(args) => cmd_run::run(args),
+        Command::Cni { command: None } => return cmd_cni::run_plugin_mode(),
+        Command::Cni {
+            command: Some(command),
+        } => cmd_cni::run(command),
+        Command::Validate(args) => cmd_cni::run_validate(args),
     };
     match result {
         Ok(code) => code,
