@@ -1,0 +1,660 @@
+//! `merbridge cni` end to end, as root, with no agent running: the REAL reference plugins of
+//! Debian's containernetworking-plugins (`bridge` with `host-local` IPAM, in /usr/lib/cni)
+//! and then merbridge-cni (this binary under that name) are run the way a container runtime
+//! runs a chain — `CNI_*` variables, the config on stdin, each plugin's result passed on as
+//! `prevResult`. Everything lives in what the test makes: a "host" network namespace (the
+//! bridge `mbcni0` and its private subnet are created there by the bridge plugin), one
+//! namespace per sandbox, a private cgroup with the data path attached, a private bpffs and
+//! a temp dir for IPAM data, state and kubeconfig. A fake API server on loopback answers the
+//! plugin's pod GET (the fixture is the injected Istio pod with SYNTHETIC uid and name).
+//!
+//! The application's first connection is checked with `merbridge validate` started in the
+//! sandbox right after ADD (outbound only: inbound capture by sk_lookup, issue 12, is not on
+//! this branch).
+
+mod common;
+#[path = "../../agent/tests/k8s_support/mod.rs"]
+mod k8s_support;
+
+use common::{Agent, AgentOptions};
+use k8s_support::server::FakeApiServer;
+use k8s_support::{fixture_pod_value, kubeconfig_text, synthesize_running, TempDir};
+use mb_agent::pods::PodMaps;
+use mb_loader::attach::AttachMode;
+use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants, PinLayout};
+use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_PORT_RULES};
+use mb_maps::layout::{CidrRuleKey, PodEntry, PortRuleKey};
+use mb_sys::bpffs::PrivateBpffs;
+use mb_sys::cgroup::OwnedCgroup;
+use mb_sys::netns::NamedNetns;
+use mb_sys::process::{place, Placement};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+const CNI_BIN_DIR: &str = "/usr/lib/cni";
+const NODE: &str = "mb-cni-node";
+const APP_UID: u32 = 1000;
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique(tag: &str) -> String {
+    format!(
+        "mb-{}-{}-{tag}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Unloads the data path before the cgroup and bpffs go.
+struct UnloadOnDrop {
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl Drop for UnloadOnDrop {
+    fn drop(&mut self) {
+        let _ = unload_datapath(&self.pin_dir, Some(&self.cgroup));
+    }
+}
+
+/// A pod sandbox as a runtime makes it: an empty network namespace and the pod's cgroup.
+struct Sandbox {
+    id: String,
+    netns: NamedNetns,
+    cgroup: PathBuf,
+}
+
+/// What a plugin printed and how it exited.
+#[derive(Debug)]
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("plugin output is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// The node: "host" namespace, cgroup with the data path, pins, IPAM/state dirs, API server.
+/// Fields drop in order: data path first, then cgroup, namespaces, bpffs, files.
+struct Rig {
+    _unload: UnloadOnDrop,
+    cgroup: OwnedCgroup,
+    host: NamedNetns,
+    _bpffs: PrivateBpffs,
+    pin_dir: PathBuf,
+    dir: TempDir,
+    plugin: PathBuf,
+    api: FakeApiServer,
+    subnet: u8,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        assert!(
+            Path::new(CNI_BIN_DIR).join("bridge").is_file(),
+            "{CNI_BIN_DIR}/bridge missing: apt-get install containernetworking-plugins"
+        );
+        let cgroup = OwnedCgroup::create_private("mb-cni").expect("cgroup");
+        let host = NamedNetns::create(&unique("cnihost")).expect("host netns");
+        let bpffs = PrivateBpffs::new("mb-cni").expect("bpffs");
+        let pin_dir = bpffs.path().join("merbridge");
+        load_datapath(&LoadOptions {
+            cgroup: cgroup.path().to_path_buf(),
+            pin_dir: pin_dir.clone(),
+            constants: MeshConstants {
+                outbound_port: 15001,
+                inbound_port: 15006,
+                proxy_uid: 1337,
+                dns_port: 15053,
+                splice_mode: mb_maps::datapath::SPLICE_SIDECARS,
+            },
+            ipv6: false,
+            dns_capture: false,
+            bind4: false,
+            mode: AttachMode::Auto,
+            netns_keys: None,
+        })
+        .expect("load the data path");
+        let unload = UnloadOnDrop {
+            pin_dir: pin_dir.clone(),
+            cgroup: cgroup.path().to_path_buf(),
+        };
+        let dir = TempDir::new("cni");
+        // The binary under the name a runtime calls it by (argv[0] dispatch).
+        let bin = dir.0.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let plugin = bin.join("merbridge-cni");
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_merbridge"), &plugin).unwrap();
+        let api = FakeApiServer::start(None);
+        std::fs::write(
+            dir.0.join("kubeconfig"),
+            kubeconfig_text(&format!("http://{}", api.addr), None, None, None),
+        )
+        .unwrap();
+        Rig {
+            _unload: unload,
+            cgroup,
+            host,
+            _bpffs: bpffs,
+            pin_dir,
+            dir,
+            plugin,
+            api,
+            subnet: (std::process::id() % 200) as u8 + 20,
+        }
+    }
+
+    fn sandbox(&self, name: &str) -> Sandbox {
+        let netns = NamedNetns::create(&unique(name)).expect("sandbox netns");
+        let cgroup = self.cgroup.create_child(name).expect("pod cgroup");
+        let sb = Sandbox {
+            id: format!("{name}{}", std::process::id()),
+            netns,
+            cgroup,
+        };
+        // As containerd does for every sandbox: `lo` up with the reference loopback plugin.
+        let lo = self.exec_if(
+            &Path::new(CNI_BIN_DIR).join("loopback"),
+            "ADD",
+            &sb,
+            "lo",
+            r#"{"cniVersion":"1.0.0","name":"cni-loopback","type":"loopback"}"#,
+        );
+        assert!(lo.ok, "loopback ADD: {lo:?}");
+        sb
+    }
+
+    fn gateway(&self) -> String {
+        format!("10.77.{}.1", self.subnet)
+    }
+
+    fn bridge_conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0", "name": "mbcni", "type": "bridge",
+            "bridge": "mbcni0", "isGateway": true, "ipMasq": false,
+            "ipam": {"type": "host-local",
+                     "ranges": [[{"subnet": format!("10.77.{}.0/24", self.subnet)}]],
+                     "dataDir": self.dir.0.join("ipam")}
+        })
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.0.join("state")
+    }
+
+    fn merbridge_conf(&self, prev: Option<&Value>) -> Value {
+        let mut conf = json!({
+            "cniVersion": "1.0.0", "name": "mbcni", "type": "merbridge-cni",
+            "mesh": "istio", "pinDir": self.pin_dir, "stateDir": self.state_dir(),
+            "kubeconfig": self.dir.0.join("kubeconfig"),
+        });
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        conf
+    }
+
+    /// Runs one plugin in the host namespace as a runtime does.
+    fn exec(&self, plugin: &Path, command: &str, sb: &Sandbox, args: &str, stdin: &str) -> Run {
+        let netns = sb.netns.path().display().to_string();
+        self.exec_full(plugin, command, &sb.id, &netns, "eth0", args, stdin)
+    }
+
+    fn exec_if(
+        &self,
+        plugin: &Path,
+        command: &str,
+        sb: &Sandbox,
+        ifname: &str,
+        stdin: &str,
+    ) -> Run {
+        let netns = sb.netns.path().display().to_string();
+        self.exec_full(plugin, command, &sb.id, &netns, ifname, "", stdin)
+    }
+
+    fn exec_env(
+        &self,
+        plugin: &Path,
+        command: &str,
+        container: &str,
+        netns: &str,
+        args: &str,
+        stdin: &str,
+    ) -> Run {
+        self.exec_full(plugin, command, container, netns, "eth0", args, stdin)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exec_full(
+        &self,
+        plugin: &Path,
+        command: &str,
+        container: &str,
+        netns: &str,
+        ifname: &str,
+        args: &str,
+        stdin: &str,
+    ) -> Run {
+        let mut cmd = Command::new(plugin);
+        cmd.env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", CNI_BIN_DIR)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // The reference plugins make the bridge and veths in the namespace they run in: the
+        // private "host" one. merbridge-cni touches no interface (it opens the sandbox's
+        // namespace by path and writes pins), so it runs where the test runs and reaches the
+        // fake API server on loopback, as the real one reaches the API from the host.
+        let netns = (plugin != self.plugin).then(|| self.host.path());
+        place(
+            &mut cmd,
+            &Placement {
+                netns,
+                die_with_parent: true,
+                ..Placement::default()
+            },
+        )
+        .unwrap();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", plugin.display()));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn bridge(&self) -> PathBuf {
+        Path::new(CNI_BIN_DIR).join("bridge")
+    }
+
+    /// The chain's ADD: bridge, then merbridge with bridge's result. Returns both results.
+    fn chain_add(&self, sb: &Sandbox, args: &str) -> (Value, Run) {
+        let bridge = self.exec(
+            &self.bridge(),
+            "ADD",
+            sb,
+            args,
+            &self.bridge_conf().to_string(),
+        );
+        assert!(bridge.ok, "bridge ADD: {bridge:?}");
+        let prev = bridge.json();
+        let conf = self.merbridge_conf(Some(&prev)).to_string();
+        (prev, self.exec(&self.plugin, "ADD", sb, args, &conf))
+    }
+
+    /// The chain's DEL, in reverse order, with the cached result as prevResult.
+    fn chain_del(&self, sb: &Sandbox, args: &str, prev: &Value) -> Run {
+        let conf = self.merbridge_conf(Some(prev)).to_string();
+        let ours = self.exec(&self.plugin, "DEL", sb, args, &conf);
+        let mut bridge_conf = self.bridge_conf();
+        bridge_conf["prevResult"] = prev.clone();
+        let bridge = self.exec(&self.bridge(), "DEL", sb, args, &bridge_conf.to_string());
+        assert!(bridge.ok, "bridge DEL: {bridge:?}");
+        ours
+    }
+
+    /// Serves pod `name` (meshed: the injected Istio fixture; else a plain pod).
+    fn api_pod(&self, name: &str, uid: &str, meshed: bool, ips: &[&str]) -> Value {
+        let mut pod = if meshed {
+            synthesize_running(
+                fixture_pod_value("istio/istio-master__pod.yaml.injected"),
+                uid,
+                NODE,
+                ips,
+                "1",
+            )
+        } else {
+            json!({"kind": "Pod", "apiVersion": "v1",
+                   "metadata": {"namespace": "default", "uid": uid},
+                   "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "x"}]},
+                   "status": {"phase": "Running", "podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()}})
+        };
+        pod["metadata"]["name"] = name.into();
+        pod["metadata"]["namespace"] = "default".into();
+        self.api.set_object(
+            &format!("/api/v1/namespaces/default/pods/{name}"),
+            Some(pod.clone()),
+        );
+        pod
+    }
+
+    fn maps(&self) -> PodMaps {
+        PodMaps::open(&self.pin_dir).expect("pod maps")
+    }
+
+    /// Every key of every pod map: nothing may stay after DEL.
+    fn map_keys(&self) -> usize {
+        let layout = PinLayout::new(&self.pin_dir);
+        let ports: mb_maps::LpmTrie<PortRuleKey, u32> =
+            mb_maps::LpmTrie::open_pinned(&layout.map(MAP_PORT_RULES)).unwrap();
+        let cidrs: mb_maps::LpmTrie<CidrRuleKey, u32> =
+            mb_maps::LpmTrie::open_pinned(&layout.map(MAP_CIDR_RULES)).unwrap();
+        self.maps().pods().unwrap().len() + ports.keys().count() + cidrs.keys().count()
+    }
+
+    fn netns_map(&self) -> mb_maps::HashMap<u64, PodEntry> {
+        mb_maps::HashMap::open_pinned(&PinLayout::new(&self.pin_dir).map(MAP_NETNS_PODS)).unwrap()
+    }
+
+    /// Files under the pin dir (maps, links, programs) and the state dir.
+    fn pins_and_state(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for dir in [self.pin_dir.clone(), self.state_dir()] {
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    if e.path().is_dir() {
+                        stack.push(e.path());
+                    }
+                    out.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// `merbridge validate` as the sandbox's first process (app UID, pod cgroup and netns).
+    fn validate(&self, sb: &Sandbox) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_merbridge"));
+        cmd.args(["validate", "--mesh", "istio", "--timeout-ms", "1500"])
+            .arg(format!("--target={}:9", self.gateway()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        place(
+            &mut cmd,
+            &Placement {
+                netns: Some(sb.netns.path()),
+                cgroup: Some(&sb.cgroup),
+                uid: Some(APP_UID),
+                gid: None,
+                die_with_parent: true,
+            },
+        )
+        .unwrap();
+        let out = cmd.output().unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+fn k8s_args(name: &str, uid: &str) -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_UID={uid}")
+}
+
+fn pod_ip(prev: &Value) -> IpAddr {
+    let text = prev["ips"][0]["address"].as_str().unwrap();
+    text.split('/').next().unwrap().parse().unwrap()
+}
+
+fn assert_cni_error(run: &Run, code: u64, words: &str) {
+    assert!(!run.ok, "expected a failure: {run:?}");
+    let v = run.json();
+    assert_eq!(v["code"].as_u64(), Some(code), "{run:?}");
+    let text = format!("{} {}", v["msg"], v["details"]);
+    assert!(text.contains(words), "{words:?} not in {text}");
+}
+
+#[test]
+fn chained_after_bridge_meshed_pods_are_intercepted_from_their_first_connect() {
+    if !mb_sys::testing::kernel_tests_enabled(
+        "chained_after_bridge_meshed_pods_are_intercepted_from_their_first_connect",
+    ) {
+        return;
+    }
+    let rig = Rig::new();
+    let pins_before = rig.pins_and_state();
+
+    // VERSION through the symlink (argv[0] = merbridge-cni).
+    let version = rig.exec_env(
+        &rig.plugin,
+        "VERSION",
+        "",
+        "",
+        "",
+        r#"{"cniVersion":"1.0.0"}"#,
+    );
+    assert!(version.ok, "{version:?}");
+    assert!(version.json()["supportedVersions"]
+        .to_string()
+        .contains("1.0.0"));
+
+    // A meshed pod: the bridge gives it an address, merbridge registers it.
+    let meshed = rig.sandbox("meshed");
+    rig.api_pod("web-0", "uid-web", true, &[]);
+    let args = k8s_args("web-0", "uid-web");
+    let (prev, add) = rig.chain_add(&meshed, &args);
+    assert!(add.ok, "merbridge ADD: {add:?}");
+    assert_eq!(
+        add.json()["ips"],
+        prev["ips"],
+        "ADD passes prevResult through"
+    );
+    let ip = pod_ip(&prev);
+    let entry = rig.maps().find(ip).unwrap().expect("pod in pod_ips");
+    let cookie = mb_sys::netns::netns_cookie(meshed.netns.path()).unwrap();
+    assert_eq!(entry.netns, cookie, "registered under its namespace cookie");
+    assert!(rig.netns_map().get(&cookie).unwrap().is_some());
+
+    // The first connection of the pod's first process is redirected (no agent running).
+    let check = rig.validate(&meshed);
+    assert!(check.ok, "validate in the meshed pod: {check:?}");
+    assert!(check.stdout.contains("redirected"), "{check:?}");
+
+    // A pod that is not meshed passes through untouched, and validation fails it closed.
+    let plain = rig.sandbox("plain");
+    rig.api_pod("plain-0", "uid-plain", false, &[]);
+    let plain_args = k8s_args("plain-0", "uid-plain");
+    let (plain_prev, plain_add) = rig.chain_add(&plain, &plain_args);
+    assert!(plain_add.ok, "{plain_add:?}");
+    assert_eq!(plain_add.json()["ips"], plain_prev["ips"]);
+    assert!(rig.maps().find(pod_ip(&plain_prev)).unwrap().is_none());
+    let refused = rig.validate(&plain);
+    assert!(
+        !refused.ok,
+        "validate must fail in a pod that is not intercepted: {refused:?}"
+    );
+    assert!(refused.stderr.contains("not redirected"), "{refused:?}");
+
+    // CHECK passes, then detects a deleted entry.
+    let conf = rig.merbridge_conf(Some(&prev)).to_string();
+    let ok = rig.exec(&rig.plugin, "CHECK", &meshed, &args, &conf);
+    assert!(ok.ok, "CHECK: {ok:?}");
+    rig.netns_map().remove(&cookie).unwrap();
+    let missing = rig.exec(&rig.plugin, "CHECK", &meshed, &args, &conf);
+    assert_cni_error(&missing, 103, "missing");
+    // ADD again (the runtime retries) restores it with the same id.
+    let again = rig.exec(&rig.plugin, "ADD", &meshed, &args, &conf);
+    assert!(again.ok, "{again:?}");
+    assert_eq!(rig.maps().find(ip).unwrap().unwrap().pod_id, entry.pod_id);
+
+    // Bad input: CNI error JSON, a clear message, nothing written.
+    let keys_before = rig.map_keys();
+    let bad = rig.sandbox("bad");
+    rig.api_pod("bad-0", "uid-bad", true, &[]);
+    let bad_args = k8s_args("bad-0", "uid-bad");
+    let cases: Vec<(String, String, u64, &str)> = vec![
+        (
+            "{not json".into(),
+            bad.netns.path().display().to_string(),
+            6,
+            "not valid JSON",
+        ),
+        (
+            rig.merbridge_conf(None).to_string(),
+            bad.netns.path().display().to_string(),
+            7,
+            "prevResult",
+        ),
+        (
+            {
+                let mut c = rig.merbridge_conf(Some(&prev));
+                c["cniVersion"] = "0.9.9".into();
+                c.to_string()
+            },
+            bad.netns.path().display().to_string(),
+            1,
+            "0.9.9",
+        ),
+        (
+            rig.merbridge_conf(Some(&prev)).to_string(),
+            "/run/netns/mb-cni-no-such-netns".into(),
+            3,
+            "does not exist",
+        ),
+    ];
+    for (stdin, netns, code, words) in &cases {
+        let run = rig.exec_env(&rig.plugin, "ADD", &bad.id, netns, &bad_args, stdin);
+        assert_cni_error(&run, *code, words);
+    }
+    assert_eq!(rig.map_keys(), keys_before, "failed ADDs wrote nothing");
+    assert!(!rig
+        .state_dir()
+        .join(format!("{}-eth0.json", bad.id))
+        .exists());
+
+    // Maps missing (pin dir without a data path): plain pods pass, meshed pods are refused
+    // with what to do.
+    let mut no_maps = rig.merbridge_conf(Some(&prev));
+    no_maps["pinDir"] = json!(rig.dir.0.join("no-pins"));
+    let run = rig.exec(
+        &rig.plugin,
+        "ADD",
+        &plain,
+        &plain_args,
+        &no_maps.to_string(),
+    );
+    assert!(run.ok, "non-meshed pod without maps: {run:?}");
+    let run = rig.exec(&rig.plugin, "ADD", &bad, &bad_args, &no_maps.to_string());
+    assert_cni_error(&run, 100, "Start the merbridge DaemonSet");
+
+    // The agent started now adopts the CNI-registered pod without changing its id.
+    let node_ip = ip.to_string();
+    let api_view = rig.api_pod("web-0", "uid-web", true, &[&node_ip]);
+    rig.api.add_pod(api_view);
+    let agent_dir = TempDir::new("cni-agent");
+    let mut agent = Agent::start(&AgentOptions {
+        api: &rig.api,
+        dir: &agent_dir.0,
+        node: NODE,
+        cgroup: rig.cgroup.path(),
+        pin_dir: &rig.pin_dir,
+        extra: &["--on-exit", "keep"],
+    });
+    agent.wait_ready(Duration::from_secs(30));
+    let adopted = rig.maps().find(ip).unwrap().expect("still registered");
+    assert_eq!(
+        adopted.pod_id,
+        entry.pod_id,
+        "agent kept the id; log:\n{}",
+        agent.log()
+    );
+    assert_eq!(adopted.netns, cookie, "agent kept the namespace");
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", agent.log());
+    let still = rig.validate(&meshed);
+    assert!(still.ok, "after the agent: {still:?}");
+
+    // DEL removes everything (twice: idempotent), also once the namespace is gone.
+    let del = rig.chain_del(&meshed, &args, &prev);
+    assert!(del.ok && del.stdout.is_empty(), "{del:?}");
+    assert!(rig.maps().find(ip).unwrap().is_none());
+    let again = rig.exec(&rig.plugin, "DEL", &meshed, &args, &conf);
+    assert!(again.ok, "second DEL: {again:?}");
+    let plain_del = rig.chain_del(&plain, &plain_args, &plain_prev);
+    assert!(plain_del.ok, "{plain_del:?}");
+    // A sandbox whose namespace vanished before DEL.
+    let gone = rig.sandbox("gone");
+    rig.api_pod("gone-0", "uid-gone", true, &[]);
+    let gone_args = k8s_args("gone-0", "uid-gone");
+    let (gone_prev, gone_add) = rig.chain_add(&gone, &gone_args);
+    assert!(gone_add.ok, "{gone_add:?}");
+    let Sandbox {
+        id: gone_id,
+        netns: gone_netns,
+        ..
+    } = gone;
+    let gone_path = gone_netns.path().display().to_string();
+    drop(gone_netns);
+    let run = rig.exec_env(
+        &rig.plugin,
+        "DEL",
+        &gone_id,
+        &gone_path,
+        &gone_args,
+        &rig.merbridge_conf(Some(&gone_prev)).to_string(),
+    );
+    assert!(run.ok, "DEL without netns: {run:?}");
+    assert_eq!(rig.map_keys(), 0, "no map entry left");
+    assert_eq!(
+        rig.pins_and_state(),
+        pins_before,
+        "no pin, link or record left"
+    );
+}
+
+#[test]
+fn a_thousand_add_del_cycles_leave_nothing_behind() {
+    if !mb_sys::testing::kernel_tests_enabled("a_thousand_add_del_cycles_leave_nothing_behind") {
+        return;
+    }
+    let rig = Rig::new();
+    let pins_before = rig.pins_and_state();
+    let sb = rig.sandbox("cycle");
+    rig.api_pod("cycle-0", "uid-cycle", true, &[]);
+    let args = k8s_args("cycle-0", "uid-cycle");
+    let (prev, first) = rig.chain_add(&sb, &args);
+    assert!(first.ok, "{first:?}");
+    let conf = rig.merbridge_conf(Some(&prev)).to_string();
+    let del = rig.exec(&rig.plugin, "DEL", &sb, &args, &conf);
+    assert!(del.ok, "{del:?}");
+    let ip = pod_ip(&prev);
+    for i in 0..1000 {
+        let add = rig.exec(&rig.plugin, "ADD", &sb, &args, &conf);
+        assert!(add.ok, "cycle {i} ADD: {add:?}");
+        if i % 100 == 0 {
+            assert!(
+                rig.maps().find(ip).unwrap().is_some(),
+                "cycle {i}: registered"
+            );
+        }
+        let del = rig.exec(&rig.plugin, "DEL", &sb, &args, &conf);
+        assert!(del.ok, "cycle {i} DEL: {del:?}");
+    }
+    let mut bridge_conf = rig.bridge_conf();
+    bridge_conf["prevResult"] = prev.clone();
+    let bridge = rig.exec(&rig.bridge(), "DEL", &sb, &args, &bridge_conf.to_string());
+    assert!(bridge.ok, "{bridge:?}");
+    assert_eq!(rig.map_keys(), 0, "no map entry left after 1,000 cycles");
+    assert_eq!(
+        rig.pins_and_state(),
+        pins_before,
+        "no pin, link or record left"
+    );
+}
