@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod cmd_bench;
+mod cmd_cni_bench;
 mod cmd_demo;
 
 #[derive(Parser)]
@@ -28,6 +29,8 @@ enum Command {
     Demo(cmd_demo::DemoArgs),
     /// Direct vs iptables vs merbridge, data path and control plane, measured (root).
     Bench(cmd_bench::BenchArgs),
+    /// `merbridge cni` ADD latency against its budgets (root).
+    CniBench(cmd_cni_bench::CniBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Demo(args) => cmd_demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::CniBench(args) => cmd_cni_bench::run(args),
     };
     match result {
         Ok(code) => code,

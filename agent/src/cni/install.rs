@@ -128,7 +128,7 @@ fn install_binary(bin_dir: &Path, source: Option<&Path>) -> Result<(), String> {
     if fs::read(&target).ok().as_deref() == Some(&bytes[..]) {
         return Ok(());
     }
-    write_atomically(&target, &bytes).map_err(|e| e.to_string())?;
+    write_atomically(&target, &bytes, true).map_err(|e| e.to_string())?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&target, fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("chmod {}: {e}", target.display()))
@@ -152,13 +152,13 @@ pub fn install(options: &InstallOptions) -> Result<Installed, String> {
         return Ok(Installed::Unchanged(path));
     }
     if is_list {
-        write_atomically(&path, &pretty(&wanted)).map_err(|e| e.to_string())?;
+        write_atomically(&path, &pretty(&wanted), true).map_err(|e| e.to_string())?;
         return Ok(Installed::Written(path));
     }
     // A .conf/.json cannot hold a list: write `<name>.conflist`, then remove the single
     // config (it would sort first and win).
     let list_path = path.with_extension("conflist");
-    write_atomically(&list_path, &pretty(&wanted)).map_err(|e| e.to_string())?;
+    write_atomically(&list_path, &pretty(&wanted), true).map_err(|e| e.to_string())?;
     fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
     Ok(Installed::Written(list_path))
 }
@@ -183,7 +183,7 @@ pub fn uninstall(conf_dir: &Path) -> Result<Vec<PathBuf>, String> {
         let before = plugins.len();
         plugins.retain(|p| !is_ours(p));
         if plugins.len() != before {
-            write_atomically(&path, &pretty(&config)).map_err(|e| e.to_string())?;
+            write_atomically(&path, &pretty(&config), true).map_err(|e| e.to_string())?;
             changed.push(path);
         }
     }
@@ -208,7 +208,7 @@ pub fn write_private_file(path: &Path, text: &str) -> Result<bool, String> {
     if fs::read_to_string(path).ok().as_deref() == Some(text) {
         return Ok(false);
     }
-    write_atomically(path, text.as_bytes()).map_err(|e| e.to_string())?;
+    write_atomically(path, text.as_bytes(), true).map_err(|e| e.to_string())?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("chmod {}: {e}", path.display()))?;

@@ -41,12 +41,13 @@ pub fn write(path: &Path, record: &SandboxRecord) -> io::Result<()> {
     fs::create_dir_all(dir)
         .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
     let text = serde_json::to_vec(record).map_err(io::Error::other)?;
-    write_atomically(path, &text)
+    // Not synced: a record only matters until the node reboots, and so do the maps.
+    write_atomically(path, &text, false)
 }
 
-/// Writes `bytes` to a temporary file next to `path`, syncs it and renames it over `path`, so a
-/// reader sees the old or the new content, never a part.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` to a temporary file next to `path` and renames it over `path`, so a reader
+/// sees the old or the new content, never a part; `durable` also syncs it to disk first.
+pub fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     // A leading dot and a `.tmp` end: no runtime reads it as a network config.
@@ -54,7 +55,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
     if let Err(e) = result {
