@@ -2,7 +2,8 @@
 //! Debian's containernetworking-plugins (`bridge` with `host-local` IPAM, in /usr/lib/cni)
 //! and then merbridge-cni (this binary under that name) are run the way a container runtime
 //! runs a chain — `CNI_*` variables, the config on stdin, each plugin's result passed on as
-//! `prevResult`. Everything lives in what the test makes: a "host" network namespace (the
+//! `prevResult`; merbridge's entry is the one `merbridge cni install` wrote into a conflist
+//! whose primary plugin is that bridge. Everything lives in what the test makes: a "host" network namespace (the
 //! bridge `mbcni0` and its private subnet are created there by the bridge plugin), one
 //! namespace per sandbox, a private cgroup with the data path attached, a private bpffs and
 //! a temp dir for IPAM data, state and kubeconfig. A fake API server on loopback answers the
@@ -191,12 +192,41 @@ impl Rig {
         self.dir.0.join("state")
     }
 
+    /// merbridge's entry as `merbridge cni install` writes it into a conflist whose primary
+    /// plugin is the bridge above, turned into the plugin's stdin as libcni does (the list's
+    /// name and cniVersion added, the previous result as prevResult).
     fn merbridge_conf(&self, prev: Option<&Value>) -> Value {
-        let mut conf = json!({
-            "cniVersion": "1.0.0", "name": "mbcni", "type": "merbridge-cni",
-            "mesh": "istio", "pinDir": self.pin_dir, "stateDir": self.state_dir(),
-            "kubeconfig": self.dir.0.join("kubeconfig"),
-        });
+        let conf_dir = self.dir.0.join("net.d");
+        let list_path = conf_dir.join("10-mbcni.conflist");
+        if !list_path.exists() {
+            std::fs::create_dir_all(&conf_dir).unwrap();
+            let mut bridge = self.bridge_conf();
+            let plugin = bridge.as_object_mut().unwrap();
+            plugin.remove("cniVersion");
+            plugin.remove("name");
+            let list = json!({"cniVersion": "1.0.0", "name": "mbcni", "plugins": [bridge]});
+            std::fs::write(&list_path, list.to_string()).unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
+                .args(["cni", "install", "--mesh", "istio", "--conf-dir"])
+                .arg(&conf_dir)
+                .arg("--pin-dir")
+                .arg(&self.pin_dir)
+                .arg("--state-dir")
+                .arg(self.state_dir())
+                .arg("--kubeconfig")
+                .arg(self.dir.0.join("kubeconfig"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "merbridge cni install: {out:?}");
+        }
+        let list: Value =
+            serde_json::from_str(&std::fs::read_to_string(&list_path).unwrap()).unwrap();
+        let plugins = list["plugins"].as_array().unwrap();
+        assert_eq!(plugins[0]["type"], "bridge", "{list}");
+        let mut conf = plugins.last().unwrap().clone();
+        assert_eq!(conf["type"], "merbridge-cni", "{list}");
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
