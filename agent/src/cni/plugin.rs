@@ -103,6 +103,19 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<AddOutcome, CniError> {
         dns_capture: conf.dns_capture,
     };
     let record_path = state::record_path(&conf.state_dir, container_id, ifname);
+    // A repeated ADD for the same sandbox whose addresses or namespace changed: what the
+    // earlier one wrote must not stay behind.
+    if let Ok(Some(old)) = state::read(&record_path) {
+        if old.ips != local.ips || old.netns_cookie != netns_cookie {
+            remove_written(
+                &maps,
+                &conf.pin_dir,
+                &old.ips,
+                old.netns_cookie,
+                Some(old.pod_id),
+            );
+        }
+    }
     let pod_id = match maps.upsert(&local) {
         Ok((id, _)) => id,
         Err(e) => {
