@@ -214,3 +214,51 @@ pub fn write_private_file(path: &Path, text: &str) -> Result<bool, String> {
         .map_err(|e| format!("chmod {}: {e}", path.display()))?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::config::Auth;
+    use crate::k8s::ClientConfig;
+
+    /// The kubeconfig the install step writes is one the plugin's client loads: server, CA
+    /// and token as given.
+    #[test]
+    fn service_account_kubeconfig_loads_in_our_client() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap().pem();
+        let text = service_account_kubeconfig("https://[fd00::1]:443", "tok-123", ca.as_bytes());
+        let config = ClientConfig::from_kubeconfig_text(&text, Path::new("/"), None, "test")
+            .unwrap_or_else(|e| panic!("{e}:\n{text}"));
+        assert_eq!(config.endpoint.host, "fd00::1");
+        assert_eq!(config.endpoint.port, 443);
+        assert!(config.endpoint.tls.is_some());
+        assert!(matches!(&config.auth, Auth::Token(t) if t == "tok-123"));
+    }
+
+    #[test]
+    fn with_plugin_appends_once_and_keeps_the_primary() {
+        let ours: Map<String, Value> =
+            serde_json::from_str(r#"{"mesh":"istio","pinDir":"/p"}"#).unwrap();
+        let list: Value = serde_json::from_str(
+            r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"calico"},{"type":"merbridge-cni","mesh":"old"},{"type":"portmap"}]}"#,
+        )
+        .unwrap();
+        let out = with_plugin(&list, &ours, Path::new("x.conflist")).unwrap();
+        let types: Vec<&str> = out["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["calico", "portmap", "merbridge-cni"]);
+        assert_eq!(out["plugins"][2]["mesh"], "istio");
+        assert_eq!(with_plugin(&out, &ours, Path::new("x")).unwrap(), out);
+        let empty: Value = serde_json::from_str(r#"{"plugins":[]}"#).unwrap();
+        assert!(with_plugin(&empty, &ours, Path::new("e.conflist"))
+            .unwrap_err()
+            .contains("no plugin to chain after"));
+    }
+}
