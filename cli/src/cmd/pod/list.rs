@@ -1,5 +1,7 @@
-//! `merbridge pod list`: the local pods in the maps, one line each.
+//! `merbridge pod list`: the local pods in the maps, one line each, or (`--json`) each with
+//! its whole decoded policy.
 
+use super::view::Rules;
 use crate::cmd::args::PinArgs;
 use clap::Args;
 use mb_agent::pods::{entry_ips, PodMaps};
@@ -9,11 +11,21 @@ use std::process::ExitCode;
 pub struct PodListArgs {
     #[command(flatten)]
     pub pin: PinArgs,
+    /// Every pod with its decoded policy, as a JSON array (the fields of `pod show`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: PodListArgs) -> Result<ExitCode, String> {
     let maps = PodMaps::open(&args.pin.pin_dir)?;
     let pods = maps.pods()?;
+    if args.json {
+        let rules = Rules::read(&args.pin.pin_dir)?;
+        let views: Vec<_> = pods.iter().map(|p| rules.view(p)).collect();
+        let json = serde_json::to_string(&views).map_err(|e| format!("pods as JSON: {e}"))?;
+        println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:<4} {:<34} {:<20} {:<8} rules",
         "id", "addresses", "netns cookie", "flags"

@@ -1,7 +1,9 @@
-//! `merbridge pod add/del/list`: local pods and their interception policy in the pinned maps.
+//! `merbridge pod add/del/list/show`: local pods and their interception policy in the pinned maps.
 
 mod add;
 mod list;
+mod show;
+mod view;
 
 use crate::cmd::args::PinArgs;
 use clap::{Args, Subcommand};
@@ -17,6 +19,8 @@ pub enum PodCommand {
     Del(PodDelArgs),
     /// List the local pods in the maps.
     List(list::PodListArgs),
+    /// One pod's policy as the data path holds it: ports, ranges, prefixes, switches.
+    Show(show::PodShowArgs),
 }
 
 #[derive(Args)]
@@ -32,6 +36,7 @@ pub fn run(command: PodCommand) -> Result<ExitCode, String> {
         PodCommand::Add(args) => add::run(*args),
         PodCommand::Del(args) => del(args),
         PodCommand::List(args) => list::run(args),
+        PodCommand::Show(args) => show::run(args),
     }
 }
 
