@@ -1,14 +1,21 @@
 //! `merbridge bench --quick` completes and its JSON and SVG are well-formed with every
-//! measure for direct, iptables and merbridge in every topology. (The bench itself is not a
-//! test: this only checks that it runs and reports.)
+//! measure for direct, iptables and merbridge in every topology, each mesh setup checked for
+//! interception; and with interception broken on purpose it reports those setups failed,
+//! shows no figure for them and exits non-zero. (The bench itself is not a test: this only
+//! checks that it runs and reports honestly.)
 
 use std::process::Command;
+use std::sync::Mutex;
+
+/// One bench at a time: two at once would only slow each other down.
+static BENCH: Mutex<()> = Mutex::new(());
 
 #[test]
 fn quick_bench_completes_with_every_measure() {
     if !mb_sys::testing::kernel_tests_enabled("quick_bench_completes_with_every_measure") {
         return;
     }
+    let _one = BENCH.lock().unwrap_or_else(|p| p.into_inner());
     let dir = std::env::temp_dir().join(format!("mb-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (json_path, svg_path) = (dir.join("bench.json"), dir.join("bench.svg"));
@@ -54,6 +61,22 @@ fn quick_bench_completes_with_every_measure() {
                 "{topology}/{setup}: {}",
                 entry["errors"]
             );
+            assert_eq!(entry["status"], "ok", "{topology}/{setup}");
+            let checks = entry["interception"]
+                .as_array()
+                .expect("interception checks");
+            assert_eq!(checks.len(), 1, "one per round: {checks:?}");
+            assert_eq!(checks[0]["ok"], true, "{topology}/{setup}: {}", checks[0]);
+            if setup != "direct" {
+                let seen = checks[0]["seen"].as_str().unwrap();
+                assert!(seen.contains(" outbound"), "{topology}/{setup}: {seen}");
+                if topology == "same-node" {
+                    assert!(seen.contains(" inbound"), "{topology}/{setup}: {seen}");
+                }
+                if setup == "merbridge" {
+                    assert!(seen.contains("redirected_outbound+"), "{seen}");
+                }
+            }
             for key in &metrics {
                 let v = entry["medians"][key].as_f64();
                 assert!(
@@ -107,5 +130,82 @@ fn quick_bench_completes_with_every_measure() {
         svg.matches("</text>").count(),
         "unbalanced text tags"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With the pods left out of merbridge's maps, the merbridge setups carry direct traffic:
+/// the bench must notice, mark them failed everywhere and exit non-zero.
+#[test]
+fn quick_bench_reports_a_setup_that_did_not_intercept() {
+    if !mb_sys::testing::kernel_tests_enabled("quick_bench_reports_a_setup_that_did_not_intercept")
+    {
+        return;
+    }
+    let _one = BENCH.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("mb-bench-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (json_path, svg_path) = (dir.join("bench.json"), dir.join("bench.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_merbridge-dev"))
+        .args([
+            "bench",
+            "--quick",
+            "--topology",
+            "same-node",
+            "--pods",
+            "100",
+        ])
+        .arg("--json")
+        .arg(&json_path)
+        .arg("--svg")
+        .arg(&svg_path)
+        .env("MB_BENCH_BREAK_INTERCEPTION", "1")
+        .output()
+        .expect("run merbridge-dev bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "exit 0 despite no interception:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("same-node / merbridge FAILED: round 1: not intercepted"),
+        "{stderr}"
+    );
+    let p50 = stdout
+        .lines()
+        .find(|l| l.starts_with("RR 64 B p50"))
+        .expect("a p50 row");
+    let cells: Vec<&str> = p50.split_whitespace().collect();
+    // label (4 words), unit, then direct, iptables, merbridge, mb-many-pods, two ratios.
+    assert_eq!(&cells[7..11], ["FAILED", "FAILED", "-", "-"], "{p50}");
+    assert!(
+        cells[6].parse::<f64>().is_ok() && cells[5].parse::<f64>().is_ok(),
+        "{p50}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
+            .expect("well-formed JSON");
+    for entry in json["data_path"].as_array().expect("data_path list") {
+        let setup = entry["setup"].as_str().unwrap();
+        let meshed_by_merbridge = setup.starts_with("merbridge");
+        assert_eq!(
+            entry["status"],
+            if meshed_by_merbridge { "failed" } else { "ok" },
+            "{setup}: {}",
+            entry["failure"]
+        );
+        if meshed_by_merbridge {
+            assert!(
+                entry["medians"]["rr_p50_us"].is_null(),
+                "{setup} averaged in"
+            );
+            assert!(entry["rr_histogram"].as_array().unwrap().is_empty());
+            assert_eq!(entry["interception"][0]["ok"], false);
+        }
+    }
+    let svg = std::fs::read_to_string(&svg_path).expect("SVG written");
+    assert!(svg.contains("merbridge (FAILED)"), "legend");
+    assert!(svg.contains("FAILED (not intercepted"), "footer");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,18 +1,19 @@
-//! One test-bed environment per (topology, setup): nodes, pods, interception, sidecars and the
-//! server app, built once and measured round after round. Everything is torn down on drop
+//! One test-bed environment per (topology, setup): a [`MeshSetup`] (nodes, pods, interception,
+//! sidecars) and the server app, built once and measured round after round, each round
+//! checked for interception. Everything is torn down on drop
 //! (processes, pods, the merbridge data path, nodes), also when a measurement fails.
 
+use super::setup::{conntrack_entries, MeshSetup, PodNames};
 use super::stats::{mean, quantile};
 use mb_agent::mesh::{Mesh, PodPolicy};
 use mb_agent::pods::{LocalPod, PodMaps};
 use mb_loader::attach::AttachMode;
 use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants};
-use mb_maps::datapath::{SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
 use mb_sys::bpffs::PrivateBpffs;
 use mb_sys::process::{place, Placement};
 use mb_testbed::scenarios::{Binaries, APP_UID, BULK_PORT, ECHO_PORT};
 use mb_testbed::workload::{parse_kv, BulkStats, CrrStats};
-use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
+use mb_testbed::Pod;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -49,7 +50,7 @@ impl Setup {
         }
     }
 
-    fn short(self) -> &'static str {
+    pub(super) fn short(self) -> &'static str {
         match self {
             Setup::Direct => "d",
             Setup::Iptables => "i",
@@ -98,7 +99,7 @@ impl Topology {
         }
     }
 
-    fn short(self) -> &'static str {
+    pub(super) fn short(self) -> &'static str {
         match self {
             Topology::Outbound => "out",
             Topology::SameNode => "same",
@@ -107,7 +108,7 @@ impl Topology {
     }
 
     /// Whether the server pod has a sidecar too.
-    fn server_meshed(self) -> bool {
+    pub(super) fn server_meshed(self) -> bool {
         self == Topology::SameNode
     }
 }
@@ -122,7 +123,7 @@ pub struct Pinning {
 
 /// Runs `spawn` with the calling thread's CPU affinity set to `cpu` (children inherit it),
 /// then restores the previous affinity.
-fn with_affinity<T>(cpu: Option<usize>, spawn: impl FnOnce() -> T) -> Result<T, String> {
+pub(super) fn with_affinity<T>(cpu: Option<usize>, spawn: impl FnOnce() -> T) -> Result<T, String> {
     use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
     let Some(cpu) = cpu else {
@@ -300,12 +301,26 @@ fn softirq_us(cpus: &[usize]) -> u64 {
 }
 
 /// One measured figure per name (see `super::report::METRICS`) plus what failed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RoundResult {
     pub figures: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
+    /// What the sidecars and counters saw this round, or why the setup did not intercept
+    /// (then the round's figures are not the setup's and are never reported).
+    pub interception: Result<String, String>,
     /// Round trips of the single-connection RR run (ns), for the latency distribution.
     pub rr_samples: Vec<u64>,
+}
+
+impl Default for RoundResult {
+    fn default() -> Self {
+        RoundResult {
+            figures: BTreeMap::new(),
+            errors: Vec::new(),
+            interception: Err("not checked".into()),
+            rr_samples: Vec::new(),
+        }
+    }
 }
 
 /// How much each measure does.
@@ -325,15 +340,11 @@ pub struct Env {
     pub setup: Setup,
     pinning: Pinning,
     workload: PathBuf,
-    // Drop order: processes, pods, data path, nodes.
-    _sidecars: Vec<Sidecar>,
+    // Drop order: the server app, then the setup (sidecars, pods, data path, nodes).
     _server_app: Proc,
-    client_pod: Pod,
-    server_pod: Pod,
     client_cgroup: PathBuf,
     app_cgroup: PathBuf,
-    _datapath: Option<Datapath>,
-    _nodes: Vec<Node>,
+    mesh: MeshSetup,
 }
 
 /// Spawns `cmd` in `pod`'s network namespace and in `cgroup` as `uid`, pinned to `cpu`.
@@ -376,88 +387,28 @@ impl Env {
         pinning: Pinning,
         many_pods: u32,
     ) -> Result<Env, String> {
-        let hint = format!("b-{}-{}", topology.short(), setup.short());
-        let node = Node::new(&hint).map_err(|e| format!("create node: {e}"))?;
-        let mut nodes = vec![node];
-        if topology == Topology::CrossNode {
-            let other = Node::new(&format!("{hint}-2")).map_err(|e| format!("create node: {e}"))?;
-            Node::join(&nodes[0], &other).map_err(|e| format!("join nodes: {e}"))?;
-            nodes.push(other);
-        }
-        let datapath = match setup {
-            Setup::Merbridge | Setup::MerbridgeManyPods => {
-                Some(Datapath::load(nodes[0].cgroup_path(), SPLICE_SIDECARS)?)
-            }
-            Setup::MerbridgeSpliceAll => Some(Datapath::load(nodes[0].cgroup_path(), SPLICE_ALL)?),
-            Setup::MerbridgeSpliceNone => {
-                Some(Datapath::load(nodes[0].cgroup_path(), SPLICE_NONE)?)
-            }
-            _ => None,
+        let names = PodNames {
+            client: "client",
+            server: "server",
         };
-        let maps = match &datapath {
-            Some(d) => Some(PodMaps::open(d.pin_dir())?),
-            None => None,
-        };
-        if let (Setup::MerbridgeManyPods, Some(maps)) = (setup, &maps) {
-            for i in 1..=many_pods {
-                maps.upsert(&fake_pod(i))
-                    .map_err(|e| format!("add fake pod {i}: {e}"))?;
-            }
-        }
-        let client_pod = nodes[0]
-            .add_pod(PodSpec::named("client"))
-            .map_err(|e| format!("create client pod: {e}"))?;
-        let server_pod = nodes[nodes.len() - 1]
-            .add_pod(PodSpec::named("server"))
-            .map_err(|e| format!("create server pod: {e}"))?;
-        let mesh = MeshPorts::istio();
-        let mut meshed = Vec::new();
-        if setup != Setup::Direct {
-            meshed.push(&client_pod);
-            if topology.server_meshed() {
-                meshed.push(&server_pod);
-            }
-        }
-        let mut sidecars = Vec::new();
-        for pod in meshed {
-            match &maps {
-                Some(maps) => add_real_pod(maps, pod)?,
-                None => Interception::Iptables(mesh.clone())
-                    .install_pod(pod)
-                    .map_err(|e| format!("install iptables rules: {e}"))?,
-            }
-            let sidecar = with_affinity(pinning.sidecar, || {
-                Sidecar::start_binary(
-                    &bins.sidecar,
-                    pod,
-                    SidecarConfig::for_mesh(&mesh),
-                    mesh.proxy_uid,
-                )
-            })?
-            .map_err(|e| format!("start sidecar: {e}"))?;
-            sidecars.push(sidecar);
-        }
-        let client_cgroup = sub_cgroup(&client_pod, "bench-client")?;
-        let app_cgroup = sub_cgroup(&server_pod, "bench-app")?;
-        let server_app = start_server(&server_pod, &app_cgroup, bins, pinning.server)?;
+        let mesh = MeshSetup::build(topology, setup, names, bins, pinning, many_pods)?;
+        let client_cgroup = sub_cgroup(&mesh.client_pod, "bench-client")?;
+        let app_cgroup = sub_cgroup(&mesh.server_pod, "bench-app")?;
+        let server_app = start_server(&mesh.server_pod, &app_cgroup, bins, pinning.server)?;
         Ok(Env {
             topology,
             setup,
             pinning,
             workload: bins.workload.clone(),
-            _sidecars: sidecars,
             _server_app: server_app,
-            client_pod,
-            server_pod,
             client_cgroup,
             app_cgroup,
-            _datapath: datapath,
-            _nodes: nodes,
+            mesh,
         })
     }
 
     fn target(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.server_pod.ipv4().into(), port)
+        SocketAddr::new(self.mesh.server_pod.ipv4().into(), port)
     }
 
     /// Runs `mb-workload <args>` as the client app; returns its stdout.
@@ -471,7 +422,7 @@ impl Env {
         }
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = Proc(spawn_in(
-            &self.client_pod,
+            &self.mesh.client_pod,
             &self.client_cgroup,
             cmd,
             APP_UID,
@@ -525,9 +476,9 @@ impl Env {
         cpus.dedup();
         CpuSnapshot {
             client_us: cgroup_usage_us(&self.client_cgroup),
-            client_pod_us: cgroup_usage_us(self.client_pod.cgroup_path()),
+            client_pod_us: cgroup_usage_us(self.mesh.client_pod.cgroup_path()),
             app_us: cgroup_usage_us(&self.app_cgroup),
-            server_pod_us: cgroup_usage_us(self.server_pod.cgroup_path()),
+            server_pod_us: cgroup_usage_us(self.mesh.server_pod.cgroup_path()),
             softirq_us: softirq_us(&cpus),
         }
     }
@@ -547,32 +498,48 @@ impl Env {
         }
     }
 
-    fn conntrack(&self) -> u64 {
-        self.client_pod.conntrack_count().unwrap_or(0)
-            + self.server_pod.conntrack_count().unwrap_or(0)
+    fn conntrack(&self) -> Result<u64, String> {
+        Ok(conntrack_entries(&self.mesh.client_pod)? + conntrack_entries(&self.mesh.server_pod)?)
     }
 
-    /// One round of every measure. A failing measure is recorded and the others still run.
+    /// One round of every measure, then the check that the round was intercepted. A failing
+    /// measure is recorded and the others still run.
     pub fn measure(&self, counts: &Counts, progress: &dyn Fn(&str)) -> RoundResult {
         let mut r = RoundResult::default();
+        let before = match self.mesh.checkpoint() {
+            Ok(c) => c,
+            Err(e) => {
+                r.interception = Err(format!("before the round: {e}"));
+                return r;
+            }
+        };
+        // Connections made by the measures that completed.
+        let mut connections = 0;
         progress("rr c=1");
-        if let Err(e) = self.measure_rr(counts, &mut r) {
-            r.errors.push(format!("rr: {e}"));
+        match self.measure_rr(counts, &mut r) {
+            Ok(()) => connections += 1,
+            Err(e) => r.errors.push(format!("rr: {e}")),
         }
-        for connections in [8usize, 64] {
-            progress(&format!("rr c={connections}"));
-            if let Err(e) = self.measure_rr_parallel(counts, connections, &mut r) {
-                r.errors.push(format!("rr c={connections}: {e}"));
+        for parallel in [8usize, 64] {
+            progress(&format!("rr c={parallel}"));
+            match self.measure_rr_parallel(counts, parallel, &mut r) {
+                Ok(()) => connections += parallel,
+                Err(e) => r.errors.push(format!("rr c={parallel}: {e}")),
             }
         }
         progress("crr");
-        if let Err(e) = self.measure_crr(counts, &mut r) {
-            r.errors.push(format!("crr: {e}"));
+        match self.measure_crr(counts, &mut r) {
+            Ok(()) => connections += counts.crr as usize,
+            Err(e) => r.errors.push(format!("crr: {e}")),
         }
         progress("bulk");
-        if let Err(e) = self.measure_bulk(counts, &mut r) {
-            r.errors.push(format!("bulk: {e}"));
+        match self.measure_bulk(counts, &mut r) {
+            Ok(()) => connections += 1,
+            Err(e) => r.errors.push(format!("bulk: {e}")),
         }
+        progress("check interception");
+        let targets = [self.target(ECHO_PORT), self.target(BULK_PORT)];
+        r.interception = self.mesh.verify(&before, &targets, connections);
         r
     }
 
@@ -636,13 +603,13 @@ impl Env {
     }
 
     fn measure_crr(&self, counts: &Counts, r: &mut RoundResult) -> Result<(), String> {
-        let conntrack_before = self.conntrack();
+        let conntrack_before = self.conntrack()?;
         let out = self.client(&[
             "crr".into(),
             format!("--to={}", self.target(ECHO_PORT)),
             format!("--count={}", counts.crr),
         ])?;
-        let created = self.conntrack().saturating_sub(conntrack_before);
+        let created = self.conntrack()?.saturating_sub(conntrack_before);
         let stats = CrrStats::parse(out.trim()).map_err(|e| format!("{e} in {out:?}"))?;
         r.figures.insert("crr_per_s", stats.per_second());
         r.figures

@@ -11,6 +11,7 @@
 pub mod control;
 pub mod env;
 pub mod report;
+pub mod setup;
 pub mod stats;
 
 use env::{Counts, Env, Pinning, RoundResult, Setup, Topology};
@@ -108,10 +109,33 @@ pub struct EnvResult {
 }
 
 impl EnvResult {
-    /// Median over rounds of every figure measured at least once.
+    /// Why this setup's figures cannot be reported: it was not built, or a round was not
+    /// intercepted (then it measured something else, usually direct traffic).
+    pub fn failure(&self) -> Option<String> {
+        if let Some(e) = &self.build_error {
+            return Some(format!("not built: {e}"));
+        }
+        self.rounds.iter().enumerate().find_map(|(i, r)| {
+            r.interception
+                .as_ref()
+                .err()
+                .map(|e| format!("round {}: {e}", i + 1))
+        })
+    }
+
+    /// The rounds whose figures count: none once the setup failed.
+    fn counted_rounds(&self) -> &[RoundResult] {
+        if self.failure().is_some() {
+            &[]
+        } else {
+            &self.rounds
+        }
+    }
+
+    /// Median over rounds of every figure measured at least once (none for a failed setup).
     pub fn medians(&self) -> BTreeMap<&'static str, f64> {
         let mut by_name: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-        for r in &self.rounds {
+        for r in self.counted_rounds() {
             for (&k, &v) in &r.figures {
                 by_name.entry(k).or_default().push(v);
             }
@@ -122,10 +146,10 @@ impl EnvResult {
             .collect()
     }
 
-    /// Every RR round trip of all rounds, sorted (ns).
+    /// Every RR round trip of all counted rounds, sorted (ns).
     pub fn all_rr_samples(&self) -> Vec<u64> {
         let mut all: Vec<u64> = self
-            .rounds
+            .counted_rounds()
             .iter()
             .flat_map(|r| r.rr_samples.iter().copied())
             .collect();
@@ -133,10 +157,23 @@ impl EnvResult {
         all
     }
 
+    /// The measures that failed, round by round.
+    pub fn measure_errors(&self) -> Vec<String> {
+        let mut e = Vec::new();
+        for (i, r) in self.rounds.iter().enumerate() {
+            e.extend(r.errors.iter().map(|x| format!("round {}: {x}", i + 1)));
+        }
+        e
+    }
+
+    /// Everything that went wrong: the build, measures, interception checks.
     pub fn errors(&self) -> Vec<String> {
         let mut e: Vec<String> = self.build_error.iter().cloned().collect();
         for (i, r) in self.rounds.iter().enumerate() {
             e.extend(r.errors.iter().map(|x| format!("round {}: {x}", i + 1)));
+            if let Err(x) = &r.interception {
+                e.push(format!("round {}: interception: {x}", i + 1));
+            }
         }
         e
     }
@@ -154,6 +191,27 @@ pub struct Results {
 impl Results {
     pub fn get(&self, t: Topology, s: Setup) -> Option<&EnvResult> {
         self.envs.iter().find(|e| e.topology == t && e.setup == s)
+    }
+
+    /// One line per problem of the run: failed setups, failed measures, control-plane
+    /// errors. The bench exits non-zero unless this is empty.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in &self.envs {
+            let name = format!("{} / {}", e.topology.name(), e.setup.name());
+            if let Some(f) = e.failure() {
+                out.push(format!("{name} FAILED: {f}"));
+            } else {
+                out.extend(e.errors().into_iter().map(|x| format!("{name}: {x}")));
+            }
+        }
+        out.extend(
+            self.control
+                .errors
+                .iter()
+                .map(|e| format!("control plane: {e}")),
+        );
+        out
     }
 }
 
@@ -201,6 +259,10 @@ pub fn run(plan: &Plan, bins: &Binaries, progress: &dyn Fn(&str)) -> Results {
             let measured = env.measure(&plan.counts, &|what| progress(&format!("{label}: {what}")));
             for e in &measured.errors {
                 progress(&format!("{label}: FAILED {e}"));
+            }
+            match &measured.interception {
+                Ok(seen) => progress(&format!("{label}: checked: {seen}")),
+                Err(e) => progress(&format!("{label}: FAILED the interception check: {e}")),
             }
             result.rounds.push(measured);
         }

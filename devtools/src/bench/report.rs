@@ -165,10 +165,20 @@ pub fn table(results: &Results) -> String {
         let d = results.get(t, Setup::Direct);
         let i = results.get(t, Setup::Iptables);
         let mb = results.get(t, Setup::Merbridge);
+        // A setup that did not intercept shows FAILED in every cell, never a figure.
+        let failed: Vec<bool> = setups
+            .iter()
+            .map(|s| results.get(t, *s).is_some_and(|r| r.failure().is_some()))
+            .collect();
         let mut row = |label: &str, unit: &str, values: Vec<Option<f64>>, r1, r2| {
             let mut line = format!("{label:<28}{unit:>7}");
-            for v in values {
-                let _ = write!(line, "{:>14}", fmt_value(v));
+            for (v, failed) in values.into_iter().zip(&failed) {
+                let cell = if *failed {
+                    "FAILED".to_owned()
+                } else {
+                    fmt_value(v)
+                };
+                let _ = write!(line, "{cell:>14}");
             }
             let _ = write!(line, "{:>10}{:>10}", fmt_ratio(r1), fmt_ratio(r2));
             let _ = writeln!(out, "{line}");
@@ -178,7 +188,7 @@ pub fn table(results: &Results) -> String {
                 .iter()
                 .map(|s| figure(results.get(t, *s), metric.key))
                 .collect();
-            if values.iter().all(Option::is_none) {
+            if values.iter().all(Option::is_none) && !failed.iter().any(|f| *f) {
                 continue;
             }
             let m = figure(mb, metric.key);
@@ -220,8 +230,16 @@ pub fn table(results: &Results) -> String {
             );
         }
         for s in &setups {
+            if let Some(f) = results.get(t, *s).and_then(EnvResult::failure) {
+                let _ = writeln!(out, "  FAILED {}: {f}; its figures are left out", s.name());
+            }
             if let Some(r) = results.get(t, *s) {
-                for e in r.errors() {
+                let errors = if r.failure().is_some() {
+                    r.measure_errors()
+                } else {
+                    r.errors()
+                };
+                for e in errors {
                     let _ = writeln!(out, "  ! {}: {e}", s.name());
                 }
             }
@@ -365,6 +383,12 @@ pub fn to_json(results: &Results, command: &str) -> Value {
             "rounds": rounds,
             "rr_histogram": histogram,
             "errors": e.errors(),
+            "status": if e.failure().is_some() { "failed" } else { "ok" },
+            "failure": e.failure(),
+            "interception": e.rounds.iter().map(|r| match &r.interception {
+                Ok(seen) => json!({"ok": true, "seen": seen}),
+                Err(why) => json!({"ok": false, "error": why}),
+            }).collect::<Vec<_>>(),
         }));
     }
     let goals_json: Map<String, Value> = plan
@@ -479,7 +503,7 @@ fn esc(text: &str) -> String {
 /// A hand-written SVG: the RR latency distribution (CDF, log time axis) of the same-node
 /// topology, and bars of bulk throughput and connection rate per topology and setup.
 pub fn to_svg(results: &Results) -> String {
-    let (w, h) = (1260.0, 470.0);
+    let (w, h) = (1260.0, 490.0);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -571,7 +595,13 @@ pub fn to_svg(results: &Results) -> String {
             r#"<path d="{path}" fill="none" stroke="{}" stroke-width="2"/>"#,
             color(*setup)
         );
-        legend(&mut s, x0 + 10.0, y0 + 14.0 + 16.0 * n as f64, *setup);
+        legend(
+            &mut s,
+            x0 + 10.0,
+            y0 + 14.0 + 16.0 * n as f64,
+            *setup,
+            false,
+        );
     }
     // Panels 2 and 3: bars.
     bars(
@@ -588,6 +618,20 @@ pub fn to_svg(results: &Results) -> String {
         "connect + request + close (conn/s, median)",
         920.0,
     );
+    let failures: Vec<String> = results
+        .envs
+        .iter()
+        .filter(|e| e.failure().is_some())
+        .map(|e| format!("{} / {}", e.topology.name(), e.setup.name()))
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(
+            s,
+            r##"<text x="20" y="{}" fill="#d62728" font-weight="bold">FAILED (not intercepted or not built; no figures shown): {}</text>"##,
+            h - 8.0,
+            esc(&failures.join(", "))
+        );
+    }
     s.push_str("</svg>\n");
     s
 }
@@ -610,16 +654,28 @@ fn axes(s: &mut String, x0: f64, y0: f64, pw: f64, ph: f64) {
     );
 }
 
-fn legend(s: &mut String, x: f64, y: f64, setup: Setup) {
+fn legend(s: &mut String, x: f64, y: f64, setup: Setup, failed: bool) {
     let _ = writeln!(
         s,
-        r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+        r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}{}</text>"#,
         y - 10.0,
         color(setup),
         x + 16.0,
         y,
-        esc(setup.name())
+        esc(setup.name()),
+        if failed { " (FAILED)" } else { "" }
     );
+}
+
+/// Setups that failed in any topology, for the chart's legend and footer.
+fn failed_setups(results: &Results) -> Vec<Setup> {
+    let mut out: Vec<Setup> = Vec::new();
+    for e in &results.envs {
+        if e.failure().is_some() && !out.contains(&e.setup) {
+            out.push(e.setup);
+        }
+    }
+    out
 }
 
 fn bars(s: &mut String, results: &Results, key: &str, title: &str, x0: f64) {
@@ -679,8 +735,10 @@ fn bars(s: &mut String, results: &Results, key: &str, title: &str, x0: f64) {
             seen.push(e.setup);
         }
     }
+    let failed = failed_setups(results);
     for (n, setup) in seen.iter().enumerate() {
         let x = x0 + 10.0 + 160.0 * (n % 2) as f64;
-        legend(s, x, y0 + ph + 36.0 + 14.0 * (n / 2) as f64, *setup);
+        let y = y0 + ph + 36.0 + 14.0 * (n / 2) as f64;
+        legend(s, x, y, *setup, failed.contains(setup));
     }
 }
