@@ -37,6 +37,17 @@ fn quick_bench_completes_with_every_measure() {
         stdout.contains("mb/ipt") && stdout.contains("== goals"),
         "{stdout}"
     );
+    // The cost of interception over an explicit proxy, at p50 and p99, in every topology.
+    assert_eq!(
+        stdout.matches("over explicit proxy p50").count(),
+        3,
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("over explicit proxy p99").count(),
+        3,
+        "{stdout}"
+    );
     assert!(stderr.contains("round 1/1"), "no progress lines: {stderr}");
 
     let text = std::fs::read_to_string(&json_path).expect("JSON written");
@@ -50,7 +61,7 @@ fn quick_bench_completes_with_every_measure() {
     assert!(metrics.len() >= 20, "{metrics:?}");
     let data = json["data_path"].as_array().expect("data_path list");
     for topology in ["outbound", "same-node", "cross-node"] {
-        for setup in ["direct", "iptables", "merbridge"] {
+        for setup in ["direct", "explicit-proxy", "iptables", "merbridge"] {
             let entry = data
                 .iter()
                 .find(|e| e["topology"] == topology && e["setup"] == setup)
@@ -69,9 +80,16 @@ fn quick_bench_completes_with_every_measure() {
             assert_eq!(checks[0]["ok"], true, "{topology}/{setup}: {}", checks[0]);
             if setup != "direct" {
                 let seen = checks[0]["seen"].as_str().unwrap();
-                assert!(seen.contains(" outbound"), "{topology}/{setup}: {seen}");
+                let (out, inbound) = match setup {
+                    "explicit-proxy" => (" forward", " forward"),
+                    _ => (" outbound", " inbound"),
+                };
+                assert!(seen.contains(out), "{topology}/{setup}: {seen}");
                 if topology == "same-node" {
-                    assert!(seen.contains(" inbound"), "{topology}/{setup}: {seen}");
+                    assert!(
+                        seen.contains("server sidecar") && seen.contains(inbound),
+                        "{topology}/{setup}: {seen}"
+                    );
                 }
                 if setup == "merbridge" {
                     assert!(seen.contains("redirected_outbound+"), "{seen}");
@@ -87,6 +105,10 @@ fn quick_bench_completes_with_every_measure() {
             }
             assert!(entry["medians"]["rr_p50_us"].as_f64() > Some(0.0));
             assert!(entry["medians"]["bulk_mbit_s"].as_f64() > Some(0.0));
+            if setup != "explicit-proxy" {
+                let over = entry["over_explicit_proxy_us"]["rr_p50_us"].as_f64();
+                assert!(over.is_some_and(f64::is_finite), "{topology}/{setup}");
+            }
             assert!(!entry["rr_histogram"]
                 .as_array()
                 .expect("histogram")
@@ -171,17 +193,26 @@ fn quick_bench_reports_a_setup_that_did_not_intercept() {
         stderr.contains("same-node / merbridge FAILED: round 1: not intercepted"),
         "{stderr}"
     );
+    // The p50 row, cell by cell under the header's column names.
+    let header = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("unit"))
+        .expect("a header row");
+    let columns: Vec<&str> = header.split_whitespace().skip(1).collect();
     let p50 = stdout
         .lines()
         .find(|l| l.starts_with("RR 64 B p50"))
         .expect("a p50 row");
-    let cells: Vec<&str> = p50.split_whitespace().collect();
-    // label (4 words), unit, then direct, iptables, merbridge, mb-many-pods, two ratios.
-    assert_eq!(&cells[7..11], ["FAILED", "FAILED", "-", "-"], "{p50}");
-    assert!(
-        cells[6].parse::<f64>().is_ok() && cells[5].parse::<f64>().is_ok(),
-        "{p50}"
-    );
+    // After the label (4 words) and the unit.
+    let cells: Vec<&str> = p50.split_whitespace().skip(5).collect();
+    let cell = |name: &str| cells[columns.iter().position(|c| *c == name).unwrap()];
+    for failed in ["merbridge", "mb-many-pods"] {
+        assert_eq!(cell(failed), "FAILED", "{header}\n{p50}");
+    }
+    for measured in ["direct", "explicit", "iptables"] {
+        assert!(cell(measured).parse::<f64>().is_ok(), "{header}\n{p50}");
+    }
+    assert_eq!((cell("mb/ipt"), cell("mb/direct")), ("-", "-"), "no ratio");
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 pub enum Setup {
     /// No sidecar, no interception: the physical limit.
     Direct,
+    /// The same sidecars, no interception: the application dials its sidecar, which knows
+    /// the destination from configuration. The cost floor of a relaying sidecar; what the
+    /// other mesh setups add over it is the cost of interception itself.
+    ExplicitProxy,
     /// Istio's nat rules in each meshed pod, the reference sidecar.
     Iptables,
     /// merbridge (`--splice sidecars`, the default), the same sidecar, no iptables.
@@ -42,6 +46,7 @@ impl Setup {
     pub fn name(self) -> &'static str {
         match self {
             Setup::Direct => "direct",
+            Setup::ExplicitProxy => "explicit-proxy",
             Setup::Iptables => "iptables",
             Setup::Merbridge => "merbridge",
             Setup::MerbridgeSpliceAll => "merbridge-splice-all",
@@ -53,6 +58,7 @@ impl Setup {
     pub(super) fn short(self) -> &'static str {
         match self {
             Setup::Direct => "d",
+            Setup::ExplicitProxy => "x",
             Setup::Iptables => "i",
             Setup::Merbridge => "m",
             Setup::MerbridgeSpliceAll => "ma",
@@ -391,7 +397,8 @@ impl Env {
             client: "client",
             server: "server",
         };
-        let mesh = MeshSetup::build(topology, setup, names, bins, pinning, many_pods)?;
+        let app_ports = [ECHO_PORT, BULK_PORT];
+        let mesh = MeshSetup::build(topology, setup, names, &app_ports, bins, pinning, many_pods)?;
         let client_cgroup = sub_cgroup(&mesh.client_pod, "bench-client")?;
         let app_cgroup = sub_cgroup(&mesh.server_pod, "bench-app")?;
         let server_app = start_server(&mesh.server_pod, &app_cgroup, bins, pinning.server)?;
@@ -407,7 +414,14 @@ impl Env {
         })
     }
 
+    /// Where the client app dials for the server app's `port`: the server itself, or its
+    /// own sidecar's explicit-proxy listener.
     fn target(&self, port: u16) -> SocketAddr {
+        self.mesh.dial_addr(port)
+    }
+
+    /// Where the connections to the server app's `port` are meant to go.
+    fn destination(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.mesh.server_pod.ipv4().into(), port)
     }
 
@@ -538,7 +552,7 @@ impl Env {
             Err(e) => r.errors.push(format!("bulk: {e}")),
         }
         progress("check interception");
-        let targets = [self.target(ECHO_PORT), self.target(BULK_PORT)];
+        let targets = [self.destination(ECHO_PORT), self.destination(BULK_PORT)];
         r.interception = self.mesh.verify(&before, &targets, connections);
         r
     }

@@ -72,7 +72,12 @@ impl Plan {
             .collect();
         let mut setups = Vec::new();
         for &t in &topologies {
-            for s in [Setup::Direct, Setup::Iptables, Setup::Merbridge] {
+            for s in [
+                Setup::Direct,
+                Setup::ExplicitProxy,
+                Setup::Iptables,
+                Setup::Merbridge,
+            ] {
                 setups.push((t, s));
             }
             if splice_all && t != Topology::CrossNode {

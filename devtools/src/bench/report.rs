@@ -199,27 +199,51 @@ pub fn table(results: &Results) -> String {
                 ratio(m, figure(i, metric.key)),
                 ratio(m, figure(d, metric.key)),
             );
-            if metric.key == "rr_p50_us" {
-                let direct = figure(d, metric.key);
-                let taxes: Vec<Option<f64>> = setups
-                    .iter()
-                    .map(|s| match (figure(results.get(t, *s), metric.key), direct) {
-                        (Some(a), Some(b)) => Some(a - b),
-                        _ => None,
-                    })
-                    .collect();
-                let (ti, tm) = (
-                    match (figure(i, metric.key), direct) {
-                        (Some(a), Some(b)) => Some(a - b),
-                        _ => None,
-                    },
-                    match (m, direct) {
-                        (Some(a), Some(b)) => Some(a - b),
-                        _ => None,
-                    },
-                );
-                row("  mesh tax at p50", "us", taxes, ratio(tm, ti), None);
+            if metric.key == "rr_p50_us" || metric.key == "rr_p99_us" {
+                let quantile = if metric.key == "rr_p50_us" {
+                    "p50"
+                } else {
+                    "p99"
+                };
+                // What each setup adds over a baseline, and merbridge's share of iptables'.
+                let over = |base: Option<&EnvResult>, r: Option<&EnvResult>| match (
+                    figure(r, metric.key),
+                    figure(base, metric.key),
+                ) {
+                    (Some(a), Some(b)) => Some(a - b),
+                    _ => None,
+                };
+                let x = results.get(t, Setup::ExplicitProxy);
+                for (base, label) in [
+                    (d, format!("  mesh tax at {quantile}")),
+                    (x, format!("  over explicit proxy {quantile}")),
+                ] {
+                    if base.is_none() {
+                        continue;
+                    }
+                    let values = setups
+                        .iter()
+                        .map(|s| over(base, results.get(t, *s)))
+                        .collect();
+                    // A ratio of differences means something only when both are costs.
+                    let cost = |v: Option<f64>| v.filter(|v| *v > 0.0);
+                    row(
+                        &label,
+                        "us",
+                        values,
+                        ratio(cost(over(base, mb)), cost(over(base, i))),
+                        None,
+                    );
+                }
             }
+        }
+        if setups.contains(&Setup::ExplicitProxy) {
+            let _ = writeln!(
+                out,
+                "  explicit: the app dials its sidecar, which knows the destination from configuration (no\n  \
+                 interception): the cost floor of a relaying sidecar. \"over explicit proxy\" = what interception\n  \
+                 itself adds; \"mesh tax\" = what the mesh adds over direct. Ratio columns: merbridge / iptables."
+            );
         }
         if setups.contains(&Setup::MerbridgeSpliceAll) {
             let _ = writeln!(
@@ -325,6 +349,7 @@ fn headline_topology(results: &Results) -> Topology {
 fn short_name(s: Setup) -> &'static str {
     match s {
         Setup::Direct => "direct",
+        Setup::ExplicitProxy => "explicit",
         Setup::Iptables => "iptables",
         Setup::Merbridge => "merbridge",
         Setup::MerbridgeSpliceAll => "mb-splice-all",
@@ -345,13 +370,25 @@ pub fn to_json(results: &Results, command: &str) -> Value {
         let medians = e.medians();
         let d = results.get(e.topology, Setup::Direct);
         let i = results.get(e.topology, Setup::Iptables);
+        let x = results.get(e.topology, Setup::ExplicitProxy);
         let mut to_ipt = Map::new();
         let mut to_direct = Map::new();
+        let mut to_explicit = Map::new();
         for metric in METRICS {
             let v = medians.get(metric.key).copied();
             to_ipt.insert(metric.key.into(), opt(ratio(v, figure(i, metric.key))));
             to_direct.insert(metric.key.into(), opt(ratio(v, figure(d, metric.key))));
+            to_explicit.insert(metric.key.into(), opt(ratio(v, figure(x, metric.key))));
         }
+        // Round-trip time added over the explicit proxy (interception's own cost) and over
+        // direct (the whole mesh), at p50 and p99.
+        let added = |base: Option<&EnvResult>| -> Value {
+            let key_over = |key: &str| match (medians.get(key), figure(base, key)) {
+                (Some(a), Some(b)) => opt(Some(a - b)),
+                _ => Value::Null,
+            };
+            json!({"rr_p50_us": key_over("rr_p50_us"), "rr_p99_us": key_over("rr_p99_us")})
+        };
         let medians_json: Map<String, Value> = METRICS
             .iter()
             .map(|m| (m.key.to_owned(), opt(medians.get(m.key).copied())))
@@ -380,6 +417,9 @@ pub fn to_json(results: &Results, command: &str) -> Value {
             "medians": medians_json,
             "ratio_to_iptables": to_ipt,
             "ratio_to_direct": to_direct,
+            "ratio_to_explicit_proxy": to_explicit,
+            "over_explicit_proxy_us": added(x),
+            "over_direct_us": added(d),
             "rounds": rounds,
             "rr_histogram": histogram,
             "errors": e.errors(),
@@ -478,8 +518,9 @@ pub fn to_json(results: &Results, command: &str) -> Value {
     })
 }
 
-const COLORS: [(Setup, &str); 6] = [
+const COLORS: [(Setup, &str); 7] = [
     (Setup::Direct, "#7f7f7f"),
+    (Setup::ExplicitProxy, "#ff7f0e"),
     (Setup::Iptables, "#d62728"),
     (Setup::Merbridge, "#1f77b4"),
     (Setup::MerbridgeSpliceAll, "#2ca02c"),

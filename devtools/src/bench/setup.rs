@@ -11,15 +11,20 @@ use mb_maps::datapath::{MAP_COUNTERS, SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
 use mb_maps::layout::Counter;
 use mb_maps::PerCpuArray;
 use mb_testbed::scenarios::Binaries;
-use mb_testbed::sidecar::{Listener, Record};
+use mb_testbed::sidecar::{Forward, Listener, Record};
 use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 /// Set (to anything) to make the merbridge setups leave their pods out of the maps: the data
 /// path is loaded but intercepts nothing. Only for the test that proves the bench notices.
 pub const BREAK_INTERCEPTION_ENV: &str = "MB_BENCH_BREAK_INTERCEPTION";
+
+/// Explicit proxy: the client's sidecar listens for the server app's port P on P + this...
+const EXPLICIT_CLIENT_OFFSET: u16 = 10_000;
+/// ...and, where the server is meshed, the server's sidecar on P + this.
+const EXPLICIT_SERVER_OFFSET: u16 = 20_000;
 
 /// How long the sidecars get to report connections that just closed.
 const RECORD_WAIT: Duration = Duration::from_secs(5);
@@ -55,7 +60,7 @@ fn splice_mode(setup: Setup) -> Option<u32> {
         Setup::Merbridge | Setup::MerbridgeManyPods => Some(SPLICE_SIDECARS),
         Setup::MerbridgeSpliceAll => Some(SPLICE_ALL),
         Setup::MerbridgeSpliceNone => Some(SPLICE_NONE),
-        Setup::Direct | Setup::Iptables => None,
+        Setup::Direct | Setup::ExplicitProxy | Setup::Iptables => None,
     }
 }
 
@@ -67,6 +72,7 @@ impl MeshSetup {
         topology: Topology,
         setup: Setup,
         names: PodNames,
+        app_ports: &[u16],
         bins: &Binaries,
         pinning: Pinning,
         many_pods: u32,
@@ -108,8 +114,12 @@ impl MeshSetup {
         let mesh = MeshPorts::istio();
         let sabotaged = std::env::var_os(BREAK_INTERCEPTION_ENV).is_some();
         let mut sidecars = Vec::new();
-        for (name, pod) in meshed {
+        for (i, (name, pod)) in meshed.into_iter().enumerate() {
+            let mut config = SidecarConfig::for_mesh(&mesh);
             match &maps {
+                _ if setup == Setup::ExplicitProxy => {
+                    config.forward = explicit_forwards(i == 0, topology, &server_pod, app_ports)
+                }
                 Some(_) if sabotaged => {}
                 Some(maps) => add_real_pod(maps, pod)?,
                 None => Interception::Iptables(mesh.clone())
@@ -117,12 +127,7 @@ impl MeshSetup {
                     .map_err(|e| format!("install iptables rules in pod {name}: {e}"))?,
             }
             let sidecar = super::env::with_affinity(pinning.sidecar, || {
-                Sidecar::start_binary(
-                    &bins.sidecar,
-                    pod,
-                    SidecarConfig::for_mesh(&mesh),
-                    mesh.proxy_uid,
-                )
+                Sidecar::start_binary(&bins.sidecar, pod, config, mesh.proxy_uid)
             })?
             .map_err(|e| format!("start the sidecar of pod {name}: {e}"))?;
             sidecars.push((name, sidecar));
@@ -136,6 +141,16 @@ impl MeshSetup {
             datapath,
             _nodes: nodes,
         })
+    }
+
+    /// Where the client app dials to reach the server app's `port`: the server pod, or
+    /// (explicit proxy) its own sidecar's listener for that port.
+    pub fn dial_addr(&self, port: u16) -> SocketAddr {
+        if self.setup == Setup::ExplicitProxy {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port + EXPLICIT_CLIENT_OFFSET)
+        } else {
+            SocketAddr::new(self.server_pod.ipv4().into(), port)
+        }
     }
 
     /// The sidecars' record counts and merbridge's counters now.
@@ -170,12 +185,14 @@ impl MeshSetup {
         if expected == 0 {
             return Err("no connection completed this round: nothing to check".into());
         }
+        let explicit = self.setup == Setup::ExplicitProxy;
         let mut seen = Vec::new();
         for (i, (name, sidecar)) in self.sidecars.iter().enumerate() {
-            let listener = if i == 0 {
-                Listener::Outbound
-            } else {
-                Listener::Inbound
+            // An explicit proxy's destination is configuration: no original one to check.
+            let (listener, targets) = match (explicit, i) {
+                (true, _) => (Listener::Forward, None),
+                (false, 0) => (Listener::Outbound, Some(targets)),
+                (false, _) => (Listener::Inbound, Some(targets)),
             };
             let from = before.records.get(i).copied().unwrap_or(0);
             let records = sidecar.wait_for_records(from + expected, RECORD_WAIT);
@@ -205,23 +222,53 @@ impl MeshSetup {
     }
 }
 
-/// Of one sidecar's new records: how many came through `listener` to one of `targets`;
-/// an error when fewer than `expected`, or when one carries another original destination.
+/// The explicit-proxy listeners of the client's sidecar (`client`) or the server's: app
+/// port P on P + offset, to the server's sidecar where it has one, else to the server app.
+fn explicit_forwards(
+    client: bool,
+    topology: Topology,
+    server: &Pod,
+    app_ports: &[u16],
+) -> Vec<Forward> {
+    let server_ip = server.ipv4().into();
+    app_ports
+        .iter()
+        .map(|&p| match (client, topology.server_meshed()) {
+            (true, true) => Forward {
+                port: p + EXPLICIT_CLIENT_OFFSET,
+                to: SocketAddr::new(server_ip, p + EXPLICIT_SERVER_OFFSET),
+            },
+            (true, false) => Forward {
+                port: p + EXPLICIT_CLIENT_OFFSET,
+                to: SocketAddr::new(server_ip, p),
+            },
+            (false, _) => Forward {
+                port: p + EXPLICIT_SERVER_OFFSET,
+                to: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p),
+            },
+        })
+        .collect()
+}
+
+/// Of one sidecar's new records: how many came through `listener` (to one of `targets`,
+/// when given); an error when fewer than `expected`, or when one carries another original
+/// destination.
 fn check_records(
     name: &str,
     listener: Listener,
     new: &[Record],
-    targets: &[SocketAddr],
+    targets: Option<&[SocketAddr]>,
     expected: usize,
 ) -> Result<usize, String> {
     let mine: Vec<&Record> = new.iter().filter(|r| r.listener == listener).collect();
-    if let Some(wrong) = mine
-        .iter()
-        .find(|r| r.original_dst.is_none_or(|d| !targets.contains(&d)))
-    {
+    if let Some(wrong) = targets.and_then(|targets| {
+        mine.iter()
+            .find(|r| r.original_dst.is_none_or(|d| !targets.contains(&d)))
+    }) {
         return Err(format!(
-            "the {name} sidecar relayed a connection with original destination {} (expected one of {targets:?}): {wrong}",
-            wrong.original_dst.map_or("none".into(), |d| d.to_string())
+            "the {name} sidecar relayed a connection with original destination {} (expected one of {:?}): {wrong}",
+            wrong.original_dst.map_or("none".into(), |d| d.to_string()),
+            targets.unwrap_or(&[])
         ));
     }
     let through = mine.iter().filter(|r| r.error.is_none()).count();
@@ -290,25 +337,25 @@ mod tests {
         let good = record(Listener::Outbound, Some("10.0.0.2:8080"), None);
         let ok = vec![good.clone(), good.clone()];
         assert_eq!(
-            check_records("c", Listener::Outbound, &ok, &[target], 2),
+            check_records("c", Listener::Outbound, &ok, Some(&[target]), 2),
             Ok(2)
         );
-        let err = check_records("c", Listener::Outbound, &ok, &[target], 3).unwrap_err();
+        let err = check_records("c", Listener::Outbound, &ok, Some(&[target]), 3).unwrap_err();
         assert!(err.contains("relayed 2 of 3"), "{err}");
         let wrong = vec![
             good.clone(),
             record(Listener::Outbound, Some("10.9.9.9:1"), None),
         ];
-        let err = check_records("c", Listener::Outbound, &wrong, &[target], 1).unwrap_err();
+        let err = check_records("c", Listener::Outbound, &wrong, Some(&[target]), 1).unwrap_err();
         assert!(err.contains("original destination 10.9.9.9:1"), "{err}");
         let none = vec![record(Listener::Outbound, None, None)];
-        assert!(check_records("c", Listener::Outbound, &none, &[target], 1).is_err());
+        assert!(check_records("c", Listener::Outbound, &none, Some(&[target]), 1).is_err());
         // Inbound records do not count for the outbound listener; failed ones not at all.
         let other = vec![
             record(Listener::Inbound, Some("10.0.0.2:8080"), None),
             record(Listener::Outbound, Some("10.0.0.2:8080"), Some("reset")),
         ];
-        assert!(check_records("c", Listener::Outbound, &other, &[target], 1).is_err());
-        assert!(check_records("c", Listener::Outbound, &[], &[target], 1).is_err());
+        assert!(check_records("c", Listener::Outbound, &other, Some(&[target]), 1).is_err());
+        assert!(check_records("c", Listener::Outbound, &[], Some(&[target]), 1).is_err());
     }
 }
