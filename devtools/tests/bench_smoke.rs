@@ -141,6 +141,22 @@ fn quick_bench_completes_with_every_measure() {
         assert!(c["iptables_node_table_us"].as_f64() > Some(0.0), "{c}");
     }
     assert!(json["control_plane"]["iptables_pod_netns_us"].as_f64() > Some(0.0));
+    // Both control-plane comparisons, each with the line that says what it means.
+    let per_pod = &json["control_plane"]["per_pod"];
+    assert!(
+        per_pod["istio_init_restore_us"].as_f64() > Some(0.0),
+        "{per_pod}"
+    );
+    assert!(
+        per_pod["merbridge_agent_sync_us"].as_f64() > Some(0.0),
+        "{per_pod}"
+    );
+    assert!(
+        per_pod["istio_over_merbridge"].as_f64() > Some(0.0),
+        "{per_pod}"
+    );
+    assert!(stdout.contains("control plane, per pod") && stdout.contains("\n  per pod: "));
+    assert!(stdout.contains("control plane, per node") && stdout.contains("\n  per node: "));
     assert_eq!(json["goals"]["same-node"].as_array().map(Vec::len), Some(5));
 
     let svg = std::fs::read_to_string(&svg_path).expect("SVG written");
