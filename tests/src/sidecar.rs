@@ -465,6 +465,7 @@ impl Sidecar {
         config: SidecarConfig,
         uid: u32,
     ) -> io::Result<Sidecar> {
+        let binary = crate::stage::runnable_by_anyone(binary)?;
         let mut cmd = Command::new(binary);
         cmd.args(config.to_args())
             .stdout(Stdio::piped())
