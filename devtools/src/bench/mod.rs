@@ -2,7 +2,10 @@
 //! plane, in one run on one machine.
 //!
 //! - [`env`]: one environment per (topology, setup), built once, measured round after round.
-//! - [`control`]: the time to add the N-th pod, merbridge's maps vs iptables.
+//! - [`setup`]: a setup's nodes, pods, interception and sidecars (shared with the demo), and
+//!   the per-round check that it intercepted; a setup that did not is failed, not reported.
+//! - [`control`]: adding pods: per pod (Istio's init-container restore vs merbridge's agent)
+//!   and per node (a node-wide iptables table vs the agent, as N grows).
 //! - [`report`]: terminal table with ratios, JSON, SVG.
 //!
 //! Rounds are interleaved (every environment once per round, the order rotated each round)
