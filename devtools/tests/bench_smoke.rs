@@ -94,6 +94,9 @@ fn quick_bench_completes_with_every_measure() {
                 if setup == "merbridge" {
                     assert!(seen.contains("redirected_outbound+"), "{seen}");
                 }
+                if setup == "iptables" {
+                    assert!(seen.contains("iptables outbound REDIRECT+"), "{seen}");
+                }
             }
             for key in &metrics {
                 let v = entry["medians"][key].as_f64();

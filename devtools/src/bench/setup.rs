@@ -1,7 +1,7 @@
 //! One setup's nodes, pods, interception and sidecars — what the bench and the demo both
 //! build — and the check, after every round, that it really intercepted: the sidecars'
 //! records show the application's connections with the right original destination, and
-//! merbridge's counters counted them. A setup that fails this check measured something else
+//! merbridge's counters (or the pods' iptables REDIRECT counters) counted them. A setup that fails this check measured something else
 //! (usually direct traffic) and its figures must not be reported.
 
 use super::env::{add_real_pod, fake_pod, Datapath, Pinning, Setup, Topology};
@@ -53,6 +53,9 @@ pub struct MeshSetup {
 pub struct Checkpoint {
     records: Vec<usize>,
     counters: Option<Vec<(Counter, u64)>>,
+    /// Iptables setups: REDIRECT packets (one per redirected connection) in the client pod
+    /// (outbound) and, where meshed, the server pod (inbound).
+    iptables: Option<(u64, u64)>,
 }
 
 fn splice_mode(setup: Setup) -> Option<u32> {
@@ -165,7 +168,23 @@ impl MeshSetup {
                 Some(d) => Some(read_counters(d.pin_dir())?),
                 None => None,
             },
+            iptables: match self.setup {
+                Setup::Iptables => Some(self.iptables_redirects()?),
+                _ => None,
+            },
         })
+    }
+
+    /// REDIRECT packets counted so far: outbound in the client pod, inbound in the server
+    /// pod (0 when it has no sidecar).
+    fn iptables_redirects(&self) -> Result<(u64, u64), String> {
+        let outbound = redirect_packets(&self.client_pod, "ISTIO_REDIRECT")?;
+        let inbound = if self.topology.server_meshed() {
+            redirect_packets(&self.server_pod, "ISTIO_IN_REDIRECT")?
+        } else {
+            0
+        };
+        Ok((outbound, inbound))
     }
 
     /// Confirms that since `before`, at least `expected` connections to `targets` went
@@ -216,6 +235,21 @@ impl MeshSetup {
                     ));
                 }
                 seen.push(format!("{}+{}", c.name(), delta(c)));
+            }
+        }
+        if let Some((out_before, in_before)) = before.iptables {
+            let (out_now, in_now) = self.iptables_redirects()?;
+            let mut wanted = vec![("outbound", out_now.saturating_sub(out_before))];
+            if self.topology.server_meshed() {
+                wanted.push(("inbound", in_now.saturating_sub(in_before)));
+            }
+            for (way, delta) in wanted {
+                if delta < expected as u64 {
+                    return Err(format!(
+                        "iptables redirected {delta} {way} connections of {expected}"
+                    ));
+                }
+                seen.push(format!("iptables {way} REDIRECT+{delta}"));
             }
         }
         Ok(seen.join(", "))
@@ -286,6 +320,38 @@ fn counter(values: &[(Counter, u64)], c: Counter) -> u64 {
     values.iter().find(|(x, _)| *x == c).map_or(0, |(_, v)| *v)
 }
 
+/// Packets that went through `chain`'s REDIRECT rules in `pod`'s IPv4 nat table: in nat,
+/// only a connection's first packet, so one per redirected connection.
+fn redirect_packets(pod: &Pod, chain: &str) -> Result<u64, String> {
+    let mut cmd = std::process::Command::new("iptables-save");
+    cmd.args(["-c", "-t", "nat"]);
+    let saved = pod
+        .output(cmd)
+        .map_err(|e| format!("iptables counters of pod {}: {e}", pod.name()))?;
+    sum_redirects(&saved, chain)
+}
+
+/// Sums the packet counters (`[packets:bytes] -A CHAIN … -j REDIRECT …`) of `chain`.
+fn sum_redirects(saved: &str, chain: &str) -> Result<u64, String> {
+    let rule = format!("-A {chain} ");
+    let mut total = 0;
+    for line in saved.lines() {
+        let Some((counters, rest)) = line.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
+            continue;
+        };
+        if !rest.starts_with(&rule) || !rest.contains("-j REDIRECT") {
+            continue;
+        }
+        let packets = counters
+            .split(':')
+            .next()
+            .and_then(|p| p.parse::<u64>().ok())
+            .ok_or_else(|| format!("iptables-save -c: unreadable counters in {line:?}"))?;
+        total += packets;
+    }
+    Ok(total)
+}
+
 /// merbridge's counters, summed over the CPUs.
 pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>, String> {
     let map: PerCpuArray<u64> =
@@ -329,6 +395,18 @@ mod tests {
             bytes_down: 1,
             error: error.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn redirect_counters_are_summed_per_chain() {
+        let saved = "*nat\n:ISTIO_REDIRECT - [0:0]\n\
+            [7:420] -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n\
+            [3:180] -A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n\
+            [9:540] -A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n";
+        assert_eq!(sum_redirects(saved, "ISTIO_REDIRECT"), Ok(7));
+        assert_eq!(sum_redirects(saved, "ISTIO_IN_REDIRECT"), Ok(3));
+        assert_eq!(sum_redirects("*nat\nCOMMIT\n", "ISTIO_REDIRECT"), Ok(0));
+        assert!(sum_redirects("[x:1] -A ISTIO_REDIRECT -j REDIRECT", "ISTIO_REDIRECT").is_err());
     }
 
     #[test]
