@@ -128,6 +128,15 @@ fn pod_show_decodes_every_field_of_an_annotated_pod() {
     }
     assert_eq!(by_ip.lines().count(), want.len(), "{by_ip}");
 
+    // The one-line list counts the trie keys: 7-9 is 2 prefixes, 1-3 is 2, and the inbound
+    // exclusions 4-6,15000-15001,15006,15008,15020-15021,15090 are 7; 3 address prefixes.
+    let list = ok(&["pod", "list", "--pin-dir", pin]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&format!("{id} ")))
+        .unwrap_or_else(|| panic!("no row for pod {id}: {list}"));
+    assert!(row.ends_with("11 port, 3 cidr"), "{row}");
+
     // JSON: the same fields, for both pods; the plain pod has Istio's defaults.
     let list: serde_json::Value =
         serde_json::from_str(&ok(&["pod", "list", "--json", "--pin-dir", pin])).expect("JSON");

@@ -19,8 +19,9 @@ pub struct PodListArgs {
 pub fn run(args: PodListArgs) -> Result<ExitCode, String> {
     let maps = PodMaps::open(&args.pin.pin_dir)?;
     let pods = maps.pods()?;
+    // Read once, every key checked: a rule map that cannot be read is an error, not 0 rules.
+    let rules = Rules::read(&args.pin.pin_dir)?;
     if args.json {
-        let rules = Rules::read(&args.pin.pin_dir)?;
         let views: Vec<_> = pods.iter().map(|p| rules.view(p)).collect();
         let json = serde_json::to_string(&views).map_err(|e| format!("pods as JSON: {e}"))?;
         println!("{json}");
@@ -32,7 +33,7 @@ pub fn run(args: PodListArgs) -> Result<ExitCode, String> {
     );
     for p in pods {
         let ips: Vec<String> = entry_ips(&p).iter().map(|i| i.to_string()).collect();
-        let (ports, cidrs) = maps.rule_counts(p.pod_id);
+        let (ports, cidrs) = rules.key_counts(p.pod_id);
         println!(
             "{:<4} {:<34} {:<20} {:#06x}   {ports} port, {cidrs} cidr",
             p.pod_id,

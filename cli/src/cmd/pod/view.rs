@@ -109,6 +109,23 @@ impl Rules {
         self.cidrs.get(&(pod_id, kind)).cloned().unwrap_or_default()
     }
 
+    /// How many port and prefix keys pod `pod_id` has in the tries.
+    pub fn key_counts(&self, pod_id: u32) -> (usize, usize) {
+        let ports = self
+            .ports
+            .iter()
+            .filter(|((id, _), _)| *id == pod_id)
+            .map(|(_, keys)| keys.len())
+            .sum();
+        let cidrs = self
+            .cidrs
+            .iter()
+            .filter(|((id, _), _)| *id == pod_id)
+            .map(|(_, keys)| keys.len())
+            .sum();
+        (ports, cidrs)
+    }
+
     /// `entry`'s policy, decoded.
     pub fn view(&self, entry: &PodEntry) -> PodView {
         let id = entry.pod_id;
