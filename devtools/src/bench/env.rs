@@ -265,22 +265,21 @@ pub struct CpuUse {
     pub softirq: f64,
 }
 
-fn cgroup_usage_us(cgroup: &Path) -> u64 {
-    std::fs::read_to_string(cgroup.join("cpu.stat"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+/// CPU time used by `cgroup` and its children; unreadable is an error, never 0 s.
+fn cgroup_usage_us(cgroup: &Path) -> Result<u64, String> {
+    let path = cgroup.join("cpu.stat");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("CPU use: read {}: {e}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("CPU use: no usage_usec in {}", path.display()))
 }
 
 /// Softirq time of `cpus` (all when empty) from `/proc/stat`, in microseconds.
-fn softirq_us(cpus: &[usize]) -> u64 {
-    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
-        return 0;
-    };
+fn softirq_us(cpus: &[usize]) -> Result<u64, String> {
+    let text = std::fs::read_to_string("/proc/stat")
+        .map_err(|e| format!("softirq time: read /proc/stat: {e}"))?;
     let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -291,19 +290,25 @@ fn softirq_us(cpus: &[usize]) -> u64 {
     } else {
         cpus.iter().map(|c| format!("cpu{c}")).collect()
     };
-    let ticks: u64 = text
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let name = fields.next()?;
-            if !wanted.iter().any(|w| w == name) {
-                return None;
-            }
-            // user nice system idle iowait irq softirq
-            fields.nth(6)?.parse::<u64>().ok()
-        })
-        .sum();
-    ticks * 1_000_000 / ticks_per_s
+    let mut ticks = 0;
+    let mut found = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(name) = fields.next() else { continue };
+        if !wanted.iter().any(|w| w == name) {
+            continue;
+        }
+        // user nice system idle iowait irq softirq
+        ticks += fields
+            .nth(6)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("softirq time: unreadable /proc/stat line {line:?}"))?;
+        found += 1;
+    }
+    if found != wanted.len() {
+        return Err(format!("softirq time: /proc/stat lacks some of {wanted:?}"));
+    }
+    Ok(ticks * 1_000_000 / ticks_per_s)
 }
 
 /// One measured figure per name (see `super::report::METRICS`) plus what failed.
@@ -476,7 +481,7 @@ impl Env {
         Ok(out)
     }
 
-    fn cpu_snapshot(&self) -> CpuSnapshot {
+    fn cpu_snapshot(&self) -> Result<CpuSnapshot, String> {
         let pinned: Vec<usize> = [
             self.pinning.client,
             self.pinning.sidecar,
@@ -488,13 +493,13 @@ impl Env {
         let mut cpus = pinned;
         cpus.sort_unstable();
         cpus.dedup();
-        CpuSnapshot {
-            client_us: cgroup_usage_us(&self.client_cgroup),
-            client_pod_us: cgroup_usage_us(self.mesh.client_pod.cgroup_path()),
-            app_us: cgroup_usage_us(&self.app_cgroup),
-            server_pod_us: cgroup_usage_us(self.mesh.server_pod.cgroup_path()),
-            softirq_us: softirq_us(&cpus),
-        }
+        Ok(CpuSnapshot {
+            client_us: cgroup_usage_us(&self.client_cgroup)?,
+            client_pod_us: cgroup_usage_us(self.mesh.client_pod.cgroup_path())?,
+            app_us: cgroup_usage_us(&self.app_cgroup)?,
+            server_pod_us: cgroup_usage_us(self.mesh.server_pod.cgroup_path())?,
+            softirq_us: softirq_us(&cpus)?,
+        })
     }
 
     /// CPU seconds between two snapshots, divided by `units`.
@@ -558,7 +563,7 @@ impl Env {
     }
 
     fn measure_rr(&self, counts: &Counts, r: &mut RoundResult) -> Result<(), String> {
-        let before = self.cpu_snapshot();
+        let before = self.cpu_snapshot()?;
         let out = self.client(&[
             "rr".into(),
             format!("--to={}", self.target(ECHO_PORT)),
@@ -566,7 +571,7 @@ impl Env {
             format!("--warmup={}", counts.rr_warmup),
             "--samples".into(),
         ])?;
-        let after = self.cpu_snapshot();
+        let after = self.cpu_snapshot()?;
         let mut samples = parse_samples(&out)?;
         samples.sort_unstable();
         let us = |ns: u64| ns as f64 / 1e3;
@@ -637,13 +642,13 @@ impl Env {
     }
 
     fn measure_bulk(&self, counts: &Counts, r: &mut RoundResult) -> Result<(), String> {
-        let before = self.cpu_snapshot();
+        let before = self.cpu_snapshot()?;
         let out = self.client(&[
             "bulk".into(),
             format!("--to={}", self.target(BULK_PORT)),
             format!("--bytes={}", counts.bulk_bytes),
         ])?;
-        let after = self.cpu_snapshot();
+        let after = self.cpu_snapshot()?;
         let stats = BulkStats::parse(out.trim()).map_err(|e| format!("{e} in {out:?}"))?;
         r.figures.insert("bulk_mbit_s", stats.mbit_per_second());
         let cpu = Self::cpu_use(&before, &after, stats.bytes as f64 / 1e9);
