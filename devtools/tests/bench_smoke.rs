@@ -251,6 +251,11 @@ fn quick_bench_reports_a_setup_that_did_not_intercept() {
                 "{setup} averaged in"
             );
             assert!(entry["rr_histogram"].as_array().unwrap().is_empty());
+            assert_eq!(
+                entry["rounds"],
+                serde_json::json!([]),
+                "{setup}: no figures"
+            );
             assert_eq!(entry["interception"][0]["ok"], false);
         }
     }

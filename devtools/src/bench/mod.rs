@@ -132,7 +132,7 @@ impl EnvResult {
     }
 
     /// The rounds whose figures count: none once the setup failed.
-    fn counted_rounds(&self) -> &[RoundResult] {
+    pub fn counted_rounds(&self) -> &[RoundResult] {
         if self.failure().is_some() {
             &[]
         } else {

@@ -427,8 +427,9 @@ pub fn to_json(results: &Results, command: &str) -> Value {
             .iter()
             .map(|m| (m.key.to_owned(), opt(medians.get(m.key).copied())))
             .collect();
+        // A failed setup's figures are not its own: none are written, not even per round.
         let rounds: Vec<Value> = e
-            .rounds
+            .counted_rounds()
             .iter()
             .map(|r| {
                 let figs: Map<String, Value> = r
