@@ -1,6 +1,6 @@
 //! `merbridge run`: the node agent (what the DaemonSet runs).
 
-use crate::cmd_datapath::{MeshArgs, PinArgs};
+use crate::cmd::args::{MeshArgs, PinArgs};
 use clap::Args;
 use mb_agent::k8s::node_name;
 use mb_agent::mesh::Mesh;
@@ -108,7 +108,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             cgroup.display()
         ));
     }
-    if args.pin.pin_dir == std::path::Path::new(crate::cmd_datapath::DEFAULT_PIN_DIR) {
+    if args.pin.pin_dir == std::path::Path::new(crate::cmd::args::DEFAULT_PIN_DIR) {
         mb_sys::bpffs::ensure_bpffs(std::path::Path::new(mb_sys::bpffs::DEFAULT_BPFFS))
             .map_err(|e| e.to_string())?;
     }

@@ -7,9 +7,9 @@ use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+mod cmd;
 mod cmd_asm;
 mod cmd_cni;
-mod cmd_datapath;
 mod cmd_dev;
 mod cmd_probe;
 mod cmd_run;
@@ -34,18 +34,18 @@ enum Command {
     /// Report what this kernel supports and what merbridge can do on it.
     Probe(cmd_probe::ProbeArgs),
     /// Load the data path and attach it to a cgroup; it stays attached through its pins.
-    Load(cmd_datapath::LoadArgs),
+    Load(cmd::load::LoadArgs),
     /// Detach and unpin everything of ours.
-    Unload(cmd_datapath::UnloadArgs),
+    Unload(cmd::unload::UnloadArgs),
     /// Manage local pods and their interception policy in the pinned maps.
     Pod {
         #[command(subcommand)]
-        command: cmd_datapath::PodCommand,
+        command: cmd::pod::PodCommand,
     },
     /// What is attached where, map fill levels, local pods, counters.
-    Status(cmd_datapath::StatusArgs),
+    Status(cmd::status::StatusArgs),
     /// The embedded bytecode, disassembled.
-    Dump(cmd_datapath::DumpArgs),
+    Dump(cmd::dump::DumpArgs),
     /// A two-pod mesh on this machine: iptables, then merbridge, side by side (root;
     /// runs `merbridge-dev demo`).
     #[command(disable_help_flag = true)]
@@ -88,11 +88,11 @@ fn main() -> ExitCode {
         Command::Asm(args) => cmd_asm::run_asm(args),
         Command::Disasm(args) => cmd_asm::run_disasm(args),
         Command::Probe(args) => cmd_probe::run(args),
-        Command::Load(args) => cmd_datapath::run_load(args),
-        Command::Unload(args) => cmd_datapath::run_unload(args),
-        Command::Pod { command } => cmd_datapath::run_pod(command),
-        Command::Status(args) => cmd_datapath::run_status(args),
-        Command::Dump(args) => cmd_datapath::run_dump(args),
+        Command::Load(args) => cmd::load::run(args),
+        Command::Unload(args) => cmd::unload::run(args),
+        Command::Pod { command } => cmd::pod::run(command),
+        Command::Status(args) => cmd::status::run(args),
+        Command::Dump(args) => cmd::dump::run(args),
         Command::Demo { args } => cmd_dev::run("demo", args),
         Command::Bench { args } => cmd_dev::run("bench", args),
         Command::Run(args) => cmd_run::run(args),

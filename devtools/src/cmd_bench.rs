@@ -129,7 +129,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("write the SVG chart to {}: {e}", path.display()))?;
         println!("SVG: {}", path.display());
     }
-    Ok(ExitCode::SUCCESS)
+    let problems = results.problems();
+    if problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &problems {
+        eprintln!("merbridge bench: {p}");
+    }
+    Err(format!(
+        "{} problem(s) above: a failed setup's figures are not reported",
+        problems.len()
+    ))
 }
 
 #[cfg(test)]

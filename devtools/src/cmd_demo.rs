@@ -3,22 +3,18 @@
 //! side-by-side comparison. Everything lives in a private cgroup, network namespaces and a
 //! private bpffs, and is removed at the end.
 
-use crate::bench::env::{add_real_pod, Datapath};
+use crate::bench::env::{Pinning, Setup, Topology};
+use crate::bench::setup::{conntrack_entries, read_counters, MeshSetup, PodNames};
 use clap::Args;
-use mb_agent::pods::PodMaps;
-use mb_loader::datapath::PinLayout;
-use mb_maps::datapath::{MAP_COUNTERS, SPLICE_ALL, SPLICE_SIDECARS};
 use mb_maps::layout::Counter;
-use mb_maps::PerCpuArray;
 use mb_testbed::scenarios::{
     run_client, start_app, Binaries, APP_UID, BULK_PORT, ECHO_PORT, WHOAMI_PORT,
 };
 use mb_testbed::sidecar::Record;
 use mb_testbed::workload::{parse_kv, BulkStats, CrrStats, LatencyStats};
-use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig, Spawned};
-use std::net::SocketAddr;
+use mb_testbed::{Pod, Spawned};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -30,24 +26,6 @@ pub struct DemoArgs {
     pub splice_all: bool,
 }
 
-/// The interception under test in one round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Setup {
-    Direct,
-    Iptables,
-    Merbridge,
-}
-
-impl Setup {
-    fn name(self) -> &'static str {
-        match self {
-            Setup::Direct => "direct",
-            Setup::Iptables => "iptables",
-            Setup::Merbridge => "merbridge",
-        }
-    }
-}
-
 /// What one setup measured.
 #[derive(Debug)]
 struct Measured {
@@ -57,69 +35,85 @@ struct Measured {
     conntrack: u64,
     records: Vec<(String, Record)>,
     counters: Vec<(Counter, u64)>,
+    /// What the sidecars and counters saw, or why this setup did not intercept.
+    interception: Result<String, String>,
 }
 
 fn io<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
     move |e| format!("{what}: {e}")
 }
 
-fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured, String> {
-    let mesh = MeshPorts::istio();
-    let node = Node::new(&format!("demo-{}", setup.name())).map_err(io("create node"))?;
-    let datapath = if setup == Setup::Merbridge {
-        let splice = if args.splice_all {
-            SPLICE_ALL
-        } else {
-            SPLICE_SIDECARS
-        };
-        Some(Datapath::load(node.cgroup_path(), splice)?)
-    } else {
-        None
+/// The who-am-I server's view of one connection from the client app: it must have been
+/// dialed at its own address, from the client (direct) or from its sidecar's passthrough
+/// address 127.0.0.6 (meshed: the connection went through the sidecars).
+fn check_whoami(line: &str, setup: Setup, client: &Pod, target: SocketAddr) -> Result<(), String> {
+    let fields = parse_kv(line);
+    let addr = |key: &str| -> Result<SocketAddr, String> {
+        fields
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("who-am-I printed no {key}= address: {line:?}"))
     };
-    let client = node
-        .add_pod(PodSpec::named("productpage"))
-        .map_err(io("create pod"))?;
-    let server = node
-        .add_pod(PodSpec::named("reviews"))
-        .map_err(io("create pod"))?;
-    let mut sidecars: Vec<(&str, Sidecar)> = Vec::new();
-    if setup != Setup::Direct {
-        for (name, pod) in [("productpage", &client), ("reviews", &server)] {
-            match &datapath {
-                Some(d) => add_real_pod(&PodMaps::open(d.pin_dir())?, pod)?,
-                None => Interception::Iptables(mesh.clone())
-                    .install_pod(pod)
-                    .map_err(io("install iptables rules"))?,
-            }
-            let sidecar = Sidecar::start_binary(
-                &bins.sidecar,
-                pod,
-                SidecarConfig::for_mesh(&mesh),
-                mesh.proxy_uid,
-            )
-            .map_err(io("start sidecar"))?;
-            sidecars.push((name, sidecar));
-        }
+    let (peer, local) = (addr("peer")?, addr("local")?);
+    if local != target {
+        return Err(format!(
+            "who-am-I: the server saw itself dialed at {local}, not {target}"
+        ));
     }
-    let _app: Spawned = start_app(&server, bins).map_err(io("start app"))?;
-    let conntrack_before = client.conntrack_count().unwrap_or(0);
+    let expected: IpAddr = if setup == Setup::Direct {
+        client.ipv4().into()
+    } else {
+        Ipv4Addr::new(127, 0, 0, 6).into()
+    };
+    if peer.ip() != expected {
+        return Err(format!(
+            "who-am-I: the server saw the connection come from {peer}, expected {expected} ({})",
+            if setup == Setup::Direct {
+                "the client pod"
+            } else {
+                "its sidecar's passthrough address: the connection did not go through the sidecars"
+            }
+        ));
+    }
+    Ok(())
+}
+
+fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured, String> {
+    let names = PodNames {
+        client: "productpage",
+        server: "reviews",
+    };
+    let mesh = MeshSetup::build(
+        Topology::SameNode,
+        setup,
+        names,
+        &[WHOAMI_PORT, ECHO_PORT, BULK_PORT],
+        bins,
+        Pinning::default(),
+        0,
+    )?;
+    let (client, server) = (&mesh.client_pod, &mesh.server_pod);
+    let _app: Spawned = start_app(server, bins).map_err(io("start app"))?;
+    let before = mesh.checkpoint()?;
+    let conntrack_before = conntrack_entries(client)?;
 
     let server_ip = server.ipv4();
+    let whoami_target = SocketAddr::new(server_ip.into(), WHOAMI_PORT);
     let whoami = run_client(
-        &client,
+        client,
         bins,
         APP_UID,
-        &["whoami".into(), format!("--to={server_ip}:{WHOAMI_PORT}")],
+        &["whoami".into(), format!("--to={whoami_target}")],
     )
     .map_err(io("whoami"))?;
-    let _ = parse_kv(&whoami);
+    check_whoami(&whoami, setup, client, whoami_target)?;
     let (count, crr, bytes) = if args.quick {
         (2_000, 200, 16 << 20)
     } else {
         (20_000, 2_000, 256 << 20)
     };
     let rr = client_line(
-        &client,
+        client,
         bins,
         &[
             "rr",
@@ -129,7 +123,7 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
         ],
     )?;
     let crr_line = client_line(
-        &client,
+        client,
         bins,
         &[
             "crr",
@@ -138,7 +132,7 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
         ],
     )?;
     let bulk = client_line(
-        &client,
+        client,
         bins,
         &[
             "bulk",
@@ -146,12 +140,17 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
             &format!("--bytes={bytes}"),
         ],
     )?;
-    let conntrack = client
-        .conntrack_count()
-        .unwrap_or(0)
-        .saturating_sub(conntrack_before);
-    std::thread::sleep(Duration::from_millis(100));
-    let records = sidecars
+    let conntrack = conntrack_entries(client)?.saturating_sub(conntrack_before);
+    // who-am-I, rr, crr's connections and bulk.
+    let connections = 3 + crr;
+    let targets = [
+        whoami_target,
+        SocketAddr::new(server_ip.into(), ECHO_PORT),
+        SocketAddr::new(server_ip.into(), BULK_PORT),
+    ];
+    let interception = mesh.verify(&before, &targets, connections);
+    let records = mesh
+        .sidecars
         .iter()
         .flat_map(|(name, s)| {
             s.records()
@@ -160,13 +159,10 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
                 .map(move |r| (name.to_string(), r))
         })
         .collect();
-    let counters = match &datapath {
+    let counters = match &mesh.datapath {
         Some(d) => read_counters(d.pin_dir())?,
         None => Vec::new(),
     };
-    drop(sidecars);
-    drop((client, server));
-    drop(datapath);
     Ok(Measured {
         rr: LatencyStats::parse(&rr).map_err(io("rr output"))?,
         crr: CrrStats::parse(&crr_line).map_err(io("crr output"))?,
@@ -174,26 +170,13 @@ fn run_setup(setup: Setup, bins: &Binaries, args: &DemoArgs) -> Result<Measured,
         conntrack,
         records,
         counters,
+        interception,
     })
 }
 
 fn client_line(pod: &Pod, bins: &Binaries, args: &[&str]) -> Result<String, String> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     run_client(pod, bins, APP_UID, &args).map_err(|e| format!("{}: {e}", args[0]))
-}
-
-fn read_counters(pin_dir: &std::path::Path) -> Result<Vec<(Counter, u64)>, String> {
-    let map: PerCpuArray<u64> =
-        PerCpuArray::open_pinned(&PinLayout::new(pin_dir).map(MAP_COUNTERS))
-            .map_err(io("counters"))?;
-    Counter::ALL
-        .iter()
-        .map(|&c| {
-            map.get_sum(c as u32)
-                .map(|v| (c, v.unwrap_or(0)))
-                .map_err(io("counters"))
-        })
-        .collect()
 }
 
 fn us(ns: u64) -> String {
@@ -212,8 +195,13 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     })?;
     println!("merbridge demo: two pods (productpage -> reviews) on one node, Istio ports, the reference sidecar in each.");
     println!("Each setup gets its own private cgroup and network namespaces; nothing else on this machine is touched.\n");
+    let merbridge = if args.splice_all {
+        Setup::MerbridgeSpliceAll
+    } else {
+        Setup::Merbridge
+    };
     let mut results = Vec::new();
-    for setup in [Setup::Direct, Setup::Iptables, Setup::Merbridge] {
+    for setup in [Setup::Direct, Setup::Iptables, merbridge] {
         println!("== {} ==", setup.name());
         let m = run_setup(setup, &bins, &args)?;
         for (pod, r) in &m.records {
@@ -242,61 +230,58 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
             m.bulk.mbit_per_second(),
             m.conntrack
         );
+        match &m.interception {
+            Ok(seen) => println!("  checked: {seen}"),
+            Err(e) => println!("  FAILED: {e}"),
+        }
         results.push((setup, m));
     }
     let get = |s: Setup| &results.iter().find(|(x, _)| *x == s).expect("ran").1;
-    let (d, i, m) = (
-        get(Setup::Direct),
-        get(Setup::Iptables),
-        get(Setup::Merbridge),
-    );
-    let tax = |x: &Measured| x.rr.p50_ns.saturating_sub(d.rr.p50_ns);
+    let (d, i, m) = (get(Setup::Direct), get(Setup::Iptables), get(merbridge));
+    let tax = |x: &Measured| x.rr.p50_ns.saturating_sub(d.rr.p50_ns) as f64 / 1e3;
     println!(
         "\n{:<28} {:>10} {:>10} {:>10} {:>20}",
         "", "direct", "iptables", "merbridge", "merbridge/iptables"
     );
-    let row = |name: &str, a: f64, b: f64, c: f64| {
+    // A setup that did not intercept shows FAILED, never a figure.
+    let row = |name: &str, value: &dyn Fn(&Measured) -> f64| {
+        let cell = |x: &Measured| match x.interception {
+            Ok(_) => format!("{:.1}", value(x)),
+            Err(_) => "FAILED".to_owned(),
+        };
+        let ratio = match (&i.interception, &m.interception) {
+            (Ok(_), Ok(_)) if value(i) > 0.0 => format!("{:.2}", value(m) / value(i)),
+            _ => "-".to_owned(),
+        };
         println!(
-            "{name:<28} {a:>10.1} {b:>10.1} {c:>10.1} {:>20.2}",
-            if b > 0.0 { c / b } else { 0.0 }
+            "{name:<28} {:>10} {:>10} {:>10} {ratio:>20}",
+            cell(d),
+            cell(i),
+            cell(m)
         );
     };
-    row(
-        "RR p50 (us)",
-        d.rr.p50_ns as f64 / 1e3,
-        i.rr.p50_ns as f64 / 1e3,
-        m.rr.p50_ns as f64 / 1e3,
-    );
-    row(
-        "RR p99 (us)",
-        d.rr.p99_ns as f64 / 1e3,
-        i.rr.p99_ns as f64 / 1e3,
-        m.rr.p99_ns as f64 / 1e3,
-    );
-    row(
-        "mesh tax at p50 (us)",
-        0.0,
-        tax(i) as f64 / 1e3,
-        tax(m) as f64 / 1e3,
-    );
-    row(
-        "connect+request+close /s",
-        d.crr.per_second(),
-        i.crr.per_second(),
-        m.crr.per_second(),
-    );
-    row(
-        "bulk (Mbit/s)",
-        d.bulk.mbit_per_second(),
-        i.bulk.mbit_per_second(),
-        m.bulk.mbit_per_second(),
-    );
-    row(
-        "conntrack entries",
-        d.conntrack as f64,
-        i.conntrack as f64,
-        m.conntrack as f64,
-    );
+    row("RR p50 (us)", &|x| x.rr.p50_ns as f64 / 1e3);
+    row("RR p99 (us)", &|x| x.rr.p99_ns as f64 / 1e3);
+    row("mesh tax at p50 (us)", &tax);
+    row("connect+request+close /s", &|x| x.crr.per_second());
+    row("bulk (Mbit/s)", &|x| x.bulk.mbit_per_second());
+    row("conntrack entries", &|x| x.conntrack as f64);
     println!("\nOne run on a shared machine: ratios are indicative; `merbridge bench` interleaves rounds for figures.");
-    Ok(ExitCode::SUCCESS)
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(setup, x)| {
+            x.interception
+                .as_ref()
+                .err()
+                .map(|e| format!("{}: {e}", setup.name()))
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(format!(
+            "setups that did not intercept: {}",
+            failed.join("; ")
+        ))
+    }
 }

@@ -1,14 +1,21 @@
 //! `merbridge bench --quick` completes and its JSON and SVG are well-formed with every
-//! measure for direct, iptables and merbridge in every topology. (The bench itself is not a
-//! test: this only checks that it runs and reports.)
+//! measure for direct, iptables and merbridge in every topology, each mesh setup checked for
+//! interception; and with interception broken on purpose it reports those setups failed,
+//! shows no figure for them and exits non-zero. (The bench itself is not a test: this only
+//! checks that it runs and reports honestly.)
 
 use std::process::Command;
+use std::sync::Mutex;
+
+/// One bench at a time: two at once would only slow each other down.
+static BENCH: Mutex<()> = Mutex::new(());
 
 #[test]
 fn quick_bench_completes_with_every_measure() {
     if !mb_sys::testing::kernel_tests_enabled("quick_bench_completes_with_every_measure") {
         return;
     }
+    let _one = BENCH.lock().unwrap_or_else(|p| p.into_inner());
     let dir = std::env::temp_dir().join(format!("mb-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (json_path, svg_path) = (dir.join("bench.json"), dir.join("bench.svg"));
@@ -30,6 +37,17 @@ fn quick_bench_completes_with_every_measure() {
         stdout.contains("mb/ipt") && stdout.contains("== goals"),
         "{stdout}"
     );
+    // The cost of interception over an explicit proxy, at p50 and p99, in every topology.
+    assert_eq!(
+        stdout.matches("over explicit proxy p50").count(),
+        3,
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("over explicit proxy p99").count(),
+        3,
+        "{stdout}"
+    );
     assert!(stderr.contains("round 1/1"), "no progress lines: {stderr}");
 
     let text = std::fs::read_to_string(&json_path).expect("JSON written");
@@ -43,7 +61,7 @@ fn quick_bench_completes_with_every_measure() {
     assert!(metrics.len() >= 20, "{metrics:?}");
     let data = json["data_path"].as_array().expect("data_path list");
     for topology in ["outbound", "same-node", "cross-node"] {
-        for setup in ["direct", "iptables", "merbridge"] {
+        for setup in ["direct", "explicit-proxy", "iptables", "merbridge"] {
             let entry = data
                 .iter()
                 .find(|e| e["topology"] == topology && e["setup"] == setup)
@@ -54,6 +72,32 @@ fn quick_bench_completes_with_every_measure() {
                 "{topology}/{setup}: {}",
                 entry["errors"]
             );
+            assert_eq!(entry["status"], "ok", "{topology}/{setup}");
+            let checks = entry["interception"]
+                .as_array()
+                .expect("interception checks");
+            assert_eq!(checks.len(), 1, "one per round: {checks:?}");
+            assert_eq!(checks[0]["ok"], true, "{topology}/{setup}: {}", checks[0]);
+            if setup != "direct" {
+                let seen = checks[0]["seen"].as_str().unwrap();
+                let (out, inbound) = match setup {
+                    "explicit-proxy" => (" forward", " forward"),
+                    _ => (" outbound", " inbound"),
+                };
+                assert!(seen.contains(out), "{topology}/{setup}: {seen}");
+                if topology == "same-node" {
+                    assert!(
+                        seen.contains("server sidecar") && seen.contains(inbound),
+                        "{topology}/{setup}: {seen}"
+                    );
+                }
+                if setup == "merbridge" {
+                    assert!(seen.contains("redirected_outbound+"), "{seen}");
+                }
+                if setup == "iptables" {
+                    assert!(seen.contains("iptables outbound REDIRECT+"), "{seen}");
+                }
+            }
             for key in &metrics {
                 let v = entry["medians"][key].as_f64();
                 assert!(
@@ -64,6 +108,10 @@ fn quick_bench_completes_with_every_measure() {
             }
             assert!(entry["medians"]["rr_p50_us"].as_f64() > Some(0.0));
             assert!(entry["medians"]["bulk_mbit_s"].as_f64() > Some(0.0));
+            if setup != "explicit-proxy" {
+                let over = entry["over_explicit_proxy_us"]["rr_p50_us"].as_f64();
+                assert!(over.is_some_and(f64::is_finite), "{topology}/{setup}");
+            }
             assert!(!entry["rr_histogram"]
                 .as_array()
                 .expect("histogram")
@@ -96,6 +144,22 @@ fn quick_bench_completes_with_every_measure() {
         assert!(c["iptables_node_table_us"].as_f64() > Some(0.0), "{c}");
     }
     assert!(json["control_plane"]["iptables_pod_netns_us"].as_f64() > Some(0.0));
+    // Both control-plane comparisons, each with the line that says what it means.
+    let per_pod = &json["control_plane"]["per_pod"];
+    assert!(
+        per_pod["istio_init_restore_us"].as_f64() > Some(0.0),
+        "{per_pod}"
+    );
+    assert!(
+        per_pod["merbridge_agent_sync_us"].as_f64() > Some(0.0),
+        "{per_pod}"
+    );
+    assert!(
+        per_pod["istio_over_merbridge"].as_f64() > Some(0.0),
+        "{per_pod}"
+    );
+    assert!(stdout.contains("control plane, per pod") && stdout.contains("\n  per pod: "));
+    assert!(stdout.contains("control plane, per node") && stdout.contains("\n  per node: "));
     assert_eq!(json["goals"]["same-node"].as_array().map(Vec::len), Some(5));
 
     let svg = std::fs::read_to_string(&svg_path).expect("SVG written");
@@ -107,5 +171,96 @@ fn quick_bench_completes_with_every_measure() {
         svg.matches("</text>").count(),
         "unbalanced text tags"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With the pods left out of merbridge's maps, the merbridge setups carry direct traffic:
+/// the bench must notice, mark them failed everywhere and exit non-zero.
+#[test]
+fn quick_bench_reports_a_setup_that_did_not_intercept() {
+    if !mb_sys::testing::kernel_tests_enabled("quick_bench_reports_a_setup_that_did_not_intercept")
+    {
+        return;
+    }
+    let _one = BENCH.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("mb-bench-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (json_path, svg_path) = (dir.join("bench.json"), dir.join("bench.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_merbridge-dev"))
+        .args([
+            "bench",
+            "--quick",
+            "--topology",
+            "same-node",
+            "--pods",
+            "100",
+        ])
+        .arg("--json")
+        .arg(&json_path)
+        .arg("--svg")
+        .arg(&svg_path)
+        .env("MB_BENCH_BREAK_INTERCEPTION", "1")
+        .output()
+        .expect("run merbridge-dev bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "exit 0 despite no interception:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("same-node / merbridge FAILED: round 1: not intercepted"),
+        "{stderr}"
+    );
+    // The p50 row, cell by cell under the header's column names.
+    let header = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("unit"))
+        .expect("a header row");
+    let columns: Vec<&str> = header.split_whitespace().skip(1).collect();
+    let p50 = stdout
+        .lines()
+        .find(|l| l.starts_with("RR 64 B p50"))
+        .expect("a p50 row");
+    // After the label (4 words) and the unit.
+    let cells: Vec<&str> = p50.split_whitespace().skip(5).collect();
+    let cell = |name: &str| cells[columns.iter().position(|c| *c == name).unwrap()];
+    for failed in ["merbridge", "mb-many-pods"] {
+        assert_eq!(cell(failed), "FAILED", "{header}\n{p50}");
+    }
+    for measured in ["direct", "explicit", "iptables"] {
+        assert!(cell(measured).parse::<f64>().is_ok(), "{header}\n{p50}");
+    }
+    assert_eq!((cell("mb/ipt"), cell("mb/direct")), ("-", "-"), "no ratio");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
+            .expect("well-formed JSON");
+    for entry in json["data_path"].as_array().expect("data_path list") {
+        let setup = entry["setup"].as_str().unwrap();
+        let meshed_by_merbridge = setup.starts_with("merbridge");
+        assert_eq!(
+            entry["status"],
+            if meshed_by_merbridge { "failed" } else { "ok" },
+            "{setup}: {}",
+            entry["failure"]
+        );
+        if meshed_by_merbridge {
+            assert!(
+                entry["medians"]["rr_p50_us"].is_null(),
+                "{setup} averaged in"
+            );
+            assert!(entry["rr_histogram"].as_array().unwrap().is_empty());
+            assert_eq!(
+                entry["rounds"],
+                serde_json::json!([]),
+                "{setup}: no figures"
+            );
+            assert_eq!(entry["interception"][0]["ok"], false);
+        }
+    }
+    let svg = std::fs::read_to_string(&svg_path).expect("SVG written");
+    assert!(svg.contains("merbridge (FAILED)"), "legend");
+    assert!(svg.contains("FAILED (not intercepted"), "footer");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -100,6 +100,38 @@ pub fn place(cmd: &mut Command, placement: &Placement<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Directories [`remove_at_exit`] removes when the process exits normally.
+static REMOVE_AT_EXIT: std::sync::Mutex<Vec<std::path::PathBuf>> =
+    std::sync::Mutex::new(Vec::new());
+
+extern "C" fn remove_registered_dirs() {
+    let dirs = std::mem::take(&mut *REMOVE_AT_EXIT.lock().unwrap_or_else(|p| p.into_inner()));
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Removes directory `dir` (and everything in it) when the process exits through `exit`
+/// (returning from `main`, `std::process::exit`; a test harness finishing). A process killed
+/// by a signal cannot: callers name such directories so a sweeper can find them.
+pub fn remove_at_exit(dir: &Path) -> io::Result<()> {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let mut failed = false;
+    REGISTERED.call_once(|| {
+        // SAFETY: `remove_registered_dirs` is an `extern "C" fn()` with no arguments, as
+        // atexit(3) requires; it runs once, from exit(), on the exiting thread.
+        failed = unsafe { libc::atexit(remove_registered_dirs) } != 0;
+    });
+    if failed {
+        return Err(io::Error::other("atexit: no room to register a handler"));
+    }
+    REMOVE_AT_EXIT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.to_path_buf());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! - [`interception`]: how a pod's traffic reaches its sidecar ([`Interception::Iptables`] is
 //!   the Istio baseline).
 //! - [`scenarios`]: the end-to-end scenarios, written once and run per interception mode.
+//! - [`stage`]: copies of binaries other users must run, for checkouts they cannot reach.
 #![forbid(unsafe_code)]
 
 pub mod cmd;
@@ -20,6 +21,7 @@ pub mod leftovers;
 pub mod merbridge;
 pub mod scenarios;
 pub mod sidecar;
+pub mod stage;
 pub mod workload;
 
 pub use interception::{Interception, MeshPorts};

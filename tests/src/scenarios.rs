@@ -14,7 +14,7 @@ use crate::sidecar::{Listener, Record, Sidecar, SidecarConfig};
 use crate::workload::{parse_kv, BulkStats, LatencyStats};
 use std::io::{self, BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -45,9 +45,18 @@ pub struct Binaries {
 impl Binaries {
     /// Finds both next to the running executable (see [`crate::find_binary`]).
     pub fn find() -> io::Result<Binaries> {
+        Binaries::at(
+            &crate::sidecar::sidecar_binary()?,
+            &crate::workload_binary()?,
+        )
+    }
+
+    /// These two binaries, as paths the sidecar's and the app's users can execute (copies
+    /// when the checkout is out of their reach, see [`crate::stage`]).
+    pub fn at(sidecar: &Path, workload: &Path) -> io::Result<Binaries> {
         Ok(Binaries {
-            sidecar: crate::sidecar::sidecar_binary()?,
-            workload: crate::workload_binary()?,
+            sidecar: crate::stage::runnable_by_anyone(sidecar)?,
+            workload: crate::stage::runnable_by_anyone(workload)?,
         })
     }
 }

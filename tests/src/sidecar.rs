@@ -70,6 +70,43 @@ pub struct SidecarConfig {
     /// The A record the DNS proxy answers every query with.
     #[arg(long, default_value = "10.96.15.53")]
     pub dns_answer: Ipv4Addr,
+    /// An explicit-proxy listener, `PORT=DESTINATION` (repeatable): what it accepts goes to
+    /// DESTINATION, known from configuration — no interception, no original-destination
+    /// lookup, as when applications dial their sidecar directly.
+    #[arg(long = "forward", value_name = "PORT=ADDR")]
+    pub forward: Vec<Forward>,
+}
+
+/// One explicit-proxy listener: connections to `port` are relayed to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub port: u16,
+    pub to: SocketAddr,
+}
+
+impl std::str::FromStr for Forward {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Forward, String> {
+        let (port, to) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: want PORT=ADDRESS:PORT, e.g. 15080=10.0.0.2:8080"))?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{text:?}: {port:?} is not a port (1-65535)"))?;
+        let to = to
+            .parse()
+            .map_err(|_| format!("{text:?}: {to:?} is not an address:port"))?;
+        Ok(Forward { port, to })
+    }
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.port, self.to)
+    }
 }
 
 impl Default for SidecarConfig {
@@ -86,6 +123,7 @@ impl Default for SidecarConfig {
             no_ipv6: false,
             dns_port: None,
             dns_answer: Ipv4Addr::new(10, 96, 15, 53),
+            forward: Vec::new(),
         }
     }
 }
@@ -129,6 +167,7 @@ impl SidecarConfig {
             a.push(format!("--dns-port={port}"));
         }
         a.push(format!("--dns-answer={}", self.dns_answer));
+        a.extend(self.forward.iter().map(|f| format!("--forward={f}")));
         a
     }
 }
@@ -138,6 +177,8 @@ impl SidecarConfig {
 pub enum Listener {
     Outbound,
     Inbound,
+    /// An explicit-proxy listener (`--forward`): its destination comes from configuration.
+    Forward,
 }
 
 impl fmt::Display for Listener {
@@ -145,6 +186,7 @@ impl fmt::Display for Listener {
         f.write_str(match self {
             Listener::Outbound => "outbound",
             Listener::Inbound => "inbound",
+            Listener::Forward => "forward",
         })
     }
 }
@@ -204,6 +246,7 @@ impl Record {
             listener: match m.get("listener")?.as_str() {
                 "outbound" => Listener::Outbound,
                 "inbound" => Listener::Inbound,
+                "forward" => Listener::Forward,
                 _ => return None,
             },
             peer: addr("peer")??,
@@ -244,10 +287,14 @@ pub fn run(config: SidecarConfig) -> io::Result<()> {
         ));
     }
     let mut listeners = Vec::new();
+    let forwards = config.forward.iter().map(|f| (Listener::Forward, f.port));
     for (listener, port) in [
         (Listener::Outbound, config.outbound_port),
         (Listener::Inbound, config.inbound_port),
-    ] {
+    ]
+    .into_iter()
+    .chain(forwards)
+    {
         listeners.push((
             listener,
             bind_listener(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))?,
@@ -418,6 +465,7 @@ impl Sidecar {
         config: SidecarConfig,
         uid: u32,
     ) -> io::Result<Sidecar> {
+        let binary = crate::stage::runnable_by_anyone(binary)?;
         let mut cmd = Command::new(binary);
         cmd.args(config.to_args())
             .stdout(Stdio::piped())
@@ -576,6 +624,7 @@ mod tests {
             relay: RelayMode::Splice,
             expect_uid: Some(2102),
             no_ipv6: true,
+            forward: vec!["18080=10.1.0.3:8080".parse().unwrap()],
             ..SidecarConfig::for_mesh(&crate::MeshPorts::linkerd())
         };
         let parsed = Cli::try_parse_from(std::iter::once("x".to_owned()).chain(config.to_args()))
@@ -583,5 +632,24 @@ mod tests {
             .config;
         assert_eq!(parsed.to_args(), config.to_args());
         assert_eq!((parsed.outbound_port, parsed.inbound_port), (4140, 4143));
+        assert_eq!(parsed.forward, config.forward);
+    }
+
+    #[test]
+    fn forward_needs_a_port_and_an_address() {
+        let f: Forward = "15080=[fd00::3]:8080".parse().unwrap();
+        assert_eq!((f.port, f.to), (15080, "[fd00::3]:8080".parse().unwrap()));
+        assert!("15080"
+            .parse::<Forward>()
+            .unwrap_err()
+            .contains("PORT=ADDRESS:PORT"));
+        assert!("0=10.0.0.1:80"
+            .parse::<Forward>()
+            .unwrap_err()
+            .contains("not a port"));
+        assert!("80=10.0.0.1"
+            .parse::<Forward>()
+            .unwrap_err()
+            .contains("address:port"));
     }
 }

@@ -11,10 +11,11 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 fn bins() -> Binaries {
-    Binaries {
-        sidecar: env!("CARGO_BIN_EXE_mb-sidecar").into(),
-        workload: env!("CARGO_BIN_EXE_mb-workload").into(),
-    }
+    Binaries::at(
+        env!("CARGO_BIN_EXE_mb-sidecar").as_ref(),
+        env!("CARGO_BIN_EXE_mb-workload").as_ref(),
+    )
+    .expect("the sidecar and workload binaries")
 }
 
 #[test]

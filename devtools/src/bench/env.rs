@@ -1,18 +1,19 @@
-//! One test-bed environment per (topology, setup): nodes, pods, interception, sidecars and the
-//! server app, built once and measured round after round. Everything is torn down on drop
+//! One test-bed environment per (topology, setup): a [`MeshSetup`] (nodes, pods, interception,
+//! sidecars) and the server app, built once and measured round after round, each round
+//! checked for interception. Everything is torn down on drop
 //! (processes, pods, the merbridge data path, nodes), also when a measurement fails.
 
+use super::setup::{conntrack_entries, MeshSetup, PodNames};
 use super::stats::{mean, quantile};
 use mb_agent::mesh::{Mesh, PodPolicy};
 use mb_agent::pods::{LocalPod, PodMaps};
 use mb_loader::attach::AttachMode;
 use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants};
-use mb_maps::datapath::{SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
 use mb_sys::bpffs::PrivateBpffs;
 use mb_sys::process::{place, Placement};
 use mb_testbed::scenarios::{Binaries, APP_UID, BULK_PORT, ECHO_PORT};
 use mb_testbed::workload::{parse_kv, BulkStats, CrrStats};
-use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
+use mb_testbed::Pod;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,6 +26,10 @@ use std::time::{Duration, Instant};
 pub enum Setup {
     /// No sidecar, no interception: the physical limit.
     Direct,
+    /// The same sidecars, no interception: the application dials its sidecar, which knows
+    /// the destination from configuration. The cost floor of a relaying sidecar; what the
+    /// other mesh setups add over it is the cost of interception itself.
+    ExplicitProxy,
     /// Istio's nat rules in each meshed pod, the reference sidecar.
     Iptables,
     /// merbridge (`--splice sidecars`, the default), the same sidecar, no iptables.
@@ -41,6 +46,7 @@ impl Setup {
     pub fn name(self) -> &'static str {
         match self {
             Setup::Direct => "direct",
+            Setup::ExplicitProxy => "explicit-proxy",
             Setup::Iptables => "iptables",
             Setup::Merbridge => "merbridge",
             Setup::MerbridgeSpliceAll => "merbridge-splice-all",
@@ -49,9 +55,10 @@ impl Setup {
         }
     }
 
-    fn short(self) -> &'static str {
+    pub(super) fn short(self) -> &'static str {
         match self {
             Setup::Direct => "d",
+            Setup::ExplicitProxy => "x",
             Setup::Iptables => "i",
             Setup::Merbridge => "m",
             Setup::MerbridgeSpliceAll => "ma",
@@ -98,7 +105,7 @@ impl Topology {
         }
     }
 
-    fn short(self) -> &'static str {
+    pub(super) fn short(self) -> &'static str {
         match self {
             Topology::Outbound => "out",
             Topology::SameNode => "same",
@@ -107,7 +114,7 @@ impl Topology {
     }
 
     /// Whether the server pod has a sidecar too.
-    fn server_meshed(self) -> bool {
+    pub(super) fn server_meshed(self) -> bool {
         self == Topology::SameNode
     }
 }
@@ -122,7 +129,7 @@ pub struct Pinning {
 
 /// Runs `spawn` with the calling thread's CPU affinity set to `cpu` (children inherit it),
 /// then restores the previous affinity.
-fn with_affinity<T>(cpu: Option<usize>, spawn: impl FnOnce() -> T) -> Result<T, String> {
+pub(super) fn with_affinity<T>(cpu: Option<usize>, spawn: impl FnOnce() -> T) -> Result<T, String> {
     use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
     let Some(cpu) = cpu else {
@@ -258,22 +265,21 @@ pub struct CpuUse {
     pub softirq: f64,
 }
 
-fn cgroup_usage_us(cgroup: &Path) -> u64 {
-    std::fs::read_to_string(cgroup.join("cpu.stat"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+/// CPU time used by `cgroup` and its children; unreadable is an error, never 0 s.
+fn cgroup_usage_us(cgroup: &Path) -> Result<u64, String> {
+    let path = cgroup.join("cpu.stat");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("CPU use: read {}: {e}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("CPU use: no usage_usec in {}", path.display()))
 }
 
 /// Softirq time of `cpus` (all when empty) from `/proc/stat`, in microseconds.
-fn softirq_us(cpus: &[usize]) -> u64 {
-    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
-        return 0;
-    };
+fn softirq_us(cpus: &[usize]) -> Result<u64, String> {
+    let text = std::fs::read_to_string("/proc/stat")
+        .map_err(|e| format!("softirq time: read /proc/stat: {e}"))?;
     let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -284,28 +290,48 @@ fn softirq_us(cpus: &[usize]) -> u64 {
     } else {
         cpus.iter().map(|c| format!("cpu{c}")).collect()
     };
-    let ticks: u64 = text
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let name = fields.next()?;
-            if !wanted.iter().any(|w| w == name) {
-                return None;
-            }
-            // user nice system idle iowait irq softirq
-            fields.nth(6)?.parse::<u64>().ok()
-        })
-        .sum();
-    ticks * 1_000_000 / ticks_per_s
+    let mut ticks = 0;
+    let mut found = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(name) = fields.next() else { continue };
+        if !wanted.iter().any(|w| w == name) {
+            continue;
+        }
+        // user nice system idle iowait irq softirq
+        ticks += fields
+            .nth(6)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("softirq time: unreadable /proc/stat line {line:?}"))?;
+        found += 1;
+    }
+    if found != wanted.len() {
+        return Err(format!("softirq time: /proc/stat lacks some of {wanted:?}"));
+    }
+    Ok(ticks * 1_000_000 / ticks_per_s)
 }
 
 /// One measured figure per name (see `super::report::METRICS`) plus what failed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RoundResult {
     pub figures: BTreeMap<&'static str, f64>,
     pub errors: Vec<String>,
+    /// What the sidecars and counters saw this round, or why the setup did not intercept
+    /// (then the round's figures are not the setup's and are never reported).
+    pub interception: Result<String, String>,
     /// Round trips of the single-connection RR run (ns), for the latency distribution.
     pub rr_samples: Vec<u64>,
+}
+
+impl Default for RoundResult {
+    fn default() -> Self {
+        RoundResult {
+            figures: BTreeMap::new(),
+            errors: Vec::new(),
+            interception: Err("not checked".into()),
+            rr_samples: Vec::new(),
+        }
+    }
 }
 
 /// How much each measure does.
@@ -325,15 +351,11 @@ pub struct Env {
     pub setup: Setup,
     pinning: Pinning,
     workload: PathBuf,
-    // Drop order: processes, pods, data path, nodes.
-    _sidecars: Vec<Sidecar>,
+    // Drop order: the server app, then the setup (sidecars, pods, data path, nodes).
     _server_app: Proc,
-    client_pod: Pod,
-    server_pod: Pod,
     client_cgroup: PathBuf,
     app_cgroup: PathBuf,
-    _datapath: Option<Datapath>,
-    _nodes: Vec<Node>,
+    mesh: MeshSetup,
 }
 
 /// Spawns `cmd` in `pod`'s network namespace and in `cgroup` as `uid`, pinned to `cpu`.
@@ -376,88 +398,36 @@ impl Env {
         pinning: Pinning,
         many_pods: u32,
     ) -> Result<Env, String> {
-        let hint = format!("b-{}-{}", topology.short(), setup.short());
-        let node = Node::new(&hint).map_err(|e| format!("create node: {e}"))?;
-        let mut nodes = vec![node];
-        if topology == Topology::CrossNode {
-            let other = Node::new(&format!("{hint}-2")).map_err(|e| format!("create node: {e}"))?;
-            Node::join(&nodes[0], &other).map_err(|e| format!("join nodes: {e}"))?;
-            nodes.push(other);
-        }
-        let datapath = match setup {
-            Setup::Merbridge | Setup::MerbridgeManyPods => {
-                Some(Datapath::load(nodes[0].cgroup_path(), SPLICE_SIDECARS)?)
-            }
-            Setup::MerbridgeSpliceAll => Some(Datapath::load(nodes[0].cgroup_path(), SPLICE_ALL)?),
-            Setup::MerbridgeSpliceNone => {
-                Some(Datapath::load(nodes[0].cgroup_path(), SPLICE_NONE)?)
-            }
-            _ => None,
+        let names = PodNames {
+            client: "client",
+            server: "server",
         };
-        let maps = match &datapath {
-            Some(d) => Some(PodMaps::open(d.pin_dir())?),
-            None => None,
-        };
-        if let (Setup::MerbridgeManyPods, Some(maps)) = (setup, &maps) {
-            for i in 1..=many_pods {
-                maps.upsert(&fake_pod(i))
-                    .map_err(|e| format!("add fake pod {i}: {e}"))?;
-            }
-        }
-        let client_pod = nodes[0]
-            .add_pod(PodSpec::named("client"))
-            .map_err(|e| format!("create client pod: {e}"))?;
-        let server_pod = nodes[nodes.len() - 1]
-            .add_pod(PodSpec::named("server"))
-            .map_err(|e| format!("create server pod: {e}"))?;
-        let mesh = MeshPorts::istio();
-        let mut meshed = Vec::new();
-        if setup != Setup::Direct {
-            meshed.push(&client_pod);
-            if topology.server_meshed() {
-                meshed.push(&server_pod);
-            }
-        }
-        let mut sidecars = Vec::new();
-        for pod in meshed {
-            match &maps {
-                Some(maps) => add_real_pod(maps, pod)?,
-                None => Interception::Iptables(mesh.clone())
-                    .install_pod(pod)
-                    .map_err(|e| format!("install iptables rules: {e}"))?,
-            }
-            let sidecar = with_affinity(pinning.sidecar, || {
-                Sidecar::start_binary(
-                    &bins.sidecar,
-                    pod,
-                    SidecarConfig::for_mesh(&mesh),
-                    mesh.proxy_uid,
-                )
-            })?
-            .map_err(|e| format!("start sidecar: {e}"))?;
-            sidecars.push(sidecar);
-        }
-        let client_cgroup = sub_cgroup(&client_pod, "bench-client")?;
-        let app_cgroup = sub_cgroup(&server_pod, "bench-app")?;
-        let server_app = start_server(&server_pod, &app_cgroup, bins, pinning.server)?;
+        let app_ports = [ECHO_PORT, BULK_PORT];
+        let mesh = MeshSetup::build(topology, setup, names, &app_ports, bins, pinning, many_pods)?;
+        let client_cgroup = sub_cgroup(&mesh.client_pod, "bench-client")?;
+        let app_cgroup = sub_cgroup(&mesh.server_pod, "bench-app")?;
+        let server_app = start_server(&mesh.server_pod, &app_cgroup, bins, pinning.server)?;
         Ok(Env {
             topology,
             setup,
             pinning,
             workload: bins.workload.clone(),
-            _sidecars: sidecars,
             _server_app: server_app,
-            client_pod,
-            server_pod,
             client_cgroup,
             app_cgroup,
-            _datapath: datapath,
-            _nodes: nodes,
+            mesh,
         })
     }
 
+    /// Where the client app dials for the server app's `port`: the server itself, or its
+    /// own sidecar's explicit-proxy listener.
     fn target(&self, port: u16) -> SocketAddr {
-        SocketAddr::new(self.server_pod.ipv4().into(), port)
+        self.mesh.dial_addr(port)
+    }
+
+    /// Where the connections to the server app's `port` are meant to go.
+    fn destination(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.mesh.server_pod.ipv4().into(), port)
     }
 
     /// Runs `mb-workload <args>` as the client app; returns its stdout.
@@ -471,7 +441,7 @@ impl Env {
         }
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = Proc(spawn_in(
-            &self.client_pod,
+            &self.mesh.client_pod,
             &self.client_cgroup,
             cmd,
             APP_UID,
@@ -511,7 +481,7 @@ impl Env {
         Ok(out)
     }
 
-    fn cpu_snapshot(&self) -> CpuSnapshot {
+    fn cpu_snapshot(&self) -> Result<CpuSnapshot, String> {
         let pinned: Vec<usize> = [
             self.pinning.client,
             self.pinning.sidecar,
@@ -523,13 +493,13 @@ impl Env {
         let mut cpus = pinned;
         cpus.sort_unstable();
         cpus.dedup();
-        CpuSnapshot {
-            client_us: cgroup_usage_us(&self.client_cgroup),
-            client_pod_us: cgroup_usage_us(self.client_pod.cgroup_path()),
-            app_us: cgroup_usage_us(&self.app_cgroup),
-            server_pod_us: cgroup_usage_us(self.server_pod.cgroup_path()),
-            softirq_us: softirq_us(&cpus),
-        }
+        Ok(CpuSnapshot {
+            client_us: cgroup_usage_us(&self.client_cgroup)?,
+            client_pod_us: cgroup_usage_us(self.mesh.client_pod.cgroup_path())?,
+            app_us: cgroup_usage_us(&self.app_cgroup)?,
+            server_pod_us: cgroup_usage_us(self.mesh.server_pod.cgroup_path())?,
+            softirq_us: softirq_us(&cpus)?,
+        })
     }
 
     /// CPU seconds between two snapshots, divided by `units`.
@@ -547,37 +517,53 @@ impl Env {
         }
     }
 
-    fn conntrack(&self) -> u64 {
-        self.client_pod.conntrack_count().unwrap_or(0)
-            + self.server_pod.conntrack_count().unwrap_or(0)
+    fn conntrack(&self) -> Result<u64, String> {
+        Ok(conntrack_entries(&self.mesh.client_pod)? + conntrack_entries(&self.mesh.server_pod)?)
     }
 
-    /// One round of every measure. A failing measure is recorded and the others still run.
+    /// One round of every measure, then the check that the round was intercepted. A failing
+    /// measure is recorded and the others still run.
     pub fn measure(&self, counts: &Counts, progress: &dyn Fn(&str)) -> RoundResult {
         let mut r = RoundResult::default();
+        let before = match self.mesh.checkpoint() {
+            Ok(c) => c,
+            Err(e) => {
+                r.interception = Err(format!("before the round: {e}"));
+                return r;
+            }
+        };
+        // Connections made by the measures that completed.
+        let mut connections = 0;
         progress("rr c=1");
-        if let Err(e) = self.measure_rr(counts, &mut r) {
-            r.errors.push(format!("rr: {e}"));
+        match self.measure_rr(counts, &mut r) {
+            Ok(()) => connections += 1,
+            Err(e) => r.errors.push(format!("rr: {e}")),
         }
-        for connections in [8usize, 64] {
-            progress(&format!("rr c={connections}"));
-            if let Err(e) = self.measure_rr_parallel(counts, connections, &mut r) {
-                r.errors.push(format!("rr c={connections}: {e}"));
+        for parallel in [8usize, 64] {
+            progress(&format!("rr c={parallel}"));
+            match self.measure_rr_parallel(counts, parallel, &mut r) {
+                Ok(()) => connections += parallel,
+                Err(e) => r.errors.push(format!("rr c={parallel}: {e}")),
             }
         }
         progress("crr");
-        if let Err(e) = self.measure_crr(counts, &mut r) {
-            r.errors.push(format!("crr: {e}"));
+        match self.measure_crr(counts, &mut r) {
+            Ok(()) => connections += counts.crr as usize,
+            Err(e) => r.errors.push(format!("crr: {e}")),
         }
         progress("bulk");
-        if let Err(e) = self.measure_bulk(counts, &mut r) {
-            r.errors.push(format!("bulk: {e}"));
+        match self.measure_bulk(counts, &mut r) {
+            Ok(()) => connections += 1,
+            Err(e) => r.errors.push(format!("bulk: {e}")),
         }
+        progress("check interception");
+        let targets = [self.destination(ECHO_PORT), self.destination(BULK_PORT)];
+        r.interception = self.mesh.verify(&before, &targets, connections);
         r
     }
 
     fn measure_rr(&self, counts: &Counts, r: &mut RoundResult) -> Result<(), String> {
-        let before = self.cpu_snapshot();
+        let before = self.cpu_snapshot()?;
         let out = self.client(&[
             "rr".into(),
             format!("--to={}", self.target(ECHO_PORT)),
@@ -585,7 +571,7 @@ impl Env {
             format!("--warmup={}", counts.rr_warmup),
             "--samples".into(),
         ])?;
-        let after = self.cpu_snapshot();
+        let after = self.cpu_snapshot()?;
         let mut samples = parse_samples(&out)?;
         samples.sort_unstable();
         let us = |ns: u64| ns as f64 / 1e3;
@@ -636,13 +622,13 @@ impl Env {
     }
 
     fn measure_crr(&self, counts: &Counts, r: &mut RoundResult) -> Result<(), String> {
-        let conntrack_before = self.conntrack();
+        let conntrack_before = self.conntrack()?;
         let out = self.client(&[
             "crr".into(),
             format!("--to={}", self.target(ECHO_PORT)),
             format!("--count={}", counts.crr),
         ])?;
-        let created = self.conntrack().saturating_sub(conntrack_before);
+        let created = self.conntrack()?.saturating_sub(conntrack_before);
         let stats = CrrStats::parse(out.trim()).map_err(|e| format!("{e} in {out:?}"))?;
         r.figures.insert("crr_per_s", stats.per_second());
         r.figures
@@ -656,13 +642,13 @@ impl Env {
     }
 
     fn measure_bulk(&self, counts: &Counts, r: &mut RoundResult) -> Result<(), String> {
-        let before = self.cpu_snapshot();
+        let before = self.cpu_snapshot()?;
         let out = self.client(&[
             "bulk".into(),
             format!("--to={}", self.target(BULK_PORT)),
             format!("--bytes={}", counts.bulk_bytes),
         ])?;
-        let after = self.cpu_snapshot();
+        let after = self.cpu_snapshot()?;
         let stats = BulkStats::parse(out.trim()).map_err(|e| format!("{e} in {out:?}"))?;
         r.figures.insert("bulk_mbit_s", stats.mbit_per_second());
         let cpu = Self::cpu_use(&before, &after, stats.bytes as f64 / 1e9);

@@ -2,7 +2,10 @@
 //! plane, in one run on one machine.
 //!
 //! - [`env`]: one environment per (topology, setup), built once, measured round after round.
-//! - [`control`]: the time to add the N-th pod, merbridge's maps vs iptables.
+//! - [`setup`]: a setup's nodes, pods, interception and sidecars (shared with the demo), and
+//!   the per-round check that it intercepted; a setup that did not is failed, not reported.
+//! - [`control`]: adding pods: per pod (Istio's init-container restore vs merbridge's agent)
+//!   and per node (a node-wide iptables table vs the agent, as N grows).
 //! - [`report`]: terminal table with ratios, JSON, SVG.
 //!
 //! Rounds are interleaved (every environment once per round, the order rotated each round)
@@ -11,6 +14,7 @@
 pub mod control;
 pub mod env;
 pub mod report;
+pub mod setup;
 pub mod stats;
 
 use env::{Counts, Env, Pinning, RoundResult, Setup, Topology};
@@ -71,7 +75,12 @@ impl Plan {
             .collect();
         let mut setups = Vec::new();
         for &t in &topologies {
-            for s in [Setup::Direct, Setup::Iptables, Setup::Merbridge] {
+            for s in [
+                Setup::Direct,
+                Setup::ExplicitProxy,
+                Setup::Iptables,
+                Setup::Merbridge,
+            ] {
                 setups.push((t, s));
             }
             if splice_all && t != Topology::CrossNode {
@@ -108,10 +117,33 @@ pub struct EnvResult {
 }
 
 impl EnvResult {
-    /// Median over rounds of every figure measured at least once.
+    /// Why this setup's figures cannot be reported: it was not built, or a round was not
+    /// intercepted (then it measured something else, usually direct traffic).
+    pub fn failure(&self) -> Option<String> {
+        if let Some(e) = &self.build_error {
+            return Some(format!("not built: {e}"));
+        }
+        self.rounds.iter().enumerate().find_map(|(i, r)| {
+            r.interception
+                .as_ref()
+                .err()
+                .map(|e| format!("round {}: {e}", i + 1))
+        })
+    }
+
+    /// The rounds whose figures count: none once the setup failed.
+    pub fn counted_rounds(&self) -> &[RoundResult] {
+        if self.failure().is_some() {
+            &[]
+        } else {
+            &self.rounds
+        }
+    }
+
+    /// Median over rounds of every figure measured at least once (none for a failed setup).
     pub fn medians(&self) -> BTreeMap<&'static str, f64> {
         let mut by_name: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-        for r in &self.rounds {
+        for r in self.counted_rounds() {
             for (&k, &v) in &r.figures {
                 by_name.entry(k).or_default().push(v);
             }
@@ -122,10 +154,10 @@ impl EnvResult {
             .collect()
     }
 
-    /// Every RR round trip of all rounds, sorted (ns).
+    /// Every RR round trip of all counted rounds, sorted (ns).
     pub fn all_rr_samples(&self) -> Vec<u64> {
         let mut all: Vec<u64> = self
-            .rounds
+            .counted_rounds()
             .iter()
             .flat_map(|r| r.rr_samples.iter().copied())
             .collect();
@@ -133,10 +165,23 @@ impl EnvResult {
         all
     }
 
+    /// The measures that failed, round by round.
+    pub fn measure_errors(&self) -> Vec<String> {
+        let mut e = Vec::new();
+        for (i, r) in self.rounds.iter().enumerate() {
+            e.extend(r.errors.iter().map(|x| format!("round {}: {x}", i + 1)));
+        }
+        e
+    }
+
+    /// Everything that went wrong: the build, measures, interception checks.
     pub fn errors(&self) -> Vec<String> {
         let mut e: Vec<String> = self.build_error.iter().cloned().collect();
         for (i, r) in self.rounds.iter().enumerate() {
             e.extend(r.errors.iter().map(|x| format!("round {}: {x}", i + 1)));
+            if let Err(x) = &r.interception {
+                e.push(format!("round {}: interception: {x}", i + 1));
+            }
         }
         e
     }
@@ -154,6 +199,27 @@ pub struct Results {
 impl Results {
     pub fn get(&self, t: Topology, s: Setup) -> Option<&EnvResult> {
         self.envs.iter().find(|e| e.topology == t && e.setup == s)
+    }
+
+    /// One line per problem of the run: failed setups, failed measures, control-plane
+    /// errors. The bench exits non-zero unless this is empty.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in &self.envs {
+            let name = format!("{} / {}", e.topology.name(), e.setup.name());
+            if let Some(f) = e.failure() {
+                out.push(format!("{name} FAILED: {f}"));
+            } else {
+                out.extend(e.errors().into_iter().map(|x| format!("{name}: {x}")));
+            }
+        }
+        out.extend(
+            self.control
+                .errors
+                .iter()
+                .map(|e| format!("control plane: {e}")),
+        );
+        out
     }
 }
 
@@ -201,6 +267,10 @@ pub fn run(plan: &Plan, bins: &Binaries, progress: &dyn Fn(&str)) -> Results {
             let measured = env.measure(&plan.counts, &|what| progress(&format!("{label}: {what}")));
             for e in &measured.errors {
                 progress(&format!("{label}: FAILED {e}"));
+            }
+            match &measured.interception {
+                Ok(seen) => progress(&format!("{label}: checked: {seen}")),
+                Err(e) => progress(&format!("{label}: FAILED the interception check: {e}")),
             }
             result.rounds.push(measured);
         }

@@ -1,5 +1,6 @@
 //! What a run measured, for people (terminal table, SVG chart) and machines (JSON).
 
+use super::control::ControlPlane;
 use super::env::{Setup, Topology};
 use super::stats::quantile;
 use super::{EnvResult, Results};
@@ -87,7 +88,7 @@ pub fn goals_of(results: &Results, topology: Topology, mb_setup: Setup) -> Vec<G
     let bulk = ratio(figure(mb, "bulk_mbit_s"), figure(i, "bulk_mbit_s"));
     let conntrack = figure(mb, "conntrack_entries");
     let last = results.control.checkpoints.last();
-    let control = last.and_then(|c| ratio(c.iptables_node_us, Some(c.merbridge_window_median_us)));
+    let control = last.and_then(|c| ratio(c.iptables_node_us, Some(c.agent_window_median_us)));
     vec![
         Goal {
             name: "RR p50 mesh tax, merbridge / iptables",
@@ -114,7 +115,7 @@ pub fn goals_of(results: &Results, topology: Topology, mb_setup: Setup) -> Vec<G
             met: conntrack.map(|c| c == 0.0),
         },
         Goal {
-            name: "adding the last pod, iptables node table / merbridge",
+            name: "adding the last pod, iptables node table / agent",
             target: ">= 1000",
             measured: control,
             met: control.map(|r| r >= 1000.0),
@@ -165,10 +166,20 @@ pub fn table(results: &Results) -> String {
         let d = results.get(t, Setup::Direct);
         let i = results.get(t, Setup::Iptables);
         let mb = results.get(t, Setup::Merbridge);
+        // A setup that did not intercept shows FAILED in every cell, never a figure.
+        let failed: Vec<bool> = setups
+            .iter()
+            .map(|s| results.get(t, *s).is_some_and(|r| r.failure().is_some()))
+            .collect();
         let mut row = |label: &str, unit: &str, values: Vec<Option<f64>>, r1, r2| {
             let mut line = format!("{label:<28}{unit:>7}");
-            for v in values {
-                let _ = write!(line, "{:>14}", fmt_value(v));
+            for (v, failed) in values.into_iter().zip(&failed) {
+                let cell = if *failed {
+                    "FAILED".to_owned()
+                } else {
+                    fmt_value(v)
+                };
+                let _ = write!(line, "{cell:>14}");
             }
             let _ = write!(line, "{:>10}{:>10}", fmt_ratio(r1), fmt_ratio(r2));
             let _ = writeln!(out, "{line}");
@@ -178,7 +189,7 @@ pub fn table(results: &Results) -> String {
                 .iter()
                 .map(|s| figure(results.get(t, *s), metric.key))
                 .collect();
-            if values.iter().all(Option::is_none) {
+            if values.iter().all(Option::is_none) && !failed.iter().any(|f| *f) {
                 continue;
             }
             let m = figure(mb, metric.key);
@@ -189,27 +200,51 @@ pub fn table(results: &Results) -> String {
                 ratio(m, figure(i, metric.key)),
                 ratio(m, figure(d, metric.key)),
             );
-            if metric.key == "rr_p50_us" {
-                let direct = figure(d, metric.key);
-                let taxes: Vec<Option<f64>> = setups
-                    .iter()
-                    .map(|s| match (figure(results.get(t, *s), metric.key), direct) {
-                        (Some(a), Some(b)) => Some(a - b),
-                        _ => None,
-                    })
-                    .collect();
-                let (ti, tm) = (
-                    match (figure(i, metric.key), direct) {
-                        (Some(a), Some(b)) => Some(a - b),
-                        _ => None,
-                    },
-                    match (m, direct) {
-                        (Some(a), Some(b)) => Some(a - b),
-                        _ => None,
-                    },
-                );
-                row("  mesh tax at p50", "us", taxes, ratio(tm, ti), None);
+            if metric.key == "rr_p50_us" || metric.key == "rr_p99_us" {
+                let quantile = if metric.key == "rr_p50_us" {
+                    "p50"
+                } else {
+                    "p99"
+                };
+                // What each setup adds over a baseline, and merbridge's share of iptables'.
+                let over = |base: Option<&EnvResult>, r: Option<&EnvResult>| match (
+                    figure(r, metric.key),
+                    figure(base, metric.key),
+                ) {
+                    (Some(a), Some(b)) => Some(a - b),
+                    _ => None,
+                };
+                let x = results.get(t, Setup::ExplicitProxy);
+                for (base, label) in [
+                    (d, format!("  mesh tax at {quantile}")),
+                    (x, format!("  over explicit proxy {quantile}")),
+                ] {
+                    if base.is_none() {
+                        continue;
+                    }
+                    let values = setups
+                        .iter()
+                        .map(|s| over(base, results.get(t, *s)))
+                        .collect();
+                    // A ratio of differences means something only when both are costs.
+                    let cost = |v: Option<f64>| v.filter(|v| *v > 0.0);
+                    row(
+                        &label,
+                        "us",
+                        values,
+                        ratio(cost(over(base, mb)), cost(over(base, i))),
+                        None,
+                    );
+                }
             }
+        }
+        if setups.contains(&Setup::ExplicitProxy) {
+            let _ = writeln!(
+                out,
+                "  explicit: the app dials its sidecar, which knows the destination from configuration (no\n  \
+                 interception): the cost floor of a relaying sidecar. \"over explicit proxy\" = what interception\n  \
+                 itself adds; \"mesh tax\" = what the mesh adds over direct. Ratio columns: merbridge / iptables."
+            );
         }
         if setups.contains(&Setup::MerbridgeSpliceAll) {
             let _ = writeln!(
@@ -220,47 +255,23 @@ pub fn table(results: &Results) -> String {
             );
         }
         for s in &setups {
+            if let Some(f) = results.get(t, *s).and_then(EnvResult::failure) {
+                let _ = writeln!(out, "  FAILED {}: {f}; its figures are left out", s.name());
+            }
             if let Some(r) = results.get(t, *s) {
-                for e in r.errors() {
+                let errors = if r.failure().is_some() {
+                    r.measure_errors()
+                } else {
+                    r.errors()
+                };
+                for e in errors {
                     let _ = writeln!(out, "  ! {}: {e}", s.name());
                 }
             }
         }
     }
     let cp = &results.control;
-    let _ = writeln!(
-        out,
-        "\n== control plane: time to add the N-th pod ==\n{:>8}{:>14}{:>22}{:>16}{:>22}{:>14}{:>12}",
-        "N", "PodMaps us", "PodMaps us (median", "agent sync us", "iptables node table", "table rules", "ipt/mb"
-    );
-    let _ = writeln!(
-        out,
-        "{:>8}{:>14}{:>22}{:>16}{:>22}{:>14}{:>12}",
-        "", "(pod N)", "of last <=50 adds)", "(same median)", "us (median of 3)", "", ""
-    );
-    for c in &cp.checkpoints {
-        let _ = writeln!(
-            out,
-            "{:>8}{:>14}{:>22}{:>16}{:>22}{:>14}{:>12}",
-            c.pods,
-            fmt_value(Some(c.merbridge_us)),
-            fmt_value(Some(c.merbridge_window_median_us)),
-            fmt_value(Some(c.agent_window_median_us).filter(|v| v.is_finite())),
-            fmt_value(c.iptables_node_us),
-            c.iptables_node_rules,
-            fmt_ratio(ratio(
-                c.iptables_node_us,
-                Some(c.merbridge_window_median_us)
-            ))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "merbridge: all {} pods added in {:.2} s; iptables per pod namespace (Istio's init, v4+v6): {} us per pod",
-        cp.checkpoints.last().map_or(0, |c| c.pods),
-        cp.merbridge_total_s,
-        fmt_value(cp.iptables_pod_netns_us)
-    );
+    control_plane_table(&mut out, cp);
     for e in &cp.errors {
         let _ = writeln!(out, "  ! control plane: {e}");
     }
@@ -293,6 +304,71 @@ pub fn table(results: &Results) -> String {
     out
 }
 
+/// One line each: what the two control-plane comparisons mean.
+pub const PER_POD_MEANING: &str = "per pod: what starting one meshed pod costs in interception \
+     setup as each is deployed: Istio's init container restoring its rules into the pod's own \
+     namespace, against merbridge's node agent writing the pod into the maps";
+pub const PER_NODE_MEANING: &str = "per node: a synthetic node-wide iptables nat table (one for \
+     all pods, as a per-node iptables interception would keep it) against merbridge's maps: the \
+     cost that grows with the number of pods on the node";
+
+/// The per-pod comparison: Istio's init container (iptables-restore, v4 and v6, into a
+/// fresh namespace) against the agent's sync path at the largest N (median of its last adds).
+pub fn per_pod(cp: &ControlPlane) -> (Option<f64>, Option<f64>) {
+    let agent = cp
+        .checkpoints
+        .last()
+        .map(|c| c.agent_window_median_us)
+        .filter(|v| v.is_finite());
+    (cp.iptables_pod_netns_us, agent)
+}
+
+fn control_plane_table(out: &mut String, cp: &ControlPlane) {
+    let n = cp.checkpoints.last().map_or(0, |c| c.pods);
+    let (istio, agent) = per_pod(cp);
+    let _ = writeln!(
+        out,
+        "\n== control plane, per pod: interception setup for one new pod ==\n{:<72}{:>12} us\n{:<72}{:>12} us\n{:<72}{:>15}",
+        "Istio init container: iptables-restore v4+v6 in a fresh pod namespace",
+        fmt_value(istio),
+        format!("merbridge agent: PodSync over BpfPodStore (the DaemonSet's path), pod {n}"),
+        fmt_value(agent),
+        "Istio init / merbridge agent",
+        fmt_ratio(ratio(istio, agent))
+    );
+    let _ = writeln!(out, "  {PER_POD_MEANING}");
+    let _ = writeln!(
+        out,
+        "\n== control plane, per node: time to add the N-th pod ==\n{:>8}{:>16}{:>14}{:>22}{:>14}{:>12}",
+        "N", "agent sync us", "PodMaps us", "iptables node table", "table rules", "ipt/agent"
+    );
+    let _ = writeln!(
+        out,
+        "{:>8}{:>16}{:>14}{:>22}{:>14}{:>12}",
+        "", "(median of", "(same", "us (median of 3)", "", ""
+    );
+    let _ = writeln!(out, "{:>8}{:>16}{:>14}", "", "last <=50)", "median)");
+    for c in &cp.checkpoints {
+        let agent = Some(c.agent_window_median_us).filter(|v| v.is_finite());
+        let _ = writeln!(
+            out,
+            "{:>8}{:>16}{:>14}{:>22}{:>14}{:>12}",
+            c.pods,
+            fmt_value(agent),
+            fmt_value(Some(c.merbridge_window_median_us).filter(|v| v.is_finite())),
+            fmt_value(c.iptables_node_us),
+            c.iptables_node_rules,
+            fmt_ratio(ratio(c.iptables_node_us, agent))
+        );
+    }
+    let _ = writeln!(out, "  {PER_NODE_MEANING}");
+    let _ = writeln!(
+        out,
+        "  merbridge: all {n} pods added in {:.2} s (PodMaps)",
+        cp.merbridge_total_s
+    );
+}
+
 /// The topology the goals and the latency chart use: same-node (the whole mesh path) when
 /// it ran.
 fn headline_topology(results: &Results) -> Topology {
@@ -307,6 +383,7 @@ fn headline_topology(results: &Results) -> Topology {
 fn short_name(s: Setup) -> &'static str {
     match s {
         Setup::Direct => "direct",
+        Setup::ExplicitProxy => "explicit",
         Setup::Iptables => "iptables",
         Setup::Merbridge => "merbridge",
         Setup::MerbridgeSpliceAll => "mb-splice-all",
@@ -327,19 +404,32 @@ pub fn to_json(results: &Results, command: &str) -> Value {
         let medians = e.medians();
         let d = results.get(e.topology, Setup::Direct);
         let i = results.get(e.topology, Setup::Iptables);
+        let x = results.get(e.topology, Setup::ExplicitProxy);
         let mut to_ipt = Map::new();
         let mut to_direct = Map::new();
+        let mut to_explicit = Map::new();
         for metric in METRICS {
             let v = medians.get(metric.key).copied();
             to_ipt.insert(metric.key.into(), opt(ratio(v, figure(i, metric.key))));
             to_direct.insert(metric.key.into(), opt(ratio(v, figure(d, metric.key))));
+            to_explicit.insert(metric.key.into(), opt(ratio(v, figure(x, metric.key))));
         }
+        // Round-trip time added over the explicit proxy (interception's own cost) and over
+        // direct (the whole mesh), at p50 and p99.
+        let added = |base: Option<&EnvResult>| -> Value {
+            let key_over = |key: &str| match (medians.get(key), figure(base, key)) {
+                (Some(a), Some(b)) => opt(Some(a - b)),
+                _ => Value::Null,
+            };
+            json!({"rr_p50_us": key_over("rr_p50_us"), "rr_p99_us": key_over("rr_p99_us")})
+        };
         let medians_json: Map<String, Value> = METRICS
             .iter()
             .map(|m| (m.key.to_owned(), opt(medians.get(m.key).copied())))
             .collect();
+        // A failed setup's figures are not its own: none are written, not even per round.
         let rounds: Vec<Value> = e
-            .rounds
+            .counted_rounds()
             .iter()
             .map(|r| {
                 let figs: Map<String, Value> = r
@@ -362,9 +452,18 @@ pub fn to_json(results: &Results, command: &str) -> Value {
             "medians": medians_json,
             "ratio_to_iptables": to_ipt,
             "ratio_to_direct": to_direct,
+            "ratio_to_explicit_proxy": to_explicit,
+            "over_explicit_proxy_us": added(x),
+            "over_direct_us": added(d),
             "rounds": rounds,
             "rr_histogram": histogram,
             "errors": e.errors(),
+            "status": if e.failure().is_some() { "failed" } else { "ok" },
+            "failure": e.failure(),
+            "interception": e.rounds.iter().map(|r| match &r.interception {
+                Ok(seen) => json!({"ok": true, "seen": seen}),
+                Err(why) => json!({"ok": false, "error": why}),
+            }).collect::<Vec<_>>(),
         }));
     }
     let goals_json: Map<String, Value> = plan
@@ -411,6 +510,7 @@ pub fn to_json(results: &Results, command: &str) -> Value {
                 "iptables_node_table_us": opt(c.iptables_node_us),
                 "iptables_node_table_rules": c.iptables_node_rules,
                 "iptables_over_merbridge": opt(ratio(c.iptables_node_us, Some(c.merbridge_window_median_us))),
+                "iptables_over_agent_sync": opt(ratio(c.iptables_node_us, Some(c.agent_window_median_us))),
             })
         })
         .collect();
@@ -448,14 +548,22 @@ pub fn to_json(results: &Results, command: &str) -> Value {
             "checkpoints": checkpoints,
             "merbridge_total_s": cp.merbridge_total_s,
             "iptables_pod_netns_us": opt(cp.iptables_pod_netns_us),
+            "per_pod": {
+                "istio_init_restore_us": opt(per_pod(cp).0),
+                "merbridge_agent_sync_us": opt(per_pod(cp).1),
+                "istio_over_merbridge": opt(ratio(per_pod(cp).0, per_pod(cp).1)),
+                "meaning": PER_POD_MEANING,
+            },
+            "per_node_meaning": PER_NODE_MEANING,
             "errors": cp.errors,
         },
         "goals": goals_json,
     })
 }
 
-const COLORS: [(Setup, &str); 6] = [
+const COLORS: [(Setup, &str); 7] = [
     (Setup::Direct, "#7f7f7f"),
+    (Setup::ExplicitProxy, "#ff7f0e"),
     (Setup::Iptables, "#d62728"),
     (Setup::Merbridge, "#1f77b4"),
     (Setup::MerbridgeSpliceAll, "#2ca02c"),
@@ -479,7 +587,7 @@ fn esc(text: &str) -> String {
 /// A hand-written SVG: the RR latency distribution (CDF, log time axis) of the same-node
 /// topology, and bars of bulk throughput and connection rate per topology and setup.
 pub fn to_svg(results: &Results) -> String {
-    let (w, h) = (1260.0, 470.0);
+    let (w, h) = (1260.0, 490.0);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -571,7 +679,13 @@ pub fn to_svg(results: &Results) -> String {
             r#"<path d="{path}" fill="none" stroke="{}" stroke-width="2"/>"#,
             color(*setup)
         );
-        legend(&mut s, x0 + 10.0, y0 + 14.0 + 16.0 * n as f64, *setup);
+        legend(
+            &mut s,
+            x0 + 10.0,
+            y0 + 14.0 + 16.0 * n as f64,
+            *setup,
+            false,
+        );
     }
     // Panels 2 and 3: bars.
     bars(
@@ -588,6 +702,20 @@ pub fn to_svg(results: &Results) -> String {
         "connect + request + close (conn/s, median)",
         920.0,
     );
+    let failures: Vec<String> = results
+        .envs
+        .iter()
+        .filter(|e| e.failure().is_some())
+        .map(|e| format!("{} / {}", e.topology.name(), e.setup.name()))
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(
+            s,
+            r##"<text x="20" y="{}" fill="#d62728" font-weight="bold">FAILED (not intercepted or not built; no figures shown): {}</text>"##,
+            h - 8.0,
+            esc(&failures.join(", "))
+        );
+    }
     s.push_str("</svg>\n");
     s
 }
@@ -610,16 +738,28 @@ fn axes(s: &mut String, x0: f64, y0: f64, pw: f64, ph: f64) {
     );
 }
 
-fn legend(s: &mut String, x: f64, y: f64, setup: Setup) {
+fn legend(s: &mut String, x: f64, y: f64, setup: Setup, failed: bool) {
     let _ = writeln!(
         s,
-        r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#,
+        r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}{}</text>"#,
         y - 10.0,
         color(setup),
         x + 16.0,
         y,
-        esc(setup.name())
+        esc(setup.name()),
+        if failed { " (FAILED)" } else { "" }
     );
+}
+
+/// Setups that failed in any topology, for the chart's legend and footer.
+fn failed_setups(results: &Results) -> Vec<Setup> {
+    let mut out: Vec<Setup> = Vec::new();
+    for e in &results.envs {
+        if e.failure().is_some() && !out.contains(&e.setup) {
+            out.push(e.setup);
+        }
+    }
+    out
 }
 
 fn bars(s: &mut String, results: &Results, key: &str, title: &str, x0: f64) {
@@ -679,8 +819,10 @@ fn bars(s: &mut String, results: &Results, key: &str, title: &str, x0: f64) {
             seen.push(e.setup);
         }
     }
+    let failed = failed_setups(results);
     for (n, setup) in seen.iter().enumerate() {
         let x = x0 + 10.0 + 160.0 * (n % 2) as f64;
-        legend(s, x, y0 + ph + 36.0 + 14.0 * (n / 2) as f64, *setup);
+        let y = y0 + ph + 36.0 + 14.0 * (n / 2) as f64;
+        legend(s, x, y, *setup, failed.contains(setup));
     }
 }

@@ -1,5 +1,5 @@
-//! `mb-testbed-clean`: lists (default) or removes (`--remove`) namespaces and cgroups left by
-//! test processes that died without cleaning up. Exit status 1 when leftovers were found and
+//! `mb-testbed-clean`: lists (default) or removes (`--remove`) namespaces, cgroups and
+//! staged binary copies left by test processes that died without cleaning up. Exit status 1 when leftovers were found and
 //! not removed, so CI can run it after `cargo test` as a check.
 #![forbid(unsafe_code)]
 
@@ -15,8 +15,10 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let found = if cli.remove {
-        match mb_testbed::leftovers::remove() {
+    let (found, staged) = if cli.remove {
+        match mb_testbed::leftovers::remove()
+            .and_then(|f| mb_testbed::stage::remove_orphans().map(|staged| (f, staged)))
+        {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("mb-testbed-clean: {e}");
@@ -24,16 +26,17 @@ fn main() {
             }
         }
     } else {
-        mb_testbed::leftovers::find()
+        (mb_testbed::leftovers::find(), mb_testbed::stage::orphans())
     };
-    for p in found.netns.iter().chain(&found.cgroups) {
+    for p in found.netns.iter().chain(&found.cgroups).chain(&staged) {
         println!(
             "{} {}",
             if cli.remove { "removed" } else { "leftover" },
             p.display()
         );
     }
-    if !cli.remove && !found.is_empty() {
+    let nothing_left = found.is_empty() && staged.is_empty();
+    if !cli.remove && !nothing_left {
         std::process::exit(1);
     }
 }

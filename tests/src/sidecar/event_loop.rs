@@ -237,6 +237,22 @@ impl Worker<'_> {
         record: &mut Record,
     ) -> Result<TcpStream, (String, io::Error)> {
         let config = self.config();
+        if kind == Listener::Forward {
+            // Explicit proxy: the destination is configuration, the kernel is not asked.
+            let to = config
+                .forward
+                .iter()
+                .find(|f| f.port == local.port())
+                .map(|f| f.to)
+                .ok_or_else(|| {
+                    let e = io::Error::other(format!("no_forward_for_port_{}", local.port()));
+                    ("forward".to_owned(), e)
+                })?;
+            downstream
+                .set_nonblocking(true)
+                .map_err(|e| ("nonblocking".to_owned(), e))?;
+            return connect_nonblocking(None, to).map_err(|e| ("connect".to_owned(), e));
+        }
         let original = mb_sys::sockopt::original_dst_for(downstream.as_fd(), local)
             .map_err(|e| ("no_original_dst".to_owned(), e))?;
         record.original_dst = Some(original);
@@ -258,7 +274,7 @@ impl Worker<'_> {
             (Listener::Inbound, IpAddr::V6(_)) => {
                 Some(SocketAddr::new(config.passthrough_v6.into(), 0))
             }
-            (Listener::Outbound, _) => None,
+            (Listener::Outbound | Listener::Forward, _) => None,
         };
         connect_nonblocking(source, original).map_err(|e| ("connect".to_owned(), e))
     }

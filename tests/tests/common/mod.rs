@@ -4,10 +4,11 @@ use mb_testbed::scenarios::Binaries;
 
 /// This package's `mb-sidecar` and `mb-workload`, as Cargo built them for these tests.
 pub fn bins() -> Binaries {
-    Binaries {
-        sidecar: env!("CARGO_BIN_EXE_mb-sidecar").into(),
-        workload: env!("CARGO_BIN_EXE_mb-workload").into(),
-    }
+    Binaries::at(
+        env!("CARGO_BIN_EXE_mb-sidecar").as_ref(),
+        env!("CARGO_BIN_EXE_mb-workload").as_ref(),
+    )
+    .expect("the sidecar and workload binaries")
 }
 
 /// One `#[test]` per `name => |bins| body;` line, each gated on root and the kernel.

@@ -1,0 +1,107 @@
+//! Arguments shared by the data-path commands: where the pins live, which mesh and its
+//! numbers, and which cgroup is intercepted.
+
+use clap::Args;
+use mb_agent::mesh::Mesh;
+use mb_loader::datapath::MeshConstants;
+use mb_maps::datapath::{SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
+use std::path::{Path, PathBuf};
+
+/// Where pins go unless `--pin-dir` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/merbridge";
+
+#[derive(Args, Clone, Debug)]
+pub struct PinArgs {
+    /// Directory on a bpf filesystem for our maps and links.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+impl PinArgs {
+    /// Mounts bpffs at /sys/fs/bpf when the default is used and nothing is mounted there
+    /// (many hosts leave it unmounted).
+    pub fn prepare(&self) -> Result<(), String> {
+        if self.pin_dir == Path::new(DEFAULT_PIN_DIR) {
+            mb_sys::bpffs::ensure_bpffs(Path::new(mb_sys::bpffs::DEFAULT_BPFFS))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// The mesh and its numbers, each overridable.
+#[derive(Args, Clone, Debug)]
+pub struct MeshArgs {
+    /// istio, linkerd, kuma or osm: sets the ports and proxy UID below.
+    #[arg(long, default_value = "istio")]
+    pub mesh: String,
+    /// Sidecar outbound port (default: the mesh's).
+    #[arg(long)]
+    pub outbound_port: Option<u16>,
+    /// Sidecar inbound port (default: the mesh's).
+    #[arg(long)]
+    pub inbound_port: Option<u16>,
+    /// UID the sidecar runs as (default: the mesh's).
+    #[arg(long)]
+    pub proxy_uid: Option<u32>,
+    /// Sidecar DNS proxy port (default: the mesh's; 15053 where it has none).
+    #[arg(long)]
+    pub dns_port: Option<u16>,
+    /// Which redirected connections skip the loopback TCP stack: `sidecars` (sidecar to
+    /// sidecar), `all` (also application to sidecar: fastest, but applications that block in
+    /// recv() can see spurious EAGAIN on kernels up to at least 6.18), or `none`.
+    #[arg(long, default_value = "sidecars")]
+    pub splice: String,
+}
+
+impl MeshArgs {
+    pub fn mesh(&self) -> Result<Mesh, String> {
+        self.mesh.parse()
+    }
+
+    pub fn constants(&self) -> Result<MeshConstants, String> {
+        let d = self.mesh()?.defaults();
+        let c = MeshConstants {
+            outbound_port: self.outbound_port.unwrap_or(d.outbound_port),
+            inbound_port: self.inbound_port.unwrap_or(d.inbound_port),
+            proxy_uid: self.proxy_uid.unwrap_or(d.proxy_uid),
+            dns_port: self.dns_port.or(d.dns_port).unwrap_or(15053),
+            splice_mode: match self.splice.as_str() {
+                "none" => SPLICE_NONE,
+                "sidecars" => SPLICE_SIDECARS,
+                "all" => SPLICE_ALL,
+                other => {
+                    return Err(format!(
+                        "--splice {other:?}: use sidecars (the default), all or none"
+                    ))
+                }
+            },
+        };
+        if c.outbound_port == 0 || c.inbound_port == 0 || c.dns_port == 0 {
+            return Err("ports must be between 1 and 65535".into());
+        }
+        if c.outbound_port == c.inbound_port {
+            return Err(format!(
+                "outbound and inbound port are both {}: the sidecar needs two listeners",
+                c.outbound_port
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// The cgroup given, or the node's cgroup2 root; either must be a cgroup v2 directory.
+pub fn cgroup_or_root(cgroup: &Option<PathBuf>) -> Result<PathBuf, String> {
+    let path = match cgroup {
+        Some(p) => p.clone(),
+        None => mb_sys::cgroup::cgroup2_root().map_err(|e| e.to_string())?,
+    };
+    if !mb_sys::cgroup::is_cgroup2(&path) {
+        return Err(format!(
+            "{} is not a cgroup v2 directory: pass --cgroup with a path under the cgroup2 \
+             mount (cgroup v1 cannot carry these programs)",
+            path.display()
+        ));
+    }
+    Ok(path)
+}

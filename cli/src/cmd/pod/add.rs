@@ -1,0 +1,190 @@
+//! `merbridge pod add`: a local pod and its interception policy, from annotations and flags.
+
+use crate::cmd::args::PinArgs;
+use clap::Args;
+use mb_agent::mesh::{
+    annotations_from_file, Cidr, CidrSelection, Mesh, PodPolicy, PortRanges, PortSelection,
+};
+use mb_agent::pods::{LocalPod, PodMaps};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct PodAddArgs {
+    /// The pod's addresses: IPv4, IPv6, or `IPV4,IPV6`.
+    pub ips: String,
+    /// The pod's network namespace (e.g. /run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long)]
+    pub netns: PathBuf,
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Mesh whose annotation rules and defaults apply.
+    #[arg(long, default_value = "istio")]
+    pub mesh: String,
+    /// The pod's annotations (a Pod manifest or a bare map, YAML or JSON).
+    #[arg(long)]
+    pub annotations: Option<PathBuf>,
+    /// Comma-separated ports or ranges (80,8000-8100) never redirected outbound.
+    #[arg(long)]
+    pub exclude_outbound_ports: Option<String>,
+    /// Ports always redirected outbound, whatever the address.
+    #[arg(long)]
+    pub include_outbound_ports: Option<String>,
+    /// Destination prefixes never redirected (10.0.0.0/8,fd00::/8).
+    #[arg(long)]
+    pub exclude_outbound_ip_ranges: Option<String>,
+    /// Destination prefixes redirected: `*` for all (the default), empty for none.
+    #[arg(long)]
+    pub include_outbound_ip_ranges: Option<String>,
+    /// Ports whose inbound connections go to the sidecar: `*` for all (the default).
+    #[arg(long)]
+    pub include_inbound_ports: Option<String>,
+    /// Ports never redirected inbound.
+    #[arg(long)]
+    pub exclude_inbound_ports: Option<String>,
+    /// Send this pod's UDP DNS queries to the sidecar's DNS proxy.
+    #[arg(long)]
+    pub dns_capture: bool,
+    /// Splice this pod's application legs (app <-> its sidecar) too, under `--splice
+    /// sidecars`. Event-driven applications only: a blocking recv() on a spliced socket can
+    /// fail with EAGAIN (kernel tcp_bpf_recvmsg). Annotation: merbridge.io/splice-app: "true".
+    #[arg(long)]
+    pub splice_app: bool,
+}
+
+/// Parses a flag's comma-separated ports/ranges.
+fn port_ranges(flag: &str, text: &str) -> Result<PortRanges, String> {
+    let mut set = PortRanges::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (lo, hi) = item.split_once('-').unwrap_or((item, item));
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| {
+                    format!("--{flag}: {item:?} is not a port (1-65535) or a range like 8000-8100")
+                })
+        };
+        set.insert(parse(lo)?, parse(hi)?);
+    }
+    Ok(set)
+}
+
+fn cidrs(flag: &str, text: &str) -> Result<Vec<Cidr>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            Cidr::parse(item, true)
+                .map_err(|e| format!("--{flag}: {item:?} is not an address prefix: {e}"))
+        })
+        .collect()
+}
+
+/// The policy from `--annotations` (if any), then each flag on top of it.
+fn policy_from_args(args: &PodAddArgs, mesh: Mesh) -> Result<PodPolicy, String> {
+    let mut policy = match &args.annotations {
+        Some(path) => {
+            let annotations: BTreeMap<String, String> = annotations_from_file(path)?;
+            let (policy, warnings) = PodPolicy::from_annotations(mesh, &annotations);
+            for w in warnings {
+                eprintln!("merbridge: warning: {w} (the rest of the policy applies)");
+            }
+            policy
+        }
+        None => PodPolicy::defaults(mesh),
+    };
+    if let Some(t) = &args.exclude_outbound_ports {
+        policy
+            .outbound_exclude_ports
+            .extend(&port_ranges("exclude-outbound-ports", t)?);
+    }
+    if let Some(t) = &args.include_outbound_ports {
+        policy
+            .outbound_include_ports
+            .extend(&port_ranges("include-outbound-ports", t)?);
+    }
+    if let Some(t) = &args.exclude_inbound_ports {
+        policy
+            .inbound_exclude_ports
+            .extend(&port_ranges("exclude-inbound-ports", t)?);
+    }
+    if let Some(t) = &args.include_inbound_ports {
+        policy.inbound_include_ports = if t.trim() == "*" {
+            PortSelection::All
+        } else {
+            PortSelection::Only(port_ranges("include-inbound-ports", t)?)
+        };
+    }
+    if let Some(t) = &args.exclude_outbound_ip_ranges {
+        policy
+            .outbound_exclude_cidrs
+            .extend(cidrs("exclude-outbound-ip-ranges", t)?);
+    }
+    if let Some(t) = &args.include_outbound_ip_ranges {
+        policy.outbound_include_cidrs = if t.trim() == "*" {
+            CidrSelection::All
+        } else {
+            CidrSelection::Only(cidrs("include-outbound-ip-ranges", t)?)
+        };
+    }
+    if args.splice_app {
+        policy.splice_app = true;
+    }
+    Ok(policy)
+}
+
+pub fn run(args: PodAddArgs) -> Result<ExitCode, String> {
+    let mesh: Mesh = args.mesh.parse()?;
+    let ips = pod_addresses(&args.ips)?;
+    let policy = policy_from_args(&args, mesh)?;
+    let netns_cookie = mb_loader::netns_cookie::netns_cookie(&args.netns).map_err(|e| {
+        format!("{e} (pass the pod's namespace, e.g. /run/netns/NAME or /proc/PID/ns/net)")
+    })?;
+    let maps = PodMaps::open(&args.pin.pin_dir)?;
+    let pod = LocalPod {
+        ips: ips.clone(),
+        netns_cookie,
+        policy,
+        dns_capture: args.dns_capture,
+    };
+    let (pod_id, compiled) = maps.upsert(&pod)?;
+    for note in &compiled.unsupported {
+        eprintln!("merbridge: warning: {note}");
+    }
+    let shown: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+    println!(
+        "merbridge: pod {} (id {pod_id}, netns cookie {netns_cookie}): {} port rules, {} prefix rules",
+        shown.join(","),
+        compiled.port_rules.len(),
+        compiled.cidr_rules.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `IPV4`, `IPV6` or `IPV4,IPV6`: at most one of each family, none loopback, unspecified or
+/// multicast.
+fn pod_addresses(text: &str) -> Result<Vec<IpAddr>, String> {
+    let mut ips = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let ip: IpAddr = part
+            .parse()
+            .map_err(|_| format!("{part:?} is not an IPv4 or IPv6 address"))?;
+        if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+            return Err(format!("{ip} cannot be a pod address"));
+        }
+        if ips.iter().any(|o: &IpAddr| o.is_ipv4() == ip.is_ipv4()) {
+            return Err(format!(
+                "{text}: give at most one IPv4 and one IPv6 address"
+            ));
+        }
+        ips.push(ip);
+    }
+    if ips.is_empty() {
+        return Err("give the pod's address: IPV4, IPV6 or IPV4,IPV6".into());
+    }
+    Ok(ips)
+}

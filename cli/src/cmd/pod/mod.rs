@@ -1,0 +1,51 @@
+//! `merbridge pod add/del/list/show`: local pods and their interception policy in the pinned maps.
+
+mod add;
+mod list;
+mod show;
+mod view;
+
+use crate::cmd::args::PinArgs;
+use clap::{Args, Subcommand};
+use mb_agent::pods::PodMaps;
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum PodCommand {
+    /// Add (or update) a local pod and its interception policy.
+    Add(Box<add::PodAddArgs>),
+    /// Remove a local pod by one of its addresses.
+    Del(PodDelArgs),
+    /// List the local pods in the maps.
+    List(list::PodListArgs),
+    /// One pod's policy as the data path holds it: ports, ranges, prefixes, switches.
+    Show(show::PodShowArgs),
+}
+
+#[derive(Args)]
+pub struct PodDelArgs {
+    /// One of the pod's addresses.
+    pub ip: IpAddr,
+    #[command(flatten)]
+    pub pin: PinArgs,
+}
+
+pub fn run(command: PodCommand) -> Result<ExitCode, String> {
+    match command {
+        PodCommand::Add(args) => add::run(*args),
+        PodCommand::Del(args) => del(args),
+        PodCommand::List(args) => list::run(args),
+        PodCommand::Show(args) => show::run(args),
+    }
+}
+
+fn del(args: PodDelArgs) -> Result<ExitCode, String> {
+    let maps = PodMaps::open(&args.pin.pin_dir)?;
+    if maps.remove(args.ip)? {
+        println!("merbridge: pod {} removed", args.ip);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(format!("no local pod has address {}", args.ip))
+    }
+}

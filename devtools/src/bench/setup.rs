@@ -1,0 +1,439 @@
+//! One setup's nodes, pods, interception and sidecars — what the bench and the demo both
+//! build — and the check, after every round, that it really intercepted: the sidecars'
+//! records show the application's connections with the right original destination, and
+//! merbridge's counters (or the pods' iptables REDIRECT counters) counted them. A setup that fails this check measured something else
+//! (usually direct traffic) and its figures must not be reported.
+
+use super::env::{add_real_pod, fake_pod, Datapath, Pinning, Setup, Topology};
+use mb_agent::pods::PodMaps;
+use mb_loader::datapath::PinLayout;
+use mb_maps::datapath::{MAP_COUNTERS, SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
+use mb_maps::layout::Counter;
+use mb_maps::PerCpuArray;
+use mb_testbed::scenarios::Binaries;
+use mb_testbed::sidecar::{Forward, Listener, Record};
+use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+/// Set (to anything) to make the merbridge setups leave their pods out of the maps: the data
+/// path is loaded but intercepts nothing. Only for the test that proves the bench notices.
+pub const BREAK_INTERCEPTION_ENV: &str = "MB_BENCH_BREAK_INTERCEPTION";
+
+/// Explicit proxy: the client's sidecar listens for the server app's port P on P + this...
+const EXPLICIT_CLIENT_OFFSET: u16 = 10_000;
+/// ...and, where the server is meshed, the server's sidecar on P + this.
+const EXPLICIT_SERVER_OFFSET: u16 = 20_000;
+
+/// How long the sidecars get to report connections that just closed.
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// Names of the two pods.
+#[derive(Clone, Copy, Debug)]
+pub struct PodNames {
+    pub client: &'static str,
+    pub server: &'static str,
+}
+
+/// The built setup. Drop order: sidecars, pods, data path, nodes.
+pub struct MeshSetup {
+    pub topology: Topology,
+    pub setup: Setup,
+    /// The client pod's sidecar, then the server pod's where it has one.
+    pub sidecars: Vec<(&'static str, Sidecar)>,
+    pub client_pod: Pod,
+    pub server_pod: Pod,
+    pub datapath: Option<Datapath>,
+    _nodes: Vec<Node>,
+}
+
+/// Where the sidecars' records and merbridge's counters stood before a round.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    records: Vec<usize>,
+    counters: Option<Vec<(Counter, u64)>>,
+    /// Iptables setups: REDIRECT packets (one per redirected connection) in the client pod
+    /// (outbound) and, where meshed, the server pod (inbound).
+    iptables: Option<(u64, u64)>,
+}
+
+fn splice_mode(setup: Setup) -> Option<u32> {
+    match setup {
+        Setup::Merbridge | Setup::MerbridgeManyPods => Some(SPLICE_SIDECARS),
+        Setup::MerbridgeSpliceAll => Some(SPLICE_ALL),
+        Setup::MerbridgeSpliceNone => Some(SPLICE_NONE),
+        Setup::Direct | Setup::ExplicitProxy | Setup::Iptables => None,
+    }
+}
+
+impl MeshSetup {
+    /// Builds `setup` in `topology`: one node (two for cross-node), the data path or the
+    /// iptables rules, both pods, and a sidecar in each meshed pod. `many_pods` fake pods go
+    /// into the maps first for [`Setup::MerbridgeManyPods`].
+    pub fn build(
+        topology: Topology,
+        setup: Setup,
+        names: PodNames,
+        app_ports: &[u16],
+        bins: &Binaries,
+        pinning: Pinning,
+        many_pods: u32,
+    ) -> Result<MeshSetup, String> {
+        let hint = format!("b-{}-{}", topology.short(), setup.short());
+        let mut nodes = vec![Node::new(&hint).map_err(|e| format!("create node: {e}"))?];
+        if topology == Topology::CrossNode {
+            let other = Node::new(&format!("{hint}-2")).map_err(|e| format!("create node: {e}"))?;
+            Node::join(&nodes[0], &other).map_err(|e| format!("join nodes: {e}"))?;
+            nodes.push(other);
+        }
+        let datapath = match splice_mode(setup) {
+            Some(mode) => Some(Datapath::load(nodes[0].cgroup_path(), mode)?),
+            None => None,
+        };
+        let maps = match &datapath {
+            Some(d) => Some(PodMaps::open(d.pin_dir())?),
+            None => None,
+        };
+        if let (Setup::MerbridgeManyPods, Some(maps)) = (setup, &maps) {
+            for i in 1..=many_pods {
+                maps.upsert(&fake_pod(i))
+                    .map_err(|e| format!("add fake pod {i}: {e}"))?;
+            }
+        }
+        let client_pod = nodes[0]
+            .add_pod(PodSpec::named(names.client))
+            .map_err(|e| format!("create pod {}: {e}", names.client))?;
+        let server_pod = nodes[nodes.len() - 1]
+            .add_pod(PodSpec::named(names.server))
+            .map_err(|e| format!("create pod {}: {e}", names.server))?;
+        let mut meshed = Vec::new();
+        if setup != Setup::Direct {
+            meshed.push((names.client, &client_pod));
+            if topology.server_meshed() {
+                meshed.push((names.server, &server_pod));
+            }
+        }
+        let mesh = MeshPorts::istio();
+        let sabotaged = std::env::var_os(BREAK_INTERCEPTION_ENV).is_some();
+        let mut sidecars = Vec::new();
+        for (i, (name, pod)) in meshed.into_iter().enumerate() {
+            let mut config = SidecarConfig::for_mesh(&mesh);
+            match &maps {
+                _ if setup == Setup::ExplicitProxy => {
+                    config.forward = explicit_forwards(i == 0, topology, &server_pod, app_ports)
+                }
+                Some(_) if sabotaged => {}
+                Some(maps) => add_real_pod(maps, pod)?,
+                None => Interception::Iptables(mesh.clone())
+                    .install_pod(pod)
+                    .map_err(|e| format!("install iptables rules in pod {name}: {e}"))?,
+            }
+            let sidecar = super::env::with_affinity(pinning.sidecar, || {
+                Sidecar::start_binary(&bins.sidecar, pod, config, mesh.proxy_uid)
+            })?
+            .map_err(|e| format!("start the sidecar of pod {name}: {e}"))?;
+            sidecars.push((name, sidecar));
+        }
+        Ok(MeshSetup {
+            topology,
+            setup,
+            sidecars,
+            client_pod,
+            server_pod,
+            datapath,
+            _nodes: nodes,
+        })
+    }
+
+    /// Where the client app dials to reach the server app's `port`: the server pod, or
+    /// (explicit proxy) its own sidecar's listener for that port.
+    pub fn dial_addr(&self, port: u16) -> SocketAddr {
+        if self.setup == Setup::ExplicitProxy {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port + EXPLICIT_CLIENT_OFFSET)
+        } else {
+            SocketAddr::new(self.server_pod.ipv4().into(), port)
+        }
+    }
+
+    /// The sidecars' record counts and merbridge's counters now.
+    pub fn checkpoint(&self) -> Result<Checkpoint, String> {
+        Ok(Checkpoint {
+            records: self
+                .sidecars
+                .iter()
+                .map(|(_, s)| s.records().len())
+                .collect(),
+            counters: match &self.datapath {
+                Some(d) => Some(read_counters(d.pin_dir())?),
+                None => None,
+            },
+            iptables: match self.setup {
+                Setup::Iptables => Some(self.iptables_redirects()?),
+                _ => None,
+            },
+        })
+    }
+
+    /// REDIRECT packets counted so far: outbound in the client pod, inbound in the server
+    /// pod (0 when it has no sidecar).
+    fn iptables_redirects(&self) -> Result<(u64, u64), String> {
+        let outbound = redirect_packets(&self.client_pod, "ISTIO_REDIRECT")?;
+        let inbound = if self.topology.server_meshed() {
+            redirect_packets(&self.server_pod, "ISTIO_IN_REDIRECT")?
+        } else {
+            0
+        };
+        Ok((outbound, inbound))
+    }
+
+    /// Confirms that since `before`, at least `expected` connections to `targets` went
+    /// through the client's sidecar (outbound listener) and, where the server is meshed,
+    /// the server's sidecar (inbound listener), each with its original destination among
+    /// `targets`; and that merbridge counted at least as many redirects. Returns what was
+    /// seen, or why this is not an intercepted setup.
+    pub fn verify(
+        &self,
+        before: &Checkpoint,
+        targets: &[SocketAddr],
+        expected: usize,
+    ) -> Result<String, String> {
+        if self.setup == Setup::Direct {
+            return Ok("not meshed (direct)".into());
+        }
+        if expected == 0 {
+            return Err("no connection completed this round: nothing to check".into());
+        }
+        let explicit = self.setup == Setup::ExplicitProxy;
+        let mut seen = Vec::new();
+        for (i, (name, sidecar)) in self.sidecars.iter().enumerate() {
+            // An explicit proxy's destination is configuration: no original one to check.
+            let (listener, targets) = match (explicit, i) {
+                (true, _) => (Listener::Forward, None),
+                (false, 0) => (Listener::Outbound, Some(targets)),
+                (false, _) => (Listener::Inbound, Some(targets)),
+            };
+            let from = before.records.get(i).copied().unwrap_or(0);
+            let records = sidecar.wait_for_records(from + expected, RECORD_WAIT);
+            let new = records.get(from..).unwrap_or(&[]);
+            let through = check_records(name, listener, new, targets, expected)?;
+            seen.push(format!("{name} sidecar {through} {listener}"));
+        }
+        if let (Some(d), Some(old)) = (&self.datapath, &before.counters) {
+            let now = read_counters(d.pin_dir())?;
+            let delta = |c: Counter| counter(&now, c).saturating_sub(counter(old, c));
+            let mut wanted = vec![Counter::RedirectOutbound];
+            if self.topology.server_meshed() {
+                wanted.push(Counter::RedirectInbound);
+            }
+            for c in wanted {
+                if delta(c) < expected as u64 {
+                    return Err(format!(
+                        "merbridge counted {} {} for {expected} connections",
+                        delta(c),
+                        c.name()
+                    ));
+                }
+                seen.push(format!("{}+{}", c.name(), delta(c)));
+            }
+        }
+        if let Some((out_before, in_before)) = before.iptables {
+            let (out_now, in_now) = self.iptables_redirects()?;
+            let mut wanted = vec![("outbound", out_now.saturating_sub(out_before))];
+            if self.topology.server_meshed() {
+                wanted.push(("inbound", in_now.saturating_sub(in_before)));
+            }
+            for (way, delta) in wanted {
+                if delta < expected as u64 {
+                    return Err(format!(
+                        "iptables redirected {delta} {way} connections of {expected}"
+                    ));
+                }
+                seen.push(format!("iptables {way} REDIRECT+{delta}"));
+            }
+        }
+        Ok(seen.join(", "))
+    }
+}
+
+/// The explicit-proxy listeners of the client's sidecar (`client`) or the server's: app
+/// port P on P + offset, to the server's sidecar where it has one, else to the server app.
+fn explicit_forwards(
+    client: bool,
+    topology: Topology,
+    server: &Pod,
+    app_ports: &[u16],
+) -> Vec<Forward> {
+    let server_ip = server.ipv4().into();
+    app_ports
+        .iter()
+        .map(|&p| match (client, topology.server_meshed()) {
+            (true, true) => Forward {
+                port: p + EXPLICIT_CLIENT_OFFSET,
+                to: SocketAddr::new(server_ip, p + EXPLICIT_SERVER_OFFSET),
+            },
+            (true, false) => Forward {
+                port: p + EXPLICIT_CLIENT_OFFSET,
+                to: SocketAddr::new(server_ip, p),
+            },
+            (false, _) => Forward {
+                port: p + EXPLICIT_SERVER_OFFSET,
+                to: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p),
+            },
+        })
+        .collect()
+}
+
+/// Of one sidecar's new records: how many came through `listener` (to one of `targets`,
+/// when given); an error when fewer than `expected`, or when one carries another original
+/// destination.
+fn check_records(
+    name: &str,
+    listener: Listener,
+    new: &[Record],
+    targets: Option<&[SocketAddr]>,
+    expected: usize,
+) -> Result<usize, String> {
+    let mine: Vec<&Record> = new.iter().filter(|r| r.listener == listener).collect();
+    if let Some(wrong) = targets.and_then(|targets| {
+        mine.iter()
+            .find(|r| r.original_dst.is_none_or(|d| !targets.contains(&d)))
+    }) {
+        return Err(format!(
+            "the {name} sidecar relayed a connection with original destination {} (expected one of {:?}): {wrong}",
+            wrong.original_dst.map_or("none".into(), |d| d.to_string()),
+            targets.unwrap_or(&[])
+        ));
+    }
+    let through = mine.iter().filter(|r| r.error.is_none()).count();
+    if through < expected {
+        return Err(format!(
+            "not intercepted: the {name} sidecar's {listener} listener relayed {through} of \
+             {expected} connections ({} records in all this round)",
+            new.len()
+        ));
+    }
+    Ok(through)
+}
+
+fn counter(values: &[(Counter, u64)], c: Counter) -> u64 {
+    values.iter().find(|(x, _)| *x == c).map_or(0, |(_, v)| *v)
+}
+
+/// Packets that went through `chain`'s REDIRECT rules in `pod`'s IPv4 nat table: in nat,
+/// only a connection's first packet, so one per redirected connection.
+fn redirect_packets(pod: &Pod, chain: &str) -> Result<u64, String> {
+    let mut cmd = std::process::Command::new("iptables-save");
+    cmd.args(["-c", "-t", "nat"]);
+    let saved = pod
+        .output(cmd)
+        .map_err(|e| format!("iptables counters of pod {}: {e}", pod.name()))?;
+    sum_redirects(&saved, chain)
+}
+
+/// Sums the packet counters (`[packets:bytes] -A CHAIN … -j REDIRECT …`) of `chain`.
+fn sum_redirects(saved: &str, chain: &str) -> Result<u64, String> {
+    let rule = format!("-A {chain} ");
+    let mut total = 0;
+    for line in saved.lines() {
+        let Some((counters, rest)) = line.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
+            continue;
+        };
+        if !rest.starts_with(&rule) || !rest.contains("-j REDIRECT") {
+            continue;
+        }
+        let packets = counters
+            .split(':')
+            .next()
+            .and_then(|p| p.parse::<u64>().ok())
+            .ok_or_else(|| format!("iptables-save -c: unreadable counters in {line:?}"))?;
+        total += packets;
+    }
+    Ok(total)
+}
+
+/// merbridge's counters, summed over the CPUs.
+pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>, String> {
+    let map: PerCpuArray<u64> =
+        PerCpuArray::open_pinned(&PinLayout::new(pin_dir).map(MAP_COUNTERS))
+            .map_err(|e| format!("counters: {e}"))?;
+    Counter::ALL
+        .iter()
+        .map(|&c| {
+            map.get_sum(c as u32)
+                .map(|v| (c, v.unwrap_or(0)))
+                .map_err(|e| format!("counters: {e}"))
+        })
+        .collect()
+}
+
+/// Entries in `pod`'s conntrack table. Unreadable is an error — except on a machine where
+/// conntrack is not loaded at all, where nothing can have created an entry.
+pub fn conntrack_entries(pod: &Pod) -> Result<u64, String> {
+    match pod.conntrack_count() {
+        Ok(n) => Ok(n),
+        Err(_) if !Path::new("/sys/module/nf_conntrack").exists() => Ok(0),
+        Err(e) => Err(format!(
+            "conntrack count of pod {} unreadable: {e}",
+            pod.name()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(listener: Listener, dst: Option<&str>, error: Option<&str>) -> Record {
+        Record {
+            listener,
+            peer: "10.0.0.1:40000".parse().unwrap(),
+            local: "10.0.0.1:15001".parse().unwrap(),
+            original_dst: dst.map(|d| d.parse().unwrap()),
+            upstream_local: None,
+            bytes_up: 1,
+            bytes_down: 1,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn redirect_counters_are_summed_per_chain() {
+        let saved = "*nat\n:ISTIO_REDIRECT - [0:0]\n\
+            [7:420] -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n\
+            [3:180] -A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n\
+            [9:540] -A ISTIO_OUTPUT -j ISTIO_REDIRECT\nCOMMIT\n";
+        assert_eq!(sum_redirects(saved, "ISTIO_REDIRECT"), Ok(7));
+        assert_eq!(sum_redirects(saved, "ISTIO_IN_REDIRECT"), Ok(3));
+        assert_eq!(sum_redirects("*nat\nCOMMIT\n", "ISTIO_REDIRECT"), Ok(0));
+        assert!(sum_redirects("[x:1] -A ISTIO_REDIRECT -j REDIRECT", "ISTIO_REDIRECT").is_err());
+    }
+
+    #[test]
+    fn records_must_reach_the_count_with_the_right_destination() {
+        let target: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        let good = record(Listener::Outbound, Some("10.0.0.2:8080"), None);
+        let ok = vec![good.clone(), good.clone()];
+        assert_eq!(
+            check_records("c", Listener::Outbound, &ok, Some(&[target]), 2),
+            Ok(2)
+        );
+        let err = check_records("c", Listener::Outbound, &ok, Some(&[target]), 3).unwrap_err();
+        assert!(err.contains("relayed 2 of 3"), "{err}");
+        let wrong = vec![
+            good.clone(),
+            record(Listener::Outbound, Some("10.9.9.9:1"), None),
+        ];
+        let err = check_records("c", Listener::Outbound, &wrong, Some(&[target]), 1).unwrap_err();
+        assert!(err.contains("original destination 10.9.9.9:1"), "{err}");
+        let none = vec![record(Listener::Outbound, None, None)];
+        assert!(check_records("c", Listener::Outbound, &none, Some(&[target]), 1).is_err());
+        // Inbound records do not count for the outbound listener; failed ones not at all.
+        let other = vec![
+            record(Listener::Inbound, Some("10.0.0.2:8080"), None),
+            record(Listener::Outbound, Some("10.0.0.2:8080"), Some("reset")),
+        ];
+        assert!(check_records("c", Listener::Outbound, &other, Some(&[target]), 1).is_err());
+        assert!(check_records("c", Listener::Outbound, &[], Some(&[target]), 1).is_err());
+    }
+}
