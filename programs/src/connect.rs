@@ -231,7 +231,7 @@ fn outbound_policy(a: &mut Asm, bypass: Label) {
 
 /// Jumps to `bypass` unless the inbound policy of the destination pod in r7 redirects port r9.
 /// Clobbers r0–r5, r8.
-fn inbound_policy(a: &mut Asm, bypass: Label) {
+pub(crate) fn inbound_policy(a: &mut Asm, bypass: Label) {
     a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
 
     let skip = a.label();
