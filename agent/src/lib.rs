@@ -1,12 +1,14 @@
 //! `mb-agent`: merbridge's node agent as a library, shared by the `merbridge` binary (cli/),
 //! the developer tools (devtools/) and the tests. It links no test bed.
 //!
+//! - [`inbound`]: each meshed pod's sk_lookup link and sidecar listener (inbound capture).
 //! - [`k8s`]: a list+watch client for the pods of one node (HTTP/1.1 over TCP or rustls).
 //! - [`mesh`]: which pods are meshed, and their interception policy from annotations.
 //! - [`pods`]: local pods in the pinned maps (what `merbridge pod` reads and writes).
 //! - [`run`]: the node agent's loop (`merbridge run`): watch, sync, netns scan, metrics.
 #![forbid(unsafe_code)]
 
+pub mod inbound;
 pub mod k8s;
 pub mod mesh;
 pub mod pods;

@@ -10,9 +10,9 @@ use mb_loader::datapath::PinLayout;
 use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_POD_IPS, MAP_PORT_RULES};
 use mb_maps::layout::{
     addr_bytes, addr_from_bytes, rule_scope, CidrRuleKey, PodEntry, PortRuleKey, POD_DNS_CAPTURE,
-    POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE,
-    POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP, RULE_EXCLUDE, RULE_INBOUND,
-    RULE_INCLUDE,
+    POD_IN_CIDRS_EXCLUDE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL,
+    POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP,
+    RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
 use mb_maps::{HashMap, LpmTrie, MapError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -98,11 +98,14 @@ pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPo
     if policy.splice_app {
         c.flags |= POD_SPLICE_APP;
     }
-    if !policy.inbound_exclude_sources.is_empty() {
-        c.unsupported.push(format!(
-            "inbound source exclusions ({} prefixes) are not enforced by the data path",
-            policy.inbound_exclude_sources.len()
+    // Callers the sidecar never sees (Kuma's exclude-inbound-ips): sk_lookup lets them pass.
+    for cidr in &policy.inbound_exclude_sources {
+        c.cidr_rules.insert(CidrRuleKey::new(
+            rule_scope(pod_id, RULE_INBOUND | RULE_EXCLUDE),
+            cidr.network(),
+            cidr.prefix_len(),
         ));
+        c.flags |= POD_IN_CIDRS_EXCLUDE;
     }
     c
 }

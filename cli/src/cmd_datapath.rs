@@ -216,8 +216,9 @@ pub fn run_unload(args: UnloadArgs) -> Result<ExitCode, String> {
     let cgroup = cgroup_or_root(&args.cgroup)?;
     let report = unload_datapath(&args.pin.pin_dir, Some(&cgroup)).map_err(|e| e.to_string())?;
     println!(
-        "merbridge: unloaded: {} links detached, {} legacy attachments detached, sk_msg {}, {} pins removed",
-        report.links_detached,
+        "merbridge: unloaded: {} links detached ({} pod inbound links), {} legacy attachments detached, sk_msg {}, {} pins removed",
+        report.links_detached + report.inbound_detached,
+        report.inbound_detached,
         report.legacy_detached,
         if report.sk_msg_detached { "detached" } else { "not attached" },
         report.pins_removed
@@ -283,6 +284,14 @@ pub fn run_status(args: StatusArgs) -> Result<ExitCode, String> {
     let pods = PodMaps::open(pin_dir)
         .and_then(|m| m.pods())
         .unwrap_or_default();
+    let inbound = mb_agent::inbound::list(pin_dir).unwrap_or_default();
+    let inbound_rows: Vec<(String, u32, u32, u32, Option<mb_agent::inbound::Listeners>)> = inbound
+        .iter()
+        .map(|(id, l)| {
+            let listeners = id.and_then(|id| mb_agent::inbound::listeners(pin_dir, id).ok());
+            (l.name.clone(), l.link_id, l.prog_id, l.netns_ino, listeners)
+        })
+        .collect();
     if args.json {
         let hooks_json: Vec<String> = hooks
             .iter()
@@ -312,10 +321,22 @@ pub fn run_status(args: StatusArgs) -> Result<ExitCode, String> {
             .iter()
             .map(|(c, v)| format!("{}:{v}", json_str(c.name())))
             .collect();
+        let inbound_json: Vec<String> = inbound_rows
+            .iter()
+            .map(|(name, link, prog, ino, l)| {
+                format!(
+                    "{{\"pod\":{},\"link_id\":{link},\"prog_id\":{prog},\"netns_ino\":{ino},\"listener_ipv4\":{},\"listener_ipv6\":{}}}",
+                    json_str(name),
+                    l.is_some_and(|l| l.ipv4),
+                    l.is_some_and(|l| l.ipv6)
+                )
+            })
+            .collect();
         println!(
-            "{{\"pin_dir\":{},\"attached\":[{}],\"maps\":[{}],\"pods\":{},\"counters\":{{{}}}}}",
+            "{{\"pin_dir\":{},\"attached\":[{}],\"inbound\":[{}],\"maps\":[{}],\"pods\":{},\"counters\":{{{}}}}}",
             json_str(&pin_dir.display().to_string()),
             hooks_json.join(","),
+            inbound_json.join(","),
             maps_json.join(","),
             pods.len(),
             counters_json.join(",")
@@ -342,11 +363,31 @@ pub fn run_status(args: StatusArgs) -> Result<ExitCode, String> {
                 h.hook.attach_type().to_string(),
                 if h.hook == Hook::SkMsg {
                     "on the sockhash"
+                } else if h.hook == Hook::SkLookup {
+                    "pinned, attached per pod (inbound)"
                 } else {
                     "without link"
                 }
             ),
         }
+    }
+    println!("inbound (sk_lookup per pod netns): {}", inbound_rows.len());
+    for (name, link, prog, ino, l) in &inbound_rows {
+        let listener = match l {
+            Some(l) if l.any() => format!(
+                "listener{}{}",
+                if l.ipv4 { " ipv4" } else { "" },
+                if l.ipv6 { " ipv6" } else { "" }
+            ),
+            Some(_) => "no listener (refusing)".into(),
+            None => "unknown".into(),
+        };
+        let ns = if *ino == 0 {
+            "netns gone".to_string()
+        } else {
+            format!("netns {ino}")
+        };
+        println!("  {name:<14} link {link:<5} prog {prog:<5} {ns:<18} {listener}");
     }
     println!("maps:");
     for (d, n) in &fills {
@@ -533,6 +574,10 @@ pub struct PodAddArgs {
     /// fail with EAGAIN (kernel tcp_bpf_recvmsg). Annotation: merbridge.io/splice-app: "true".
     #[arg(long)]
     pub splice_app: bool,
+    /// Leave inbound connections from outside the pod alone (no sk_lookup link): for setups
+    /// that keep iptables for inbound.
+    #[arg(long)]
+    pub no_inbound_capture: bool,
 }
 
 #[derive(Args)]
@@ -554,12 +599,14 @@ pub fn run_pod(command: PodCommand) -> Result<ExitCode, String> {
         PodCommand::Add(args) => pod_add(*args),
         PodCommand::Del(args) => {
             let maps = PodMaps::open(&args.pin.pin_dir)?;
-            if maps.remove(args.ip)? {
-                println!("merbridge: pod {} removed", args.ip);
-                Ok(ExitCode::SUCCESS)
-            } else {
-                Err(format!("no local pod has address {}", args.ip))
-            }
+            let Some(entry) = maps.find(args.ip)? else {
+                return Err(format!("no local pod has address {}", args.ip));
+            };
+            // Inbound capture first: a pod without entry must not keep refusing connections.
+            mb_agent::inbound::detach_pod(&args.pin.pin_dir, entry.pod_id)?;
+            maps.remove_entry(&entry)?;
+            println!("merbridge: pod {} removed", args.ip);
+            Ok(ExitCode::SUCCESS)
         }
         PodCommand::List(args) => {
             let maps = PodMaps::open(&args.pin.pin_dir)?;
@@ -699,9 +746,27 @@ fn pod_add(args: PodAddArgs) -> Result<ExitCode, String> {
         policy,
         dns_capture: args.dns_capture,
     };
+    let inbound_port = pod.policy.inbound_port;
     let (pod_id, compiled) = maps.upsert(&pod)?;
     for note in &compiled.unsupported {
         eprintln!("merbridge: warning: {note}");
+    }
+    if args.no_inbound_capture {
+        mb_agent::inbound::detach_pod(&args.pin.pin_dir, pod_id)?;
+    } else {
+        let inbound =
+            mb_agent::inbound::attach_pod(&args.pin.pin_dir, pod_id, &args.netns, inbound_port)
+                .map_err(|e| {
+                    // The pod stays in the maps (its outbound works); say what is missing.
+                    format!("pod {}: inbound capture: {e}", args.ips)
+                })?;
+        if !inbound.listeners.any() {
+            eprintln!(
+                "merbridge: note: pod {}: no sidecar listens on {inbound_port} yet; connections \
+                 to its captured ports from outside the pod are refused until one does",
+                args.ips
+            );
+        }
     }
     let shown: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
     println!(
