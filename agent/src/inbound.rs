@@ -14,7 +14,6 @@
 //!   every resync, so on 5.10 a restarted sidecar is picked up within one resync interval
 //!   (until then its connections are refused, never delivered around it).
 
-use crate::pods::PodMaps;
 use mb_loader::datapath::PinLayout;
 use mb_loader::inbound::{self as links, AttachOutcome, InboundLink};
 use mb_maps::datapath::MAP_INBOUND_LISTENERS;
@@ -128,29 +127,6 @@ pub fn list(pin_dir: &Path) -> Result<Vec<(Option<u32>, InboundLink)>, String> {
         .collect())
 }
 
-/// Detaches the links of pods that are no longer in the maps or whose namespace is gone.
-/// Returns the names removed.
-pub fn sweep(pin_dir: &Path, maps: &PodMaps) -> Result<Vec<String>, String> {
-    let known: Vec<u32> = maps.pods()?.iter().map(|p| p.pod_id).collect();
-    let mut gone = Vec::new();
-    for (id, link) in list(pin_dir)? {
-        let orphan = id.is_none_or(|id| !known.contains(&id));
-        if orphan || link.is_defunct() {
-            match id {
-                Some(id) => {
-                    detach_pod(pin_dir, id)?;
-                }
-                None => {
-                    links::detach(&PinLayout::new(pin_dir), &link.name)
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            gone.push(link.name);
-        }
-    }
-    Ok(gone)
-}
-
 /// Puts the inbound listeners (TCP, LISTEN, local port `port`) that processes in the
 /// namespace `netns` hold into the map under `pod_id`, for each family the map lacks.
 /// Returns how many were adopted (0 when nothing listens yet: not an error).
@@ -227,6 +203,96 @@ pub fn adopt_listeners(
         }
     }
     Ok(adopted)
+}
+
+/// The agent's view of its pods' inbound links: attaches when a pod's namespace is known,
+/// re-adopts listeners on every scan (the 5.10 path, and sidecars that listened before the
+/// pod entry), detaches when the pod goes. Failures are returned for a warning that names
+/// the pod; nothing is left half-attached.
+#[derive(Debug)]
+pub struct InboundPods {
+    pin_dir: std::path::PathBuf,
+    /// uid -> (pod id, namespace path) of each attached pod.
+    attached: BTreeMap<String, (u32, std::path::PathBuf)>,
+}
+
+impl InboundPods {
+    pub fn new(pin_dir: &Path) -> InboundPods {
+        InboundPods {
+            pin_dir: pin_dir.to_path_buf(),
+            attached: BTreeMap::new(),
+        }
+    }
+
+    /// Pods with a link.
+    pub fn len(&self) -> usize {
+        self.attached.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attached.is_empty()
+    }
+
+    /// Pod `uid` (id `pod_id`) lives in the namespace at `netns`: attach (or adopt its link)
+    /// and adopt its listener if the map lacks it. Returns what was done the first time, None
+    /// when it was attached already.
+    pub fn ensure(
+        &mut self,
+        uid: &str,
+        pod_id: u32,
+        netns: &Path,
+        inbound_port: u16,
+    ) -> Result<Option<PodInbound>, String> {
+        let same = self
+            .attached
+            .get(uid)
+            .is_some_and(|(id, path)| *id == pod_id && path == netns);
+        if same {
+            adopt_listeners(&self.pin_dir, pod_id, netns, inbound_port)?;
+            return Ok(None);
+        }
+        if let Some((old_id, _)) = self.attached.remove(uid) {
+            if old_id != pod_id {
+                detach_pod(&self.pin_dir, old_id)?;
+            }
+        }
+        let done = attach_pod(&self.pin_dir, pod_id, netns, inbound_port)?;
+        self.attached
+            .insert(uid.to_string(), (pod_id, netns.to_path_buf()));
+        Ok(Some(done))
+    }
+
+    /// Pod `uid` is gone or no longer meshed. Returns whether it had a link.
+    pub fn remove(&mut self, uid: &str) -> Result<bool, String> {
+        match self.attached.remove(uid) {
+            Some((id, _)) => detach_pod(&self.pin_dir, id),
+            None => Ok(false),
+        }
+    }
+
+    /// After the first sync: links pinned by an earlier agent for pod ids that are not in
+    /// `live_ids` (or whose namespace is gone) are detached. Returns their names.
+    pub fn sweep_stale(&mut self, live_ids: &[u32]) -> Result<Vec<String>, String> {
+        let mut gone = Vec::new();
+        for (id, link) in list(&self.pin_dir)? {
+            let stale = id.is_none_or(|id| !live_ids.contains(&id)) || link.is_defunct();
+            if !stale {
+                continue;
+            }
+            match id {
+                Some(id) => {
+                    detach_pod(&self.pin_dir, id)?;
+                    self.attached.retain(|_, (a, _)| *a != id);
+                }
+                None => {
+                    links::detach(&PinLayout::new(&self.pin_dir), &link.name)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            gone.push(link.name);
+        }
+        Ok(gone)
+    }
 }
 
 fn libc_enosys() -> i32 {

@@ -55,6 +55,10 @@ pub struct AgentStatus {
     pub stale_removed: AtomicU64,
     pub netns_scans: AtomicU64,
     pub namespaces: AtomicU64,
+    /// Pods whose namespace has our sk_lookup link (inbound from every caller).
+    pub inbound_links: AtomicU64,
+    /// Attaching or detaching a pod's inbound capture failed (vanished namespace, ...).
+    pub inbound_errors: AtomicU64,
     /// Unix time (ms) of the last map write from an event or reconcile.
     pub last_sync_ms: AtomicU64,
     /// Milliseconds from start to the first reconciled list.
@@ -106,6 +110,18 @@ impl AgentStatus {
             "gauge",
             "Meshed pods whose network namespace was not found yet (inbound only until it is).",
             &one(g(&self.pods_without_netns)),
+        );
+        metric(
+            "merbridge_inbound_links",
+            "gauge",
+            "Meshed pods whose network namespace has the sk_lookup inbound link.",
+            &one(g(&self.inbound_links)),
+        );
+        metric(
+            "merbridge_inbound_errors_total",
+            "counter",
+            "Pods whose inbound capture could not be attached or detached (see the log).",
+            &one(g(&self.inbound_errors)),
         );
         metric(
             "merbridge_sync_events_total",
