@@ -1107,6 +1107,61 @@ fn inbound_from_other_nodes_enters_through_the_server_sidecar() {
     assert_eq!(peer.ip(), ip(&plain, false), "after unload: direct");
 }
 
+/// The `--keys bind` variant (kernels whose sock_ops lack the netns cookie: 5.10) has no
+/// listen() hook for inbound listeners: `pod add` adopts the sidecar's listener from user
+/// space (pidfd_getfd). After a sidecar restart the new listener is adopted by the next
+/// `pod add` (the agent's resync); until then connections are refused, never delivered
+/// around the sidecar.
+#[test]
+fn without_netns_cookies_listeners_are_adopted_from_user_space() {
+    if !mb_sys::testing::kernel_tests_enabled("listeners_adopted_from_user_space") {
+        return;
+    }
+    use mb_testbed::workload;
+    let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
+    let node = Node::new("adopt").expect("node");
+    let loaded = Loaded::new(&node, &["--mesh", "istio", "--ipv6", "--keys", "bind"]);
+    let server = node.add_pod(PodSpec::named("server")).expect("pod");
+    let mut server_sidecar = Some(sidecar(&bins, &server));
+    let _app = start_app(&server, &bins).expect("app");
+    loaded.add_pod(&server, &[]);
+    let from_node = |to: SocketAddr| {
+        mb_sys::netns::run_in_netns(node.netns_path(), move || workload::whoami(to)).unwrap()
+    };
+    for v6 in [false, true] {
+        let ip: IpAddr = if v6 {
+            server.ipv6().into()
+        } else {
+            server.ipv4().into()
+        };
+        let (peer, _) = from_node(SocketAddr::new(ip, WHOAMI_PORT)).expect("steered");
+        assert_eq!(peer.ip(), passthrough(v6));
+    }
+    assert_eq!(
+        loaded.counter("listener_inserts"),
+        0,
+        "no listen() hook here"
+    );
+    assert_eq!(loaded.counter("inbound_steered"), 2);
+
+    let target = SocketAddr::new(server.ipv4().into(), WHOAMI_PORT);
+    server_sidecar.take();
+    let err = from_node(target).expect_err("sidecar down: refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    server_sidecar = Some(sidecar(&bins, &server));
+    let err = from_node(target).expect_err("new listener not adopted yet: still refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    loaded.add_pod(&server, &[]);
+    let (peer, _) = from_node(target).expect("adopted again");
+    assert_eq!(peer.ip(), passthrough(false));
+    assert_eq!(loaded.counter("inbound_refused"), 2);
+    let records = server_sidecar
+        .as_ref()
+        .unwrap()
+        .wait_for_records(1, Duration::from_secs(5));
+    assert_eq!(records[0].original_dst, Some(target), "{records:#?}");
+}
+
 /// `--splice all` also splices the application legs (six sockets for one call through two
 /// sidecars); `--splice none` splices nothing and interception still works.
 #[test]
