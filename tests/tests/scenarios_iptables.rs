@@ -42,4 +42,12 @@ scenario_tests! {
     no_mesh_pod_without_sidecar => |b| scenarios::pod_without_sidecar_untouched(&Interception::None, b, true);
     no_mesh_bulk_and_rr => |b| scenarios::bulk_and_rr_through_sidecars(&Interception::None, b, false, RelayMode::ReadWrite);
     no_mesh_needs_no_conntrack => |b| { scenarios::conntrack_entries(&Interception::None, b, 20); };
+    iptables_inbound_from_outside_callers_v4 => |b| scenarios::inbound_from_outside_callers(&istio(), b, false);
+    iptables_inbound_from_outside_callers_v6 => |b| scenarios::inbound_from_outside_callers(&istio(), b, true);
+    iptables_kubelet_probes => |b| scenarios::kubelet_probes(&istio(), b);
+    iptables_sidecar_restart_refused_then_steered => |b| scenarios::sidecar_restart(&istio(), b);
+    iptables_cross_node_1000_connections_conntrack => |b| {
+        let created = scenarios::cross_node_conntrack(&istio(), b, 1000);
+        eprintln!("iptables: {created} conntrack entries for 1000 cross-node connections");
+    };
 }
