@@ -40,6 +40,9 @@ pub struct CompiledPolicy {
     pub cidr_rules: BTreeSet<CidrRuleKey>,
     /// Parts of the policy the data path cannot express, for a warning.
     pub unsupported: Vec<String>,
+    /// The pod entry's sidecar identity (`PodEntry::proxy_uid` / `proxy_gid`).
+    pub proxy_uid: u32,
+    pub proxy_gid: u32,
 }
 
 /// Turns a pod's policy into map rules for pod id `pod_id`.
@@ -98,6 +101,13 @@ pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPo
     if policy.splice_app {
         c.flags |= POD_SPLICE_APP;
     }
+    c.proxy_uid = policy.proxy_uid;
+    // istio-iptables' `-g` defaults to its `-u`: processes of that group are the proxy too.
+    c.proxy_gid = match (policy.proxy_gid, policy.mesh) {
+        (Some(gid), _) => gid,
+        (None, crate::mesh::Mesh::Istio) => policy.proxy_uid,
+        (None, _) => 0,
+    };
     // Callers the sidecar never sees (Kuma's exclude-inbound-ips): sk_lookup lets them pass.
     for cidr in &policy.inbound_exclude_sources {
         c.cidr_rules.insert(CidrRuleKey::new(
@@ -276,6 +286,8 @@ impl PodMaps {
             pod_id,
             flags: compiled.flags,
             netns: pod.netns_cookie,
+            proxy_uid: compiled.proxy_uid,
+            proxy_gid: compiled.proxy_gid,
             ..PodEntry::default()
         };
         for ip in &pod.ips {

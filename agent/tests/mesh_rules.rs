@@ -635,3 +635,58 @@ fn mesh_names_and_defaults() {
         ]
     );
 }
+
+/// Istio's TPROXY mode runs Envoy as uid 0 and makes its last hop from the caller's own
+/// address, which the data path would steer back to Envoy: refused with a warning that names
+/// the field, and nothing of the pod is intercepted (never a loop). The sidecar's identity
+/// reaches the pod entry: Istio's GID rule follows its UID, other meshes have none; Kuma's
+/// excluded inbound sources become inbound-exclude prefix rules.
+#[test]
+fn tproxy_is_refused_and_the_proxy_identity_is_per_pod() {
+    use mb_agent::pods::compile;
+    use mb_maps::layout::{rule_scope, POD_IN_CIDRS_EXCLUDE, RULE_EXCLUDE, RULE_INBOUND};
+    let (tproxy, warnings) = PodPolicy::from_annotations(
+        Mesh::Istio,
+        &annotations(&[("sidecar.istio.io/interceptionMode", "TPROXY")]),
+    );
+    assert!(tproxy.intercepts_nothing());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let text = warnings[0].to_string();
+    assert!(
+        text.contains("sidecar.istio.io/interceptionMode") && text.contains("TPROXY"),
+        "{text}"
+    );
+
+    let (istio, _) = PodPolicy::from_annotations(Mesh::Istio, &annotations(&[]));
+    let c = compile(3, &istio, false);
+    assert_eq!((c.proxy_uid, c.proxy_gid), (1337, 1337));
+    let (linkerd, _) = PodPolicy::from_annotations(Mesh::Linkerd, &annotations(&[]));
+    let c = compile(3, &linkerd, false);
+    assert_eq!((c.proxy_uid, c.proxy_gid), (2102, 0));
+    let (kuma, warnings) = PodPolicy::from_annotations(
+        Mesh::Kuma,
+        &annotations(&[
+            ("kuma.io/sidecar-uid", "7777"),
+            ("traffic.kuma.io/exclude-inbound-ips", "10.9.0.0/16"),
+        ]),
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let c = compile(3, &kuma, false);
+    assert_eq!((c.proxy_uid, c.proxy_gid), (7777, 0));
+    assert!(c.flags & POD_IN_CIDRS_EXCLUDE != 0);
+    assert!(c
+        .cidr_rules
+        .iter()
+        .any(|k| k.scope == rule_scope(3, RULE_INBOUND | RULE_EXCLUDE)));
+    assert!(c.unsupported.is_empty(), "{:?}", c.unsupported);
+
+    let (bad, warnings) =
+        PodPolicy::from_annotations(Mesh::Kuma, &annotations(&[("kuma.io/sidecar-uid", "x1")]));
+    assert_eq!(bad.proxy_uid, 5678, "a malformed UID keeps the default");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.to_string().contains("kuma.io/sidecar-uid")),
+        "{warnings:?}"
+    );
+}

@@ -574,6 +574,13 @@ pub struct PodAddArgs {
     /// fail with EAGAIN (kernel tcp_bpf_recvmsg). Annotation: merbridge.io/splice-app: "true".
     #[arg(long)]
     pub splice_app: bool,
+    /// The UID this pod's sidecar runs as (default: from --annotations, else the load's
+    /// --proxy-uid).
+    #[arg(long)]
+    pub proxy_uid: Option<u32>,
+    /// A GID whose processes also count as this pod's sidecar (istio-iptables -g).
+    #[arg(long)]
+    pub proxy_gid: Option<u32>,
     /// Leave inbound connections from outside the pod alone (no sk_lookup link): for setups
     /// that keep iptables for inbound.
     #[arg(long)]
@@ -710,6 +717,18 @@ fn policy_from_args(args: &PodAddArgs, mesh: Mesh) -> Result<PodPolicy, String> 
     }
     if args.splice_app {
         policy.splice_app = true;
+    }
+    // Without annotations or flags the pod takes the load's --proxy-uid (entry value 0) and
+    // no GID rule: the mesh's default need not be the one `load` was told.
+    match args.proxy_uid {
+        Some(uid) => policy.proxy_uid = uid,
+        None if args.annotations.is_none() => policy.proxy_uid = 0,
+        None => {}
+    }
+    match args.proxy_gid {
+        Some(gid) => policy.proxy_gid = Some(gid),
+        None if args.annotations.is_none() => policy.proxy_gid = Some(0),
+        None => {}
     }
     Ok(policy)
 }

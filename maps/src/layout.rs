@@ -167,15 +167,21 @@ pub struct PodEntry {
     pub ipv4: [u8; 16],
     /// The pod's IPv6 address, all zero when it has none.
     pub ipv6: [u8; 16],
+    /// The UID its sidecar runs as; 0 = the load's `proxy_uid` constant.
+    pub proxy_uid: u32,
+    /// A GID whose processes also count as the sidecar (istio-iptables `-g`); 0 = none.
+    pub proxy_gid: u32,
 }
 
 impl PodEntry {
-    pub const SIZE: usize = 48;
+    pub const SIZE: usize = 56;
     pub const OFF_POD_ID: usize = 0;
     pub const OFF_FLAGS: usize = 4;
     pub const OFF_NETNS: usize = 8;
     pub const OFF_IPV4: usize = 16;
     pub const OFF_IPV6: usize = 32;
+    pub const OFF_PROXY_UID: usize = 48;
+    pub const OFF_PROXY_GID: usize = 52;
 
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
@@ -184,6 +190,8 @@ impl PodEntry {
         put(&mut b, Self::OFF_NETNS, &self.netns.to_ne_bytes());
         put(&mut b, Self::OFF_IPV4, &self.ipv4);
         put(&mut b, Self::OFF_IPV6, &self.ipv6);
+        put(&mut b, Self::OFF_PROXY_UID, &self.proxy_uid.to_ne_bytes());
+        put(&mut b, Self::OFF_PROXY_GID, &self.proxy_gid.to_ne_bytes());
         b
     }
 
@@ -194,6 +202,8 @@ impl PodEntry {
             netns: u64::from_ne_bytes(take(b, Self::OFF_NETNS)),
             ipv4: take(b, Self::OFF_IPV4),
             ipv6: take(b, Self::OFF_IPV6),
+            proxy_uid: u32::from_ne_bytes(take(b, Self::OFF_PROXY_UID)),
+            proxy_gid: u32::from_ne_bytes(take(b, Self::OFF_PROXY_GID)),
         }
     }
 }
@@ -521,8 +531,13 @@ mod tests {
             netns: 42,
             ipv4: addr_bytes("10.0.0.9".parse().unwrap()),
             ipv6: addr_bytes("fd00::9".parse().unwrap()),
+            proxy_uid: 1337,
+            proxy_gid: 0x0a0b_0c0d,
         };
-        assert_eq!(PodEntry::from_bytes(&pod.to_bytes()), pod);
+        let b = pod.to_bytes();
+        assert_eq!(PodEntry::from_bytes(&b), pod);
+        assert_eq!(&b[48..52], &1337u32.to_ne_bytes());
+        assert_eq!(&b[52..56], &0x0a0b_0c0du32.to_ne_bytes());
 
         let listener = ListenerKey {
             pod_id: 0x0102_0304,

@@ -1,6 +1,6 @@
 //! `cgroup/connect4` and `cgroup/connect6`: TCP interception and UDP DNS capture.
 //!
-//! TCP from an application (UID ≠ proxy UID) in a meshed pod: loopback destinations are left
+//! TCP from an application (neither the pod's proxy UID nor its proxy GID) in a meshed pod: loopback destinations are left
 //! alone; otherwise the pod's outbound policy decides, and a redirected connect remembers its
 //! original destination by socket cookie and goes to `127.0.0.1:<outbound port>` (`::1` or
 //! `::ffff:127.0.0.1` for IPv6 sockets). No `bpf_bind` is needed: pair keys are scoped by
@@ -52,8 +52,7 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     // a redirect records about the caller.
     a.mov64_imm(R7, 0).st_imm(Size::DW, FP, CALLER, 0);
     caller_pod(&mut a, inbound);
-    a.call(Helper::GetCurrentUidGid)
-        .jmp32_const(JmpOp::Eq, R0, CONST_PROXY_UID, sidecar);
+    jmp_if_proxy(&mut a, R7, sidecar);
 
     // Application of a meshed pod: loopback stays local, then the pod's outbound policy;
     // what it does not send to its own sidecar may still enter the destination's.
@@ -183,8 +182,7 @@ fn dns_redirect(a: &mut Asm, family: Family, done: Label) {
     caller_pod(a, done);
     a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
     jmp_unless_flag(a, R8, POD_DNS_CAPTURE, done);
-    a.call(Helper::GetCurrentUidGid)
-        .jmp32_const(JmpOp::Eq, R0, CONST_PROXY_UID, done);
+    jmp_if_proxy(a, R7, done);
     store_ctx_addr(
         a,
         family,

@@ -186,6 +186,13 @@ pub struct InterceptedPod {
 
 /// The full decision for a pod: `None` if its traffic must not be intercepted (not meshed,
 /// hostNetwork, finished, or no IP yet), else its policy and any annotation warnings.
+/// Why merbridge refuses to intercept this pod at all, if it does (for a metric; the policy
+/// parser warns and disables the pod): Istio's `interceptionMode: TPROXY`.
+pub fn refusal(pod: &PodInfo, mesh: Mesh) -> Option<&'static str> {
+    let mode = pod.annotations.get("sidecar.istio.io/interceptionMode")?;
+    (mesh == Mesh::Istio && mode.trim() == "TPROXY").then_some("tproxy")
+}
+
 pub fn intercepted(pod: &PodInfo, mesh: Mesh) -> Option<InterceptedPod> {
     if pod.is_terminal() || pod.pod_ips.is_empty() {
         return None;

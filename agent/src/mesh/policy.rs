@@ -267,6 +267,9 @@ pub struct PodPolicy {
     pub mesh: Mesh,
     /// Connections made by this UID (the sidecar) are never redirected as outbound.
     pub proxy_uid: u32,
+    /// Processes of this GID count as the sidecar too (istio-iptables `-g`, which defaults
+    /// to the proxy UID); None = no GID rule (Linkerd, Kuma, OSM).
+    pub proxy_gid: Option<u32>,
     pub outbound_port: u16,
     pub inbound_port: u16,
     pub dns_port: Option<u16>,
@@ -480,6 +483,7 @@ impl PodPolicy {
         PodPolicy {
             mesh,
             proxy_uid: d.proxy_uid,
+            proxy_gid: None,
             outbound_port: d.outbound_port,
             inbound_port: d.inbound_port,
             dns_port: d.dns_port,
@@ -636,7 +640,19 @@ fn parse(
             if let Some(mode) = p.get(mode_name) {
                 match mode.trim() {
                     "NONE" => policy.disable(),
-                    "REDIRECT" | "TPROXY" => {}
+                    "REDIRECT" => {}
+                    "TPROXY" => {
+                        // Envoy then runs as uid 0 and connects to the app from the caller's
+                        // own address: its last hop looks like a caller from outside, which
+                        // the data path would steer back to it (a loop). Refused, not guessed.
+                        policy.disable();
+                        p.warn(
+                            mode_name,
+                            "TPROXY",
+                            "TPROXY mode is not supported by merbridge: the pod is not \
+                             intercepted at all (keep istio-init for it, or use REDIRECT)",
+                        );
+                    }
                     other => p.warn(mode_name, other, "expected REDIRECT, TPROXY or NONE"),
                 }
             }

@@ -136,6 +136,8 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     let store = BpfPodStore::open(&config.load.pin_dir)?;
     let mut sync = PodSync::new(store, config.mesh, config.load.dns_capture);
     let mut inbound = InboundPods::new(&config.load.pin_dir);
+    // Pods refused as a whole (TPROXY), for the metric.
+    let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
 
     let mut watcher = PodWatcher::new(client, WatchOptions::new(config.node_name.clone()));
     *status.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher.stats());
@@ -192,6 +194,11 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         });
         match message {
             Ok(Unboxed::Pod(PodEvent::Upsert(pod), at)) => {
+                if crate::mesh::refusal(&pod, config.mesh).is_some() {
+                    refused.insert(pod.uid.clone());
+                } else {
+                    refused.remove(&pod.uid);
+                }
                 let ips_changed = sync.ips_of(&pod.uid) != Some(pod.pod_ips.as_slice());
                 match sync.upsert(&pod) {
                     Ok(change) => {
@@ -213,18 +220,21 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
                     }
                 }
             }
-            Ok(Unboxed::Pod(PodEvent::Delete(pod_ref), at)) => match sync.delete(&pod_ref.uid) {
-                Ok(Change::Removed) => {
-                    remove_inbound(&mut inbound, &status, &pod_ref.uid);
-                    observe(&status, at);
-                    log::info!("pod {pod_ref}: removed from the maps");
+            Ok(Unboxed::Pod(PodEvent::Delete(pod_ref), at)) => {
+                refused.remove(&pod_ref.uid);
+                match sync.delete(&pod_ref.uid) {
+                    Ok(Change::Removed) => {
+                        remove_inbound(&mut inbound, &status, &pod_ref.uid);
+                        observe(&status, at);
+                        log::info!("pod {pod_ref}: removed from the maps");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        status.sync_errors.fetch_add(1, Ordering::Relaxed);
+                        log::error!("pod {pod_ref}: {e}");
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    status.sync_errors.fetch_add(1, Ordering::Relaxed);
-                    log::error!("pod {pod_ref}: {e}");
-                }
-            },
+            }
             Ok(Unboxed::Pod(PodEvent::Synced, _)) => {
                 if !sync.is_synced() {
                     let reconcile_started = Instant::now();
@@ -334,6 +344,9 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         status
             .inbound_links
             .store(inbound.len() as u64, Ordering::Relaxed);
+        status
+            .pods_refused_tproxy
+            .store(refused.len() as u64, Ordering::Relaxed);
         status.pods.store(counts.pods as u64, Ordering::Relaxed);
         status
             .pods_without_netns

@@ -59,6 +59,8 @@ pub struct AgentStatus {
     pub inbound_links: AtomicU64,
     /// Attaching or detaching a pod's inbound capture failed (vanished namespace, ...).
     pub inbound_errors: AtomicU64,
+    /// Meshed pods refused (not intercepted at all): Istio TPROXY mode.
+    pub pods_refused_tproxy: AtomicU64,
     /// Unix time (ms) of the last map write from an event or reconcile.
     pub last_sync_ms: AtomicU64,
     /// Milliseconds from start to the first reconciled list.
@@ -116,6 +118,15 @@ impl AgentStatus {
             "gauge",
             "Meshed pods whose network namespace has the sk_lookup inbound link.",
             &one(g(&self.inbound_links)),
+        );
+        metric(
+            "merbridge_pods_refused",
+            "gauge",
+            "Meshed pods merbridge does not intercept at all, by reason (see the log).",
+            &[(
+                "{reason=\"tproxy\"}".to_string(),
+                g(&self.pods_refused_tproxy).to_string(),
+            )],
         );
         metric(
             "merbridge_inbound_errors_total",

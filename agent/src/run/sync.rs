@@ -482,6 +482,8 @@ impl<S: PodStore> PodSync<S> {
             pod_id,
             flags: compiled.flags,
             netns: self.cookies.get(uid).copied().unwrap_or(0),
+            proxy_uid: compiled.proxy_uid,
+            proxy_gid: compiled.proxy_gid,
             ..PodEntry::default()
         };
         for ip in &desired.ips {
