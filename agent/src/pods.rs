@@ -45,7 +45,8 @@ pub struct CompiledPolicy {
     pub proxy_gid: u32,
 }
 
-/// Turns a pod's policy into map rules for pod id `pod_id`.
+/// Turns a pod's policy into map rules for pod id `pod_id`; `dns_capture` is the default
+/// for pods whose policy does not say.
 pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPolicy {
     let mut c = CompiledPolicy::default();
     let mut ports = |rule: u32, set: &PortRanges| {
@@ -95,7 +96,7 @@ pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPo
             }
         }
     }
-    if dns_capture && policy.dns_port.is_some() {
+    if policy.dns_capture.unwrap_or(dns_capture) && policy.dns_port.is_some() {
         c.flags |= POD_DNS_CAPTURE;
     }
     if policy.splice_app {

@@ -690,3 +690,42 @@ fn tproxy_is_refused_and_the_proxy_identity_is_per_pod() {
         "{warnings:?}"
     );
 }
+
+/// DNS capture is a pod's own choice: Istio's ISTIO_META_DNS_CAPTURE in proxy.istio.io/config,
+/// Kuma's kuma.io/builtin-dns; the agent's flag is only the default; a malformed value is a
+/// warning naming the annotation, and the default applies.
+#[test]
+fn dns_capture_is_per_pod() {
+    use mb_agent::pods::compile;
+    use mb_maps::layout::POD_DNS_CAPTURE;
+    let captures = |mesh: Mesh, pairs: &[(&str, &str)], default: bool| {
+        let (policy, warnings) = PodPolicy::from_annotations(mesh, &annotations(pairs));
+        (
+            compile(1, &policy, default).flags & POD_DNS_CAPTURE != 0,
+            warnings,
+        )
+    };
+    let on = "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n";
+    let off = "{\"proxyMetadata\": {\"ISTIO_META_DNS_CAPTURE\": \"false\"}}";
+    assert!(captures(Mesh::Istio, &[("proxy.istio.io/config", on)], false).0);
+    assert!(!captures(Mesh::Istio, &[("proxy.istio.io/config", off)], true).0);
+    assert!(captures(Mesh::Istio, &[], true).0, "no say: the default");
+    assert!(!captures(Mesh::Istio, &[], false).0);
+    let (captured, warnings) = captures(
+        Mesh::Istio,
+        &[(
+            "proxy.istio.io/config",
+            "proxyMetadata: {ISTIO_META_DNS_CAPTURE: maybe}",
+        )],
+        false,
+    );
+    assert!(!captured);
+    assert!(
+        warnings[0].to_string().contains("proxy.istio.io/config"),
+        "{warnings:?}"
+    );
+    assert!(captures(Mesh::Kuma, &[("kuma.io/builtin-dns", "enabled")], false).0);
+    assert!(!captures(Mesh::Kuma, &[("kuma.io/builtin-dns", "disabled")], true).0);
+    // Linkerd has no DNS proxy: nothing to capture to, whatever the default.
+    assert!(!captures(Mesh::Linkerd, &[], true).0);
+}

@@ -14,7 +14,8 @@
 //! application) and non-local destinations pass unchanged — decided by the caller's network
 //! namespace, so the first connection to its own application never fails.
 //!
-//! UDP to port 53 from an application whose pod captures DNS goes to the DNS proxy.
+//! UDP and TCP to port 53 from an application whose pod captures DNS go to the DNS proxy
+//! (the proxy's own queries are never captured).
 
 use crate::ctx::{abi, sock_addr};
 use crate::emit::*;
@@ -57,6 +58,7 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     // Application of a meshed pod: loopback stays local, then the pod's outbound policy;
     // what it does not send to its own sidecar may still enter the destination's.
     jmp_if_loopback(&mut a, DST_ADDR, bypass);
+    tcp_dns_redirect(&mut a, family, variant, allow);
     outbound_policy(&mut a, inbound);
     store_orig(&mut a, R9, family, ORIG_OUTBOUND);
     // A pod whose application is event-driven may have its own leg spliced too (sockops).
@@ -162,6 +164,29 @@ fn bind_to_pod_address(a: &mut Asm, family: Family, failed: Label) {
     a.call(Helper::Bind).jmp_imm(JmpOp::Eq, R0, 0, ok);
     count(a, Counter::MapUpdateFailures);
     a.ja(failed).bind(ok);
+}
+
+/// TCP to port 53 (port in r9) from the application of a pod that captures DNS (entry in r7)
+/// goes to the DNS proxy, not to the outbound port (istio-iptables does the same); jumps to
+/// `done` when redirected (or failed), falls through otherwise. Clobbers r0–r5, r8.
+fn tcp_dns_redirect(a: &mut Asm, family: Family, variant: Variant, done: Label) {
+    let not_dns = a.label();
+    a.jmp32_imm(JmpOp::Ne, R9, DNS_PORT_53_BE, not_dns).ldx(
+        Size::W,
+        R8,
+        R7,
+        PodEntry::OFF_FLAGS as i16,
+    );
+    jmp_unless_flag(a, R8, POD_DNS_CAPTURE, not_dns);
+    store_orig(a, R9, family, ORIG_DNS);
+    if !variant.netns_keys {
+        bind_to_pod_address(a, family, done);
+    }
+    remember_orig(a, done);
+    write_loopback_dst(a, family, sock_addr::USER_IP4, sock_addr::USER_IP6);
+    write_port_const(a, sock_addr::USER_PORT, CONST_DNS_PORT);
+    count(a, Counter::DnsRedirects);
+    a.ja(done).bind(not_dns);
 }
 
 /// `cgroup/sendmsg4` or `cgroup/sendmsg6`: DNS queries on unconnected UDP sockets.

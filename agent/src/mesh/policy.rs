@@ -267,6 +267,9 @@ pub struct PodPolicy {
     pub mesh: Mesh,
     /// Connections made by this UID (the sidecar) are never redirected as outbound.
     pub proxy_uid: u32,
+    /// The pod's own DNS-capture switch (Istio `ISTIO_META_DNS_CAPTURE` in
+    /// `proxy.istio.io/config`, Kuma `kuma.io/builtin-dns`); None = the agent's default.
+    pub dns_capture: Option<bool>,
     /// Processes of this GID count as the sidecar too (istio-iptables `-g`, which defaults
     /// to the proxy UID); None = no GID rule (Linkerd, Kuma, OSM).
     pub proxy_gid: Option<u32>,
@@ -484,6 +487,7 @@ impl PodPolicy {
             mesh,
             proxy_uid: d.proxy_uid,
             proxy_gid: None,
+            dns_capture: None,
             outbound_port: d.outbound_port,
             inbound_port: d.inbound_port,
             dns_port: d.dns_port,
@@ -636,6 +640,7 @@ fn parse(
             if let Some(port) = policy.status_port {
                 policy.exclude_inbound(port);
             }
+            istio_dns_capture(&mut p, &mut policy);
             let mode_name = "sidecar.istio.io/interceptionMode";
             if let Some(mode) = p.get(mode_name) {
                 match mode.trim() {
@@ -694,6 +699,14 @@ fn parse(
         }
         Mesh::Kuma => {
             kuma_proxy_config(&mut p, &mut policy, &mut uid_set);
+            let dns_name = "kuma.io/builtin-dns";
+            if let Some(value) = p.get(dns_name) {
+                match value.trim() {
+                    "enabled" | "true" => policy.dns_capture = Some(true),
+                    "disabled" | "false" => policy.dns_capture = Some(false),
+                    other => p.warn(dns_name, other, "expected enabled or disabled"),
+                }
+            }
             const T: &str = "traffic.kuma.io/";
             if let Some(set) = p.port_set(&format!("{T}exclude-inbound-ports"), PortSyntax::Plain) {
                 policy.inbound_exclude_ports.extend(&set);
@@ -776,6 +789,44 @@ fn parse(
         }
     }
     (policy, p.warnings, uid_set)
+}
+
+/// Istio's per-pod DNS capture: `proxyMetadata.ISTIO_META_DNS_CAPTURE` in the
+/// `proxy.istio.io/config` annotation (YAML). The proxy container's environment is not read.
+fn istio_dns_capture(p: &mut Parser<'_>, policy: &mut PodPolicy) {
+    let name = "proxy.istio.io/config";
+    let Some(text) = p.get(name) else { return };
+    let config: serde_norway::Value = match serde_norway::from_str(text) {
+        Ok(value) => value,
+        Err(e) => {
+            p.warn(
+                name,
+                text.lines().next().unwrap_or(""),
+                format!("not YAML: {e}"),
+            );
+            return;
+        }
+    };
+    let Some(value) = config
+        .get("proxyMetadata")
+        .and_then(|m| m.get("ISTIO_META_DNS_CAPTURE"))
+    else {
+        return;
+    };
+    let text = value
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| value.as_bool().map(|b| b.to_string()))
+        .unwrap_or_default();
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" => policy.dns_capture = Some(true),
+        "false" => policy.dns_capture = Some(false),
+        _ => p.warn(
+            name,
+            &format!("ISTIO_META_DNS_CAPTURE: {}", text.trim()),
+            "expected \"true\" or \"false\"",
+        ),
+    }
 }
 
 /// Kuma's consolidated `traffic.kuma.io/transparent-proxy-config` (YAML), when present.

@@ -45,6 +45,9 @@ impl std::str::FromStr for OnExit {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub load: LoadOptions,
+    /// DNS capture for pods whose annotations do not say (`load.dns_capture` attaches the
+    /// hooks, which pods can then turn on one by one).
+    pub dns_capture_default: bool,
     pub mesh: Mesh,
     pub node_name: String,
     pub kubeconfig: Option<PathBuf>,
@@ -134,7 +137,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     );
     status.attached.store(true, Ordering::SeqCst);
     let store = BpfPodStore::open(&config.load.pin_dir)?;
-    let mut sync = PodSync::new(store, config.mesh, config.load.dns_capture);
+    let mut sync = PodSync::new(store, config.mesh, config.dns_capture_default);
     let mut inbound = InboundPods::new(&config.load.pin_dir);
     // Pods refused as a whole (TPROXY), for the metric.
     let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
