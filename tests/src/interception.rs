@@ -132,6 +132,14 @@ impl MeshPorts {
             self.inbound_port
         ));
         r.push(format!("-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN"));
+        if let Some(dns) = self.dns_port {
+            // DNS over TCP goes to the DNS proxy too, except the proxy's own.
+            r.extend([
+                format!("-A ISTIO_OUTPUT -p tcp --dport 53 -m owner --uid-owner {uid} -j RETURN"),
+                format!("-A ISTIO_OUTPUT -p tcp --dport 53 -m owner --gid-owner {uid} -j RETURN"),
+                format!("-A ISTIO_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports {dns}"),
+            ]);
+        }
         for p in &self.exclude_outbound_ports {
             r.push(format!("-A ISTIO_OUTPUT -p tcp --dport {p} -j RETURN"));
         }

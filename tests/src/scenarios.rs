@@ -738,6 +738,81 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
     ]);
 }
 
+/// DNS over TCP: an app's TCP query to the cluster DNS server (port 53) is answered by its
+/// sidecar's DNS proxy, not sent to the outbound port; the proxy's own TCP query reaches the
+/// real server.
+pub fn dns_over_tcp(mode: &Interception, bins: &Binaries, v6: bool) {
+    const SERVER_ANSWER: &str = "10.96.0.53";
+    let mode = mode.with_dns_capture(15053);
+    let node = Node::new("tdns").expect("node");
+    mode.install_node(&node).expect("install node");
+    let dns_pod = node.add_pod(PodSpec::named("kube-dns")).expect("dns pod");
+    let _server = start_server(
+        &dns_pod,
+        bins,
+        &[
+            "serve".into(),
+            "--dns".into(),
+            "53".into(),
+            "--dns-answer".into(),
+            SERVER_ANSWER.into(),
+        ],
+        0,
+    )
+    .expect("dns server");
+    let client = start_pod(&node, "client", &mode, true, bins).expect("client pod");
+    let dns_ip: IpAddr = if v6 {
+        dns_pod.ipv6().into()
+    } else {
+        dns_pod.ipv4().into()
+    };
+    let to = SocketAddr::new(dns_ip, 53);
+    let query = |uid: u32| -> String {
+        let out = run_client(
+            &client.pod,
+            bins,
+            uid,
+            &["dns".into(), "--tcp".into(), format!("--to={to}")],
+        )
+        .unwrap_or_else(|e| panic!("TCP dns query to {to} as {uid}: {e}"));
+        parse_kv(&out).get("answer").cloned().unwrap_or_default()
+    };
+    let answer = query(APP_UID);
+    match (&client.sidecar, mode.mesh()) {
+        (Some(sidecar), Some(mesh)) => {
+            assert_eq!(
+                answer,
+                sidecar.config().dns_answer.to_string(),
+                "the sidecar's DNS proxy should answer over TCP"
+            );
+            let peers = sidecar.wait_for_dns_peers(1, RECORD_TIMEOUT);
+            assert_eq!(peers.len(), 1, "{peers:?}");
+            assert!(
+                client.records(0).is_empty(),
+                "TCP/53 went to the outbound port: {:#?}",
+                client.records(0)
+            );
+            assert_eq!(
+                query(mesh.proxy_uid),
+                SERVER_ANSWER,
+                "the proxy's own query"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(
+                sidecar.dns_peers().len(),
+                1,
+                "the proxy's query was captured"
+            );
+        }
+        _ => assert_eq!(answer, SERVER_ANSWER, "without a mesh the server answers"),
+    }
+    mode.assert_no_iptables(&[
+        node.netns_path(),
+        client.pod.netns_path(),
+        dns_pod.netns_path(),
+    ]);
+}
+
 /// `whoami` from a thread in the namespace at `netns` (not in any pod cgroup: for merbridge
 /// such a caller is invisible to the connect programs, like a process on another node).
 fn whoami_in(netns: &Path, to: SocketAddr) -> io::Result<(SocketAddr, SocketAddr)> {

@@ -36,6 +36,7 @@ scenario_tests! {
     iptables_dns_captured_v4 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, false);
     iptables_dns_captured_v6 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, true);
     no_mesh_dns => |b| scenarios::dns_captured_by_sidecar(&Interception::None, b, false);
+    no_mesh_dns_over_tcp => |b| scenarios::dns_over_tcp(&Interception::None, b, false);
     no_mesh_app_to_service => |b| scenarios::app_to_service(&Interception::None, b, false, true);
     no_mesh_excluded_ports => |b| scenarios::excluded_ports_bypass(&Interception::None, b, false);
     no_mesh_loopback => |b| scenarios::loopback_untouched(&Interception::None, b, false);
@@ -50,4 +51,6 @@ scenario_tests! {
         let created = scenarios::cross_node_conntrack(&istio(), b, 1000);
         eprintln!("iptables: {created} conntrack entries for 1000 cross-node connections");
     };
+    iptables_dns_over_tcp_v4 => |b| scenarios::dns_over_tcp(&istio(), b, false);
+    iptables_dns_over_tcp_v6 => |b| scenarios::dns_over_tcp(&istio(), b, true);
 }

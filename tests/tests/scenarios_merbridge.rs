@@ -42,4 +42,6 @@ scenario_tests! {
         let created = scenarios::cross_node_conntrack(&istio(), b, 1000);
         eprintln!("merbridge: {created} conntrack entries for 1000 cross-node connections");
     };
+    merbridge_dns_over_tcp_v4 => |b| scenarios::dns_over_tcp(&istio(), b, false);
+    merbridge_dns_over_tcp_v6 => |b| scenarios::dns_over_tcp(&istio(), b, true);
 }
