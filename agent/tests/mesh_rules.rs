@@ -657,6 +657,17 @@ fn tproxy_is_refused_and_the_proxy_identity_is_per_pod() {
         "{text}"
     );
 
+    let (_, warnings) = PodPolicy::from_annotations(
+        Mesh::Istio,
+        &annotations(&[("traffic.sidecar.istio.io/excludeInterfaces", "eth1")]),
+    );
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("traffic.sidecar.istio.io/excludeInterfaces"),
+        "{warnings:?}"
+    );
+
     let (istio, _) = PodPolicy::from_annotations(Mesh::Istio, &annotations(&[]));
     let c = compile(3, &istio, false);
     assert_eq!((c.proxy_uid, c.proxy_gid), (1337, 1337));

@@ -207,6 +207,19 @@ impl Interception {
     }
 }
 
+impl Interception {
+    /// Called once the pod's sidecar listens. merbridge: `pod add` again, which adopts the
+    /// inbound listener from user space (pidfd_getfd) if sock_ops did not put it in place
+    /// (kernels whose sock_ops lack the netns cookie, 5.10) — what the agent's resync does.
+    /// Nothing for the other modes.
+    pub fn sidecar_started(&self, pod: &Pod) -> io::Result<()> {
+        match self {
+            Interception::Merbridge(mesh) => crate::merbridge::install_pod(pod, mesh),
+            _ => Ok(()),
+        }
+    }
+}
+
 fn restore(pod: &Pod, tool: &str, rules: &str) -> io::Result<()> {
     let mut cmd = Command::new(tool);
     cmd.arg("--wait");

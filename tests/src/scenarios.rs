@@ -197,6 +197,7 @@ pub fn start_pod(
             SidecarConfig::for_mesh(mesh),
             mesh.proxy_uid,
         )?);
+        mode.sidecar_started(&pod)?;
     }
     let app = start_app(&pod, bins)?;
     Ok(MeshedPod { sidecar, app, pod })
@@ -556,6 +557,7 @@ pub fn bulk_and_rr_through_sidecars(
                 Sidecar::start_binary(&bins.sidecar, &p.pod, config, mesh.proxy_uid)
                     .expect("sidecar"),
             );
+            mode.sidecar_started(&p.pod).expect("interception");
         }
     }
     let bytes: u64 = 16 * 1024 * 1024 + 3;
@@ -957,6 +959,7 @@ pub fn sidecar_restart(mode: &Interception, bins: &Binaries) {
         )
         .expect("sidecar restart"),
     );
+    mode.sidecar_started(&server.pod).expect("interception");
     let (peer, _) = whoami_in(n1.netns_path(), target).expect("after the restart");
     assert_eq!(peer.ip(), passthrough(false), "through the new sidecar");
     let r = only(&server.records(1), Listener::Inbound, "restarted sidecar");

@@ -193,6 +193,17 @@ pub fn refusal(pod: &PodInfo, mesh: Mesh) -> Option<&'static str> {
     (mesh == Mesh::Istio && mode.trim() == "TPROXY").then_some("tproxy")
 }
 
+/// Whether the pod has annotations merbridge warns about and ignores (Istio's
+/// `excludeInterfaces`, `kubevirtInterfaces`), for a metric.
+pub fn has_ignored_annotations(pod: &PodInfo, mesh: Mesh) -> bool {
+    mesh == Mesh::Istio
+        && policy::UNSUPPORTED_ISTIO_ANNOTATIONS.iter().any(|a| {
+            pod.annotations
+                .get(*a)
+                .is_some_and(|v| !v.trim().is_empty())
+        })
+}
+
 pub fn intercepted(pod: &PodInfo, mesh: Mesh) -> Option<InterceptedPod> {
     if pod.is_terminal() || pod.pod_ips.is_empty() {
         return None;

@@ -297,6 +297,13 @@ pub struct PodPolicy {
 /// sidecar as well (under `merbridge load --splice sidecars`, the default). Any mesh.
 pub const SPLICE_APP_ANNOTATION: &str = "merbridge.io/splice-app";
 
+/// Istio annotations the data path cannot honour (it does not look at interfaces): warned
+/// about and counted (`merbridge_pods_ignored_annotations`).
+pub const UNSUPPORTED_ISTIO_ANNOTATIONS: [&str; 2] = [
+    "traffic.sidecar.istio.io/excludeInterfaces",
+    "traffic.sidecar.istio.io/kubevirtInterfaces",
+];
+
 /// Istio's own ports: admin, outbound, inbound, HBONE, status, health, Prometheus.
 const ISTIO_OWN_PORTS: &[u16] = &[15000, 15001, 15006, 15008, 15020, 15021, 15090];
 /// Kuma's admin, outbound, inbound and (Merbridge's list) 15010.
@@ -641,6 +648,16 @@ fn parse(
                 policy.exclude_inbound(port);
             }
             istio_dns_capture(&mut p, &mut policy);
+            for name in UNSUPPORTED_ISTIO_ANNOTATIONS {
+                if let Some(value) = p.get(name).map(str::trim).filter(|v| !v.is_empty()) {
+                    p.warn(
+                        name,
+                        value,
+                        "not supported by merbridge: connections on these interfaces are \
+                         intercepted like any other",
+                    );
+                }
+            }
             let mode_name = "sidecar.istio.io/interceptionMode";
             if let Some(mode) = p.get(mode_name) {
                 match mode.trim() {

@@ -141,6 +141,8 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     let mut inbound = InboundPods::new(&config.load.pin_dir);
     // Pods refused as a whole (TPROXY), for the metric.
     let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // Pods with annotations we ignore (excludeInterfaces, ...), for the metric.
+    let mut ignoring: std::collections::HashSet<String> = std::collections::HashSet::new();
 
     let mut watcher = PodWatcher::new(client, WatchOptions::new(config.node_name.clone()));
     *status.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher.stats());
@@ -202,6 +204,11 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
                 } else {
                     refused.remove(&pod.uid);
                 }
+                if crate::mesh::has_ignored_annotations(&pod, config.mesh) {
+                    ignoring.insert(pod.uid.clone());
+                } else {
+                    ignoring.remove(&pod.uid);
+                }
                 let ips_changed = sync.ips_of(&pod.uid) != Some(pod.pod_ips.as_slice());
                 match sync.upsert(&pod) {
                     Ok(change) => {
@@ -225,6 +232,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             }
             Ok(Unboxed::Pod(PodEvent::Delete(pod_ref), at)) => {
                 refused.remove(&pod_ref.uid);
+                ignoring.remove(&pod_ref.uid);
                 match sync.delete(&pod_ref.uid) {
                     Ok(Change::Removed) => {
                         remove_inbound(&mut inbound, &status, &pod_ref.uid);
@@ -350,6 +358,9 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         status
             .pods_refused_tproxy
             .store(refused.len() as u64, Ordering::Relaxed);
+        status
+            .pods_ignored_annotations
+            .store(ignoring.len() as u64, Ordering::Relaxed);
         status.pods.store(counts.pods as u64, Ordering::Relaxed);
         status
             .pods_without_netns

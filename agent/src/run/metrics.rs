@@ -61,6 +61,8 @@ pub struct AgentStatus {
     pub inbound_errors: AtomicU64,
     /// Meshed pods refused (not intercepted at all): Istio TPROXY mode.
     pub pods_refused_tproxy: AtomicU64,
+    /// Meshed pods with annotations merbridge ignores (Istio excludeInterfaces, ...).
+    pub pods_ignored_annotations: AtomicU64,
     /// Unix time (ms) of the last map write from an event or reconcile.
     pub last_sync_ms: AtomicU64,
     /// Milliseconds from start to the first reconciled list.
@@ -127,6 +129,12 @@ impl AgentStatus {
                 "{reason=\"tproxy\"}".to_string(),
                 g(&self.pods_refused_tproxy).to_string(),
             )],
+        );
+        metric(
+            "merbridge_pods_ignored_annotations",
+            "gauge",
+            "Meshed pods with annotations merbridge cannot honour and ignores (see the log).",
+            &one(g(&self.pods_ignored_annotations)),
         );
         metric(
             "merbridge_inbound_errors_total",
