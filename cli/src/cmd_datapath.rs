@@ -766,6 +766,7 @@ fn pod_add(args: PodAddArgs) -> Result<ExitCode, String> {
         dns_capture: args.dns_capture,
     };
     let inbound_port = pod.policy.inbound_port;
+    let existed = maps.find(ips[0])?.is_some();
     let (pod_id, compiled) = maps.upsert(&pod)?;
     for note in &compiled.unsupported {
         eprintln!("merbridge: warning: {note}");
@@ -773,12 +774,26 @@ fn pod_add(args: PodAddArgs) -> Result<ExitCode, String> {
     if args.no_inbound_capture {
         mb_agent::inbound::detach_pod(&args.pin.pin_dir, pod_id)?;
     } else {
-        let inbound =
-            mb_agent::inbound::attach_pod(&args.pin.pin_dir, pod_id, &args.netns, inbound_port)
-                .map_err(|e| {
-                    // The pod stays in the maps (its outbound works); say what is missing.
-                    format!("pod {}: inbound capture: {e}", args.ips)
-                })?;
+        let inbound = match mb_agent::inbound::attach_pod(
+            &args.pin.pin_dir,
+            pod_id,
+            &args.netns,
+            inbound_port,
+        ) {
+            Ok(done) => done,
+            Err(e) => {
+                // A pod added now goes again: nothing half-added stays behind.
+                let undone = if existed {
+                    "its earlier entry is kept"
+                } else {
+                    match maps.remove(ips[0]) {
+                        Ok(_) => "it was not added",
+                        Err(_) => "removing its entry failed too: run `merbridge pod del`",
+                    }
+                };
+                return Err(format!("pod {}: inbound capture: {e} ({undone})", args.ips));
+            }
+        };
         if !inbound.listeners.any() {
             eprintln!(
                 "merbridge: note: pod {}: no sidecar listens on {inbound_port} yet; connections \

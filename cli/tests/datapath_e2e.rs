@@ -1233,6 +1233,58 @@ fn per_pod_proxy_uid_is_the_sidecar() {
     assert_eq!(loaded.counter("redirected_inbound"), 2);
 }
 
+/// Bad input leaves nothing behind: a namespace that does not exist is refused with a
+/// message naming it and no map entry or link; a pod whose namespace vanished shows as such
+/// in `status`, and `pod del` and `unload` still take its link away.
+#[test]
+fn vanished_namespaces_leave_nothing_behind() {
+    if !mb_sys::testing::kernel_tests_enabled("vanished_namespaces") {
+        return;
+    }
+    let node = Node::new("gone").expect("node");
+    let loaded = Loaded::new(&node, &["--mesh", "istio"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
+        .args([
+            "pod",
+            "add",
+            "10.250.0.9",
+            "--netns",
+            "/run/netns/mb-no-such-namespace",
+            "--pin-dir",
+            loaded.pin(),
+        ])
+        .output()
+        .expect("run merbridge");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/run/netns/mb-no-such-namespace"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let list = merbridge(&["pod", "list", "--pin-dir", loaded.pin()]);
+    assert!(!list.contains("10.250.0.9"), "{list}");
+    assert_eq!(mb_agent::inbound::list(&loaded.pin_dir).unwrap().len(), 0);
+
+    let pod = node.add_pod(PodSpec::named("short")).expect("pod");
+    let ip = pod.ipv4().to_string();
+    loaded.add_pod(&pod, &[]);
+    assert_eq!(mb_agent::inbound::list(&loaded.pin_dir).unwrap().len(), 1);
+    drop(pod); // its namespace goes (the kernel frees it asynchronously): the link is defunct
+    let started = std::time::Instant::now();
+    while !merbridge(&["status", "--pin-dir", loaded.pin()]).contains("netns gone") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            merbridge(&["status", "--pin-dir", loaded.pin()])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    merbridge(&["pod", "del", &ip, "--pin-dir", loaded.pin()]);
+    assert_eq!(mb_agent::inbound::list(&loaded.pin_dir).unwrap().len(), 0);
+    assert_eq!(loaded.map_entries("pod_ips"), 0);
+}
+
 /// `--splice all` also splices the application legs (six sockets for one call through two
 /// sidecars); `--splice none` splices nothing and interception still works.
 #[test]
