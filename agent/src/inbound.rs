@@ -53,6 +53,8 @@ pub struct PodInbound {
     pub listeners: Listeners,
     /// Listeners adopted from user space now.
     pub adopted: usize,
+    /// Time to attach (or adopt) the link, without the listener adoption.
+    pub attach_time: std::time::Duration,
 }
 
 fn listener_map(pin_dir: &Path) -> Result<SockHash<ListenerKey>, String> {
@@ -89,14 +91,17 @@ pub fn attach_pod(
     inbound_port: u16,
 ) -> Result<PodInbound, String> {
     let layout = PinLayout::new(pin_dir);
+    let started = std::time::Instant::now();
     let (link, outcome) =
         links::attach(&layout, &link_name(pod_id), netns).map_err(|e| e.to_string())?;
+    let attach_time = started.elapsed();
     let adopted = adopt_listeners(pin_dir, pod_id, netns, inbound_port)?;
     Ok(PodInbound {
         link,
         outcome,
         listeners: listeners(pin_dir, pod_id)?,
         adopted,
+        attach_time,
     })
 }
 

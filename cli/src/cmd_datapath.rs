@@ -794,6 +794,14 @@ fn pod_add(args: PodAddArgs) -> Result<ExitCode, String> {
                 return Err(format!("pod {}: inbound capture: {e} ({undone})", args.ips));
             }
         };
+        println!(
+            "merbridge: pod {}: inbound capture {:?} in {:.2} ms (link {}), {} listener(s) adopted",
+            args.ips,
+            inbound.outcome,
+            inbound.attach_time.as_secs_f64() * 1000.0,
+            inbound.link.link_id,
+            inbound.adopted
+        );
         if !inbound.listeners.any() {
             eprintln!(
                 "merbridge: note: pod {}: no sidecar listens on {inbound_port} yet; connections \

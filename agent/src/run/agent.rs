@@ -408,8 +408,9 @@ fn ensure_inbound(
     match inbound.ensure(uid, pod_id, path, port) {
         Ok(Some(done)) => {
             log::info!(
-                "pod {name}: inbound capture {:?} (link {}), listener {}",
+                "pod {name}: inbound capture {:?} in {:.2} ms (link {}), listener {}",
                 done.outcome,
+                done.attach_time.as_secs_f64() * 1000.0,
                 done.link.link_id,
                 if done.listeners.any() {
                     "in place"
