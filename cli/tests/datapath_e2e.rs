@@ -990,14 +990,18 @@ fn inbound_from_other_nodes_enters_through_the_server_sidecar() {
     };
     let mut expected_per_server = [0usize; 2];
     let mut steered = 0;
+    let mut client_calls = 0;
     for v6 in [false, true] {
         for (i, server) in servers.iter().enumerate() {
             let target = SocketAddr::new(ip(server, v6), WHOAMI_PORT);
             // A meshed client on node 1: out through its sidecar, in through the server's.
             let (peer, _) = whoami(&client, &bins, APP_UID, target, None);
             assert_eq!(peer.ip(), passthrough(v6), "meshed caller to {target}");
-            let out = client_sidecar.records();
-            assert_eq!(out.last().unwrap().original_dst, Some(target));
+            client_calls += 1;
+            // Records are written when a relay ends (slow on emulated guests): wait for it.
+            let out = client_sidecar.wait_for_records(client_calls, Duration::from_secs(10));
+            assert_eq!(out.len(), client_calls, "{out:#?}");
+            assert_eq!(out[client_calls - 1].original_dst, Some(target));
             // A caller without sidecar on node 1, and one in node 2's own namespace.
             let (peer, _) = plain
                 .run_in_netns(move || workload::whoami(target))
