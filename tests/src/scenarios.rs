@@ -815,6 +815,45 @@ pub fn dns_over_tcp(mode: &Interception, bins: &Binaries, v6: bool) {
     ]);
 }
 
+/// A pod whose sidecar runs under its own UID, not the node's: the node is set up for the
+/// mesh's default UID, the client pod (interception and sidecar) for `uid`. Its app's call
+/// goes through its sidecar exactly once (the sidecar's own upstream connect is not taken
+/// for an application's: no loop) and enters the server through the server's sidecar.
+pub fn sidecar_with_own_uid(mode: &Interception, bins: &Binaries, uid: u32) {
+    let node = Node::new("ownuid").expect("node");
+    mode.install_node(&node).expect("install node");
+    let mut own = mode.mesh().expect("needs a mesh").clone();
+    own.proxy_uid = uid;
+    let own_mode = match mode {
+        Interception::Iptables(_) => Interception::Iptables(own),
+        Interception::Merbridge(_) => Interception::Merbridge(own),
+        Interception::None => unreachable!("needs a mesh"),
+    };
+    let client = start_pod(&node, "client", &own_mode, true, bins).expect("client pod");
+    let server = start_pod(&node, "server", mode, true, bins).expect("server pod");
+    let target = SocketAddr::new(server.ip(false), WHOAMI_PORT);
+    let (peer, local) = whoami(&client.pod, bins, APP_UID, target, None);
+    assert_eq!(local, target);
+    assert_eq!(peer.ip(), passthrough(false), "through both sidecars");
+    let out = only(&client.records(1), Listener::Outbound, "client sidecar");
+    assert_eq!(out.original_dst, Some(target));
+    assert!(out.error.is_none(), "{out}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        client.records(0).len(),
+        1,
+        "a loop: {:#?}",
+        client.records(0)
+    );
+    let inbound = only(&server.records(1), Listener::Inbound, "server sidecar");
+    assert_eq!(inbound.original_dst, Some(target));
+    mode.assert_no_iptables(&[
+        node.netns_path(),
+        client.pod.netns_path(),
+        server.pod.netns_path(),
+    ]);
+}
+
 /// `whoami` from a thread in the namespace at `netns` (not in any pod cgroup: for merbridge
 /// such a caller is invisible to the connect programs, like a process on another node).
 fn whoami_in(netns: &Path, to: SocketAddr) -> io::Result<(SocketAddr, SocketAddr)> {

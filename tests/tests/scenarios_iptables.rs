@@ -53,4 +53,5 @@ scenario_tests! {
     };
     iptables_dns_over_tcp_v4 => |b| scenarios::dns_over_tcp(&istio(), b, false);
     iptables_dns_over_tcp_v6 => |b| scenarios::dns_over_tcp(&istio(), b, true);
+    iptables_sidecar_with_own_uid => |b| scenarios::sidecar_with_own_uid(&istio(), b, 4242);
 }

@@ -44,4 +44,5 @@ scenario_tests! {
     };
     merbridge_dns_over_tcp_v4 => |b| scenarios::dns_over_tcp(&istio(), b, false);
     merbridge_dns_over_tcp_v6 => |b| scenarios::dns_over_tcp(&istio(), b, true);
+    merbridge_sidecar_with_own_uid => |b| scenarios::sidecar_with_own_uid(&istio(), b, 4242);
 }
