@@ -2,6 +2,7 @@
 //! the developer tools (devtools/) and the tests. It links no test bed.
 //!
 //! - [`cni`]: `merbridge cni`, the chained CNI plugin, its install step and `validate`.
+//! - [`inbound`]: each meshed pod's sk_lookup link and sidecar listener (inbound capture).
 //! - [`k8s`]: a list+watch client for the pods of one node (HTTP/1.1 over TCP or rustls).
 //! - [`mesh`]: which pods are meshed, and their interception policy from annotations.
 //! - [`pods`]: local pods in the pinned maps (what `merbridge pod` reads and writes).
@@ -9,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cni;
+pub mod inbound;
 pub mod k8s;
 pub mod mesh;
 pub mod pods;

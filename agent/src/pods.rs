@@ -10,9 +10,9 @@ use mb_loader::datapath::PinLayout;
 use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_POD_IPS, MAP_PORT_RULES};
 use mb_maps::layout::{
     addr_bytes, addr_from_bytes, rule_scope, CidrRuleKey, PodEntry, PortRuleKey, POD_DNS_CAPTURE,
-    POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE,
-    POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP, RULE_EXCLUDE, RULE_INBOUND,
-    RULE_INCLUDE,
+    POD_IN_CIDRS_EXCLUDE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL,
+    POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP,
+    RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
 use mb_maps::{HashMap, LpmTrie, MapError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,9 +40,13 @@ pub struct CompiledPolicy {
     pub cidr_rules: BTreeSet<CidrRuleKey>,
     /// Parts of the policy the data path cannot express, for a warning.
     pub unsupported: Vec<String>,
+    /// The pod entry's sidecar identity (`PodEntry::proxy_uid` / `proxy_gid`).
+    pub proxy_uid: u32,
+    pub proxy_gid: u32,
 }
 
-/// Turns a pod's policy into map rules for pod id `pod_id`.
+/// Turns a pod's policy into map rules for pod id `pod_id`; `dns_capture` is the default
+/// for pods whose policy does not say.
 pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPolicy {
     let mut c = CompiledPolicy::default();
     let mut ports = |rule: u32, set: &PortRanges| {
@@ -92,17 +96,27 @@ pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPo
             }
         }
     }
-    if dns_capture && policy.dns_port.is_some() {
+    if policy.dns_capture.unwrap_or(dns_capture) && policy.dns_port.is_some() {
         c.flags |= POD_DNS_CAPTURE;
     }
     if policy.splice_app {
         c.flags |= POD_SPLICE_APP;
     }
-    if !policy.inbound_exclude_sources.is_empty() {
-        c.unsupported.push(format!(
-            "inbound source exclusions ({} prefixes) are not enforced by the data path",
-            policy.inbound_exclude_sources.len()
+    c.proxy_uid = policy.proxy_uid;
+    // istio-iptables' `-g` defaults to its `-u`: processes of that group are the proxy too.
+    c.proxy_gid = match (policy.proxy_gid, policy.mesh) {
+        (Some(gid), _) => gid,
+        (None, crate::mesh::Mesh::Istio) => policy.proxy_uid,
+        (None, _) => 0,
+    };
+    // Callers the sidecar never sees (Kuma's exclude-inbound-ips): sk_lookup lets them pass.
+    for cidr in &policy.inbound_exclude_sources {
+        c.cidr_rules.insert(CidrRuleKey::new(
+            rule_scope(pod_id, RULE_INBOUND | RULE_EXCLUDE),
+            cidr.network(),
+            cidr.prefix_len(),
         ));
+        c.flags |= POD_IN_CIDRS_EXCLUDE;
     }
     c
 }
@@ -273,6 +287,8 @@ impl PodMaps {
             pod_id,
             flags: compiled.flags,
             netns: pod.netns_cookie,
+            proxy_uid: compiled.proxy_uid,
+            proxy_gid: compiled.proxy_gid,
             ..PodEntry::default()
         };
         for ip in &pod.ips {

@@ -635,3 +635,108 @@ fn mesh_names_and_defaults() {
         ]
     );
 }
+
+/// Istio's TPROXY mode runs Envoy as uid 0 and makes its last hop from the caller's own
+/// address, which the data path would steer back to Envoy: refused with a warning that names
+/// the field, and nothing of the pod is intercepted (never a loop). The sidecar's identity
+/// reaches the pod entry: Istio's GID rule follows its UID, other meshes have none; Kuma's
+/// excluded inbound sources become inbound-exclude prefix rules.
+#[test]
+fn tproxy_is_refused_and_the_proxy_identity_is_per_pod() {
+    use mb_agent::pods::compile;
+    use mb_maps::layout::{rule_scope, POD_IN_CIDRS_EXCLUDE, RULE_EXCLUDE, RULE_INBOUND};
+    let (tproxy, warnings) = PodPolicy::from_annotations(
+        Mesh::Istio,
+        &annotations(&[("sidecar.istio.io/interceptionMode", "TPROXY")]),
+    );
+    assert!(tproxy.intercepts_nothing());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let text = warnings[0].to_string();
+    assert!(
+        text.contains("sidecar.istio.io/interceptionMode") && text.contains("TPROXY"),
+        "{text}"
+    );
+
+    let (_, warnings) = PodPolicy::from_annotations(
+        Mesh::Istio,
+        &annotations(&[("traffic.sidecar.istio.io/excludeInterfaces", "eth1")]),
+    );
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("traffic.sidecar.istio.io/excludeInterfaces"),
+        "{warnings:?}"
+    );
+
+    let (istio, _) = PodPolicy::from_annotations(Mesh::Istio, &annotations(&[]));
+    let c = compile(3, &istio, false);
+    assert_eq!((c.proxy_uid, c.proxy_gid), (1337, 1337));
+    let (linkerd, _) = PodPolicy::from_annotations(Mesh::Linkerd, &annotations(&[]));
+    let c = compile(3, &linkerd, false);
+    assert_eq!((c.proxy_uid, c.proxy_gid), (2102, 0));
+    let (kuma, warnings) = PodPolicy::from_annotations(
+        Mesh::Kuma,
+        &annotations(&[
+            ("kuma.io/sidecar-uid", "7777"),
+            ("traffic.kuma.io/exclude-inbound-ips", "10.9.0.0/16"),
+        ]),
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let c = compile(3, &kuma, false);
+    assert_eq!((c.proxy_uid, c.proxy_gid), (7777, 0));
+    assert!(c.flags & POD_IN_CIDRS_EXCLUDE != 0);
+    assert!(c
+        .cidr_rules
+        .iter()
+        .any(|k| k.scope == rule_scope(3, RULE_INBOUND | RULE_EXCLUDE)));
+    assert!(c.unsupported.is_empty(), "{:?}", c.unsupported);
+
+    let (bad, warnings) =
+        PodPolicy::from_annotations(Mesh::Kuma, &annotations(&[("kuma.io/sidecar-uid", "x1")]));
+    assert_eq!(bad.proxy_uid, 5678, "a malformed UID keeps the default");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.to_string().contains("kuma.io/sidecar-uid")),
+        "{warnings:?}"
+    );
+}
+
+/// DNS capture is a pod's own choice: Istio's ISTIO_META_DNS_CAPTURE in proxy.istio.io/config,
+/// Kuma's kuma.io/builtin-dns; the agent's flag is only the default; a malformed value is a
+/// warning naming the annotation, and the default applies.
+#[test]
+fn dns_capture_is_per_pod() {
+    use mb_agent::pods::compile;
+    use mb_maps::layout::POD_DNS_CAPTURE;
+    let captures = |mesh: Mesh, pairs: &[(&str, &str)], default: bool| {
+        let (policy, warnings) = PodPolicy::from_annotations(mesh, &annotations(pairs));
+        (
+            compile(1, &policy, default).flags & POD_DNS_CAPTURE != 0,
+            warnings,
+        )
+    };
+    let on = "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n";
+    let off = "{\"proxyMetadata\": {\"ISTIO_META_DNS_CAPTURE\": \"false\"}}";
+    assert!(captures(Mesh::Istio, &[("proxy.istio.io/config", on)], false).0);
+    assert!(!captures(Mesh::Istio, &[("proxy.istio.io/config", off)], true).0);
+    assert!(captures(Mesh::Istio, &[], true).0, "no say: the default");
+    assert!(!captures(Mesh::Istio, &[], false).0);
+    let (captured, warnings) = captures(
+        Mesh::Istio,
+        &[(
+            "proxy.istio.io/config",
+            "proxyMetadata: {ISTIO_META_DNS_CAPTURE: maybe}",
+        )],
+        false,
+    );
+    assert!(!captured);
+    assert!(
+        warnings[0].to_string().contains("proxy.istio.io/config"),
+        "{warnings:?}"
+    );
+    assert!(captures(Mesh::Kuma, &[("kuma.io/builtin-dns", "enabled")], false).0);
+    assert!(!captures(Mesh::Kuma, &[("kuma.io/builtin-dns", "disabled")], true).0);
+    // Linkerd has no DNS proxy: nothing to capture to, whatever the default.
+    assert!(!captures(Mesh::Linkerd, &[], true).0);
+}

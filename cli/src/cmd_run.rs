@@ -47,7 +47,10 @@ pub struct RunArgs {
     /// Intercept IPv6 too (connect6).
     #[arg(long)]
     pub ipv6: bool,
-    /// Send pods' UDP DNS queries to the sidecar's DNS proxy.
+    /// Send DNS queries (UDP and TCP port 53) of pods that do not say otherwise to the
+    /// sidecar's DNS proxy. Pods decide for themselves with ISTIO_META_DNS_CAPTURE in
+    /// proxy.istio.io/config (Istio) or kuma.io/builtin-dns (Kuma): the DNS hooks are
+    /// attached whenever the mesh has a DNS proxy.
     #[arg(long)]
     pub dns_capture: bool,
     /// Seconds between full scans of the host's network namespaces.
@@ -127,11 +130,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             pin_dir: args.pin.pin_dir.clone(),
             constants,
             ipv6: args.ipv6,
-            dns_capture: args.dns_capture,
+            dns_capture: args.dns_capture || mesh.defaults().dns_port.is_some(),
             bind4: mesh == Mesh::Linkerd,
             mode: AttachMode::Auto,
             netns_keys: None,
         },
+        dns_capture_default: args.dns_capture,
         mesh,
         node_name: node,
         kubeconfig: args.kubeconfig,

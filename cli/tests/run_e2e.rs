@@ -98,7 +98,7 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         .expect("sidecar")
     };
     let client_sidecar = sidecar(&client);
-    let _server_sidecar = sidecar(&server);
+    let server_sidecar = sidecar(&server);
     let _app = start_app(&server, &bins).expect("app");
 
     let api = FakeApiServer::start(None);
@@ -155,7 +155,47 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
     assert_eq!(outbound(&records), 1, "client sidecar: {records:#?}");
     assert_eq!(records[0].original_dst, Some(target));
 
+    // Inbound from outside the pod (here: the node's own namespace, outside the node
+    // cgroup) goes through the server's sidecar: the agent attached sk_lookup to the pod's
+    // namespace and adopted the listener the sidecar opened before the data path existed.
+    wait_until(Duration::from_secs(10), "server listener adopted", || {
+        mb_agent::inbound::listeners(&pin_dir, server_id).is_ok_and(|l| l.ipv4 && l.ipv6)
+    })
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    for ip in [IpAddr::V4(server.ipv4()), IpAddr::V6(server.ipv6())] {
+        let to = SocketAddr::new(ip, WHOAMI_PORT);
+        let (peer, _) = mb_sys::netns::run_in_netns(node.netns_path(), move || {
+            mb_testbed::workload::whoami(to)
+        })
+        .unwrap()
+        .unwrap_or_else(|e| panic!("node -> {to}: {e}; agent log:\n{}", agent.log()));
+        let passthrough: IpAddr = if ip.is_ipv4() {
+            "127.0.0.6".parse().unwrap()
+        } else {
+            "::6".parse().unwrap()
+        };
+        assert_eq!(peer.ip(), passthrough, "{to}: what the app saw");
+        // The sidecar prints a record when the connection has ended.
+        wait_until(
+            Duration::from_secs(5),
+            "the server sidecar's record",
+            || {
+                server_sidecar
+                    .records()
+                    .iter()
+                    .any(|r| r.local == to && r.original_dst == Some(to))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}: {:#?}", server_sidecar.records()));
+    }
+    assert_eq!(mb_agent::inbound::list(&pin_dir).unwrap().len(), 2);
+
     let metrics = agent.get("/metrics").expect("metrics").1;
+    assert!(metrics.contains("merbridge_inbound_links 2"), "{metrics}");
+    assert!(
+        metrics.contains("merbridge_inbound_errors_total 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("merbridge_pods{mesh=\"istio\"} 2"),
         "{metrics}"
@@ -177,6 +217,13 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    let links = mb_agent::inbound::list(&pin_dir).unwrap();
+    assert_eq!(
+        links.len(),
+        1,
+        "the client's inbound link went with it: {links:?}"
+    );
+    assert_eq!(links[0].0, Some(server_id));
     let (_, local) = whoami(&client, &bins, APP_UID, target, None);
     assert_eq!(local, target);
     std::thread::sleep(Duration::from_millis(300));
@@ -220,6 +267,19 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    wait_until(Duration::from_secs(10), "both inbound links again", || {
+        mb_agent::inbound::list(&pin_dir).is_ok_and(|l| l.len() == 2)
+    })
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    wait_until(Duration::from_secs(5), "the adoption logged", || {
+        agent.log().contains("inbound capture Adopted")
+    })
+    .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
+    assert!(
+        agent.log().contains("Adopted"),
+        "server link adopted: {}",
+        agent.log()
+    );
     let _ = whoami(&client, &bins, APP_UID, target, None);
     let records = client_sidecar.wait_for_records(2, Duration::from_secs(5));
     assert_eq!(

@@ -4,7 +4,9 @@
 //!
 //! Pin layout under the pin directory (default `/sys/fs/bpf/merbridge`):
 //! `maps/<map>`, `links/<program>` (cgroup bpf_links), `progs/<program>` (the sk_msg program,
-//! and cgroup programs attached without links, so `unload` can detach them).
+//! the sk_lookup program that [`crate::inbound`] attaches per pod, and cgroup programs
+//! attached without links, so `unload` can detach them), `links/inbound/<pod>` (each meshed
+//! pod's sk_lookup link on its network namespace).
 //!
 //! Loading again over a loaded data path swaps every program atomically (`BPF_LINK_UPDATE`;
 //! sk_msg by re-attaching to the same sockhash) and keeps the maps and their contents, so an
@@ -160,7 +162,14 @@ impl LoadOptions {
     /// The hooks these options enable, in attach order: the sockhash side first, so that by
     /// the time connects are redirected, their sockets can be spliced.
     pub fn hooks(&self) -> Vec<Hook> {
-        let mut hooks = vec![Hook::SkMsg, Hook::SockOps, Hook::GetSockopt, Hook::Connect4];
+        // sk_lookup is loaded and pinned only: pods attach it to their namespaces.
+        let mut hooks = vec![
+            Hook::SkMsg,
+            Hook::SkLookup,
+            Hook::SockOps,
+            Hook::GetSockopt,
+            Hook::Connect4,
+        ];
         if self.ipv6 {
             hooks.push(Hook::Connect6);
         }
@@ -206,6 +215,10 @@ impl PinLayout {
     }
     pub fn prog(&self, hook: Hook) -> PathBuf {
         self.progs_dir().join(hook.program_name())
+    }
+    /// Where each pod's sk_lookup link is pinned.
+    pub fn inbound_links_dir(&self) -> PathBuf {
+        self.links_dir().join("inbound")
     }
 }
 
@@ -296,7 +309,12 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataPathError> {
         ));
     }
     let layout = PinLayout::new(dir);
-    for sub in [layout.maps_dir(), layout.links_dir(), layout.progs_dir()] {
+    for sub in [
+        layout.maps_dir(),
+        layout.links_dir(),
+        layout.progs_dir(),
+        layout.inbound_links_dir(),
+    ] {
         if !sub.exists() {
             std::fs::create_dir(&sub)
                 .map_err(|e| err(format!("cannot create {}: {e}", sub.display())))?;
@@ -371,6 +389,22 @@ pub fn load_datapath(opts: &LoadOptions) -> Result<LoadReport, DataPathError> {
                     prog_id,
                     insns,
                     via: "sockhash",
+                    replaced,
+                });
+                continue;
+            }
+            if *hook == Hook::SkLookup {
+                // Pinned for the per-pod links; links already made run the new program now.
+                let pin = layout.prog(*hook);
+                let replaced = pin.exists();
+                repin_prog(prog, &pin)?;
+                crate::inbound::update_links(&layout, prog)
+                    .map_err(|error| DataPathError::Attach { hook: *hook, error })?;
+                report_hooks.push(LoadedHook {
+                    hook: *hook,
+                    prog_id,
+                    insns,
+                    via: "pinned (per-pod netns links)",
                     replaced,
                 });
                 continue;
@@ -485,6 +519,8 @@ pub struct UnloadReport {
     pub legacy_detached: usize,
     pub sk_msg_detached: bool,
     pub pins_removed: usize,
+    /// Per-pod sk_lookup links detached.
+    pub inbound_detached: usize,
 }
 
 /// Detaches and unpins everything of ours under `pin_dir` (and, for attachments made without
@@ -495,7 +531,15 @@ pub fn unload_datapath(
     cgroup: Option<&Path>,
 ) -> Result<UnloadReport, DataPathError> {
     let layout = PinLayout::new(pin_dir);
-    let mut report = UnloadReport::default();
+    let mut report = UnloadReport {
+        inbound_detached: crate::inbound::detach_all(&layout).map_err(|error| {
+            DataPathError::Attach {
+                hook: Hook::SkLookup,
+                error,
+            }
+        })?,
+        ..UnloadReport::default()
+    };
     for hook in Hook::ALL {
         let pin = layout.link(hook);
         if pin.exists() {
@@ -525,7 +569,12 @@ pub fn unload_datapath(
             Err(error) => return Err(kernel("detach the sk_msg program")(error)),
         }
     }
-    for dir in [layout.progs_dir(), layout.maps_dir(), layout.links_dir()] {
+    for dir in [
+        layout.progs_dir(),
+        layout.maps_dir(),
+        layout.inbound_links_dir(),
+        layout.links_dir(),
+    ] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
                 if std::fs::remove_file(entry.path()).is_ok() {
@@ -616,7 +665,13 @@ mod tests {
         };
         assert_eq!(
             opts.hooks(),
-            vec![Hook::SkMsg, Hook::SockOps, Hook::GetSockopt, Hook::Connect4]
+            vec![
+                Hook::SkMsg,
+                Hook::SkLookup,
+                Hook::SockOps,
+                Hook::GetSockopt,
+                Hook::Connect4
+            ]
         );
         let all = LoadOptions {
             ipv6: true,

@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod datapath;
 pub mod image;
+pub mod inbound;
 pub mod load;
 pub mod memlock;
 pub mod netns_cookie;

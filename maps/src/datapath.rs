@@ -2,7 +2,9 @@
 //! names), the loader (which creates, pins and patches them) and the agent (which fills them):
 //! hooks, maps with their sizes, and load-time constants.
 
-use crate::layout::{CidrRuleKey, Counter, OrigDst, PodEntry, PortRuleKey, SockPairKey};
+use crate::layout::{
+    CidrRuleKey, Counter, ListenerKey, OrigDst, PodEntry, PortRuleKey, SockPairKey,
+};
 use mb_sys::bpf::{AttachType, MapType, ProgType, F_NO_PREALLOC};
 
 // The map names the programs refer to; [`MAPS`] declares their shapes.
@@ -14,6 +16,7 @@ pub const MAP_COOKIE_ORIG: &str = "cookie_orig";
 pub const MAP_PAIR_ORIG: &str = "pair_orig";
 pub const MAP_SOCK_PAIRS: &str = "sock_pairs";
 pub const MAP_COUNTERS: &str = "counters";
+pub const MAP_INBOUND_LISTENERS: &str = "inbound_listeners";
 
 // The constants the loader patches in (see [`CONSTANTS`]).
 pub const CONST_OUTBOUND_PORT: &str = "outbound_port";
@@ -44,10 +47,12 @@ pub enum Hook {
     Recvmsg4,
     Recvmsg6,
     Bind4,
+    /// sk_lookup, attached per meshed pod's network namespace (not to the cgroup).
+    SkLookup,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 10] = [
+    pub const ALL: [Hook; 11] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::SockOps,
@@ -58,6 +63,7 @@ impl Hook {
         Hook::Recvmsg4,
         Hook::Recvmsg6,
         Hook::Bind4,
+        Hook::SkLookup,
     ];
 
     /// The program's name in the kernel (at most 15 bytes) and in pins.
@@ -73,6 +79,7 @@ impl Hook {
             Hook::Recvmsg4 => "mb_recvmsg4",
             Hook::Recvmsg6 => "mb_recvmsg6",
             Hook::Bind4 => "mb_bind4",
+            Hook::SkLookup => "mb_sk_lookup",
         }
     }
 
@@ -89,6 +96,7 @@ impl Hook {
             Hook::Recvmsg4 => "IPv4 DNS reply source restore",
             Hook::Recvmsg6 => "IPv6 DNS reply source restore",
             Hook::Bind4 => "Linkerd outbound listener on all addresses",
+            Hook::SkLookup => "inbound from outside the pod to its sidecar (per pod netns)",
         }
     }
 
@@ -98,6 +106,7 @@ impl Hook {
             Hook::SockOps => ProgType::SOCK_OPS,
             Hook::SkMsg => ProgType::SK_MSG,
             Hook::GetSockopt => ProgType::CGROUP_SOCKOPT,
+            Hook::SkLookup => ProgType::SK_LOOKUP,
             _ => ProgType::CGROUP_SOCK_ADDR,
         }
     }
@@ -115,6 +124,7 @@ impl Hook {
             Hook::Recvmsg4 => AttachType::CGROUP_UDP4_RECVMSG,
             Hook::Recvmsg6 => AttachType::CGROUP_UDP6_RECVMSG,
             Hook::Bind4 => AttachType::CGROUP_INET4_BIND,
+            Hook::SkLookup => AttachType::SK_LOOKUP,
         }
     }
 
@@ -126,9 +136,10 @@ impl Hook {
         }
     }
 
-    /// Every hook but sk_msg attaches to the node's cgroup.
+    /// Every hook but sk_msg (the sockhash) and sk_lookup (each pod's netns) attaches to
+    /// the node's cgroup.
     pub fn attaches_to_cgroup(self) -> bool {
-        self != Hook::SkMsg
+        !matches!(self, Hook::SkMsg | Hook::SkLookup)
     }
 
     pub fn is_ipv6(self) -> bool {
@@ -217,7 +228,7 @@ pub const MAPS: &[MapDecl] = &[
         key_size: CidrRuleKey::SIZE as u32,
         value_size: 4,
         max_entries: 262144,
-        purpose: "per-pod outbound include/exclude CIDRs",
+        purpose: "per-pod outbound include/exclude CIDRs, inbound exclude sources",
     },
     MapDecl {
         name: MAP_COOKIE_ORIG,
@@ -242,6 +253,14 @@ pub const MAPS: &[MapDecl] = &[
         value_size: 4,
         max_entries: 65536,
         purpose: "connection 4-tuple -> socket, for sk_msg redirect",
+    },
+    MapDecl {
+        name: MAP_INBOUND_LISTENERS,
+        kind: MapKind::SockHash,
+        key_size: ListenerKey::SIZE as u32,
+        value_size: 8,
+        max_entries: 32768,
+        purpose: "(pod, family) -> its sidecar's inbound listener, for sk_lookup",
     },
     MapDecl {
         name: MAP_COUNTERS,

@@ -167,15 +167,21 @@ pub struct PodEntry {
     pub ipv4: [u8; 16],
     /// The pod's IPv6 address, all zero when it has none.
     pub ipv6: [u8; 16],
+    /// The UID its sidecar runs as; 0 = the load's `proxy_uid` constant.
+    pub proxy_uid: u32,
+    /// A GID whose processes also count as the sidecar (istio-iptables `-g`); 0 = none.
+    pub proxy_gid: u32,
 }
 
 impl PodEntry {
-    pub const SIZE: usize = 48;
+    pub const SIZE: usize = 56;
     pub const OFF_POD_ID: usize = 0;
     pub const OFF_FLAGS: usize = 4;
     pub const OFF_NETNS: usize = 8;
     pub const OFF_IPV4: usize = 16;
     pub const OFF_IPV6: usize = 32;
+    pub const OFF_PROXY_UID: usize = 48;
+    pub const OFF_PROXY_GID: usize = 52;
 
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
@@ -184,6 +190,8 @@ impl PodEntry {
         put(&mut b, Self::OFF_NETNS, &self.netns.to_ne_bytes());
         put(&mut b, Self::OFF_IPV4, &self.ipv4);
         put(&mut b, Self::OFF_IPV6, &self.ipv6);
+        put(&mut b, Self::OFF_PROXY_UID, &self.proxy_uid.to_ne_bytes());
+        put(&mut b, Self::OFF_PROXY_GID, &self.proxy_gid.to_ne_bytes());
         b
     }
 
@@ -194,6 +202,8 @@ impl PodEntry {
             netns: u64::from_ne_bytes(take(b, Self::OFF_NETNS)),
             ipv4: take(b, Self::OFF_IPV4),
             ipv6: take(b, Self::OFF_IPV6),
+            proxy_uid: u32::from_ne_bytes(take(b, Self::OFF_PROXY_UID)),
+            proxy_gid: u32::from_ne_bytes(take(b, Self::OFF_PROXY_GID)),
         }
     }
 }
@@ -219,10 +229,16 @@ pub const POD_DNS_CAPTURE: u32 = 1 << 6;
 /// `EAGAIN` (kernel `tcp_bpf_recvmsg`).
 pub const POD_SPLICE_APP: u32 = 1 << 7;
 
+/// `PodEntry.flags`: the pod has inbound exclude-source rules (Kuma's
+/// `traffic.kuma.io/exclude-inbound-ips`): `cidr_rules` under scope
+/// `(pod, RULE_INBOUND | RULE_EXCLUDE)` keyed by the caller's address.
+pub const POD_IN_CIDRS_EXCLUDE: u32 = 1 << 8;
+
 /// Rule kinds, the low two bits of a rule key's `scope` (`pod_id << 2 | rule`).
 pub const RULE_INCLUDE: u32 = 0;
 pub const RULE_EXCLUDE: u32 = 1;
-/// Direction bit of a port rule's scope (ports only: CIDR rules are outbound only).
+/// Direction bit of a rule's scope. Port rules: inbound include/exclude ports. CIDR rules:
+/// with `RULE_EXCLUDE`, the inbound exclude-source prefixes ([`POD_IN_CIDRS_EXCLUDE`]).
 pub const RULE_INBOUND: u32 = 2;
 
 /// The `scope` word of a rule key.
@@ -367,6 +383,36 @@ fn mask128(len: u8) -> u128 {
     }
 }
 
+/// Key of the sockhash `inbound_listeners`: a pod's sidecar inbound listener, one per socket
+/// family. Keyed per pod, never shared: `bpf_sk_assign` accepts a listener of another network
+/// namespace and the SYN is then silently lost (DESIGN.md §7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub pod_id: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10): the listening socket's family.
+    pub family: u32,
+}
+
+impl ListenerKey {
+    pub const SIZE: usize = 8;
+    pub const OFF_POD_ID: usize = 0;
+    pub const OFF_FAMILY: usize = 4;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put(&mut b, Self::OFF_POD_ID, &self.pod_id.to_ne_bytes());
+        put(&mut b, Self::OFF_FAMILY, &self.family.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        ListenerKey {
+            pod_id: u32::from_ne_bytes(take(b, Self::OFF_POD_ID)),
+            family: u32::from_ne_bytes(take(b, Self::OFF_FAMILY)),
+        }
+    }
+}
+
 /// Slots of the per-CPU `counters` array (u64 each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -391,10 +437,16 @@ pub enum Counter {
     DnsRedirects = 8,
     /// DNS replies whose source was restored.
     DnsRestores = 9,
+    /// Inbound connections from outside the pod steered to its sidecar by sk_lookup.
+    InboundSteered = 10,
+    /// Inbound connections refused (RST) because the pod's sidecar had no listener.
+    InboundRefused = 11,
+    /// Sidecar inbound listeners put into `inbound_listeners` by sock_ops.
+    ListenerInserts = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 13;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::RedirectOutbound,
         Counter::RedirectInbound,
@@ -406,6 +458,9 @@ impl Counter {
         Counter::MapUpdateFailures,
         Counter::DnsRedirects,
         Counter::DnsRestores,
+        Counter::InboundSteered,
+        Counter::InboundRefused,
+        Counter::ListenerInserts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -420,6 +475,9 @@ impl Counter {
             Counter::MapUpdateFailures => "map_update_failures",
             Counter::DnsRedirects => "dns_redirects",
             Counter::DnsRestores => "dns_restores",
+            Counter::InboundSteered => "inbound_steered",
+            Counter::InboundRefused => "inbound_refused",
+            Counter::ListenerInserts => "listener_inserts",
         }
     }
 }
@@ -473,8 +531,46 @@ mod tests {
             netns: 42,
             ipv4: addr_bytes("10.0.0.9".parse().unwrap()),
             ipv6: addr_bytes("fd00::9".parse().unwrap()),
+            proxy_uid: 1337,
+            proxy_gid: 0x0a0b_0c0d,
         };
-        assert_eq!(PodEntry::from_bytes(&pod.to_bytes()), pod);
+        let b = pod.to_bytes();
+        assert_eq!(PodEntry::from_bytes(&b), pod);
+        assert_eq!(&b[48..52], &1337u32.to_ne_bytes());
+        assert_eq!(&b[52..56], &0x0a0b_0c0du32.to_ne_bytes());
+
+        let listener = ListenerKey {
+            pod_id: 0x0102_0304,
+            family: 10,
+        };
+        let b = listener.to_bytes();
+        assert_eq!(ListenerKey::from_bytes(&b), listener);
+        assert_eq!(&b[..4], &0x0102_0304u32.to_ne_bytes());
+        assert_eq!(&b[4..], &10u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn pod_flags_are_distinct_bits_and_counters_are_numbered_in_order() {
+        let flags = [
+            POD_OUT_PORTS_INCLUDE,
+            POD_OUT_PORTS_EXCLUDE,
+            POD_OUT_CIDRS_ALL,
+            POD_OUT_CIDRS_EXCLUDE,
+            POD_IN_PORTS_ALL,
+            POD_IN_PORTS_EXCLUDE,
+            POD_DNS_CAPTURE,
+            POD_SPLICE_APP,
+            POD_IN_CIDRS_EXCLUDE,
+        ];
+        let all = flags.iter().fold(0u32, |acc, f| {
+            assert_eq!(f.count_ones(), 1);
+            assert_eq!(acc & f, 0, "flag {f:#x} reused");
+            acc | f
+        });
+        assert_eq!(all.count_ones() as usize, flags.len());
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{}", c.name());
+        }
     }
 
     #[test]

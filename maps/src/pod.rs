@@ -72,6 +72,7 @@ impl_pod_via_bytes!(
     crate::layout::PodEntry,
     crate::layout::PortRuleKey,
     crate::layout::CidrRuleKey,
+    crate::layout::ListenerKey,
 );
 
 /// An LPM-trie key: a prefix length in bits (host order, as the kernel wants) and the data

@@ -1,6 +1,6 @@
 //! `cgroup/connect4` and `cgroup/connect6`: TCP interception and UDP DNS capture.
 //!
-//! TCP from an application (UID ≠ proxy UID) in a meshed pod: loopback destinations are left
+//! TCP from an application (neither the pod's proxy UID nor its proxy GID) in a meshed pod: loopback destinations are left
 //! alone; otherwise the pod's outbound policy decides, and a redirected connect remembers its
 //! original destination by socket cookie and goes to `127.0.0.1:<outbound port>` (`::1` or
 //! `::ffff:127.0.0.1` for IPv6 sockets). No `bpf_bind` is needed: pair keys are scoped by
@@ -14,7 +14,8 @@
 //! application) and non-local destinations pass unchanged — decided by the caller's network
 //! namespace, so the first connection to its own application never fails.
 //!
-//! UDP to port 53 from an application whose pod captures DNS goes to the DNS proxy.
+//! UDP and TCP to port 53 from an application whose pod captures DNS go to the DNS proxy
+//! (the proxy's own queries are never captured).
 
 use crate::ctx::{abi, sock_addr};
 use crate::emit::*;
@@ -52,12 +53,12 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     // a redirect records about the caller.
     a.mov64_imm(R7, 0).st_imm(Size::DW, FP, CALLER, 0);
     caller_pod(&mut a, inbound);
-    a.call(Helper::GetCurrentUidGid)
-        .jmp32_const(JmpOp::Eq, R0, CONST_PROXY_UID, sidecar);
+    jmp_if_proxy(&mut a, R7, sidecar);
 
     // Application of a meshed pod: loopback stays local, then the pod's outbound policy;
     // what it does not send to its own sidecar may still enter the destination's.
     jmp_if_loopback(&mut a, DST_ADDR, bypass);
+    tcp_dns_redirect(&mut a, family, variant, allow);
     outbound_policy(&mut a, inbound);
     store_orig(&mut a, R9, family, ORIG_OUTBOUND);
     // A pod whose application is event-driven may have its own leg spliced too (sockops).
@@ -165,6 +166,29 @@ fn bind_to_pod_address(a: &mut Asm, family: Family, failed: Label) {
     a.ja(failed).bind(ok);
 }
 
+/// TCP to port 53 (port in r9) from the application of a pod that captures DNS (entry in r7)
+/// goes to the DNS proxy, not to the outbound port (istio-iptables does the same); jumps to
+/// `done` when redirected (or failed), falls through otherwise. Clobbers r0–r5, r8.
+fn tcp_dns_redirect(a: &mut Asm, family: Family, variant: Variant, done: Label) {
+    let not_dns = a.label();
+    a.jmp32_imm(JmpOp::Ne, R9, DNS_PORT_53_BE, not_dns).ldx(
+        Size::W,
+        R8,
+        R7,
+        PodEntry::OFF_FLAGS as i16,
+    );
+    jmp_unless_flag(a, R8, POD_DNS_CAPTURE, not_dns);
+    store_orig(a, R9, family, ORIG_DNS);
+    if !variant.netns_keys {
+        bind_to_pod_address(a, family, done);
+    }
+    remember_orig(a, done);
+    write_loopback_dst(a, family, sock_addr::USER_IP4, sock_addr::USER_IP6);
+    write_port_const(a, sock_addr::USER_PORT, CONST_DNS_PORT);
+    count(a, Counter::DnsRedirects);
+    a.ja(done).bind(not_dns);
+}
+
 /// `cgroup/sendmsg4` or `cgroup/sendmsg6`: DNS queries on unconnected UDP sockets.
 pub fn sendmsg(family: Family) -> Result<Program, AsmError> {
     let mut a = Asm::new();
@@ -183,8 +207,7 @@ fn dns_redirect(a: &mut Asm, family: Family, done: Label) {
     caller_pod(a, done);
     a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
     jmp_unless_flag(a, R8, POD_DNS_CAPTURE, done);
-    a.call(Helper::GetCurrentUidGid)
-        .jmp32_const(JmpOp::Eq, R0, CONST_PROXY_UID, done);
+    jmp_if_proxy(a, R7, done);
     store_ctx_addr(
         a,
         family,
@@ -231,7 +254,7 @@ fn outbound_policy(a: &mut Asm, bypass: Label) {
 
 /// Jumps to `bypass` unless the inbound policy of the destination pod in r7 redirects port r9.
 /// Clobbers r0–r5, r8.
-fn inbound_policy(a: &mut Asm, bypass: Label) {
+pub(crate) fn inbound_policy(a: &mut Asm, bypass: Label) {
     a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
 
     let skip = a.label();

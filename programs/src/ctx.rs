@@ -70,6 +70,19 @@ pub mod sock {
     pub const DST_IP6: i16 = 56;
 }
 
+/// `struct bpf_sk_lookup` (sk_lookup programs). `ingress_ifindex` (5.17+) is deliberately
+/// absent: 5.10's verifier refuses it, and in-pod callers are told apart by address anyway.
+pub mod sk_lookup {
+    pub const FAMILY: i16 = 8;
+    pub const PROTOCOL: i16 = 12;
+    pub const REMOTE_IP4: i16 = 16;
+    pub const REMOTE_IP6: i16 = 20;
+    pub const LOCAL_IP4: i16 = 40;
+    pub const LOCAL_IP6: i16 = 44;
+    /// Host order.
+    pub const LOCAL_PORT: i16 = 60;
+}
+
 /// Constants of the kernel and libc ABI the programs compare against.
 pub mod abi {
     pub const AF_INET: i32 = 2;
@@ -83,12 +96,14 @@ pub mod abi {
     pub const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: i32 = 4;
     pub const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: i32 = 5;
     pub const BPF_SOCK_OPS_STATE_CB: i32 = 10;
+    pub const BPF_SOCK_OPS_TCP_LISTEN_CB: i32 = 11;
     pub const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 4;
     pub const BPF_TCP_CLOSE: i32 = 7;
     pub const BPF_ANY: i32 = 0;
     pub const BPF_NOEXIST: i32 = 1;
     pub const BPF_F_INGRESS: i32 = 1;
     pub const SK_PASS: i32 = 1;
+    pub const SK_DROP: i32 = 0;
     pub const SOCKADDR_IN_SIZE: i32 = 16;
     pub const SOCKADDR_IN6_SIZE: i32 = 28;
 }
@@ -140,6 +155,13 @@ mod tests {
             ("bpf_sockopt", "optname", sockopt::OPTNAME),
             ("bpf_sockopt", "optlen", sockopt::OPTLEN),
             ("bpf_sockopt", "retval", sockopt::RETVAL),
+            ("bpf_sk_lookup", "family", sk_lookup::FAMILY),
+            ("bpf_sk_lookup", "protocol", sk_lookup::PROTOCOL),
+            ("bpf_sk_lookup", "remote_ip4", sk_lookup::REMOTE_IP4),
+            ("bpf_sk_lookup", "remote_ip6", sk_lookup::REMOTE_IP6),
+            ("bpf_sk_lookup", "local_ip4", sk_lookup::LOCAL_IP4),
+            ("bpf_sk_lookup", "local_ip6", sk_lookup::LOCAL_IP6),
+            ("bpf_sk_lookup", "local_port", sk_lookup::LOCAL_PORT),
             ("bpf_sock", "family", sock::FAMILY),
             ("bpf_sock", "protocol", sock::PROTOCOL),
             ("bpf_sock", "src_ip4", sock::SRC_IP4),
@@ -163,11 +185,18 @@ mod tests {
                 "BPF_SOCK_OPS_STATE_CB_FLAG",
                 abi::BPF_SOCK_OPS_STATE_CB_FLAG,
             ),
+            (
+                "BPF_SOCK_OPS_TCP_LISTEN_CB",
+                abi::BPF_SOCK_OPS_TCP_LISTEN_CB,
+            ),
             ("BPF_TCP_CLOSE", abi::BPF_TCP_CLOSE),
             ("BPF_ANY", abi::BPF_ANY),
             ("BPF_NOEXIST", abi::BPF_NOEXIST),
             ("BPF_F_INGRESS", abi::BPF_F_INGRESS),
             ("SK_PASS", abi::SK_PASS),
+            ("SK_DROP", abi::SK_DROP),
+            ("BPF_PROG_TYPE_SK_LOOKUP", 30),
+            ("BPF_SK_LOOKUP", 36),
         ];
         let mut c = String::from(
             "#include <stdio.h>\n#include <stddef.h>\n#include <linux/bpf.h>\nint main(void){\n",

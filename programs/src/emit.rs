@@ -211,6 +211,25 @@ pub fn caller_pod(a: &mut Asm, not_meshed: Label) {
         .mov64_reg(R7, R0);
 }
 
+/// Jumps to `yes` if the current task is the sidecar of the pod whose entry `pod` points to:
+/// its UID is the pod's `proxy_uid` (0 there: the load's `proxy_uid` constant), or its GID
+/// is the pod's non-zero `proxy_gid`. Clobbers r0–r5.
+pub fn jmp_if_proxy(a: &mut Asm, pod: Reg, yes: Label) {
+    let have_uid = a.label();
+    let no = a.label();
+    a.call(Helper::GetCurrentUidGid)
+        .ldx(Size::W, R1, pod, PodEntry::OFF_PROXY_UID as i16)
+        .jmp_imm(JmpOp::Ne, R1, 0, have_uid)
+        .mov32_const(R1, CONST_PROXY_UID)
+        .bind(have_uid)
+        .jmp32_reg(JmpOp::Eq, R0, R1, yes)
+        .ldx(Size::W, R1, pod, PodEntry::OFF_PROXY_GID as i16)
+        .jmp_imm(JmpOp::Eq, R1, 0, no)
+        .alu64_imm(AluOp::Rsh, R0, 32)
+        .jmp32_reg(JmpOp::Eq, R0, R1, yes)
+        .bind(no);
+}
+
 /// `r0 = port_rules[(pod, rule), port]` (LPM, so ranges match) for the pod whose entry `pod`
 /// points to and the network-order port in `port`. Clobbers r0–r5.
 pub fn lookup_port_rule(a: &mut Asm, pod: Reg, rule: u32, port: Reg) {

@@ -7,6 +7,7 @@
 pub mod connect;
 pub mod ctx;
 pub mod emit;
+pub mod sklookup;
 pub mod sockmap;
 pub mod sockopt;
 pub mod udp;
@@ -38,6 +39,7 @@ pub fn build(hook: Hook, variant: Variant) -> Result<Program, AsmError> {
         Hook::Recvmsg4 => udp::recvmsg(Family::V4),
         Hook::Recvmsg6 => udp::recvmsg(Family::V6),
         Hook::Bind4 => udp::bind4(),
+        Hook::SkLookup => sklookup::sk_lookup(),
     }
 }
 

@@ -18,6 +18,12 @@
 //!   ESTABLISHED callback runs first: its ACK is what completes the passive side), or the peer
 //!   is the passthrough address.
 //!
+//! Sidecar inbound listeners: `listen()` on the inbound port fires `TCP_LISTEN_CB`, and the
+//! listener goes into `inbound_listeners` under its pod's id (from the netns cookie, so only
+//! in the netns-keys variant: 5.10's sock_ops has no `bpf_get_netns_cookie`; there the agent
+//! adopts listeners from user space). A restarted sidecar's new listener replaces the old
+//! one with no agent action; a closed listener leaves the map by itself.
+//!
 //! Under `--splice sidecars` the application legs of pods with `POD_SPLICE_APP` are inserted
 //! too. A `pair_orig` entry is deleted when the passive end of its connection closes.
 
@@ -25,7 +31,8 @@ use crate::ctx::{abi, sk_msg, sock_ops};
 use crate::emit::*;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
 use mb_maps::layout::{
-    Counter, OrigDst, PodEntry, SockPairKey, ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP, POD_SPLICE_APP,
+    Counter, ListenerKey, OrigDst, PodEntry, SockPairKey, ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP,
+    POD_SPLICE_APP,
 };
 
 const LOCAL_IP: i16 = SockPairKey::OFF_LOCAL_IP as i16;
@@ -125,8 +132,12 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
             abi::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
             established,
         )
-        .jmp_imm(JmpOp::Eq, R9, abi::BPF_SOCK_OPS_STATE_CB, state)
-        .jmp_imm(JmpOp::Ne, R9, abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, out)
+        .jmp_imm(JmpOp::Eq, R9, abi::BPF_SOCK_OPS_STATE_CB, state);
+    let listen = a.label();
+    if variant.netns_keys {
+        a.jmp_imm(JmpOp::Eq, R9, abi::BPF_SOCK_OPS_TCP_LISTEN_CB, listen);
+    }
+    a.jmp_imm(JmpOp::Ne, R9, abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, out)
         .bind(established);
     build_pair_key(&mut a, &SOCK_OPS_FIELDS, PAIR_KEY, false, out, variant);
     a.jmp_imm(
@@ -217,6 +228,28 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
     stack_ptr(&mut a, R2, PEER_KEY);
     a.call(Helper::MapDeleteElem).ja(out);
+
+    if variant.netns_keys {
+        // A listener on the inbound port in a meshed pod: the pod's sk_lookup steers to it.
+        a.bind(listen)
+            .ldx(Size::W, R1, R6, sock_ops::LOCAL_PORT)
+            .jmp32_const(JmpOp::Ne, R1, CONST_INBOUND_PORT, out);
+        caller_pod(&mut a, out);
+        a.ldx(Size::W, R1, R7, PodEntry::OFF_POD_ID as i16)
+            .stx(Size::W, FP, COOKIE + ListenerKey::OFF_POD_ID as i16, R1)
+            .ldx(Size::W, R1, R6, sock_ops::FAMILY)
+            .stx(Size::W, FP, COOKIE + ListenerKey::OFF_FAMILY as i16, R1)
+            .mov64_reg(R1, R6);
+        a.ld_map_fd(R2, MAP_INBOUND_LISTENERS);
+        stack_ptr(&mut a, R3, COOKIE);
+        a.mov64_imm(R4, abi::BPF_ANY)
+            .call(Helper::SockHashUpdate)
+            .jmp_imm(JmpOp::Ne, R0, 0, failed);
+        count(&mut a, Counter::ListenerInserts);
+        a.ja(out);
+    } else {
+        a.bind(listen);
+    }
 
     a.bind(failed);
     count(&mut a, Counter::MapUpdateFailures);

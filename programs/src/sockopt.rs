@@ -1,11 +1,16 @@
 //! `cgroup/getsockopt`: answers the sidecar's `getsockopt(SOL_IP, SO_ORIGINAL_DST)` and
 //! `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` from `pair_orig`, with no conntrack. Every
 //! other call leaves at the first compare, untouched (no clamping of unrelated `optlen`s).
+//!
+//! A socket that sk_lookup steered to a sidecar has no entry (nothing was rewritten): its own
+//! local address *is* the original destination. It is answered from there when that address
+//! belongs to a meshed pod of this node and its port is not the sidecar's own inbound or
+//! outbound port — never left to a conntrack lookup that would fail.
 
 use crate::ctx::{abi, sock, sockopt};
 use crate::emit::*;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
-use mb_maps::layout::{Counter, OrigDst, SockPairKey};
+use mb_maps::layout::{Counter, OrigDst, SockPairKey, ORIG_INBOUND};
 
 pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     let mut a = Asm::new();
@@ -57,13 +62,50 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
         );
     scope_pair_key(&mut a, key, variant);
 
+    let steered = a.label();
+    let found = a.label();
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
     stack_ptr(&mut a, R2, key);
     a.call(Helper::MapLookupElem)
-        .jmp_imm(JmpOp::Eq, R0, 0, out)
-        .mov64_reg(R9, R0);
+        .jmp_imm(JmpOp::Eq, R0, 0, steered)
+        .mov64_reg(R9, R0)
+        .ja(found);
 
-    a.ldx(Size::DW, R2, R6, sockopt::OPTVAL)
+    // No entry: steered by sk_lookup? Then the socket's own address (the key's remote end)
+    // answers, as an OrigDst built at ORIG.
+    a.bind(steered)
+        .ldx(Size::W, R1, R7, sock::SRC_PORT)
+        .jmp32_const(JmpOp::Eq, R1, CONST_INBOUND_PORT, out)
+        .jmp32_const(JmpOp::Eq, R1, CONST_OUTBOUND_PORT, out);
+    a.ld_map_fd(R1, MAP_POD_IPS);
+    stack_ptr(&mut a, R2, remote_ip);
+    a.call(Helper::MapLookupElem).jmp_imm(JmpOp::Eq, R0, 0, out);
+    copy_words(&mut a, FP, ORIG, FP, remote_ip, 4, R1);
+    let mapped = a.label();
+    let family_done = a.label();
+    a.ldx(Size::H, R1, FP, key + SockPairKey::OFF_REMOTE_PORT as i16)
+        .stx(Size::H, FP, ORIG + OrigDst::OFF_PORT as i16, R1)
+        .st_imm(
+            Size::W,
+            FP,
+            ORIG + OrigDst::OFF_FLAGS as i16,
+            ORIG_INBOUND as i32,
+        );
+    jmp_if_v4_mapped(&mut a, remote_ip, mapped);
+    a.st_imm(
+        Size::H,
+        FP,
+        ORIG + OrigDst::OFF_FAMILY as i16,
+        abi::AF_INET6,
+    )
+    .ja(family_done)
+    .bind(mapped)
+    .st_imm(Size::H, FP, ORIG + OrigDst::OFF_FAMILY as i16, abi::AF_INET)
+    .bind(family_done);
+    stack_ptr(&mut a, R9, ORIG);
+
+    a.bind(found)
+        .ldx(Size::DW, R2, R6, sockopt::OPTVAL)
         .ldx(Size::DW, R3, R6, sockopt::OPTVAL_END)
         .jmp_imm(JmpOp::Eq, R8, abi::SOL_IPV6, answer_v6);
 

@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod bpffs;
 pub mod cgroup;
 pub mod netns;
+pub mod pidfd;
 pub mod process;
 pub mod signal;
 pub mod sockopt;

@@ -132,6 +132,14 @@ impl MeshPorts {
             self.inbound_port
         ));
         r.push(format!("-A ISTIO_OUTPUT -s {passthrough} -o lo -j RETURN"));
+        if let Some(dns) = self.dns_port {
+            // DNS over TCP goes to the DNS proxy too, except the proxy's own.
+            r.extend([
+                format!("-A ISTIO_OUTPUT -p tcp --dport 53 -m owner --uid-owner {uid} -j RETURN"),
+                format!("-A ISTIO_OUTPUT -p tcp --dport 53 -m owner --gid-owner {uid} -j RETURN"),
+                format!("-A ISTIO_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports {dns}"),
+            ]);
+        }
         for p in &self.exclude_outbound_ports {
             r.push(format!("-A ISTIO_OUTPUT -p tcp --dport {p} -j RETURN"));
         }
@@ -195,6 +203,19 @@ impl Interception {
                 restore(pod, "ip6tables-restore", &mesh.nat_rules(true))
             }
             Interception::Merbridge(mesh) => crate::merbridge::install_pod(pod, mesh),
+        }
+    }
+}
+
+impl Interception {
+    /// Called once the pod's sidecar listens. merbridge: `pod add` again, which adopts the
+    /// inbound listener from user space (pidfd_getfd) if sock_ops did not put it in place
+    /// (kernels whose sock_ops lack the netns cookie, 5.10) — what the agent's resync does.
+    /// Nothing for the other modes.
+    pub fn sidecar_started(&self, pod: &Pod) -> io::Result<()> {
+        match self {
+            Interception::Merbridge(mesh) => crate::merbridge::install_pod(pod, mesh),
+            _ => Ok(()),
         }
     }
 }

@@ -132,7 +132,19 @@ pub fn add_pod(pin_dir: &Path, pod: &Pod, mesh: &MeshPorts) -> io::Result<()> {
         pin_dir.display().to_string(),
         pod.netns_path().display().to_string(),
     );
-    let mut args = vec!["pod", "add", &ips, "--netns", &netns, "--pin-dir", &pin];
+    // The pod's own sidecar UID (it may differ from the node's `load --proxy-uid`).
+    let uid = mesh.proxy_uid.to_string();
+    let mut args = vec![
+        "pod",
+        "add",
+        &ips,
+        "--netns",
+        &netns,
+        "--pin-dir",
+        &pin,
+        "--proxy-uid",
+        &uid,
+    ];
     let (inbound, outbound) = (
         ports(&mesh.exclude_inbound_ports),
         ports(&mesh.exclude_outbound_ports),

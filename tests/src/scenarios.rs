@@ -113,12 +113,50 @@ impl Interception {
         }
     }
 
-    /// Whether connections arriving from another node reach the server pod's sidecar.
-    /// merbridge redirects only connections it sees being made on its own node (as the
-    /// original does without its CNI mode); Istio's rules also catch inbound packets.
+    /// Whether connections arriving from another node, the node itself or a pod without
+    /// sidecar reach the server pod's sidecar: Istio's rules catch inbound packets, merbridge
+    /// steers them with its per-pod sk_lookup program. Both do.
     pub fn intercepts_inbound_from_other_nodes(&self) -> bool {
-        matches!(self, Interception::Iptables(_))
+        self.mesh().is_some()
     }
+
+    /// Under merbridge, no namespace may hold an iptables rule: asserts that the `nat` and
+    /// `mangle` tables of every namespace in `netns` (pods and nodes), IPv4 and IPv6, are
+    /// absent or without rules. Nothing to check for the other modes.
+    pub fn assert_no_iptables(&self, netns: &[&Path]) {
+        if !matches!(self, Interception::Merbridge(_)) {
+            return;
+        }
+        for ns in netns {
+            let rules = iptables_rules(ns);
+            assert!(
+                rules.is_empty(),
+                "merbridge needs no iptables, but {} has rules: {rules:#?}",
+                ns.display()
+            );
+        }
+    }
+}
+
+/// The `nat` and `mangle` rules (IPv4 and IPv6) of the namespace at `netns`, as
+/// `iptables-save` prints them (`-A` lines).
+pub fn iptables_rules(netns: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for tool in ["iptables-save", "ip6tables-save"] {
+        for table in ["nat", "mangle"] {
+            let mut cmd = Command::new(tool);
+            cmd.args(["-t", table]);
+            let text = mb_sys::netns::run_in_netns(netns, move || crate::cmd::output_of(cmd))
+                .and_then(|r| r)
+                .unwrap_or_else(|e| panic!("{tool} -t {table} in {}: {e}", netns.display()));
+            out.extend(
+                text.lines()
+                    .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
+                    .map(|l| format!("{tool} {table}: {l}")),
+            );
+        }
+    }
+    out
 }
 
 /// A pod with its app and, if meshed, its sidecar.
@@ -168,6 +206,7 @@ pub fn start_pod(
             SidecarConfig::for_mesh(mesh),
             mesh.proxy_uid,
         )?);
+        mode.sidecar_started(&pod)?;
     }
     let app = start_app(&pod, bins)?;
     Ok(MeshedPod { sidecar, app, pod })
@@ -175,19 +214,26 @@ pub fn start_pod(
 
 /// Starts `mb-workload serve` in `pod` as [`APP_UID`] and waits for it to listen.
 pub fn start_app(pod: &Pod, bins: &Binaries) -> io::Result<Spawned> {
-    let mut cmd = Command::new(&bins.workload);
-    cmd.args([
-        "serve",
-        "--echo",
-        &ECHO_PORT.to_string(),
-        "--bulk",
-        &BULK_PORT.to_string(),
-    ]);
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--echo".into(),
+        ECHO_PORT.to_string(),
+        "--bulk".into(),
+        BULK_PORT.to_string(),
+    ];
     for p in [WHOAMI_PORT, EXCLUDED_INBOUND_PORT, EXCLUDED_OUTBOUND_PORT] {
-        cmd.args(["--whoami", &p.to_string()]);
+        args.extend(["--whoami".into(), p.to_string()]);
     }
+    start_server(pod, bins, &args, APP_UID)
+}
+
+/// Starts `mb-workload <args>` (a `serve` command) in `pod` as `uid` and waits until it
+/// listens.
+fn start_server(pod: &Pod, bins: &Binaries, args: &[String], uid: u32) -> io::Result<Spawned> {
+    let mut cmd = Command::new(&bins.workload);
+    cmd.args(args);
     cmd.stdout(Stdio::piped());
-    let mut app = pod.spawn(cmd, APP_UID)?;
+    let mut app = pod.spawn(cmd, uid)?;
     let stdout = app
         .child_mut()
         .stdout
@@ -291,22 +337,20 @@ pub fn app_to_service(mode: &Interception, bins: &Binaries, v6: bool, cross_node
         );
         return;
     }
-    if cross_node && !mode.intercepts_inbound_from_other_nodes() {
-        // The client's sidecar takes the call; the server's node leaves inbound alone.
-        assert_eq!(
-            peer.ip(),
-            client.ip(v6),
-            "the app sees the client pod's sidecar"
-        );
-        let out = only(&client.records(1), Listener::Outbound, "client sidecar");
-        assert_eq!(
-            out.original_dst,
-            Some(target),
-            "client sidecar original destination"
-        );
-        assert!(server.records(0).is_empty(), "{:#?}", server.records(0));
-        return;
+    assert!(mode.intercepts_inbound_from_other_nodes());
+    if matches!(mode, Interception::Iptables(_)) {
+        // The check below would see them: istio-iptables' rules are in each meshed pod.
+        assert!(!iptables_rules(server.pod.netns_path()).is_empty());
     }
+    let mut namespaces = vec![
+        n1.netns_path(),
+        client.pod.netns_path(),
+        server.pod.netns_path(),
+    ];
+    if let Some(n2) = &n2 {
+        namespaces.push(n2.netns_path());
+    }
+    mode.assert_no_iptables(&namespaces);
     assert_eq!(
         peer.ip(),
         passthrough(v6),
@@ -374,6 +418,7 @@ pub fn sidecar_to_own_app_passthrough(mode: &Interception, bins: &Binaries, v6: 
         "passthrough went through the sidecar: {:#?}",
         p.records(0)
     );
+    mode.assert_no_iptables(&[node.netns_path(), p.pod.netns_path()]);
 }
 
 /// Excluded ports: an inbound-excluded port reaches the server app straight from the client
@@ -424,6 +469,11 @@ pub fn excluded_ports_bypass(mode: &Interception, bins: &Binaries, v6: bool) {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(client.records(0).len(), 1, "{:#?}", client.records(0));
     assert_eq!(server.records(0).len(), 1, "{:#?}", server.records(0));
+    mode.assert_no_iptables(&[
+        node.netns_path(),
+        client.pod.netns_path(),
+        server.pod.netns_path(),
+    ]);
 }
 
 /// App → its own pod's loopback is never intercepted.
@@ -446,6 +496,7 @@ pub fn loopback_untouched(mode: &Interception, bins: &Binaries, v6: bool) {
         "loopback went through the sidecar: {:#?}",
         p.records(0)
     );
+    mode.assert_no_iptables(&[node.netns_path(), p.pod.netns_path()]);
 }
 
 /// A pod without a sidecar is untouched: its calls go out directly (the meshed server's
@@ -485,6 +536,11 @@ pub fn pod_without_sidecar_untouched(mode: &Interception, bins: &Binaries, v6: b
         let out = only(&records, Listener::Outbound, "meshed sidecar");
         assert_eq!(out.original_dst, Some(to_plain));
     }
+    mode.assert_no_iptables(&[
+        node.netns_path(),
+        plain.pod.netns_path(),
+        meshed.pod.netns_path(),
+    ]);
 }
 
 /// Data through both sidecars is exact: a bulk stream's checksum matches end to end, every
@@ -510,6 +566,7 @@ pub fn bulk_and_rr_through_sidecars(
                 Sidecar::start_binary(&bins.sidecar, &p.pod, config, mesh.proxy_uid)
                     .expect("sidecar"),
             );
+            mode.sidecar_started(&p.pod).expect("interception");
         }
     }
     let bytes: u64 = 16 * 1024 * 1024 + 3;
@@ -560,6 +617,11 @@ pub fn bulk_and_rr_through_sidecars(
             assert!(records.iter().all(|r| r.error.is_none()), "{records:#?}");
         }
     }
+    mode.assert_no_iptables(&[
+        node.netns_path(),
+        client.pod.netns_path(),
+        server.pod.netns_path(),
+    ]);
 }
 
 /// Conntrack entries created in the client pod by `connections` intercepted calls; asserts
@@ -595,6 +657,11 @@ pub fn conntrack_entries(mode: &Interception, bins: &Binaries, connections: u64)
     } else {
         assert_eq!(created, 0, "mode {mode:?} should need no conntrack");
     }
+    mode.assert_no_iptables(&[
+        node.netns_path(),
+        client.pod.netns_path(),
+        server.pod.netns_path(),
+    ]);
     created
 }
 
@@ -675,4 +742,332 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
         }
         _ => assert_eq!(answer, SERVER_ANSWER, "without a mesh the server answers"),
     }
+    mode.assert_no_iptables(&[
+        node.netns_path(),
+        client.pod.netns_path(),
+        dns_pod.netns_path(),
+    ]);
+}
+
+/// DNS over TCP: an app's TCP query to the cluster DNS server (port 53) is answered by its
+/// sidecar's DNS proxy, not sent to the outbound port; the proxy's own TCP query reaches the
+/// real server.
+pub fn dns_over_tcp(mode: &Interception, bins: &Binaries, v6: bool) {
+    const SERVER_ANSWER: &str = "10.96.0.53";
+    let mode = mode.with_dns_capture(15053);
+    let node = Node::new("tdns").expect("node");
+    mode.install_node(&node).expect("install node");
+    let dns_pod = node.add_pod(PodSpec::named("kube-dns")).expect("dns pod");
+    let _server = start_server(
+        &dns_pod,
+        bins,
+        &[
+            "serve".into(),
+            "--dns".into(),
+            "53".into(),
+            "--dns-answer".into(),
+            SERVER_ANSWER.into(),
+        ],
+        0,
+    )
+    .expect("dns server");
+    let client = start_pod(&node, "client", &mode, true, bins).expect("client pod");
+    let dns_ip: IpAddr = if v6 {
+        dns_pod.ipv6().into()
+    } else {
+        dns_pod.ipv4().into()
+    };
+    let to = SocketAddr::new(dns_ip, 53);
+    let query = |uid: u32| -> String {
+        let out = run_client(
+            &client.pod,
+            bins,
+            uid,
+            &["dns".into(), "--tcp".into(), format!("--to={to}")],
+        )
+        .unwrap_or_else(|e| panic!("TCP dns query to {to} as {uid}: {e}"));
+        parse_kv(&out).get("answer").cloned().unwrap_or_default()
+    };
+    let answer = query(APP_UID);
+    match (&client.sidecar, mode.mesh()) {
+        (Some(sidecar), Some(mesh)) => {
+            assert_eq!(
+                answer,
+                sidecar.config().dns_answer.to_string(),
+                "the sidecar's DNS proxy should answer over TCP"
+            );
+            let peers = sidecar.wait_for_dns_peers(1, RECORD_TIMEOUT);
+            assert_eq!(peers.len(), 1, "{peers:?}");
+            assert!(
+                client.records(0).is_empty(),
+                "TCP/53 went to the outbound port: {:#?}",
+                client.records(0)
+            );
+            assert_eq!(
+                query(mesh.proxy_uid),
+                SERVER_ANSWER,
+                "the proxy's own query"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(
+                sidecar.dns_peers().len(),
+                1,
+                "the proxy's query was captured"
+            );
+        }
+        _ => assert_eq!(answer, SERVER_ANSWER, "without a mesh the server answers"),
+    }
+    mode.assert_no_iptables(&[
+        node.netns_path(),
+        client.pod.netns_path(),
+        dns_pod.netns_path(),
+    ]);
+}
+
+/// A pod whose sidecar runs under its own UID, not the node's: the node is set up for the
+/// mesh's default UID, the client pod (interception and sidecar) for `uid`. Its app's call
+/// goes through its sidecar exactly once (the sidecar's own upstream connect is not taken
+/// for an application's: no loop) and enters the server through the server's sidecar.
+pub fn sidecar_with_own_uid(mode: &Interception, bins: &Binaries, uid: u32) {
+    let node = Node::new("ownuid").expect("node");
+    mode.install_node(&node).expect("install node");
+    let mut own = mode.mesh().expect("needs a mesh").clone();
+    own.proxy_uid = uid;
+    let own_mode = match mode {
+        Interception::Iptables(_) => Interception::Iptables(own),
+        Interception::Merbridge(_) => Interception::Merbridge(own),
+        Interception::None => unreachable!("needs a mesh"),
+    };
+    let client = start_pod(&node, "client", &own_mode, true, bins).expect("client pod");
+    let server = start_pod(&node, "server", mode, true, bins).expect("server pod");
+    let target = SocketAddr::new(server.ip(false), WHOAMI_PORT);
+    let (peer, local) = whoami(&client.pod, bins, APP_UID, target, None);
+    assert_eq!(local, target);
+    assert_eq!(peer.ip(), passthrough(false), "through both sidecars");
+    let out = only(&client.records(1), Listener::Outbound, "client sidecar");
+    assert_eq!(out.original_dst, Some(target));
+    assert!(out.error.is_none(), "{out}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        client.records(0).len(),
+        1,
+        "a loop: {:#?}",
+        client.records(0)
+    );
+    let inbound = only(&server.records(1), Listener::Inbound, "server sidecar");
+    assert_eq!(inbound.original_dst, Some(target));
+    mode.assert_no_iptables(&[
+        node.netns_path(),
+        client.pod.netns_path(),
+        server.pod.netns_path(),
+    ]);
+}
+
+/// `whoami` from a thread in the namespace at `netns` (not in any pod cgroup: for merbridge
+/// such a caller is invisible to the connect programs, like a process on another node).
+fn whoami_in(netns: &Path, to: SocketAddr) -> io::Result<(SocketAddr, SocketAddr)> {
+    mb_sys::netns::run_in_netns(netns, move || crate::workload::whoami(to))?
+}
+
+/// Inbound from every caller outside the pod goes through its sidecar: the node's own
+/// namespace, a pod without sidecar on another node, and (cross-node) that pod's call to an
+/// inbound-excluded port, which reaches the app directly. The server's sidecar sees the
+/// original destination and the caller's address; the app sees the passthrough source.
+pub fn inbound_from_outside_callers(mode: &Interception, bins: &Binaries, v6: bool) {
+    let mode = mode.with_exclusions(&[EXCLUDED_INBOUND_PORT], &[]);
+    let n1 = Node::new("out1").expect("node");
+    let n2 = Node::new("out2").expect("node");
+    Node::join(&n1, &n2).expect("join nodes");
+    mode.install_node(&n1).expect("install node");
+    mode.install_node(&n2).expect("install node");
+    let plain = start_pod(&n1, "plain", &mode, false, bins).expect("plain pod");
+    let server = start_pod(&n2, "server", &mode, true, bins).expect("server pod");
+    let target = SocketAddr::new(server.ip(v6), WHOAMI_PORT);
+
+    // A pod without sidecar on another node (its app process, in its pod's cgroup).
+    let (peer, local) = whoami(&plain.pod, bins, APP_UID, target, None);
+    assert_eq!(local, target);
+    // The node's own namespace (kubelet, host-network pods).
+    let (node_peer, node_local) = whoami_in(n2.netns_path(), target).expect("node caller");
+    assert_eq!(node_local, target);
+    let excluded = SocketAddr::new(server.ip(v6), EXCLUDED_INBOUND_PORT);
+    let (excluded_peer, _) = whoami(&plain.pod, bins, APP_UID, excluded, None);
+    assert_eq!(
+        excluded_peer.ip(),
+        plain.ip(v6),
+        "an inbound-excluded port reaches the app directly"
+    );
+    if mode.mesh().is_none() {
+        assert_eq!(peer.ip(), plain.ip(v6));
+        return;
+    }
+    assert_eq!(peer.ip(), passthrough(v6), "non-meshed pod on another node");
+    assert_eq!(
+        node_peer.ip(),
+        passthrough(v6),
+        "caller in the node namespace"
+    );
+    let records = server.records(2);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    for r in &records {
+        assert_eq!(r.listener, Listener::Inbound, "{r}");
+        assert_eq!(r.original_dst, Some(target), "{r}");
+        assert_eq!(
+            r.upstream_local.map(|a| a.ip()),
+            Some(passthrough(v6)),
+            "{r}"
+        );
+        assert!(r.error.is_none(), "{r}");
+    }
+    assert_eq!(
+        records[0].peer.ip(),
+        plain.ip(v6),
+        "the sidecar sees the caller"
+    );
+    mode.assert_no_iptables(&[
+        n1.netns_path(),
+        n2.netns_path(),
+        plain.pod.netns_path(),
+        server.pod.netns_path(),
+    ]);
+}
+
+/// Kubelet-style probes from the node: to the sidecar's health port 15021 (never captured:
+/// it reaches what listens there, here a stand-in run as the proxy UID) and to the
+/// application's port (captured like any caller, as after Istio's probe rewrite the
+/// sidecar's agent forwards it).
+pub fn kubelet_probes(mode: &Interception, bins: &Binaries) {
+    const HEALTH_PORT: u16 = 15021;
+    let node = Node::new("probe").expect("node");
+    mode.install_node(&node).expect("install node");
+    let pod = start_pod(&node, "p", mode, true, bins).expect("pod");
+    let uid = mode.mesh().map_or(APP_UID, |m| m.proxy_uid);
+    let _health = start_server(
+        &pod.pod,
+        bins,
+        &["serve".into(), "--whoami".into(), HEALTH_PORT.to_string()],
+        uid,
+    )
+    .expect("health endpoint");
+    let health = SocketAddr::new(pod.ip(false), HEALTH_PORT);
+    let (peer, local) = whoami_in(node.netns_path(), health).expect("health probe");
+    assert_eq!(local, health);
+    assert_eq!(
+        peer.ip(),
+        IpAddr::from(node.gateway_v4()),
+        "the health port is reached directly, from the node"
+    );
+    let app = SocketAddr::new(pod.ip(false), WHOAMI_PORT);
+    let (peer, _) = whoami_in(node.netns_path(), app).expect("app probe");
+    if mode.mesh().is_some() {
+        assert_eq!(
+            peer.ip(),
+            passthrough(false),
+            "the app probe enters through the sidecar"
+        );
+        let r = only(&pod.records(1), Listener::Inbound, "sidecar");
+        assert_eq!(r.original_dst, Some(app));
+    } else {
+        assert_eq!(peer.ip(), IpAddr::from(node.gateway_v4()));
+    }
+    mode.assert_no_iptables(&[node.netns_path(), pod.pod.netns_path()]);
+}
+
+/// The sidecar killed and restarted mid-test: while it is down, connections to captured
+/// ports from another node are refused at once (never delivered to the app around it); once
+/// it listens again they go through it, with no other action.
+pub fn sidecar_restart(mode: &Interception, bins: &Binaries) {
+    let n1 = Node::new("rs1").expect("node");
+    let n2 = Node::new("rs2").expect("node");
+    Node::join(&n1, &n2).expect("join nodes");
+    mode.install_node(&n1).expect("install node");
+    mode.install_node(&n2).expect("install node");
+    let mut server = start_pod(&n2, "server", mode, true, bins).expect("server pod");
+    let target = SocketAddr::new(server.ip(false), WHOAMI_PORT);
+    let mesh = mode
+        .mesh()
+        .cloned()
+        .expect("sidecar_restart needs a mode with sidecars");
+    let (peer, _) = whoami_in(n1.netns_path(), target).expect("before");
+    assert_eq!(peer.ip(), passthrough(false));
+    server.sidecar = None;
+    let started = std::time::Instant::now();
+    let err = whoami_in(n1.netns_path(), target).expect_err("sidecar down: refused");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused, not timed out"
+    );
+    server.sidecar = Some(
+        Sidecar::start_binary(
+            &bins.sidecar,
+            &server.pod,
+            SidecarConfig::for_mesh(&mesh),
+            mesh.proxy_uid,
+        )
+        .expect("sidecar restart"),
+    );
+    mode.sidecar_started(&server.pod).expect("interception");
+    let (peer, _) = whoami_in(n1.netns_path(), target).expect("after the restart");
+    assert_eq!(peer.ip(), passthrough(false), "through the new sidecar");
+    let r = only(&server.records(1), Listener::Inbound, "restarted sidecar");
+    assert_eq!(r.original_dst, Some(target));
+    mode.assert_no_iptables(&[n1.netns_path(), n2.netns_path(), server.pod.netns_path()]);
+}
+
+/// `connections` connect-request-close calls from a meshed pod on another node through both
+/// sidecars. Returns the conntrack entries created in the two pods and the server's node
+/// namespace; asserts none for merbridge and at least one per call for iptables.
+pub fn cross_node_conntrack(mode: &Interception, bins: &Binaries, connections: u64) -> u64 {
+    let n1 = Node::new("ctx1").expect("node");
+    let n2 = Node::new("ctx2").expect("node");
+    Node::join(&n1, &n2).expect("join nodes");
+    mode.install_node(&n1).expect("install node");
+    mode.install_node(&n2).expect("install node");
+    let client = start_pod(&n1, "client", mode, true, bins).expect("client pod");
+    let server = start_pod(&n2, "server", mode, true, bins).expect("server pod");
+    let count = || -> u64 {
+        client.pod.conntrack_count().expect("conntrack")
+            + server.pod.conntrack_count().expect("conntrack")
+    };
+    let before = count();
+    let line = run_client(
+        &client.pod,
+        bins,
+        APP_UID,
+        &[
+            "crr".into(),
+            format!("--to={}", SocketAddr::new(server.ip(false), ECHO_PORT)),
+            format!("--count={connections}"),
+        ],
+    )
+    .expect("crr client");
+    assert!(line.starts_with("crr "), "{line}");
+    let created = count().saturating_sub(before);
+    if mode.uses_conntrack() {
+        assert!(
+            created >= connections,
+            "{created} entries for {connections} calls"
+        );
+    } else {
+        assert_eq!(created, 0, "mode {mode:?} should need no conntrack");
+    }
+    if mode.mesh().is_some() {
+        let inbound = server
+            .records(connections as usize)
+            .iter()
+            .filter(|r| r.listener == Listener::Inbound)
+            .count() as u64;
+        assert_eq!(
+            inbound, connections,
+            "every call through the server's sidecar"
+        );
+    }
+    mode.assert_no_iptables(&[
+        n1.netns_path(),
+        n2.netns_path(),
+        client.pod.netns_path(),
+        server.pod.netns_path(),
+    ]);
+    created
 }

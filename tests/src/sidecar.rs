@@ -307,12 +307,22 @@ pub fn run(config: SidecarConfig) -> io::Result<()> {
         }
     }
     let mut dns_sockets = Vec::new();
+    let mut dns_tcp_listeners = Vec::new();
     if let Some(port) = config.dns_port {
         // On loopback, as Istio's DNS proxy: a UDP socket bound to a wildcard would answer
-        // from the pod IP, which conntrack cannot match to the redirected query.
+        // from the pod IP, which conntrack cannot match to the redirected query. DNS over
+        // TCP on the same port.
         dns_sockets.push(bind_udp(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port))?);
+        dns_tcp_listeners.push(bind_listener(SocketAddr::new(
+            Ipv4Addr::LOCALHOST.into(),
+            port,
+        ))?);
         if !config.no_ipv6 {
             dns_sockets.push(bind_udp(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port))?);
+            dns_tcp_listeners.push(bind_listener(SocketAddr::new(
+                Ipv6Addr::LOCALHOST.into(),
+                port,
+            ))?);
         }
     }
     for (_, listener) in &listeners {
@@ -345,6 +355,10 @@ pub fn run(config: SidecarConfig) -> io::Result<()> {
     for socket in dns_sockets {
         let shared = Arc::clone(&shared);
         std::thread::spawn(move || dns_loop(socket, shared));
+    }
+    for listener in dns_tcp_listeners {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || dns_tcp_loop(listener, shared));
     }
     for w in workers {
         match w.join() {
@@ -399,6 +413,24 @@ fn dns_loop(socket: UdpSocket, shared: Arc<event_loop::Shared>) {
         let local = local.map_or("-".to_owned(), |a| a.to_string());
         let _ = writeln!(o, "dns peer={from} local={local}");
         let _ = o.flush();
+    }
+}
+
+/// The DNS proxy over TCP: answers like [`dns_loop`] and prints the same line per query.
+fn dns_tcp_loop(listener: TcpListener, shared: Arc<event_loop::Shared>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let answer = shared.config.dns_answer;
+            let _ = crate::workload::answer_dns_tcp(stream, answer, |s| {
+                let peer = s.peer_addr().map_or("-".to_owned(), |a| a.to_string());
+                let local = s.local_addr().map_or("-".to_owned(), |a| a.to_string());
+                let mut o = shared.out.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = writeln!(o, "dns peer={peer} local={local}");
+                let _ = o.flush();
+            });
+        });
     }
 }
 

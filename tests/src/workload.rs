@@ -273,6 +273,70 @@ pub fn serve_dns(socket: UdpSocket, answer: Ipv4Addr) {
     }
 }
 
+/// DNS over TCP (RFC 1035 4.2.2: each message after a 2-byte length): answers every query
+/// on every connection like [`serve_dns`].
+pub fn serve_dns_tcp(listener: TcpListener, answer: Ipv4Addr) {
+    for stream in listener.incoming() {
+        let Ok(s) = stream else { continue };
+        std::thread::spawn(move || {
+            let _ = answer_dns_tcp(s, answer, |_| {});
+        });
+    }
+}
+
+/// Answers the DNS-over-TCP queries of one connection until it closes; `seen` is called
+/// with the stream once per query.
+pub fn answer_dns_tcp(
+    mut s: TcpStream,
+    answer: Ipv4Addr,
+    mut seen: impl FnMut(&TcpStream),
+) -> io::Result<()> {
+    loop {
+        let mut len = [0u8; 2];
+        match s.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut query)?;
+        seen(&s);
+        if let Some(reply) = dns_reply(&query, answer) {
+            let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&reply);
+            s.write_all(&framed)?;
+        }
+    }
+}
+
+/// One DNS query over TCP to `server`: the A record of the answer.
+pub fn dns_query_tcp(server: SocketAddr, name: &str) -> io::Result<Ipv4Addr> {
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let id = (std::process::id() as u16) ^ 0x7a7a;
+    let query = dns_query_packet(id, name)?;
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    s.write_all(&framed)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut reply)?;
+    let n = reply.len();
+    if n < query.len() + 16 || reply[0..2] != id.to_be_bytes() || reply[2] & 0x80 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("DNS-over-TCP answer from {server} does not match query {id}"),
+        ));
+    }
+    Ok(Ipv4Addr::new(
+        reply[n - 4],
+        reply[n - 3],
+        reply[n - 2],
+        reply[n - 1],
+    ))
+}
+
 /// A minimal query: id, RD flag, one question `name` IN A.
 pub fn dns_query_packet(id: u16, name: &str) -> io::Result<Vec<u8>> {
     let mut p = Vec::with_capacity(64);

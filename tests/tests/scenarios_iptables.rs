@@ -36,10 +36,22 @@ scenario_tests! {
     iptables_dns_captured_v4 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, false);
     iptables_dns_captured_v6 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, true);
     no_mesh_dns => |b| scenarios::dns_captured_by_sidecar(&Interception::None, b, false);
+    no_mesh_dns_over_tcp => |b| scenarios::dns_over_tcp(&Interception::None, b, false);
     no_mesh_app_to_service => |b| scenarios::app_to_service(&Interception::None, b, false, true);
     no_mesh_excluded_ports => |b| scenarios::excluded_ports_bypass(&Interception::None, b, false);
     no_mesh_loopback => |b| scenarios::loopback_untouched(&Interception::None, b, false);
     no_mesh_pod_without_sidecar => |b| scenarios::pod_without_sidecar_untouched(&Interception::None, b, true);
     no_mesh_bulk_and_rr => |b| scenarios::bulk_and_rr_through_sidecars(&Interception::None, b, false, RelayMode::ReadWrite);
     no_mesh_needs_no_conntrack => |b| { scenarios::conntrack_entries(&Interception::None, b, 20); };
+    iptables_inbound_from_outside_callers_v4 => |b| scenarios::inbound_from_outside_callers(&istio(), b, false);
+    iptables_inbound_from_outside_callers_v6 => |b| scenarios::inbound_from_outside_callers(&istio(), b, true);
+    iptables_kubelet_probes => |b| scenarios::kubelet_probes(&istio(), b);
+    iptables_sidecar_restart_refused_then_steered => |b| scenarios::sidecar_restart(&istio(), b);
+    iptables_cross_node_1000_connections_conntrack => |b| {
+        let created = scenarios::cross_node_conntrack(&istio(), b, 1000);
+        eprintln!("iptables: {created} conntrack entries for 1000 cross-node connections");
+    };
+    iptables_dns_over_tcp_v4 => |b| scenarios::dns_over_tcp(&istio(), b, false);
+    iptables_dns_over_tcp_v6 => |b| scenarios::dns_over_tcp(&istio(), b, true);
+    iptables_sidecar_with_own_uid => |b| scenarios::sidecar_with_own_uid(&istio(), b, 4242);
 }

@@ -34,4 +34,15 @@ scenario_tests! {
     merbridge_osm_ports_app_to_service => |b| scenarios::app_to_service(&Interception::Merbridge(MeshPorts::osm()), b, true, false);
     merbridge_dns_captured_v4 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, false);
     merbridge_dns_captured_v6 => |b| scenarios::dns_captured_by_sidecar(&istio(), b, true);
+    merbridge_inbound_from_outside_callers_v4 => |b| scenarios::inbound_from_outside_callers(&istio(), b, false);
+    merbridge_inbound_from_outside_callers_v6 => |b| scenarios::inbound_from_outside_callers(&istio(), b, true);
+    merbridge_kubelet_probes => |b| scenarios::kubelet_probes(&istio(), b);
+    merbridge_sidecar_restart_refused_then_steered => |b| scenarios::sidecar_restart(&istio(), b);
+    merbridge_cross_node_1000_connections_conntrack => |b| {
+        let created = scenarios::cross_node_conntrack(&istio(), b, 1000);
+        eprintln!("merbridge: {created} conntrack entries for 1000 cross-node connections");
+    };
+    merbridge_dns_over_tcp_v4 => |b| scenarios::dns_over_tcp(&istio(), b, false);
+    merbridge_dns_over_tcp_v6 => |b| scenarios::dns_over_tcp(&istio(), b, true);
+    merbridge_sidecar_with_own_uid => |b| scenarios::sidecar_with_own_uid(&istio(), b, 4242);
 }

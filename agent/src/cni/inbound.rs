@@ -1,24 +1,38 @@
-//! The call point for a pod's per-pod inbound capture link (issue 12: an sk_lookup program
-//! attached to the pod's network namespace, owned by the "inbound" work). ADD calls
-//! [`attach_pod_inbound`] after the pod is in the maps, DEL calls [`detach_pod_inbound`]
-//! before removing it. On this branch the data path captures inbound through the cgroup
-//! programs only, so there is no per-pod link yet and both calls do nothing: this module is
-//! where the sk_lookup link gets created (and pinned per sandbox) once it exists.
+//! A sandbox's inbound capture at ADD and DEL: the pod's sk_lookup link on its network
+//! namespace ([`crate::inbound`]), attached right after the pod is in the maps and before any
+//! container starts, so the first connection from outside the pod already meets its sidecar
+//! (or is refused while the sidecar does not listen yet: fail closed).
 
-use super::error::CniError;
+use super::error::{code, CniError};
 use std::path::Path;
 
-/// Attaches the pod's inbound link, if the loaded data path has one. Nothing yet (see above).
+/// Attaches (or adopts) the pod's sk_lookup link and adopts any listener already there.
 pub fn attach_pod_inbound(
-    _pin_dir: &Path,
-    _container_id: &str,
-    _netns: &Path,
-    _pod_id: u32,
+    pin_dir: &Path,
+    netns: &Path,
+    pod_id: u32,
+    inbound_port: u16,
 ) -> Result<(), CniError> {
-    Ok(())
+    crate::inbound::attach_pod(pin_dir, pod_id, netns, inbound_port)
+        .map(|_| ())
+        .map_err(|e| {
+            CniError::new(
+                code::MAP_FAILURE,
+                format!("cannot attach inbound capture (sk_lookup) for pod id {pod_id}: {e}"),
+                "the loaded data path may predate inbound capture: reload it with `merbridge load`",
+            )
+        })
 }
 
-/// Detaches and unpins the pod's inbound link; must succeed when the netns is gone.
-pub fn detach_pod_inbound(_pin_dir: &Path, _container_id: &str) -> Result<(), CniError> {
-    Ok(())
+/// Detaches and unpins the pod's inbound link; succeeds when the netns is gone already.
+pub fn detach_pod_inbound(pin_dir: &Path, pod_id: u32) -> Result<(), CniError> {
+    crate::inbound::detach_pod(pin_dir, pod_id)
+        .map(|_| ())
+        .map_err(|e| {
+            CniError::new(
+                code::MAP_FAILURE,
+                format!("cannot detach inbound capture (sk_lookup) of pod id {pod_id}: {e}"),
+                "",
+            )
+        })
 }

@@ -96,6 +96,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<AddOutcome, CniError> {
     })?;
     let maps =
         PodMaps::open(&conf.pin_dir).map_err(|e| data_path_missing(&pod, &conf.pin_dir, e))?;
+    let inbound_port = policy.inbound_port;
     let local = LocalPod {
         ips: ips.clone(),
         netns_cookie,
@@ -137,7 +138,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<AddOutcome, CniError> {
     };
     let finish = state::write(&record_path, &record)
         .map_err(|e| io_error(format!("pod {pod}: cannot write its sandbox record"), e))
-        .and_then(|()| attach_pod_inbound(&conf.pin_dir, container_id, netns, pod_id));
+        .and_then(|()| attach_pod_inbound(&conf.pin_dir, netns, pod_id, inbound_port));
     if let Err(e) = finish {
         remove_written(
             &maps,
@@ -204,7 +205,7 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         // Not meshed at ADD, or deleted already: DEL is idempotent.
         return Ok(());
     };
-    detach_pod_inbound(&conf.pin_dir, container_id)?;
+    detach_pod_inbound(&conf.pin_dir, record.pod_id)?;
     match PodMaps::open(&conf.pin_dir) {
         Ok(maps) => {
             let errors = remove_written(

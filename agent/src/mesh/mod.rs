@@ -186,6 +186,24 @@ pub struct InterceptedPod {
 
 /// The full decision for a pod: `None` if its traffic must not be intercepted (not meshed,
 /// hostNetwork, finished, or no IP yet), else its policy and any annotation warnings.
+/// Why merbridge refuses to intercept this pod at all, if it does (for a metric; the policy
+/// parser warns and disables the pod): Istio's `interceptionMode: TPROXY`.
+pub fn refusal(pod: &PodInfo, mesh: Mesh) -> Option<&'static str> {
+    let mode = pod.annotations.get("sidecar.istio.io/interceptionMode")?;
+    (mesh == Mesh::Istio && mode.trim() == "TPROXY").then_some("tproxy")
+}
+
+/// Whether the pod has annotations merbridge warns about and ignores (Istio's
+/// `excludeInterfaces`, `kubevirtInterfaces`), for a metric.
+pub fn has_ignored_annotations(pod: &PodInfo, mesh: Mesh) -> bool {
+    mesh == Mesh::Istio
+        && policy::UNSUPPORTED_ISTIO_ANNOTATIONS.iter().any(|a| {
+            pod.annotations
+                .get(*a)
+                .is_some_and(|v| !v.trim().is_empty())
+        })
+}
+
 pub fn intercepted(pod: &PodInfo, mesh: Mesh) -> Option<InterceptedPod> {
     if pod.is_terminal() || pod.pod_ips.is_empty() {
         return None;

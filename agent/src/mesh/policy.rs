@@ -267,6 +267,12 @@ pub struct PodPolicy {
     pub mesh: Mesh,
     /// Connections made by this UID (the sidecar) are never redirected as outbound.
     pub proxy_uid: u32,
+    /// The pod's own DNS-capture switch (Istio `ISTIO_META_DNS_CAPTURE` in
+    /// `proxy.istio.io/config`, Kuma `kuma.io/builtin-dns`); None = the agent's default.
+    pub dns_capture: Option<bool>,
+    /// Processes of this GID count as the sidecar too (istio-iptables `-g`, which defaults
+    /// to the proxy UID); None = no GID rule (Linkerd, Kuma, OSM).
+    pub proxy_gid: Option<u32>,
     pub outbound_port: u16,
     pub inbound_port: u16,
     pub dns_port: Option<u16>,
@@ -290,6 +296,13 @@ pub struct PodPolicy {
 /// `"true"` on a pod: its application is event-driven, splice its legs to and from the
 /// sidecar as well (under `merbridge load --splice sidecars`, the default). Any mesh.
 pub const SPLICE_APP_ANNOTATION: &str = "merbridge.io/splice-app";
+
+/// Istio annotations the data path cannot honour (it does not look at interfaces): warned
+/// about and counted (`merbridge_pods_ignored_annotations`).
+pub const UNSUPPORTED_ISTIO_ANNOTATIONS: [&str; 2] = [
+    "traffic.sidecar.istio.io/excludeInterfaces",
+    "traffic.sidecar.istio.io/kubevirtInterfaces",
+];
 
 /// Istio's own ports: admin, outbound, inbound, HBONE, status, health, Prometheus.
 const ISTIO_OWN_PORTS: &[u16] = &[15000, 15001, 15006, 15008, 15020, 15021, 15090];
@@ -480,6 +493,8 @@ impl PodPolicy {
         PodPolicy {
             mesh,
             proxy_uid: d.proxy_uid,
+            proxy_gid: None,
+            dns_capture: None,
             outbound_port: d.outbound_port,
             inbound_port: d.inbound_port,
             dns_port: d.dns_port,
@@ -632,11 +647,34 @@ fn parse(
             if let Some(port) = policy.status_port {
                 policy.exclude_inbound(port);
             }
+            istio_dns_capture(&mut p, &mut policy);
+            for name in UNSUPPORTED_ISTIO_ANNOTATIONS {
+                if let Some(value) = p.get(name).map(str::trim).filter(|v| !v.is_empty()) {
+                    p.warn(
+                        name,
+                        value,
+                        "not supported by merbridge: connections on these interfaces are \
+                         intercepted like any other",
+                    );
+                }
+            }
             let mode_name = "sidecar.istio.io/interceptionMode";
             if let Some(mode) = p.get(mode_name) {
                 match mode.trim() {
                     "NONE" => policy.disable(),
-                    "REDIRECT" | "TPROXY" => {}
+                    "REDIRECT" => {}
+                    "TPROXY" => {
+                        // Envoy then runs as uid 0 and connects to the app from the caller's
+                        // own address: its last hop looks like a caller from outside, which
+                        // the data path would steer back to it (a loop). Refused, not guessed.
+                        policy.disable();
+                        p.warn(
+                            mode_name,
+                            "TPROXY",
+                            "TPROXY mode is not supported by merbridge: the pod is not \
+                             intercepted at all (keep istio-init for it, or use REDIRECT)",
+                        );
+                    }
                     other => p.warn(mode_name, other, "expected REDIRECT, TPROXY or NONE"),
                 }
             }
@@ -678,6 +716,14 @@ fn parse(
         }
         Mesh::Kuma => {
             kuma_proxy_config(&mut p, &mut policy, &mut uid_set);
+            let dns_name = "kuma.io/builtin-dns";
+            if let Some(value) = p.get(dns_name) {
+                match value.trim() {
+                    "enabled" | "true" => policy.dns_capture = Some(true),
+                    "disabled" | "false" => policy.dns_capture = Some(false),
+                    other => p.warn(dns_name, other, "expected enabled or disabled"),
+                }
+            }
             const T: &str = "traffic.kuma.io/";
             if let Some(set) = p.port_set(&format!("{T}exclude-inbound-ports"), PortSyntax::Plain) {
                 policy.inbound_exclude_ports.extend(&set);
@@ -760,6 +806,44 @@ fn parse(
         }
     }
     (policy, p.warnings, uid_set)
+}
+
+/// Istio's per-pod DNS capture: `proxyMetadata.ISTIO_META_DNS_CAPTURE` in the
+/// `proxy.istio.io/config` annotation (YAML). The proxy container's environment is not read.
+fn istio_dns_capture(p: &mut Parser<'_>, policy: &mut PodPolicy) {
+    let name = "proxy.istio.io/config";
+    let Some(text) = p.get(name) else { return };
+    let config: serde_norway::Value = match serde_norway::from_str(text) {
+        Ok(value) => value,
+        Err(e) => {
+            p.warn(
+                name,
+                text.lines().next().unwrap_or(""),
+                format!("not YAML: {e}"),
+            );
+            return;
+        }
+    };
+    let Some(value) = config
+        .get("proxyMetadata")
+        .and_then(|m| m.get("ISTIO_META_DNS_CAPTURE"))
+    else {
+        return;
+    };
+    let text = value
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| value.as_bool().map(|b| b.to_string()))
+        .unwrap_or_default();
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" => policy.dns_capture = Some(true),
+        "false" => policy.dns_capture = Some(false),
+        _ => p.warn(
+            name,
+            &format!("ISTIO_META_DNS_CAPTURE: {}", text.trim()),
+            "expected \"true\" or \"false\"",
+        ),
+    }
 }
 
 /// Kuma's consolidated `traffic.kuma.io/transparent-proxy-config` (YAML), when present.

@@ -4,7 +4,8 @@
 
 use super::metrics::{self, AgentStatus};
 use super::netns_scan::NetnsScanner;
-use super::sync::{BpfPodStore, Change, PodSync};
+use super::sync::{BpfPodStore, Change, PodStore, PodSync};
+use crate::inbound::InboundPods;
 use crate::k8s::{http, ClientConfig, PodEvent, PodWatcher, WatchOptions};
 use crate::mesh::Mesh;
 use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
@@ -44,6 +45,9 @@ impl std::str::FromStr for OnExit {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub load: LoadOptions,
+    /// DNS capture for pods whose annotations do not say (`load.dns_capture` attaches the
+    /// hooks, which pods can then turn on one by one).
+    pub dns_capture_default: bool,
     pub mesh: Mesh,
     pub node_name: String,
     pub kubeconfig: Option<PathBuf>,
@@ -64,8 +68,8 @@ enum Msg {
     Pod(Box<PodEvent>, Instant),
     Signal(Signal),
     WatcherEnded(Result<(), String>),
-    /// Cookies found by a scan: `(uid, ips asked about, cookie)`, and the namespace count.
-    Scanned(Vec<(String, Vec<IpAddr>, u64)>, usize),
+    /// Namespaces found by a scan, and the namespace count.
+    Scanned(Vec<Found>, usize),
 }
 
 /// [`Msg`] with the event unboxed, for matching (a short-lived local: its size is no cost).
@@ -74,8 +78,11 @@ enum Unboxed {
     Pod(PodEvent, Instant),
     Signal(Signal),
     WatcherEnded(Result<(), String>),
-    Scanned(Vec<(String, Vec<IpAddr>, u64)>, usize),
+    Scanned(Vec<Found>, usize),
 }
+
+/// A pod's namespace found by a scan: `(uid, ips asked about, cookie, a path that opens it)`.
+type Found = (String, Vec<IpAddr>, u64, std::path::PathBuf);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -130,7 +137,12 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     );
     status.attached.store(true, Ordering::SeqCst);
     let store = BpfPodStore::open(&config.load.pin_dir)?;
-    let mut sync = PodSync::new(store, config.mesh, config.load.dns_capture);
+    let mut sync = PodSync::new(store, config.mesh, config.dns_capture_default);
+    let mut inbound = InboundPods::new(&config.load.pin_dir);
+    // Pods refused as a whole (TPROXY), for the metric.
+    let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // Pods with annotations we ignore (excludeInterfaces, ...), for the metric.
+    let mut ignoring: std::collections::HashSet<String> = std::collections::HashSet::new();
 
     let mut watcher = PodWatcher::new(client, WatchOptions::new(config.node_name.clone()));
     *status.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher.stats());
@@ -187,11 +199,24 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         });
         match message {
             Ok(Unboxed::Pod(PodEvent::Upsert(pod), at)) => {
+                if crate::mesh::refusal(&pod, config.mesh).is_some() {
+                    refused.insert(pod.uid.clone());
+                } else {
+                    refused.remove(&pod.uid);
+                }
+                if crate::mesh::has_ignored_annotations(&pod, config.mesh) {
+                    ignoring.insert(pod.uid.clone());
+                } else {
+                    ignoring.remove(&pod.uid);
+                }
                 let ips_changed = sync.ips_of(&pod.uid) != Some(pod.pod_ips.as_slice());
                 match sync.upsert(&pod) {
                     Ok(change) => {
                         if matches!(change, Change::Added | Change::Updated | Change::Removed) {
                             observe(&status, at);
+                        }
+                        if change == Change::Removed {
+                            remove_inbound(&mut inbound, &status, &pod.uid);
                         }
                         if matches!(change, Change::Added | Change::Updated) && ips_changed {
                             // Off the event path: the scanner thread answers in a moment.
@@ -205,22 +230,39 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
                     }
                 }
             }
-            Ok(Unboxed::Pod(PodEvent::Delete(pod_ref), at)) => match sync.delete(&pod_ref.uid) {
-                Ok(Change::Removed) => {
-                    observe(&status, at);
-                    log::info!("pod {pod_ref}: removed from the maps");
+            Ok(Unboxed::Pod(PodEvent::Delete(pod_ref), at)) => {
+                refused.remove(&pod_ref.uid);
+                ignoring.remove(&pod_ref.uid);
+                match sync.delete(&pod_ref.uid) {
+                    Ok(Change::Removed) => {
+                        remove_inbound(&mut inbound, &status, &pod_ref.uid);
+                        observe(&status, at);
+                        log::info!("pod {pod_ref}: removed from the maps");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        status.sync_errors.fetch_add(1, Ordering::Relaxed);
+                        log::error!("pod {pod_ref}: {e}");
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    status.sync_errors.fetch_add(1, Ordering::Relaxed);
-                    log::error!("pod {pod_ref}: {e}");
-                }
-            },
+            }
             Ok(Unboxed::Pod(PodEvent::Synced, _)) => {
                 if !sync.is_synced() {
                     let reconcile_started = Instant::now();
                     match sync.reconcile() {
                         Ok(stale) => {
+                            match sync
+                                .store()
+                                .pod_ip_entries()
+                                .map(|e| e.iter().map(|(_, p)| p.pod_id).collect::<Vec<_>>())
+                                .and_then(|live| inbound.sweep_stale(&live))
+                            {
+                                Ok(gone) if !gone.is_empty() => {
+                                    log::info!("inbound links of gone pods detached: {gone:?}")
+                                }
+                                Ok(_) => {}
+                                Err(e) => log::warn!("sweeping stale inbound links: {e}"),
+                            }
                             status.stale_removed.store(stale as u64, Ordering::Relaxed);
                             status.synced.store(true, Ordering::SeqCst);
                             status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
@@ -250,7 +292,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
                 status
                     .namespaces
                     .store(namespaces as u64, Ordering::Relaxed);
-                for (uid, ips, cookie) in found {
+                for (uid, ips, cookie, path) in found {
                     // The pod may have changed address (or gone) while the scan ran.
                     if sync.ips_of(&uid) != Some(ips.as_slice()) {
                         continue;
@@ -262,6 +304,9 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
                             status.sync_errors.fetch_add(1, Ordering::Relaxed);
                             log::error!("pod uid {uid}: {e}");
                         }
+                    }
+                    if sync.is_synced() {
+                        ensure_inbound(&mut inbound, &sync, &status, &uid, &path);
                     }
                 }
             }
@@ -307,6 +352,15 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             Err(RecvTimeoutError::Disconnected) => break,
         }
         let counts = sync.counts();
+        status
+            .inbound_links
+            .store(inbound.len() as u64, Ordering::Relaxed);
+        status
+            .pods_refused_tproxy
+            .store(refused.len() as u64, Ordering::Relaxed);
+        status
+            .pods_ignored_annotations
+            .store(ignoring.len() as u64, Ordering::Relaxed);
         status.pods.store(counts.pods as u64, Ordering::Relaxed);
         status
             .pods_without_netns
@@ -333,6 +387,54 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Attaches (or keeps) pod `uid`'s inbound capture in the namespace at `path`; a failure is
+/// a warning naming the pod and what to do, counted in `inbound_errors`.
+fn ensure_inbound(
+    inbound: &mut InboundPods,
+    sync: &PodSync<BpfPodStore>,
+    status: &AgentStatus,
+    uid: &str,
+    path: &std::path::Path,
+) {
+    let Some((pod_id, port)) = sync.inbound_target(uid) else {
+        return;
+    };
+    let name = sync.pod_ref(uid).map_or_else(
+        || format!("uid {uid}"),
+        |r| format!("{}/{}", r.namespace, r.name),
+    );
+    match inbound.ensure(uid, pod_id, path, port) {
+        Ok(Some(done)) => {
+            log::info!(
+                "pod {name}: inbound capture {:?} in {:.2} ms (link {}), listener {}",
+                done.outcome,
+                done.attach_time.as_secs_f64() * 1000.0,
+                done.link.link_id,
+                if done.listeners.any() {
+                    "in place"
+                } else {
+                    "not yet: connections to captured ports are refused until the sidecar listens"
+                }
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            status.inbound_errors.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "pod {name}: inbound capture (network namespace {}): {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+fn remove_inbound(inbound: &mut InboundPods, status: &AgentStatus, uid: &str) {
+    if let Err(e) = inbound.remove(uid) {
+        status.inbound_errors.fetch_add(1, Ordering::Relaxed);
+        log::warn!("pod uid {uid}: detaching its inbound capture: {e}");
+    }
 }
 
 fn observe(status: &AgentStatus, event_at: Instant) {
@@ -372,9 +474,13 @@ fn start_scanner(
                 let stats = scanner.scan();
                 last_scan = Some(Instant::now());
                 log::debug!("netns scan: {stats:?}");
-                let found: Vec<(String, Vec<IpAddr>, u64)> = wanted
+                let found: Vec<Found> = wanted
                     .into_iter()
-                    .filter_map(|(uid, ips)| scanner.cookie_for(&ips).map(|c| (uid, ips, c)))
+                    .filter_map(|(uid, ips)| {
+                        let cookie = scanner.cookie_for(&ips)?;
+                        let path = scanner.path_for(&ips)?;
+                        Some((uid, ips, cookie, path))
+                    })
                     .collect();
                 if tx.send(Msg::Scanned(found, stats.namespaces)).is_err() {
                     break;

@@ -55,6 +55,14 @@ pub struct AgentStatus {
     pub stale_removed: AtomicU64,
     pub netns_scans: AtomicU64,
     pub namespaces: AtomicU64,
+    /// Pods whose namespace has our sk_lookup link (inbound from every caller).
+    pub inbound_links: AtomicU64,
+    /// Attaching or detaching a pod's inbound capture failed (vanished namespace, ...).
+    pub inbound_errors: AtomicU64,
+    /// Meshed pods refused (not intercepted at all): Istio TPROXY mode.
+    pub pods_refused_tproxy: AtomicU64,
+    /// Meshed pods with annotations merbridge ignores (Istio excludeInterfaces, ...).
+    pub pods_ignored_annotations: AtomicU64,
     /// Unix time (ms) of the last map write from an event or reconcile.
     pub last_sync_ms: AtomicU64,
     /// Milliseconds from start to the first reconciled list.
@@ -106,6 +114,33 @@ impl AgentStatus {
             "gauge",
             "Meshed pods whose network namespace was not found yet (inbound only until it is).",
             &one(g(&self.pods_without_netns)),
+        );
+        metric(
+            "merbridge_inbound_links",
+            "gauge",
+            "Meshed pods whose network namespace has the sk_lookup inbound link.",
+            &one(g(&self.inbound_links)),
+        );
+        metric(
+            "merbridge_pods_refused",
+            "gauge",
+            "Meshed pods merbridge does not intercept at all, by reason (see the log).",
+            &[(
+                "{reason=\"tproxy\"}".to_string(),
+                g(&self.pods_refused_tproxy).to_string(),
+            )],
+        );
+        metric(
+            "merbridge_pods_ignored_annotations",
+            "gauge",
+            "Meshed pods with annotations merbridge cannot honour and ignores (see the log).",
+            &one(g(&self.pods_ignored_annotations)),
+        );
+        metric(
+            "merbridge_inbound_errors_total",
+            "counter",
+            "Pods whose inbound capture could not be attached or detached (see the log).",
+            &one(g(&self.inbound_errors)),
         );
         metric(
             "merbridge_sync_events_total",

@@ -252,6 +252,13 @@ impl NetnsScanner {
         ns.cookie
     }
 
+    /// A path that opens the namespace that has `ips` (`/proc/<pid>/ns/net` or a bind mount),
+    /// for attaching to it.
+    pub fn path_for(&mut self, ips: &[IpAddr]) -> Option<PathBuf> {
+        let inode = self.best_match(ips)?;
+        self.by_inode.get(&inode).map(|ns| ns.path.clone())
+    }
+
     /// Namespaces known after the last scan.
     pub fn namespaces(&self) -> usize {
         self.by_inode.len()

@@ -253,6 +253,12 @@ impl<S: PodStore> PodSync<S> {
         self.desired.get(uid).map(|d| d.ips.as_slice())
     }
 
+    /// A written pod's id and its sidecar's inbound port (for its inbound link).
+    pub fn inbound_target(&self, uid: &str) -> Option<(u32, u16)> {
+        let id = *self.ids.get(uid)?;
+        self.desired.get(uid).map(|d| (id, d.policy.inbound_port))
+    }
+
     /// The namespace/name of a meshed pod, for messages.
     pub fn pod_ref(&self, uid: &str) -> Option<&PodRef> {
         self.desired.get(uid).map(|d| &d.pod_ref)
@@ -476,6 +482,8 @@ impl<S: PodStore> PodSync<S> {
             pod_id,
             flags: compiled.flags,
             netns: self.cookies.get(uid).copied().unwrap_or(0),
+            proxy_uid: compiled.proxy_uid,
+            proxy_gid: compiled.proxy_gid,
             ..PodEntry::default()
         };
         for ip in &desired.ips {

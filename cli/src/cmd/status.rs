@@ -27,6 +27,8 @@ pub struct StatusArgs {
 struct StatusReport {
     pin_dir: String,
     attached: Vec<AttachedHook>,
+    /// Each meshed pod's sk_lookup link (inbound capture from outside the pod).
+    inbound: Vec<InboundLinkStatus>,
     maps: Vec<MapFill>,
     /// Local pods in the maps.
     pods: usize,
@@ -42,6 +44,18 @@ struct AttachedHook {
     link_id: Option<u32>,
     prog_id: Option<u32>,
     pinned_prog: bool,
+}
+
+#[derive(serde::Serialize)]
+struct InboundLinkStatus {
+    pod: String,
+    link_id: u32,
+    prog_id: u32,
+    /// 0 when the pod's network namespace is gone.
+    netns_ino: u32,
+    /// `None` (null) when the listener map could not say.
+    listener_ipv4: Option<bool>,
+    listener_ipv6: Option<bool>,
 }
 
 #[derive(serde::Serialize)]
@@ -98,6 +112,7 @@ fn collect(pin_dir: &Path) -> Result<StatusReport, String> {
     Ok(StatusReport {
         pin_dir: pin_dir.display().to_string(),
         attached: hooks.iter().map(attached_hook).collect(),
+        inbound: inbound_links(pin_dir)?,
         maps,
         pods,
         counters: Counters(counters(pin_dir)?),
@@ -113,6 +128,25 @@ fn attached_hook(h: &HookStatus) -> AttachedHook {
         prog_id: h.link.as_ref().map(|l| l.prog_id),
         pinned_prog: h.pinned_prog,
     }
+}
+
+/// The per-pod sk_lookup links and whether each pod's sidecar listener is in place.
+fn inbound_links(pin_dir: &Path) -> Result<Vec<InboundLinkStatus>, String> {
+    let links = mb_agent::inbound::list(pin_dir).map_err(|e| format!("inbound links: {e}"))?;
+    Ok(links
+        .into_iter()
+        .map(|(pod_id, link)| {
+            let listeners = pod_id.and_then(|id| mb_agent::inbound::listeners(pin_dir, id).ok());
+            InboundLinkStatus {
+                pod: link.name.clone(),
+                link_id: link.link_id,
+                prog_id: link.prog_id,
+                netns_ino: link.netns_ino,
+                listener_ipv4: listeners.map(|l| l.ipv4),
+                listener_ipv6: listeners.map(|l| l.ipv6),
+            }
+        })
+        .collect())
 }
 
 /// A map's entry count, by walking its keys; `None` when it is not pinned at all.
@@ -161,6 +195,13 @@ fn print_text(report: &StatusReport) {
     for h in &report.hooks {
         print_hook(h);
     }
+    println!(
+        "inbound (sk_lookup per pod netns): {}",
+        report.inbound.len()
+    );
+    for l in &report.inbound {
+        print_inbound_link(l);
+    }
     println!("maps:");
     for m in &report.maps {
         match m.entries {
@@ -190,9 +231,32 @@ fn print_hook(h: &HookStatus) {
             "  {program:<14} {attach_type:<22} {}",
             if h.hook == Hook::SkMsg {
                 "on the sockhash"
+            } else if h.hook == Hook::SkLookup {
+                "pinned, attached per pod (inbound)"
             } else {
                 "without link"
             }
         ),
     }
+}
+
+fn print_inbound_link(l: &InboundLinkStatus) {
+    let listener = match (l.listener_ipv4, l.listener_ipv6) {
+        (Some(false), Some(false)) => "no listener (refusing)".to_string(),
+        (Some(v4), Some(v6)) => format!(
+            "listener{}{}",
+            if v4 { " ipv4" } else { "" },
+            if v6 { " ipv6" } else { "" }
+        ),
+        _ => "unknown".to_string(),
+    };
+    let netns = if l.netns_ino == 0 {
+        "netns gone".to_string()
+    } else {
+        format!("netns {}", l.netns_ino)
+    };
+    println!(
+        "  {:<14} link {:<5} prog {:<5} {netns:<18} {listener}",
+        l.pod, l.link_id, l.prog_id
+    );
 }

@@ -19,8 +19,9 @@ pub fn run(args: UnloadArgs) -> Result<ExitCode, String> {
     let cgroup = cgroup_or_root(&args.cgroup)?;
     let report = unload_datapath(&args.pin.pin_dir, Some(&cgroup)).map_err(|e| e.to_string())?;
     println!(
-        "merbridge: unloaded: {} links detached, {} legacy attachments detached, sk_msg {}, {} pins removed",
-        report.links_detached,
+        "merbridge: unloaded: {} links detached ({} pod inbound links), {} legacy attachments detached, sk_msg {}, {} pins removed",
+        report.links_detached + report.inbound_detached,
+        report.inbound_detached,
         report.legacy_detached,
         if report.sk_msg_detached { "detached" } else { "not attached" },
         report.pins_removed

@@ -100,6 +100,7 @@ numbered! {
         SK_MSG = 16, "sk_msg";
         CGROUP_SOCK_ADDR = 18, "cgroup_sock_addr";
         CGROUP_SOCKOPT = 25, "cgroup_sockopt";
+        SK_LOOKUP = 30, "sk_lookup";
     }
 }
 
@@ -146,6 +147,7 @@ numbered! {
         CGROUP_UDP6_RECVMSG = 20, "cgroup_udp6_recvmsg";
         CGROUP_GETSOCKOPT = 21, "cgroup_getsockopt";
         CGROUP_SETSOCKOPT = 22, "cgroup_setsockopt";
+        SK_LOOKUP = 36, "sk_lookup";
     }
 }
 
@@ -168,6 +170,8 @@ pub const OBJ_RDONLY: u32 = 1 << 3;
 pub const OBJ_WRONLY: u32 = 1 << 4;
 /// `BPF_LINK_TYPE_CGROUP`.
 pub const LINK_TYPE_CGROUP: u32 = 3;
+/// `BPF_LINK_TYPE_NETNS` (flow dissector, sk_lookup).
+pub const LINK_TYPE_NETNS: u32 = 5;
 /// Kernel-internal "operation not supported" that leaks to user space (not in libc).
 pub const ENOTSUPP: i32 = 524;
 

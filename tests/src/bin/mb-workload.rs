@@ -30,7 +30,7 @@ enum Cmd {
         /// Who-am-I port (answers the addresses it saw); repeat for several.
         #[arg(long)]
         whoami: Vec<u16>,
-        /// UDP DNS-like responder port.
+        /// DNS-like responder port (UDP, and TCP on the same port).
         #[arg(long)]
         dns: Option<u16>,
         /// A record the DNS responder answers with.
@@ -95,6 +95,9 @@ enum Cmd {
         to: SocketAddr,
         #[arg(long, default_value = "svc.cluster.local")]
         name: String,
+        /// DNS over TCP instead of UDP (prints `from=-`: a TCP peer says nothing here).
+        #[arg(long)]
+        tcp: bool,
     },
 }
 
@@ -125,6 +128,10 @@ fn run(cli: Cli) -> std::io::Result<()> {
                 let s = UdpSocket::bind(("::", p)).or_else(|_| UdpSocket::bind(("0.0.0.0", p)))?;
                 threads.push(std::thread::spawn(move || {
                     workload::serve_dns(s, dns_answer)
+                }));
+                let l = workload::listen_any(p)?;
+                threads.push(std::thread::spawn(move || {
+                    workload::serve_dns_tcp(l, dns_answer)
                 }));
             }
             if threads.is_empty() {
@@ -181,9 +188,14 @@ fn run(cli: Cli) -> std::io::Result<()> {
             let local = workload::send_and_close(to, text.as_bytes())?;
             println!("sent bytes={} local={local}", text.len());
         }
-        Cmd::Dns { to, name } => {
-            let (a, from) = workload::dns_query(to, &name)?;
-            println!("dns answer={a} from={from}");
+        Cmd::Dns { to, name, tcp } => {
+            if tcp {
+                let a = workload::dns_query_tcp(to, &name)?;
+                println!("dns answer={a} from=-");
+            } else {
+                let (a, from) = workload::dns_query(to, &name)?;
+                println!("dns answer={a} from={from}");
+            }
         }
     }
     Ok(())

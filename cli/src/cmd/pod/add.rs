@@ -52,6 +52,17 @@ pub struct PodAddArgs {
     /// fail with EAGAIN (kernel tcp_bpf_recvmsg). Annotation: merbridge.io/splice-app: "true".
     #[arg(long)]
     pub splice_app: bool,
+    /// The UID this pod's sidecar runs as (default: from --annotations, else the load's
+    /// --proxy-uid).
+    #[arg(long)]
+    pub proxy_uid: Option<u32>,
+    /// A GID whose processes also count as this pod's sidecar (istio-iptables -g).
+    #[arg(long)]
+    pub proxy_gid: Option<u32>,
+    /// Leave inbound connections from outside the pod alone (no sk_lookup link): for setups
+    /// that keep iptables for inbound.
+    #[arg(long)]
+    pub no_inbound_capture: bool,
 }
 
 /// Parses a flag's comma-separated ports/ranges.
@@ -134,6 +145,18 @@ fn policy_from_args(args: &PodAddArgs, mesh: Mesh) -> Result<PodPolicy, String> 
     if args.splice_app {
         policy.splice_app = true;
     }
+    // Without annotations or flags the pod takes the load's --proxy-uid (entry value 0) and
+    // no GID rule: the mesh's default need not be the one `load` was told.
+    match args.proxy_uid {
+        Some(uid) => policy.proxy_uid = uid,
+        None if args.annotations.is_none() => policy.proxy_uid = 0,
+        None => {}
+    }
+    match args.proxy_gid {
+        Some(gid) => policy.proxy_gid = Some(gid),
+        None if args.annotations.is_none() => policy.proxy_gid = Some(0),
+        None => {}
+    }
     Ok(policy)
 }
 
@@ -151,9 +174,16 @@ pub fn run(args: PodAddArgs) -> Result<ExitCode, String> {
         policy,
         dns_capture: args.dns_capture,
     };
+    let inbound_port = pod.policy.inbound_port;
+    let existed = maps.find(ips[0])?.is_some();
     let (pod_id, compiled) = maps.upsert(&pod)?;
     for note in &compiled.unsupported {
         eprintln!("merbridge: warning: {note}");
+    }
+    if args.no_inbound_capture {
+        mb_agent::inbound::detach_pod(&args.pin.pin_dir, pod_id)?;
+    } else {
+        attach_inbound(&args, &maps, &ips, existed, pod_id, inbound_port)?;
     }
     let shown: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
     println!(
@@ -163,6 +193,49 @@ pub fn run(args: PodAddArgs) -> Result<ExitCode, String> {
         compiled.cidr_rules.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Attaches the pod's sk_lookup link and adopts its sidecar's listeners; on failure a pod
+/// added just now is taken out again, so nothing half-added stays behind.
+fn attach_inbound(
+    args: &PodAddArgs,
+    maps: &PodMaps,
+    ips: &[IpAddr],
+    existed: bool,
+    pod_id: u32,
+    inbound_port: u16,
+) -> Result<(), String> {
+    let inbound =
+        match mb_agent::inbound::attach_pod(&args.pin.pin_dir, pod_id, &args.netns, inbound_port) {
+            Ok(done) => done,
+            Err(e) => {
+                let undone = if existed {
+                    "its earlier entry is kept"
+                } else {
+                    match maps.remove(ips[0]) {
+                        Ok(_) => "it was not added",
+                        Err(_) => "removing its entry failed too: run `merbridge pod del`",
+                    }
+                };
+                return Err(format!("pod {}: inbound capture: {e} ({undone})", args.ips));
+            }
+        };
+    println!(
+        "merbridge: pod {}: inbound capture {:?} in {:.2} ms (link {}), {} listener(s) adopted",
+        args.ips,
+        inbound.outcome,
+        inbound.attach_time.as_secs_f64() * 1000.0,
+        inbound.link.link_id,
+        inbound.adopted
+    );
+    if !inbound.listeners.any() {
+        eprintln!(
+            "merbridge: note: pod {}: no sidecar listens on {inbound_port} yet; connections \
+             to its captured ports from outside the pod are refused until one does",
+            args.ips
+        );
+    }
+    Ok(())
 }
 
 /// `IPV4`, `IPV6` or `IPV4,IPV6`: at most one of each family, none loopback, unspecified or

@@ -42,10 +42,12 @@ pub fn run(command: PodCommand) -> Result<ExitCode, String> {
 
 fn del(args: PodDelArgs) -> Result<ExitCode, String> {
     let maps = PodMaps::open(&args.pin.pin_dir)?;
-    if maps.remove(args.ip)? {
-        println!("merbridge: pod {} removed", args.ip);
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(format!("no local pod has address {}", args.ip))
-    }
+    let Some(entry) = maps.find(args.ip)? else {
+        return Err(format!("no local pod has address {}", args.ip));
+    };
+    // Inbound capture first: a pod without entry must not keep refusing connections.
+    mb_agent::inbound::detach_pod(&args.pin.pin_dir, entry.pod_id)?;
+    maps.remove_entry(&entry)?;
+    println!("merbridge: pod {} removed", args.ip);
+    Ok(ExitCode::SUCCESS)
 }
