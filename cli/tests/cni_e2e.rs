@@ -390,7 +390,21 @@ impl Rig {
     }
 
     /// Files under the pin dir (maps, links, programs) and the state dir.
+    /// Every pin and sandbox record, but the data path's own hook links (`links/mb_*`): the
+    /// agent started mid-test reloads the data path with the hooks its flags choose (the DNS
+    /// hooks for a mesh with a DNS proxy), which is not something a pod leaves behind.
     fn pins_and_state(&self) -> Vec<PathBuf> {
+        let hook_links = self.pin_dir.join("links");
+        let mut out = self.all_pins_and_state();
+        out.retain(|p| {
+            !(p.parent() == Some(hook_links.as_path())
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("mb_")))
+        });
+        out
+    }
+
+    fn all_pins_and_state(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for dir in [self.pin_dir.clone(), self.state_dir()] {
             let mut stack = vec![dir];

@@ -176,6 +176,9 @@ fn pod_show_decodes_every_field_of_an_annotated_pod() {
     );
     assert_eq!(annotated["dns_capture"], true);
     assert_eq!(annotated["splice_app"], true);
+    // Istio's sidecar identity from the mesh's defaults: UID 1337, its GID the same.
+    assert_eq!(annotated["proxy_uid"], 1337);
+    assert_eq!(annotated["proxy_gid"], 1337);
     assert!(annotated["source"]
         .as_str()
         .unwrap()
@@ -193,6 +196,9 @@ fn pod_show_decodes_every_field_of_an_annotated_pod() {
     );
     assert_eq!(defaults["dns_capture"], false);
     assert_eq!(defaults["splice_app"], false);
+    // No annotations: the load's --proxy-uid, no GID rule.
+    assert_eq!(defaults["proxy_uid"], serde_json::Value::Null);
+    assert_eq!(defaults["proxy_gid"], serde_json::Value::Null);
 
     // Unknown pods and bad input are named.
     let (found, text) = merbridge(&["pod", "show", "10.255.0.1", "--pin-dir", pin]);

@@ -35,6 +35,10 @@ pub struct PodView {
     pub dns_capture: bool,
     /// The application's own legs to and from its sidecar are spliced too.
     pub splice_app: bool,
+    /// The UID its sidecar runs as; `None` (null): the load's `--proxy-uid`.
+    pub proxy_uid: Option<u32>,
+    /// A GID whose processes also count as its sidecar; `None` (null): none.
+    pub proxy_gid: Option<u32>,
     pub source: &'static str,
 }
 
@@ -156,6 +160,8 @@ impl Rules {
             },
             dns_capture: entry.flags & POD_DNS_CAPTURE != 0,
             splice_app: entry.flags & POD_SPLICE_APP != 0,
+            proxy_uid: (entry.proxy_uid != 0).then_some(entry.proxy_uid),
+            proxy_gid: (entry.proxy_gid != 0).then_some(entry.proxy_gid),
             source: SOURCE_NOT_KEPT,
         }
     }
@@ -241,6 +247,14 @@ pub fn print_view(v: &PodView) {
     );
     println!("  DNS capture:              {}", yes_no(v.dns_capture));
     println!("  splice application legs:  {}", yes_no(v.splice_app));
+    match v.proxy_uid {
+        Some(uid) => println!("  sidecar UID:              {uid}"),
+        None => println!("  sidecar UID:              the load's --proxy-uid"),
+    }
+    match v.proxy_gid {
+        Some(gid) => println!("  sidecar GID:              {gid}"),
+        None => println!("  sidecar GID:              (none)"),
+    }
     println!("  flags:                    {:#06x}", v.flags);
     println!("  source:                   {}", v.source);
 }
