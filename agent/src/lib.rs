@@ -4,6 +4,7 @@
 //! - [`cni`]: `merbridge cni`, the chained CNI plugin, its install step and `validate`.
 //! - [`k8s`]: a list+watch client for the pods of one node (HTTP/1.1 over TCP or rustls).
 //! - [`mesh`]: which pods are meshed, and their interception policy from annotations.
+//! - [`pin_lock`]: who may write the pinned maps (one agent per node; short write locks).
 //! - [`pods`]: local pods in the pinned maps (what `merbridge pod` reads and writes).
 //! - [`run`]: the node agent's loop (`merbridge run`): watch, sync, netns scan, metrics.
 #![forbid(unsafe_code)]
@@ -11,5 +12,6 @@
 pub mod cni;
 pub mod k8s;
 pub mod mesh;
+pub mod pin_lock;
 pub mod pods;
 pub mod run;

@@ -87,6 +87,12 @@ fn now_ms() -> u64 {
 /// thread: the signals are blocked here so that only the agent's signal thread takes them.
 pub fn run(config: AgentConfig) -> Result<(), String> {
     let started = Instant::now();
+    // Before anything is loaded or written, and before SIGTERM is blocked (a waiting agent
+    // still dies of it): one agent per pin directory.
+    let pin_dir = config.load.pin_dir.clone();
+    let _agent_lock = crate::pin_lock::agent_lock(&pin_dir, || {
+        mb_loader::datapath::prepare_pin_dir(&pin_dir).map_err(|e| e.to_string())
+    })?;
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
@@ -185,6 +191,10 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             Msg::WatcherEnded(r) => Unboxed::WatcherEnded(r),
             Msg::Scanned(found, namespaces) => Unboxed::Scanned(found, namespaces),
         });
+        // Map writes are serialised with `merbridge pod` and the CNI plugin (pin_lock).
+        let _write = matches!(message, Ok(Unboxed::Pod(..) | Unboxed::Scanned(..)))
+            .then(|| crate::pin_lock::write_lock(&pin_dir, Duration::MAX))
+            .and_then(|lock| lock.map_err(|e| log::error!("{e}")).ok());
         match message {
             Ok(Unboxed::Pod(PodEvent::Upsert(pod), at)) => {
                 let ips_changed = sync.ips_of(&pod.uid) != Some(pod.pod_ips.as_slice());
