@@ -30,7 +30,8 @@ pub struct RunArgs {
     pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub pin: PinArgs,
-    /// Where /metrics, /healthz and /readyz are served (none when omitted).
+    /// Where /metrics, /healthz and /readyz are served (none when omitted). deploy/ uses
+    /// 0.0.0.0:9476, a port no mesh uses (the agent shares the node's network).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
     /// On SIGTERM: `keep` the data path attached, `unload` it, or `auto`: unload only when

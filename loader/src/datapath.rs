@@ -273,12 +273,27 @@ pub struct LoadReport {
     pub elapsed: Duration,
 }
 
-/// Checks that `dir` is (inside) a bpffs, creating it when its parent is one.
+/// Checks that `dir` is (inside) a bpffs, creating it when its parent is one. A symlink is
+/// refused (whoever can write its parent could point our pins elsewhere), and the
+/// directories are created `0700`: pins are `0600` and root-owned (the kernel's default for
+/// `BPF_OBJ_PIN` by root), and nobody else may list or replace them.
 pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataPathError> {
+    use std::os::unix::fs::DirBuilderExt;
     let err = |message: String| DataPathError::PinDir {
         path: dir.to_path_buf(),
         message,
     };
+    let private_dir = |path: &Path| std::fs::DirBuilder::new().mode(0o700).create(path);
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        if meta.file_type().is_symlink() {
+            return Err(err(
+                "is a symlink: refusing to pin through it; give the real directory on bpffs".into(),
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(err("is not a directory".into()));
+        }
+    }
     if !dir.exists() {
         let parent = dir.parent().unwrap_or(Path::new("/"));
         if !mb_sys::bpffs::is_bpffs(parent) {
@@ -289,7 +304,7 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataPathError> {
                 parent.display()
             )));
         }
-        std::fs::create_dir(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+        private_dir(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
     } else if !mb_sys::bpffs::is_bpffs(dir) {
         return Err(err(
             "is not on a bpf filesystem: pins must live on bpffs (mount -t bpf)".into(),
@@ -298,8 +313,7 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataPathError> {
     let layout = PinLayout::new(dir);
     for sub in [layout.maps_dir(), layout.links_dir(), layout.progs_dir()] {
         if !sub.exists() {
-            std::fs::create_dir(&sub)
-                .map_err(|e| err(format!("cannot create {}: {e}", sub.display())))?;
+            private_dir(&sub).map_err(|e| err(format!("cannot create {}: {e}", sub.display())))?;
         }
     }
     Ok(())
