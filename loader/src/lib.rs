@@ -8,6 +8,7 @@ pub mod attach;
 pub mod datapath;
 pub mod image;
 pub mod load;
+pub mod map_sizes;
 pub mod memlock;
 pub mod netns_cookie;
 pub mod probe;

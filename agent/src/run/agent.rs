@@ -7,7 +7,8 @@ use super::netns_scan::NetnsScanner;
 use super::sync::{BpfPodStore, Change, PodSync};
 use crate::k8s::{http, ClientConfig, PodEvent, PodWatcher, WatchOptions};
 use crate::mesh::Mesh;
-use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
+use mb_loader::datapath::{load_datapath_sized, unload_datapath, LoadOptions};
+use mb_loader::map_sizes::MapSizes;
 use nix::sys::signal::{SigSet, Signal};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -44,6 +45,8 @@ impl std::str::FromStr for OnExit {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub load: LoadOptions,
+    /// `--max-pods`, `--max-connections`.
+    pub map_sizes: MapSizes,
     pub mesh: Mesh,
     pub node_name: String,
     pub kubeconfig: Option<PathBuf>,
@@ -120,7 +123,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     }
 
     // Load, or adopt what a previous agent pinned: programs are swapped in place, maps kept.
-    let report = load_datapath(&config.load).map_err(|e| e.to_string())?;
+    let report = load_datapath_sized(&config.load, &config.map_sizes).map_err(|e| e.to_string())?;
     let replaced = report.hooks.iter().filter(|h| h.replaced).count();
     log::info!(
         "data path attached to {} in {:.1} ms ({} hooks, {} replaced in place, maps re-used: {})",
@@ -321,6 +324,9 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         status
             .pods_without_netns
             .store(counts.without_netns as u64, Ordering::Relaxed);
+        status
+            .pods_unwritten
+            .store(sync.unwritten() as u64, Ordering::Relaxed);
     }
     stop.stop();
     let _ = watch_thread.join();
