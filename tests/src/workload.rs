@@ -765,6 +765,100 @@ pub fn whoami_from(
     Ok((field(&m, "peer")?, field(&m, "local")?))
 }
 
+/// What a connection storm saw: see [`storm_client`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StormStats {
+    pub connects: usize,
+    /// A who-am-I answer from the intended server (its `local=` is the target).
+    pub answered: usize,
+    /// An answer from anywhere else: a wrong destination.
+    pub wrong: usize,
+    /// Closed without an answer (e.g. the sidecar found no original destination).
+    pub closed: usize,
+    /// Refused, reset or timed out (connect or read).
+    pub errors: usize,
+}
+
+impl fmt::Display for StormStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "storm connects={} answered={} wrong={} closed={} errors={}",
+            self.connects, self.answered, self.wrong, self.closed, self.errors
+        )
+    }
+}
+
+impl StormStats {
+    pub fn parse(line: &str) -> io::Result<StormStats> {
+        let kv = parse_kv(line);
+        let get = |k: &str| -> io::Result<usize> {
+            kv.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| io::Error::other(format!("storm line lacks {k}: {line}")))
+        };
+        Ok(StormStats {
+            connects: get("connects")?,
+            answered: get("answered")?,
+            wrong: get("wrong")?,
+            closed: get("closed")?,
+            errors: get("errors")?,
+        })
+    }
+}
+
+/// `count` non-blocking connects to a who-am-I server issued back to back (so that many are
+/// in flight at once), then each answer read within `timeout` overall and classified.
+pub fn storm_client(to: SocketAddr, count: usize, timeout: Duration) -> io::Result<StormStats> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::AsRawFd;
+    let family = if to.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let target = SockaddrStorage::from(to);
+    let mut stats = StormStats {
+        connects: count,
+        ..StormStats::default()
+    };
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let fd = socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        match connect(fd.as_raw_fd(), &target) {
+            Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => streams.push(TcpStream::from(fd)),
+            Err(_) => stats.errors += 1,
+        }
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    for mut stream in streams {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        let mut answer = String::new();
+        match BufReader::new(&mut stream).read_line(&mut answer) {
+            Ok(0) => stats.closed += 1,
+            Ok(_) => {
+                let kv = parse_kv(answer.trim());
+                let local = kv.get("local").and_then(|l| l.parse::<SocketAddr>().ok());
+                if local.map(canonical) == Some(canonical(to)) {
+                    stats.answered += 1;
+                } else {
+                    stats.wrong += 1;
+                }
+            }
+            Err(_) => stats.errors += 1,
+        }
+    }
+    Ok(stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,6 +82,16 @@ enum Cmd {
         #[arg(long)]
         from: Option<std::net::IpAddr>,
     },
+    /// COUNT non-blocking connects to a who-am-I server at once, then every answer read and
+    /// classified (right server, wrong one, closed, error).
+    Storm {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 20)]
+        timeout_secs: u64,
+    },
     /// Connect, send TEXT, close at once without reading (a fire-and-forget client).
     Send {
         #[arg(long)]
@@ -177,6 +187,14 @@ fn run(cli: Cli) -> std::io::Result<()> {
             let (peer, local) = workload::whoami_from(to, from)?;
             println!("whoami peer={peer} local={local}");
         }
+        Cmd::Storm {
+            to,
+            count,
+            timeout_secs,
+        } => println!(
+            "{}",
+            workload::storm_client(to, count, std::time::Duration::from_secs(timeout_secs))?
+        ),
         Cmd::Send { to, text } => {
             let local = workload::send_and_close(to, text.as_bytes())?;
             println!("sent bytes={} local={local}", text.len());
