@@ -92,6 +92,23 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         timeout_secs: u64,
     },
+    /// A steady load for fault tests: RATE new who-am-I connections per second plus
+    /// RR_CONNECTIONS long-lived echo round-trippers, for SECS; one summary line.
+    Load {
+        #[arg(long)]
+        whoami: SocketAddr,
+        #[arg(long)]
+        echo: SocketAddr,
+        /// The peer address the server must see (its sidecar's); others count as bypassed.
+        #[arg(long)]
+        expect_peer: Option<std::net::IpAddr>,
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        #[arg(long, default_value_t = 8)]
+        rr_connections: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
     /// Connect, send TEXT, close at once without reading (a fire-and-forget client).
     Send {
         #[arg(long)]
@@ -194,6 +211,24 @@ fn run(cli: Cli) -> std::io::Result<()> {
         } => println!(
             "{}",
             workload::storm_client(to, count, std::time::Duration::from_secs(timeout_secs))?
+        ),
+        Cmd::Load {
+            whoami,
+            echo,
+            expect_peer,
+            rate,
+            rr_connections,
+            secs,
+        } => println!(
+            "{}",
+            workload::steady_load(
+                whoami,
+                echo,
+                expect_peer,
+                rate,
+                rr_connections,
+                std::time::Duration::from_secs(secs)
+            )
         ),
         Cmd::Send { to, text } => {
             let local = workload::send_and_close(to, text.as_bytes())?;
