@@ -7,7 +7,7 @@
 //! 1. the agent SIGKILLed and a new one started (it adopts the pins);
 //! 2. `merbridge load` over the loaded data path (every program swapped in place);
 //! 3. two agents at once: a second one started (it waits on the lock), the first SIGTERMed;
-//! 4. a meshed pod's network namespace deleted while the pod is in the maps.
+//! 4. a meshed pod's network namespace and cgroup removed while the pod is in the maps.
 //!
 //! Counted per fault window: failed connects, failed requests, bypassed (the server saw a
 //! peer other than its sidecar, or a connection is missing from the client sidecar's
@@ -210,7 +210,7 @@ fn faults_under_load_lose_nothing() {
     let t = at();
     drop(ghost);
     faults.push(Fault {
-        name: "pod netns deleted",
+        name: "pod netns + cgroup removed",
         at_ms: t,
         took_ms: at() - t,
     });

@@ -519,7 +519,7 @@ pub fn run(
     slot(4);
     let t = at();
     drop(ghost);
-    rows.push(("pod netns deleted while in the maps", t, at() - t));
+    rows.push(("pod netns + cgroup removed while in the maps", t, at() - t));
 
     let line = load
         .finish(Duration::from_secs(plan.seconds + 60))
