@@ -5,6 +5,7 @@
 //! - [`inbound`]: each meshed pod's sk_lookup link and sidecar listener (inbound capture).
 //! - [`k8s`]: a list+watch client for the pods of one node (HTTP/1.1 over TCP or rustls).
 //! - [`mesh`]: which pods are meshed, and their interception policy from annotations.
+//! - [`pin_lock`]: who may write the pinned maps (one agent per node; short write locks).
 //! - [`pods`]: local pods in the pinned maps (what `merbridge pod` reads and writes).
 //! - [`run`]: the node agent's loop (`merbridge run`): watch, sync, netns scan, metrics.
 #![forbid(unsafe_code)]
@@ -13,5 +14,6 @@ pub mod cni;
 pub mod inbound;
 pub mod k8s;
 pub mod mesh;
+pub mod pin_lock;
 pub mod pods;
 pub mod run;

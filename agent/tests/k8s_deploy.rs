@@ -58,6 +58,23 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
+/// Ports a host-network pod must not take: the meshes' (../shared/reference/
+/// kubernetes-api-and-meshes.md; Istio's gateways serve 15090 on the host with
+/// hostNetwork), the kubelet's and kube-proxy's, Cilium's and node-exporter's.
+const TAKEN_ON_A_NODE: &[std::ops::RangeInclusive<u16>] = &[
+    15000..=15099, // Istio sidecar, gateway and ztunnel ports
+    15443..=15443, // Istio east-west gateway
+    4140..=4191,   // Linkerd proxy
+    9990..=9998,   // Linkerd controllers
+    5676..=5685,   // Kuma control plane
+    9000..=9000,   // Kuma probes proxy
+    9901..=9901,   // Kuma Envoy admin
+    15901..=15904, // OSM
+    10248..=10259, // kubelet, kube-proxy, scheduler, controller-manager
+    9962..=9965,   // Cilium agent, operator and Hubble metrics
+    9100..=9100,   // node-exporter
+];
+
 #[test]
 fn every_overlay_renders_and_validates_strictly() {
     if !tool_available("kubectl", &["version", "--client"])
@@ -148,6 +165,19 @@ fn every_overlay_renders_and_validates_strictly() {
             assert!(added.contains(&needed), "{mesh}: missing CAP_{needed}");
         }
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        // On the host's network: the metrics port must be one no mesh (or node daemon) uses.
+        let metrics_arg = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--metrics-addr="))
+            .expect("--metrics-addr");
+        let port: u16 = metrics_arg.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(
+            !TAKEN_ON_A_NODE.iter().any(|r| r.contains(&port)),
+            "{mesh}: metrics port {port} is used by a mesh or node daemon"
+        );
+        assert_eq!(container["ports"][0]["containerPort"], port);
+        assert_eq!(container["readinessProbe"]["httpGet"]["port"], port);
+        assert_eq!(container["livenessProbe"]["httpGet"]["port"], port);
         let host_paths: Vec<&str> = pod["volumes"]
             .as_array()
             .unwrap()

@@ -1,6 +1,6 @@
 //! `merbridge run`: the node agent (what the DaemonSet runs).
 
-use crate::cmd::args::{MeshArgs, PinArgs};
+use crate::cmd::args::{MapSizeArgs, MeshArgs, PinArgs};
 use clap::Args;
 use mb_agent::k8s::node_name;
 use mb_agent::mesh::Mesh;
@@ -30,7 +30,10 @@ pub struct RunArgs {
     pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub pin: PinArgs,
-    /// Where /metrics, /healthz and /readyz are served (none when omitted).
+    #[command(flatten)]
+    pub sizes: MapSizeArgs,
+    /// Where /metrics, /healthz and /readyz are served (none when omitted). deploy/ uses
+    /// 0.0.0.0:9476, a port no mesh uses (the agent shares the node's network).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
     /// On SIGTERM: `keep` the data path attached, `unload` it, or `auto`: unload only when
@@ -87,6 +90,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     // Every flag is checked before anything on the host changes (the bpffs mount below).
     let on_exit = args.on_exit.parse::<OnExit>()?;
+    let map_sizes = args.sizes.sizes()?;
     let cgroup = match &args.cgroup {
         Some(p) => p.clone(),
         None => mb_sys::cgroup::cgroup2_root().map_err(|e| e.to_string())?,
@@ -136,6 +140,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             netns_keys: None,
         },
         dns_capture_default: args.dns_capture,
+        map_sizes,
         mesh,
         node_name: node,
         kubeconfig: args.kubeconfig,

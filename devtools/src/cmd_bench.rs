@@ -37,6 +37,44 @@ pub struct BenchArgs {
     /// 1,000 with --quick).
     #[arg(long, value_name = "N")]
     pub pods: Option<u32>,
+    /// Instead of the comparison: faults injected under a steady load, counted (agent
+    /// SIGKILL + restart, in-place reload, two agents, pod netns deleted, bpffs unmounted).
+    #[arg(long)]
+    pub faults: bool,
+    /// With --faults: new connections per second (default 1,000; 200 with --quick).
+    #[arg(long, value_name = "N")]
+    pub rate: Option<u32>,
+    /// With --faults: seconds of load (default 30; 12 with --quick).
+    #[arg(long, value_name = "S")]
+    pub seconds: Option<u64>,
+}
+
+/// `--faults`: the fault suite's table (and JSON).
+fn run_faults(args: &BenchArgs, bins: &Binaries, command: &str) -> Result<ExitCode, String> {
+    let plan = bench::faults::FaultPlan {
+        rate: args.rate.unwrap_or(if args.quick { 200 } else { 1000 }),
+        seconds: args.seconds.unwrap_or(if args.quick { 12 } else { 30 }),
+    };
+    if plan.rate == 0 || plan.seconds < 6 {
+        return Err("--faults needs --rate of at least 1 and --seconds of at least 6".into());
+    }
+    let started = std::time::Instant::now();
+    let report = bench::faults::run(&plan, bins, &|line| {
+        eprintln!("{:>6.1}s {line}", started.elapsed().as_secs_f64())
+    })?;
+    print!("{}", report.table());
+    let mut json = report.json();
+    json["command"] = command.into();
+    println!("{json}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, format!("{json}\n"))
+            .map_err(|e| format!("write the JSON report to {}: {e}", path.display()))?;
+    }
+    if report.clean() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err("connections failed or bypassed a sidecar during a fault the design absorbs".into())
+    }
 }
 
 fn parse_pinning(text: &str) -> Result<Pinning, String> {
@@ -84,6 +122,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
     })?;
     let command: Vec<String> = std::env::args().collect();
     let command = command.join(" ");
+    if args.faults {
+        return run_faults(&args, &bins, &command);
+    }
     let topologies = args
         .topology
         .iter()

@@ -17,6 +17,7 @@ use crate::attach::{
 };
 use crate::image::ProgramImage;
 use crate::load::{load, LoadError, LoadedProgram};
+use crate::map_sizes::{size_mismatch, MapSizes};
 use crate::memlock::{raise_memlock_if_needed, Memlock};
 use mb_asm::{Insn, Program, RelocKind, Relocation};
 use mb_maps::datapath::{
@@ -286,12 +287,27 @@ pub struct LoadReport {
     pub elapsed: Duration,
 }
 
-/// Checks that `dir` is (inside) a bpffs, creating it when its parent is one.
+/// Checks that `dir` is (inside) a bpffs, creating it when its parent is one. A symlink is
+/// refused (whoever can write its parent could point our pins elsewhere), and the
+/// directories are created `0700`: pins are `0600` and root-owned (the kernel's default for
+/// `BPF_OBJ_PIN` by root), and nobody else may list or replace them.
 pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataPathError> {
+    use std::os::unix::fs::DirBuilderExt;
     let err = |message: String| DataPathError::PinDir {
         path: dir.to_path_buf(),
         message,
     };
+    let private_dir = |path: &Path| std::fs::DirBuilder::new().mode(0o700).create(path);
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        if meta.file_type().is_symlink() {
+            return Err(err(
+                "is a symlink: refusing to pin through it; give the real directory on bpffs".into(),
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(err("is not a directory".into()));
+        }
+    }
     if !dir.exists() {
         let parent = dir.parent().unwrap_or(Path::new("/"));
         if !mb_sys::bpffs::is_bpffs(parent) {
@@ -302,7 +318,7 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataPathError> {
                 parent.display()
             )));
         }
-        std::fs::create_dir(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+        private_dir(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
     } else if !mb_sys::bpffs::is_bpffs(dir) {
         return Err(err(
             "is not on a bpf filesystem: pins must live on bpffs (mount -t bpf)".into(),
@@ -316,8 +332,7 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataPathError> {
         layout.inbound_links_dir(),
     ] {
         if !sub.exists() {
-            std::fs::create_dir(&sub)
-                .map_err(|e| err(format!("cannot create {}: {e}", sub.display())))?;
+            private_dir(&sub).map_err(|e| err(format!("cannot create {}: {e}", sub.display())))?;
         }
     }
     Ok(())
@@ -326,21 +341,43 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataPathError> {
 /// Creates or re-opens (shape-checked) every data-path map under `layout`.
 /// Returns the maps and which of them were created now.
 pub fn open_maps(layout: &PinLayout) -> Result<Vec<(&'static MapDecl, Map, bool)>, DataPathError> {
+    open_maps_sized(layout, &MapSizes::default())
+}
+
+/// [`open_maps`] with the sized maps at `sizes`; a pinned map of another size is refused
+/// with what to do.
+pub fn open_maps_sized(
+    layout: &PinLayout,
+    sizes: &MapSizes,
+) -> Result<Vec<(&'static MapDecl, Map, bool)>, DataPathError> {
     MAPS.iter()
         .map(|decl| {
-            Map::create_or_open_pinned(&layout.map(decl.name), &decl.spec())
+            let path = layout.map(decl.name);
+            Map::create_or_open_pinned(&path, &decl.spec_with(sizes.max_entries(decl)))
                 .map(|(map, created)| (decl, map, created))
-                .map_err(|error| DataPathError::Map {
-                    name: decl.name.to_string(),
-                    error,
+                .map_err(|error| match size_mismatch(decl, &error) {
+                    Some(message) => DataPathError::PinDir { path, message },
+                    None => DataPathError::Map {
+                        name: decl.name.to_string(),
+                        error,
+                    },
                 })
         })
         .collect()
 }
 
-/// Loads and attaches the data path. On failure, whatever this call attached anew is
-/// detached again; programs it swapped in place stay (they are whole and working).
+/// Loads and attaches the data path with the default map sizes. On failure, whatever this
+/// call attached anew is detached again; programs it swapped in place stay (they are whole
+/// and working).
 pub fn load_datapath(opts: &LoadOptions) -> Result<LoadReport, DataPathError> {
+    load_datapath_sized(opts, &MapSizes::default())
+}
+
+/// [`load_datapath`] with the sized maps at `sizes` (`--max-pods`, `--max-connections`).
+pub fn load_datapath_sized(
+    opts: &LoadOptions,
+    sizes: &MapSizes,
+) -> Result<LoadReport, DataPathError> {
     let started = Instant::now();
     let memlock = raise_memlock_if_needed().map_err(|message| DataPathError::PinDir {
         path: opts.pin_dir.clone(),
@@ -348,7 +385,7 @@ pub fn load_datapath(opts: &LoadOptions) -> Result<LoadReport, DataPathError> {
     })?;
     prepare_pin_dir(&opts.pin_dir)?;
     let layout = PinLayout::new(&opts.pin_dir);
-    let maps = open_maps(&layout)?;
+    let maps = open_maps_sized(&layout, sizes)?;
     let map_fds: Vec<(&str, BorrowedFd<'_>)> =
         maps.iter().map(|(d, m, _)| (d.name, m.as_fd())).collect();
     let consts = opts.constants.relocations();

@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod image;
 pub mod inbound;
 pub mod load;
+pub mod map_sizes;
 pub mod memlock;
 pub mod netns_cookie;
 pub mod probe;

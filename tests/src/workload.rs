@@ -829,6 +829,261 @@ pub fn whoami_from(
     Ok((field(&m, "peer")?, field(&m, "local")?))
 }
 
+/// What a connection storm saw: see [`storm_client`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StormStats {
+    pub connects: usize,
+    /// A who-am-I answer from the intended server (its `local=` is the target).
+    pub answered: usize,
+    /// An answer from anywhere else: a wrong destination.
+    pub wrong: usize,
+    /// Closed without an answer (e.g. the sidecar found no original destination).
+    pub closed: usize,
+    /// Refused, reset or timed out (connect or read).
+    pub errors: usize,
+}
+
+impl fmt::Display for StormStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "storm connects={} answered={} wrong={} closed={} errors={}",
+            self.connects, self.answered, self.wrong, self.closed, self.errors
+        )
+    }
+}
+
+impl StormStats {
+    pub fn parse(line: &str) -> io::Result<StormStats> {
+        let kv = parse_kv(line);
+        let get = |k: &str| -> io::Result<usize> {
+            kv.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| io::Error::other(format!("storm line lacks {k}: {line}")))
+        };
+        Ok(StormStats {
+            connects: get("connects")?,
+            answered: get("answered")?,
+            wrong: get("wrong")?,
+            closed: get("closed")?,
+            errors: get("errors")?,
+        })
+    }
+}
+
+/// `count` non-blocking connects to a who-am-I server issued back to back (so that many are
+/// in flight at once), then each answer read within `timeout` overall and classified.
+pub fn storm_client(to: SocketAddr, count: usize, timeout: Duration) -> io::Result<StormStats> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::AsRawFd;
+    let family = if to.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let target = SockaddrStorage::from(to);
+    let mut stats = StormStats {
+        connects: count,
+        ..StormStats::default()
+    };
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let fd = socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        match connect(fd.as_raw_fd(), &target) {
+            Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => streams.push(TcpStream::from(fd)),
+            Err(_) => stats.errors += 1,
+        }
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    for mut stream in streams {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        let mut answer = String::new();
+        match BufReader::new(&mut stream).read_line(&mut answer) {
+            Ok(0) => stats.closed += 1,
+            Ok(_) => {
+                let kv = parse_kv(answer.trim());
+                let local = kv.get("local").and_then(|l| l.parse::<SocketAddr>().ok());
+                if local.map(canonical) == Some(canonical(to)) {
+                    stats.answered += 1;
+                } else {
+                    stats.wrong += 1;
+                }
+            }
+            Err(_) => stats.errors += 1,
+        }
+    }
+    Ok(stats)
+}
+
+/// What a steady load saw: see [`steady_load`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// New connections tried (each: connect, read the who-am-I answer, close).
+    pub connects: u64,
+    pub failed_connects: u64,
+    /// Connected, but no answer or an answer from the wrong server.
+    pub failed_requests: u64,
+    /// Answered by the right server, but it saw a peer other than the expected one (its
+    /// sidecar's): the connection went around a sidecar.
+    pub bypassed: u64,
+    /// Round trips on the long-lived connections, and those that failed (then reconnected).
+    pub rr_requests: u64,
+    pub rr_failed: u64,
+    /// Milliseconds since the start of every failure (at most 1,000 kept), for windows.
+    pub failures_ms: Vec<u64>,
+}
+
+impl fmt::Display for LoadStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list: Vec<String> = self.failures_ms.iter().map(u64::to_string).collect();
+        write!(
+            f,
+            "load connects={} failed_connects={} failed_requests={} bypassed={} rr_requests={} \
+             rr_failed={} failures_ms={}",
+            self.connects,
+            self.failed_connects,
+            self.failed_requests,
+            self.bypassed,
+            self.rr_requests,
+            self.rr_failed,
+            if list.is_empty() {
+                "-".to_owned()
+            } else {
+                list.join(",")
+            }
+        )
+    }
+}
+
+impl LoadStats {
+    pub fn parse(line: &str) -> io::Result<LoadStats> {
+        let kv = parse_kv(line);
+        let get = |k: &str| -> io::Result<u64> {
+            kv.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| io::Error::other(format!("load line lacks {k}: {line}")))
+        };
+        let failures_ms = match kv.get("failures_ms").map(String::as_str) {
+            None | Some("-") => Vec::new(),
+            Some(list) => list.split(',').filter_map(|v| v.parse().ok()).collect(),
+        };
+        Ok(LoadStats {
+            connects: get("connects")?,
+            failed_connects: get("failed_connects")?,
+            failed_requests: get("failed_requests")?,
+            bypassed: get("bypassed")?,
+            rr_requests: get("rr_requests")?,
+            rr_failed: get("rr_failed")?,
+            failures_ms,
+        })
+    }
+}
+
+/// For `duration`: `rate` new connections per second to the who-am-I server `whoami` (each
+/// answer checked to come from it), and `rr_connections` long-lived echo connections to
+/// `echo` doing 64-byte round trips back to back. Every failure is counted and timed; with
+/// `expect_peer`, an answer whose server saw another peer address counts as bypassed.
+pub fn steady_load(
+    whoami: SocketAddr,
+    echo: SocketAddr,
+    expect_peer: Option<std::net::IpAddr>,
+    rate: u32,
+    rr_connections: usize,
+    duration: Duration,
+) -> LoadStats {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let started = Instant::now();
+    let stats = Arc::new(Mutex::new(LoadStats::default()));
+    fn failed(stats: &Mutex<LoadStats>, started: Instant, field: fn(&mut LoadStats) -> &mut u64) {
+        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+        *field(&mut s) += 1;
+        if s.failures_ms.len() < 1000 {
+            s.failures_ms.push(started.elapsed().as_millis() as u64);
+        }
+    }
+    let rr_threads: Vec<_> = (0..rr_connections)
+        .map(|_| {
+            let stats = Arc::clone(&stats);
+            std::thread::spawn(move || {
+                let mut conn: Option<TcpStream> = None;
+                let mut buf = [0u8; 64];
+                let (mut done, mut bad) = (0u64, 0u64);
+                while started.elapsed() < duration {
+                    let ok = (|| -> io::Result<()> {
+                        if conn.is_none() {
+                            let c = TcpStream::connect_timeout(&echo, TIMEOUT)?;
+                            c.set_read_timeout(Some(TIMEOUT))?;
+                            c.set_nodelay(true)?;
+                            conn = Some(c);
+                        }
+                        let c = conn.as_mut().expect("connected above");
+                        c.write_all(&[7u8; 64])?;
+                        c.read_exact(&mut buf)?;
+                        Ok(())
+                    })();
+                    match ok {
+                        Ok(()) => done += 1,
+                        Err(_) => {
+                            bad += 1;
+                            conn = None;
+                            failed(&stats, started, |s| &mut s.rr_failed);
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+                let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                s.rr_requests += done + bad;
+            })
+        })
+        .collect();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut next = Instant::now();
+    let mut connects = 0;
+    while started.elapsed() < duration {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        next += interval;
+        connects += 1;
+        let stream = match TcpStream::connect_timeout(&whoami, TIMEOUT) {
+            Ok(s) => s,
+            Err(_) => {
+                failed(&stats, started, |s| &mut s.failed_connects);
+                continue;
+            }
+        };
+        let _ = stream.set_read_timeout(Some(TIMEOUT));
+        let mut answer = String::new();
+        let read = BufReader::new(&stream).read_line(&mut answer).is_ok();
+        let kv = parse_kv(answer.trim());
+        let addr = |k: &str| {
+            kv.get(k)
+                .and_then(|l| l.parse::<SocketAddr>().ok())
+                .map(canonical)
+        };
+        if !read || addr("local") != Some(canonical(whoami)) {
+            failed(&stats, started, |s| &mut s.failed_requests);
+        } else if expect_peer.is_some_and(|p| addr("peer").map(|a| a.ip()) != Some(p)) {
+            failed(&stats, started, |s| &mut s.bypassed);
+        }
+    }
+    for t in rr_threads {
+        let _ = t.join();
+    }
+    let mut s = stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    s.connects = connects;
+    s.failures_ms.sort_unstable();
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

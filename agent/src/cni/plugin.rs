@@ -10,6 +10,7 @@ use super::error::{code, CniError};
 use super::inbound::{attach_pod_inbound, detach_pod_inbound};
 use super::state::{self, SandboxRecord};
 use crate::mesh::{intercepted, PodPolicy};
+use crate::pin_lock::{write_lock, write_lock_dir, WRITE_LOCK_TIMEOUT};
 use crate::pods::{LocalPod, PodMaps};
 use mb_loader::datapath::PinLayout;
 use mb_maps::datapath::MAP_NETNS_PODS;
@@ -93,6 +94,14 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<AddOutcome, CniError> {
             ),
             "merbridge identifies pods by SO_NETNS_COOKIE (Linux 5.14 or later)",
         )
+    })?;
+    // Held until ADD returns: the agent and `merbridge pod` write the same maps.
+    let _write = write_lock(&conf.pin_dir, WRITE_LOCK_TIMEOUT).map_err(|e| {
+        if write_lock_dir(&conf.pin_dir).exists() {
+            CniError::new(code::MAP_FAILURE, format!("pod {pod}: {e}"), "")
+        } else {
+            data_path_missing(&pod, &conf.pin_dir, e)
+        }
     })?;
     let maps =
         PodMaps::open(&conf.pin_dir).map_err(|e| data_path_missing(&pod, &conf.pin_dir, e))?;
@@ -206,6 +215,14 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         return Ok(());
     };
     detach_pod_inbound(&conf.pin_dir, record.pod_id)?;
+    // No maps directory, no entries (`merbridge unload` removed them): nothing to lock.
+    let _write = if write_lock_dir(&conf.pin_dir).exists() {
+        Some(write_lock(&conf.pin_dir, WRITE_LOCK_TIMEOUT).map_err(|e| {
+            CniError::new(code::MAP_FAILURE, format!("pod {}: {e}", record.pod), "")
+        })?)
+    } else {
+        None
+    };
     match PodMaps::open(&conf.pin_dir) {
         Ok(maps) => {
             let errors = remove_written(

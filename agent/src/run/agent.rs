@@ -8,7 +8,8 @@ use super::sync::{BpfPodStore, Change, PodStore, PodSync};
 use crate::inbound::InboundPods;
 use crate::k8s::{http, ClientConfig, PodEvent, PodWatcher, WatchOptions};
 use crate::mesh::Mesh;
-use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
+use mb_loader::datapath::{load_datapath_sized, unload_datapath, LoadOptions};
+use mb_loader::map_sizes::MapSizes;
 use nix::sys::signal::{SigSet, Signal};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +49,8 @@ pub struct AgentConfig {
     /// DNS capture for pods whose annotations do not say (`load.dns_capture` attaches the
     /// hooks, which pods can then turn on one by one).
     pub dns_capture_default: bool,
+    /// `--max-pods`, `--max-connections`.
+    pub map_sizes: MapSizes,
     pub mesh: Mesh,
     pub node_name: String,
     pub kubeconfig: Option<PathBuf>,
@@ -94,6 +97,12 @@ fn now_ms() -> u64 {
 /// thread: the signals are blocked here so that only the agent's signal thread takes them.
 pub fn run(config: AgentConfig) -> Result<(), String> {
     let started = Instant::now();
+    // Before anything is loaded or written, and before SIGTERM is blocked (a waiting agent
+    // still dies of it): one agent per pin directory.
+    let pin_dir = config.load.pin_dir.clone();
+    let _agent_lock = crate::pin_lock::agent_lock(&pin_dir, || {
+        mb_loader::datapath::prepare_pin_dir(&pin_dir).map_err(|e| e.to_string())
+    })?;
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
@@ -121,7 +130,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     }
 
     // Load, or adopt what a previous agent pinned: programs are swapped in place, maps kept.
-    let report = load_datapath(&config.load).map_err(|e| e.to_string())?;
+    let report = load_datapath_sized(&config.load, &config.map_sizes).map_err(|e| e.to_string())?;
     let replaced = report.hooks.iter().filter(|h| h.replaced).count();
     log::info!(
         "data path attached to {} in {:.1} ms ({} hooks, {} replaced in place, maps re-used: {})",
@@ -197,6 +206,10 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             Msg::WatcherEnded(r) => Unboxed::WatcherEnded(r),
             Msg::Scanned(found, namespaces) => Unboxed::Scanned(found, namespaces),
         });
+        // Map writes are serialised with `merbridge pod` and the CNI plugin (pin_lock).
+        let _write = matches!(message, Ok(Unboxed::Pod(..) | Unboxed::Scanned(..)))
+            .then(|| crate::pin_lock::write_lock(&pin_dir, Duration::MAX))
+            .and_then(|lock| lock.map_err(|e| log::error!("{e}")).ok());
         match message {
             Ok(Unboxed::Pod(PodEvent::Upsert(pod), at)) => {
                 if crate::mesh::refusal(&pod, config.mesh).is_some() {
@@ -365,6 +378,9 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         status
             .pods_without_netns
             .store(counts.without_netns as u64, Ordering::Relaxed);
+        status
+            .pods_unwritten
+            .store(sync.unwritten() as u64, Ordering::Relaxed);
     }
     stop.stop();
     let _ = watch_thread.join();

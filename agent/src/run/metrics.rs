@@ -50,6 +50,8 @@ pub struct AgentStatus {
     pub synced: AtomicBool,
     pub pods: AtomicU64,
     pub pods_without_netns: AtomicU64,
+    /// Meshed pods kept out of the maps by a failed write (a full map): not intercepted.
+    pub pods_unwritten: AtomicU64,
     pub events_applied: AtomicU64,
     pub sync_errors: AtomicU64,
     pub stale_removed: AtomicU64,
@@ -141,6 +143,12 @@ impl AgentStatus {
             "counter",
             "Pods whose inbound capture could not be attached or detached (see the log).",
             &one(g(&self.inbound_errors)),
+        );
+        metric(
+            "merbridge_pods_not_intercepted",
+            "gauge",
+            "Meshed pods not in the maps because a write failed (a full map: see --max-pods).",
+            &one(g(&self.pods_unwritten)),
         );
         metric(
             "merbridge_sync_events_total",

@@ -87,7 +87,10 @@ fn full_hint(name: &'static str, flag: &'static str) -> impl Fn(MapError) -> Str
     move |e| {
         let text = e.to_string();
         if text.contains("E2BIG") || text.contains("ENOSPC") || text.contains("No space") {
-            format!("map {name} is full: {text} (raise {flag} and restart the agent)")
+            format!(
+                "map {name} is full: {text} (its size came from {flag} at load; a larger one \
+                 needs `merbridge unload` and a new load)"
+            )
         } else {
             format!("map {name}: {text}")
         }
@@ -122,7 +125,7 @@ impl PodStore for BpfPodStore {
     fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), String> {
         self.pod_ips
             .insert(addr, entry)
-            .map_err(full_hint(MAP_POD_IPS, "the map's max_entries"))
+            .map_err(full_hint(MAP_POD_IPS, "--max-pods"))
     }
     fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), String> {
         self.pod_ips
@@ -133,7 +136,7 @@ impl PodStore for BpfPodStore {
     fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), String> {
         self.netns_pods
             .insert(&cookie, entry)
-            .map_err(full_hint(MAP_NETNS_PODS, "the map's max_entries"))
+            .map_err(full_hint(MAP_NETNS_PODS, "--max-pods"))
     }
     fn del_netns(&mut self, cookie: u64) -> Result<(), String> {
         self.netns_pods
@@ -144,7 +147,7 @@ impl PodStore for BpfPodStore {
     fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
         self.port_rules
             .insert(key, &1)
-            .map_err(full_hint(MAP_PORT_RULES, "the map's max_entries"))
+            .map_err(full_hint(MAP_PORT_RULES, "--max-pods"))
     }
     fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
         self.port_rules
@@ -155,7 +158,7 @@ impl PodStore for BpfPodStore {
     fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
         self.cidr_rules
             .insert(key, &1)
-            .map_err(full_hint(MAP_CIDR_RULES, "the map's max_entries"))
+            .map_err(full_hint(MAP_CIDR_RULES, "--max-pods"))
     }
     fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
         self.cidr_rules
@@ -217,6 +220,9 @@ pub struct PodSync<S: PodStore> {
     /// removed when the old one goes.
     ip_owner: HashMap<Addr, String>,
     netns_owner: HashMap<u64, String>,
+    /// Desired pods whose write failed (a full map): not in the maps at all, retried when
+    /// a pod leaves.
+    unwritten: BTreeSet<String>,
 }
 
 /// Ids share the rule keys' scope word with 2 bits of rule kind.
@@ -237,7 +243,13 @@ impl<S: PodStore> PodSync<S> {
             next_id: 1,
             ip_owner: HashMap::new(),
             netns_owner: HashMap::new(),
+            unwritten: BTreeSet::new(),
         }
+    }
+
+    /// Desired pods not in the maps because a write failed (e.g. a full map).
+    pub fn unwritten(&self) -> usize {
+        self.unwritten.len()
     }
 
     pub fn store(&self) -> &S {
@@ -331,9 +343,13 @@ impl<S: PodStore> PodSync<S> {
     pub fn delete(&mut self, uid: &str) -> Result<Change, String> {
         let was_desired = self.desired.remove(uid).is_some();
         self.cookies.remove(uid);
+        self.unwritten.remove(uid);
         let removed = self.erase(uid)?;
         if let Some(id) = self.ids.remove(uid) {
             self.free_ids.push(id);
+        }
+        if removed {
+            self.retry_unwritten();
         }
         Ok(if removed || was_desired {
             Change::Removed
@@ -446,10 +462,26 @@ impl<S: PodStore> PodSync<S> {
         self.next_id = self.ids.values().max().map_or(1, |m| m + 1);
         self.synced = true;
         let uids: Vec<String> = self.desired.keys().cloned().collect();
+        // One pod that does not fit must not keep the others out (or the agent unready).
         for uid in uids {
-            self.apply(&uid)?;
+            if let Err(e) = self.apply(&uid) {
+                log::warn!("pod {}: {e}", self.desired[&uid].pod_ref);
+            }
         }
         Ok(stale_ids.len())
+    }
+
+    /// Writes the pods a full map kept out, now that one left.
+    fn retry_unwritten(&mut self) {
+        for uid in std::mem::take(&mut self.unwritten) {
+            match self.apply(&uid) {
+                Ok(()) => log::info!(
+                    "pod {}: written to the maps now that they have room",
+                    self.desired[&uid].pod_ref
+                ),
+                Err(e) => log::debug!("pod uid {uid}: still not written: {e}"),
+            }
+        }
     }
 
     fn allocate_id(&mut self, uid: &str) -> Result<u32, String> {
@@ -468,8 +500,54 @@ impl<S: PodStore> PodSync<S> {
         Ok(id)
     }
 
-    /// Writes one desired pod: new keys first, then removes what the previous write had.
+    /// Writes one desired pod, all or nothing: when a write fails (a full map), every key of
+    /// the pod is removed again, so it is plainly not intercepted rather than half, and it
+    /// is remembered for a retry.
     fn apply(&mut self, uid: &str) -> Result<(), String> {
+        let previous = self.written.get(uid).cloned().unwrap_or_default();
+        match self.write_pod(uid) {
+            Ok(()) => {
+                self.unwritten.remove(uid);
+                Ok(())
+            }
+            Err(e) => {
+                // Everything this pod may own now: the previous write and the attempted one.
+                let mut all = previous;
+                if let (Some(desired), Some(&pod_id)) = (self.desired.get(uid), self.ids.get(uid)) {
+                    let compiled = compile(pod_id, &desired.policy, self.dns_capture);
+                    all.port_rules.extend(compiled.port_rules);
+                    all.cidr_rules.extend(compiled.cidr_rules);
+                    for ip in &desired.ips {
+                        let addr = addr_bytes(*ip);
+                        if self.ip_owner.get(&addr).map(String::as_str) == Some(uid) {
+                            match ip {
+                                IpAddr::V4(_) => all.entry.ipv4 = addr,
+                                IpAddr::V6(_) => all.entry.ipv6 = addr,
+                            }
+                        }
+                    }
+                    if let Some(&cookie) = self.cookies.get(uid) {
+                        if self.netns_owner.get(&cookie).map(String::as_str) == Some(uid) {
+                            all.entry.netns = cookie;
+                        }
+                    }
+                }
+                self.written.insert(uid.to_string(), all);
+                let undone = self.erase(uid);
+                self.unwritten.insert(uid.to_string());
+                Err(match undone {
+                    Ok(_) => format!(
+                        "{e}; this pod is NOT intercepted (its entries were removed; it is \
+                         written when another pod leaves)"
+                    ),
+                    Err(undo) => format!("{e}; removing its partial entries failed too: {undo}"),
+                })
+            }
+        }
+    }
+
+    /// Writes one desired pod: new keys first, then removes what the previous write had.
+    fn write_pod(&mut self, uid: &str) -> Result<(), String> {
         let Some(desired) = self.desired.get(uid).cloned() else {
             return Ok(());
         };

@@ -4,6 +4,7 @@
 use clap::Args;
 use mb_agent::mesh::Mesh;
 use mb_loader::datapath::MeshConstants;
+use mb_loader::map_sizes::MapSizes;
 use mb_maps::datapath::{SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,24 @@ impl PinArgs {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+}
+
+/// How large the maps are made (a pinned data path keeps the size it was created with).
+#[derive(Args, Clone, Debug)]
+pub struct MapSizeArgs {
+    /// Meshed pods the maps hold on this node: netns_pods, pod_ips (2 addresses each) and
+    /// 16 rules each. A pod beyond it is not intercepted (warned, counted in metrics).
+    #[arg(long, default_value_t = MapSizes::default().pods)]
+    pub max_pods: u32,
+    /// Concurrent redirected connections (cookie_orig, pair_orig, sock_pairs).
+    #[arg(long, default_value_t = MapSizes::default().connections)]
+    pub max_connections: u32,
+}
+
+impl MapSizeArgs {
+    pub fn sizes(&self) -> Result<MapSizes, String> {
+        MapSizes::checked(self.max_pods, self.max_connections)
     }
 }
 

@@ -1,11 +1,11 @@
 //! `merbridge load`: load the data path and attach it to a cgroup; it stays attached through
 //! its pins.
 
-use super::args::{cgroup_or_root, MeshArgs, PinArgs};
+use super::args::{cgroup_or_root, MapSizeArgs, MeshArgs, PinArgs};
 use clap::Args;
 use mb_agent::mesh::Mesh;
 use mb_loader::attach::AttachMode;
-use mb_loader::datapath::{load_datapath, LoadOptions, LoadReport};
+use mb_loader::datapath::{load_datapath_sized, LoadOptions, LoadReport};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -18,6 +18,8 @@ pub struct LoadArgs {
     pub cgroup: Option<PathBuf>,
     #[command(flatten)]
     pub pin: PinArgs,
+    #[command(flatten)]
+    pub sizes: MapSizeArgs,
     /// Intercept IPv6 too (connect6).
     #[arg(long)]
     pub ipv6: bool,
@@ -36,8 +38,9 @@ pub struct LoadArgs {
 pub fn run(args: LoadArgs) -> Result<ExitCode, String> {
     let mesh = args.mesh.mesh()?;
     let opts = load_options(&args, mesh)?;
+    let sizes = args.sizes.sizes()?;
     args.pin.prepare()?;
-    let report = load_datapath(&opts).map_err(|e| e.to_string())?;
+    let report = load_datapath_sized(&opts, &sizes).map_err(|e| e.to_string())?;
     print_report(mesh, &opts, &report);
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@
 
 pub mod control;
 pub mod env;
+pub mod faults;
 pub mod report;
 pub mod setup;
 pub mod stats;

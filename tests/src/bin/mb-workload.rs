@@ -82,6 +82,33 @@ enum Cmd {
         #[arg(long)]
         from: Option<std::net::IpAddr>,
     },
+    /// COUNT non-blocking connects to a who-am-I server at once, then every answer read and
+    /// classified (right server, wrong one, closed, error).
+    Storm {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 20)]
+        timeout_secs: u64,
+    },
+    /// A steady load for fault tests: RATE new who-am-I connections per second plus
+    /// RR_CONNECTIONS long-lived echo round-trippers, for SECS; one summary line.
+    Load {
+        #[arg(long)]
+        whoami: SocketAddr,
+        #[arg(long)]
+        echo: SocketAddr,
+        /// The peer address the server must see (its sidecar's); others count as bypassed.
+        #[arg(long)]
+        expect_peer: Option<std::net::IpAddr>,
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        #[arg(long, default_value_t = 8)]
+        rr_connections: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
     /// Connect, send TEXT, close at once without reading (a fire-and-forget client).
     Send {
         #[arg(long)]
@@ -184,6 +211,32 @@ fn run(cli: Cli) -> std::io::Result<()> {
             let (peer, local) = workload::whoami_from(to, from)?;
             println!("whoami peer={peer} local={local}");
         }
+        Cmd::Storm {
+            to,
+            count,
+            timeout_secs,
+        } => println!(
+            "{}",
+            workload::storm_client(to, count, std::time::Duration::from_secs(timeout_secs))?
+        ),
+        Cmd::Load {
+            whoami,
+            echo,
+            expect_peer,
+            rate,
+            rr_connections,
+            secs,
+        } => println!(
+            "{}",
+            workload::steady_load(
+                whoami,
+                echo,
+                expect_peer,
+                rate,
+                rr_connections,
+                std::time::Duration::from_secs(secs)
+            )
+        ),
         Cmd::Send { to, text } => {
             let local = workload::send_and_close(to, text.as_bytes())?;
             println!("sent bytes={} local={local}", text.len());

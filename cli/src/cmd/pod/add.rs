@@ -5,6 +5,7 @@ use clap::Args;
 use mb_agent::mesh::{
     annotations_from_file, Cidr, CidrSelection, Mesh, PodPolicy, PortRanges, PortSelection,
 };
+use mb_agent::pin_lock::{write_lock, WRITE_LOCK_TIMEOUT};
 use mb_agent::pods::{LocalPod, PodMaps};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -167,6 +168,8 @@ pub fn run(args: PodAddArgs) -> Result<ExitCode, String> {
     let netns_cookie = mb_loader::netns_cookie::netns_cookie(&args.netns).map_err(|e| {
         format!("{e} (pass the pod's namespace, e.g. /run/netns/NAME or /proc/PID/ns/net)")
     })?;
+    // Held until the pod is written: the agent and the CNI plugin write the same maps.
+    let _write = write_lock(&args.pin.pin_dir, WRITE_LOCK_TIMEOUT)?;
     let maps = PodMaps::open(&args.pin.pin_dir)?;
     let pod = LocalPod {
         ips: ips.clone(),

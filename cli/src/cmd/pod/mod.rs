@@ -41,6 +41,8 @@ pub fn run(command: PodCommand) -> Result<ExitCode, String> {
 }
 
 fn del(args: PodDelArgs) -> Result<ExitCode, String> {
+    let _write =
+        mb_agent::pin_lock::write_lock(&args.pin.pin_dir, mb_agent::pin_lock::WRITE_LOCK_TIMEOUT)?;
     let maps = PodMaps::open(&args.pin.pin_dir)?;
     let Some(entry) = maps.find(args.ip)? else {
         return Err(format!("no local pod has address {}", args.ip));
