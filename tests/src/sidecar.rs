@@ -552,8 +552,10 @@ impl Sidecar {
                 let Ok(line) = line else { break };
                 let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
                 if reader_config.kind == SidecarKind::Haproxy {
-                    if let Some(r) = haproxy::parse_log_line(&line, &reader_config) {
-                        s.records.push(r);
+                    match haproxy::parse_log_line(&line, &reader_config) {
+                        Some(r) => s.records.push(r),
+                        // Never silently: a connection whose line we cannot read is missing.
+                        None => eprintln!("haproxy sidecar: unreadable line: {line}"),
                     }
                 } else if line.starts_with("ready ") {
                     s.ready = true;
