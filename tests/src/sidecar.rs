@@ -507,13 +507,15 @@ impl Sidecar {
                 (cmd, None)
             }
             SidecarKind::Haproxy => {
-                let text = haproxy::config_text(&config).map_err(|e| {
+                let binary = haproxy::haproxy_binary()?;
+                let dir = haproxy::ConfigDir::create(uid)?;
+                let text = haproxy::config_text(&config, &dir.stats_socket()).map_err(|e| {
                     io::Error::new(io::ErrorKind::InvalidInput, format!("HAProxy sidecar: {e}"))
                 })?;
-                let dir = haproxy::ConfigDir::write(&text)?;
-                let mut cmd = Command::new(haproxy::haproxy_binary()?);
+                dir.write_config(&text)?;
+                let mut cmd = Command::new(binary);
                 // -db: foreground, no master process; -f: only our file, never /etc/haproxy.
-                cmd.arg("-db").arg("-f").arg(dir.path());
+                cmd.arg("-db").arg("-f").arg(dir.config_path());
                 (cmd, Some(dir))
             }
         };
@@ -650,6 +652,16 @@ impl Sidecar {
                 .0;
         }
         true
+    }
+
+    /// For HAProxy, its own account of dropped log lines and open connections (to explain
+    /// missing records); `None` for the reference sidecar, whose records are never dropped.
+    pub fn runtime_state(&self) -> Option<String> {
+        let dir = self._config_dir.as_ref()?;
+        Some(
+            haproxy::runtime_state(&dir.stats_socket())
+                .unwrap_or_else(|e| format!("HAProxy runtime API unreadable: {e}")),
+        )
     }
 
     /// Sources of the DNS queries the DNS proxy answered so far.

@@ -216,7 +216,13 @@ impl MeshSetup {
             let from = before.records.get(i).copied().unwrap_or(0);
             let records = sidecar.wait_for_records(from + expected, RECORD_WAIT);
             let new = records.get(from..).unwrap_or(&[]);
-            let through = check_records(name, listener, new, targets, expected)?;
+            let through =
+                check_records(name, listener, new, targets, expected).map_err(|e| match sidecar
+                    .runtime_state()
+                {
+                    Some(state) => format!("{e}\n{state}"),
+                    None => e,
+                })?;
             seen.push(format!("{name} sidecar {through} {listener}"));
         }
         if let (Some(d), Some(old)) = (&self.datapath, &before.counters) {

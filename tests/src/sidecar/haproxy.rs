@@ -52,8 +52,9 @@ fn forward_frontend(port: u16) -> String {
 const LOG_FORMAT: &str = "mbhap fe=%f ci=%ci cp=%cp dst=%[fc_dst] dport=%[fc_dst_port] \
                           bi=%bi bp=%bp up=%U down=%B ts=%ts";
 
-/// The HAProxy configuration for `config` (see the module comment).
-pub fn config_text(config: &SidecarConfig) -> Result<String, String> {
+/// The HAProxy configuration for `config` (see the module comment), with its runtime API on
+/// the unix socket `stats_socket` (for [`runtime_state`]).
+pub fn config_text(config: &SidecarConfig, stats_socket: &Path) -> Result<String, String> {
     if config.dns_port.is_some() {
         return Err(
             "HAProxy has no DNS proxy (it relays TCP only): run the DNS capture with the \
@@ -71,6 +72,11 @@ pub fn config_text(config: &SidecarConfig) -> Result<String, String> {
     let mut c = String::new();
     let _ = writeln!(c, "global\n    log stdout format raw local0 info");
     let _ = writeln!(c, "    nbthread {}", config.workers);
+    let _ = writeln!(
+        c,
+        "    stats socket {} mode 600 level operator",
+        stats_socket.display()
+    );
     let _ = writeln!(
         c,
         "defaults\n    mode tcp\n    log global\n    timeout connect 5s\n    \
@@ -178,16 +184,17 @@ pub fn parse_log_line(line: &str, config: &SidecarConfig) -> Option<Record> {
     })
 }
 
-/// A private directory holding one HAProxy's configuration, removed on drop.
+/// A private directory for one HAProxy: its configuration and its runtime API socket;
+/// removed on drop.
 #[derive(Debug)]
 pub struct ConfigDir {
     dir: PathBuf,
 }
 
 impl ConfigDir {
-    /// Writes `text` as `haproxy.cfg` in a new directory under `/run` (only root can write
-    /// there), readable by the proxy UID.
-    pub fn write(text: &str) -> io::Result<ConfigDir> {
+    /// A new directory under `/run` (only root can create there) owned by `uid`, the proxy
+    /// UID HAProxy runs as, so it can create its socket in it.
+    pub fn create(uid: u32) -> io::Result<ConfigDir> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = Path::new("/run").join(format!(
             "mb-haproxy-{}-{}",
@@ -198,15 +205,54 @@ impl ConfigDir {
             .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
         let guard = ConfigDir { dir };
         fs::set_permissions(&guard.dir, fs::Permissions::from_mode(0o755))?;
-        let file = guard.path();
-        fs::write(&file, text)?;
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
+        nix::unistd::chown(&guard.dir, Some(nix::unistd::Uid::from_raw(uid)), None)?;
         Ok(guard)
     }
 
-    pub fn path(&self) -> PathBuf {
+    /// Writes the configuration, readable by HAProxy's user.
+    pub fn write_config(&self, text: &str) -> io::Result<()> {
+        let file = self.config_path();
+        fs::write(&file, text)?;
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644))
+    }
+
+    pub fn config_path(&self) -> PathBuf {
         self.dir.join("haproxy.cfg")
     }
+
+    pub fn stats_socket(&self) -> PathBuf {
+        self.dir.join("runtime.sock")
+    }
+}
+
+/// What HAProxy says about itself through its runtime API (`show info` counters that tell
+/// whether it dropped log lines, and `show sess`: connections still open), for error
+/// messages when records are missing.
+pub fn runtime_state(stats_socket: &Path) -> io::Result<String> {
+    use std::io::{Read, Write};
+    let ask = |command: &str| -> io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(stats_socket)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        s.write_all(command.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let info = ask("show info\n")?;
+    let counters: Vec<&str> = info
+        .lines()
+        .filter(|l| {
+            ["DroppedLogs", "CurrConns", "CumConns"]
+                .iter()
+                .any(|k| l.starts_with(&format!("{k}:")))
+        })
+        .collect();
+    let sessions = ask("show sess\n")?;
+    Ok(format!(
+        "HAProxy {}; open sessions:\n{}",
+        counters.join(", "),
+        sessions.trim_end()
+    ))
 }
 
 impl Drop for ConfigDir {
@@ -247,7 +293,7 @@ mod tests {
     #[test]
     fn config_has_the_listeners_the_loop_guard_and_no_splice() {
         let config = SidecarConfig::for_mesh(&crate::MeshPorts::linkerd());
-        let text = config_text(&config).unwrap();
+        let text = config_text(&config, Path::new("/run/x/runtime.sock")).unwrap();
         assert!(text.contains("bind 0.0.0.0:4140"), "{text}");
         assert!(text.contains("bind :::4143 v6only"), "{text}");
         assert!(text.contains("fc_dst_port 4140 4143"), "{text}");
@@ -260,14 +306,16 @@ mod tests {
             relay: RelayMode::Splice,
             ..config.clone()
         };
-        assert!(config_text(&spliced)
+        assert!(config_text(&spliced, Path::new("s"))
             .unwrap()
             .contains("option splice-request"));
         let dns = SidecarConfig {
             dns_port: Some(15053),
             ..config
         };
-        assert!(config_text(&dns).unwrap_err().contains("no DNS proxy"));
+        assert!(config_text(&dns, Path::new("s"))
+            .unwrap_err()
+            .contains("no DNS proxy"));
     }
 
     #[test]
