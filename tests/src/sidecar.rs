@@ -539,11 +539,11 @@ impl Sidecar {
         if config.kind == SidecarKind::Haproxy {
             // HAProxy drops log lines it cannot write at once: give the pipe room (1 MiB,
             // the default pipe-max-size) for bursts the reader has not caught up with.
-            // Best effort: a smaller pipe only makes drops likelier, and the checks count.
-            let _ = nix::fcntl::fcntl(
+            nix::fcntl::fcntl(
                 std::os::fd::AsRawFd::as_raw_fd(&stdout),
                 nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
-            );
+            )
+            .map_err(|e| io::Error::other(format!("enlarge HAProxy's log pipe to 1 MiB: {e}")))?;
         }
         let seen: Arc<(Mutex<Seen>, Condvar)> = Arc::default();
         let reader_seen = Arc::clone(&seen);

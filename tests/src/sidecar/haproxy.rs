@@ -1,8 +1,8 @@
 //! HAProxy (Debian's `haproxy` package) as a sidecar: a real, event-driven proxy from outside
 //! this project, asking for the original destination as Envoy's `original_dst` does.
 //!
-//! The configuration is generated from a [`SidecarConfig`] into a private directory (never
-//! `/etc/haproxy`, never the system service): `mode tcp`; an outbound frontend and an inbound
+//! The configuration is generated from a [`SidecarConfig`] into a private directory (in the
+//! test bed's staging directory; never `/etc/haproxy`, never the system service): `mode tcp`; an outbound frontend and an inbound
 //! one whose backend is `server orig 0.0.0.0` — forward to the connection's destination, which
 //! HAProxy takes from `getsockname()` then `getsockopt(SOL_IP, SO_ORIGINAL_DST)`; the inbound
 //! one connects from the passthrough address; a connection whose destination is still a
@@ -192,15 +192,13 @@ pub struct ConfigDir {
 }
 
 impl ConfigDir {
-    /// A new directory under `/run` (only root can create there) owned by `uid`, the proxy
-    /// UID HAProxy runs as, so it can create its socket in it.
+    /// A new directory in the test bed's staging directory (under `/run`, where only root
+    /// can create; swept by `mb-testbed-clean` after a crash) owned by `uid`, the proxy UID
+    /// HAProxy runs as, so it can create its socket in it.
     pub fn create(uid: u32) -> io::Result<ConfigDir> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = Path::new("/run").join(format!(
-            "mb-haproxy-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = crate::stage::ensure_stage_dir()?
+            .join(format!("haproxy-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         fs::create_dir(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
         let guard = ConfigDir { dir };
