@@ -4,6 +4,7 @@
 use crate::bench::{self, env::Pinning, env::Topology, report};
 use clap::Args;
 use mb_testbed::scenarios::Binaries;
+use mb_testbed::sidecar::SidecarKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,6 +38,10 @@ pub struct BenchArgs {
     /// 1,000 with --quick).
     #[arg(long, value_name = "N")]
     pub pods: Option<u32>,
+    /// The sidecar in every meshed pod: this project's reference sidecar, or Debian's HAProxy
+    /// (`apt-get install haproxy`; started by the bench with its own configuration).
+    #[arg(long, value_enum, default_value_t = SidecarKind::Reference)]
+    pub sidecar: SidecarKind,
     /// Instead of the comparison: faults injected under a steady load, counted (agent
     /// SIGKILL + restart, in-place reload, two agents, pod netns deleted, bpffs unmounted).
     #[arg(long)]
@@ -137,7 +142,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
     if args.pods == Some(0) {
         return Err("--pods 0: give at least one pod".into());
     }
-    let plan = bench::Plan::new(
+    let mut plan = bench::Plan::new(
         args.quick,
         args.rounds,
         !args.quick && !args.no_splice_all,
@@ -146,6 +151,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
         &topologies,
         args.pods,
     );
+    plan.sidecar = args.sidecar;
     eprintln!(
         "merbridge bench: {} environments x {} rounds, then the control plane up to {} pods",
         plan.setups.len(),

@@ -264,3 +264,75 @@ fn quick_bench_reports_a_setup_that_did_not_intercept() {
     assert!(svg.contains("FAILED (not intercepted"), "footer");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same with HAProxy as the sidecar (`--sidecar haproxy`): the iptables and explicit-proxy
+/// setups pass the per-round check through HAProxy, and the merbridge ones — loaded, but with
+/// the pods left out of the maps, so HAProxy never sees a connection with an original
+/// destination — are caught and reported failed. The JSON names the sidecar per setup.
+#[test]
+fn quick_bench_with_haproxy_catches_a_setup_that_did_not_intercept() {
+    if !mb_sys::testing::kernel_tests_enabled("quick_bench_with_haproxy_catches_no_interception") {
+        return;
+    }
+    let _one = BENCH.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("mb-bench-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json_path = dir.join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_merbridge-dev"))
+        .args([
+            "bench",
+            "--quick",
+            "--sidecar",
+            "haproxy",
+            "--topology",
+            "same-node",
+            "--pods",
+            "100",
+        ])
+        .arg("--json")
+        .arg(&json_path)
+        .env("MB_BENCH_BREAK_INTERCEPTION", "1")
+        .output()
+        .expect("run merbridge-dev bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "exit 0 despite no interception:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("same-node / merbridge FAILED: round 1: not intercepted"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("sidecar: haproxy"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
+            .expect("well-formed JSON");
+    assert_eq!(json["sidecar"], "haproxy");
+    for entry in json["data_path"].as_array().expect("data_path list") {
+        let setup = entry["setup"].as_str().unwrap();
+        let expected_sidecar = if setup == "direct" {
+            serde_json::Value::Null
+        } else {
+            "haproxy".into()
+        };
+        assert_eq!(entry["sidecar"], expected_sidecar, "{setup}");
+        let broken = setup.starts_with("merbridge");
+        assert_eq!(
+            entry["status"],
+            if broken { "failed" } else { "ok" },
+            "{setup}: {}",
+            entry["failure"]
+        );
+        assert_eq!(entry["interception"][0]["ok"], !broken, "{setup}");
+        if setup == "iptables" {
+            // HAProxy relayed every connection, original destinations checked.
+            let seen = entry["interception"][0]["seen"].as_str().unwrap();
+            assert!(
+                seen.contains("outbound") && seen.contains("inbound"),
+                "{seen}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

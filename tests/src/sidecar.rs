@@ -12,6 +12,7 @@
 //! collects those lines.
 
 mod event_loop;
+pub mod haproxy;
 
 use crate::node::{Pod, Spawned};
 use std::fmt;
@@ -31,6 +32,33 @@ pub enum RelayMode {
     ReadWrite,
     /// `splice` through a pipe (zero copy; bypasses a sockmap's receive path — see DESIGN.md).
     Splice,
+}
+
+/// Which proxy plays the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SidecarKind {
+    /// `mb-sidecar`, this project's reference sidecar.
+    #[default]
+    Reference,
+    /// Debian's HAProxy with a generated configuration (see [`haproxy`]).
+    Haproxy,
+}
+
+impl SidecarKind {
+    pub const ALL: [SidecarKind; 2] = [SidecarKind::Reference, SidecarKind::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SidecarKind::Reference => "reference",
+            SidecarKind::Haproxy => "haproxy",
+        }
+    }
+}
+
+impl fmt::Display for SidecarKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Sidecar settings. The defaults are Istio's; see [`SidecarConfig::for_mesh`].
@@ -75,6 +103,9 @@ pub struct SidecarConfig {
     /// lookup, as when applications dial their sidecar directly.
     #[arg(long = "forward", value_name = "PORT=ADDR")]
     pub forward: Vec<Forward>,
+    /// Which proxy [`Sidecar::start_binary`] starts (not a flag of `mb-sidecar` itself).
+    #[arg(skip)]
+    pub kind: SidecarKind,
 }
 
 /// One explicit-proxy listener: connections to `port` are relayed to `to`.
@@ -124,6 +155,7 @@ impl Default for SidecarConfig {
             dns_port: None,
             dns_answer: Ipv4Addr::new(10, 96, 15, 53),
             forward: Vec::new(),
+            kind: SidecarKind::Reference,
         }
     }
 }
@@ -479,8 +511,10 @@ struct Seen {
 pub struct Sidecar {
     config: SidecarConfig,
     seen: Arc<(Mutex<Seen>, Condvar)>,
-    // Declared last: killed after the reader has its Arc.
+    // Killed after the reader has its Arc...
     _process: Spawned,
+    // ...and its configuration removed once it is gone.
+    _config_dir: Option<haproxy::ConfigDir>,
 }
 
 impl Sidecar {
@@ -490,32 +524,74 @@ impl Sidecar {
     }
 
     /// Like [`Sidecar::start`] with an explicit binary path (tests pass
-    /// `env!("CARGO_BIN_EXE_mb-sidecar")`).
+    /// `env!("CARGO_BIN_EXE_mb-sidecar")`); with [`SidecarKind::Haproxy`] in `config`,
+    /// starts HAProxy instead and `binary` is not used.
     pub fn start_binary(
         binary: &std::path::Path,
         pod: &Pod,
         config: SidecarConfig,
         uid: u32,
     ) -> io::Result<Sidecar> {
-        let binary = crate::stage::runnable_by_anyone(binary)?;
-        let mut cmd = Command::new(binary);
-        cmd.args(config.to_args())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let (cmd, config_dir) = match config.kind {
+            SidecarKind::Reference => {
+                let mut cmd = Command::new(crate::stage::runnable_by_anyone(binary)?);
+                cmd.args(config.to_args());
+                (cmd, None)
+            }
+            SidecarKind::Haproxy => {
+                let binary = haproxy::haproxy_binary()?;
+                let dir = haproxy::ConfigDir::create(uid)?;
+                let text = haproxy::config_text(&config, &dir.stats_socket()).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("HAProxy sidecar: {e}"))
+                })?;
+                dir.write_config(&text)?;
+                let mut cmd = Command::new(binary);
+                // -db: foreground, no master process; -f: only our file, never /etc/haproxy.
+                cmd.arg("-db").arg("-f").arg(dir.config_path());
+                (cmd, Some(dir))
+            }
+        };
+        Self::start_command(cmd, config_dir, pod, config, uid)
+    }
+
+    fn start_command(
+        mut cmd: Command,
+        config_dir: Option<haproxy::ConfigDir>,
+        pod: &Pod,
+        config: SidecarConfig,
+        uid: u32,
+    ) -> io::Result<Sidecar> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut process = pod.spawn(cmd, uid)?;
         let stdout = process
             .child_mut()
             .stdout
             .take()
             .ok_or_else(|| io::Error::other("sidecar stdout not captured"))?;
+        if config.kind == SidecarKind::Haproxy {
+            // HAProxy drops log lines it cannot write at once: give the pipe room (1 MiB,
+            // the default pipe-max-size) for bursts the reader has not caught up with.
+            nix::fcntl::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&stdout),
+                nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
+            )
+            .map_err(|e| io::Error::other(format!("enlarge HAProxy's log pipe to 1 MiB: {e}")))?;
+        }
         let seen: Arc<(Mutex<Seen>, Condvar)> = Arc::default();
         let reader_seen = Arc::clone(&seen);
+        let reader_config = config.clone();
         std::thread::spawn(move || {
             let (lock, cvar) = &*reader_seen;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
-                if line.starts_with("ready ") {
+                if reader_config.kind == SidecarKind::Haproxy {
+                    match haproxy::parse_log_line(&line, &reader_config) {
+                        Some(r) => s.records.push(r),
+                        // Never silently: a connection whose line we cannot read is missing.
+                        None => eprintln!("haproxy sidecar: unreadable line: {line}"),
+                    }
+                } else if line.starts_with("ready ") {
                     s.ready = true;
                 } else if let Some(r) = Record::parse(&line) {
                     s.records.push(r);
@@ -531,19 +607,48 @@ impl Sidecar {
             lock.lock().unwrap_or_else(|p| p.into_inner()).ended = true;
             cvar.notify_all();
         });
+        let pid = process.pid();
         let sidecar = Sidecar {
             config,
             seen,
             _process: process,
+            _config_dir: config_dir,
         };
-        sidecar.wait_until(Duration::from_secs(5), |s| s.ready || s.ended);
+        if sidecar.config.kind == SidecarKind::Haproxy {
+            // HAProxy prints nothing when ready: watch its netns for the listeners.
+            let mut ports = vec![sidecar.config.outbound_port, sidecar.config.inbound_port];
+            ports.extend(sidecar.config.forward.iter().map(|f| f.port));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline
+                && !sidecar
+                    .seen
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .ended
+            {
+                if haproxy::listening(pid, &ports) {
+                    sidecar
+                        .seen
+                        .0
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .ready = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            sidecar.wait_until(Duration::from_secs(5), |s| s.ready || s.ended);
+        }
         let (ready, ended) = {
             let s = sidecar.seen.0.lock().unwrap_or_else(|p| p.into_inner());
             (s.ready, s.ended)
         };
         if !ready {
             return Err(io::Error::other(format!(
-                "sidecar in pod {} did not become ready ({}); see its stderr above",
+                "{} sidecar in pod {} did not become ready ({}); see its stderr above",
+                sidecar.config.kind,
                 pod.name(),
                 if ended {
                     "it exited"
@@ -579,6 +684,16 @@ impl Sidecar {
                 .0;
         }
         true
+    }
+
+    /// For HAProxy, its own account of dropped log lines and open connections (to explain
+    /// missing records); `None` for the reference sidecar, whose records are never dropped.
+    pub fn runtime_state(&self) -> Option<String> {
+        let dir = self._config_dir.as_ref()?;
+        Some(
+            haproxy::runtime_state(&dir.stats_socket())
+                .unwrap_or_else(|e| format!("HAProxy runtime API unreadable: {e}")),
+        )
     }
 
     /// Sources of the DNS queries the DNS proxy answered so far.

@@ -77,6 +77,20 @@ pub fn runnable_by_anyone(path: &Path) -> io::Result<PathBuf> {
     Ok(copy)
 }
 
+/// This process's staging directory, made if needed: a place for other private files the
+/// test bed hands to processes it starts (e.g. an HAProxy configuration), removed with it
+/// (at exit, or by `mb-testbed-clean` after a crash).
+pub fn ensure_stage_dir() -> io::Result<PathBuf> {
+    let mut guard = STAGE.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_none() {
+        *guard = Some(Stage {
+            dir: create_stage_dir()?,
+            copies: BTreeMap::new(),
+        });
+    }
+    Ok(guard.as_ref().expect("created above").dir.clone())
+}
+
 /// A fresh `/run/mb-bin-<pid>` (0711), removed when the process exits.
 fn create_stage_dir() -> io::Result<PathBuf> {
     let dir = Path::new(STAGE_PARENT).join(format!("{STAGE_PREFIX}{}", std::process::id()));

@@ -26,6 +26,7 @@ scenario_tests! {
     iptables_pod_without_sidecar_untouched_v6 => |b| scenarios::pod_without_sidecar_untouched(&istio(), b, true);
     iptables_bulk_and_rr_read_write_v4 => |b| scenarios::bulk_and_rr_through_sidecars(&istio(), b, false, RelayMode::ReadWrite);
     iptables_bulk_and_rr_splice_v6 => |b| scenarios::bulk_and_rr_through_sidecars(&istio(), b, true, RelayMode::Splice);
+    iptables_bulk_and_rr_splice_v4 => |b| scenarios::bulk_and_rr_through_sidecars(&istio(), b, false, RelayMode::Splice);
     iptables_conntrack_entries_counted => |b| {
         let created = scenarios::conntrack_entries(&istio(), b, 50);
         eprintln!("iptables: {created} conntrack entries in the client pod for 50 connections");

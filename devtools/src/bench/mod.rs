@@ -20,6 +20,7 @@ pub mod stats;
 
 use env::{Counts, Env, Pinning, RoundResult, Setup, Topology};
 use mb_testbed::scenarios::Binaries;
+use mb_testbed::sidecar::SidecarKind;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -37,6 +38,8 @@ pub struct Plan {
     pub many_pods: u32,
     /// Largest N of the control-plane measurement.
     pub control_plane_pods: u32,
+    /// The proxy every meshed pod runs (`--sidecar`).
+    pub sidecar: SidecarKind,
 }
 
 impl Plan {
@@ -103,6 +106,7 @@ impl Plan {
             pinning,
             many_pods: pods.unwrap_or(if quick { 1_000 } else { 10_000 }),
             control_plane_pods: pods.unwrap_or(if quick { 1_000 } else { 10_000 }),
+            sidecar: SidecarKind::Reference,
         }
     }
 }
@@ -227,6 +231,7 @@ impl Results {
 /// Runs the whole plan; `progress` gets one line per step.
 pub fn run(plan: &Plan, bins: &Binaries, progress: &dyn Fn(&str)) -> Results {
     let started = Instant::now();
+    let bins = &bins.clone().with_sidecar(plan.sidecar);
     let mut envs: Vec<(Option<Env>, EnvResult)> = Vec::new();
     for &(t, s) in &plan.setups {
         progress(&format!("build {} / {}", t.name(), s.name()));

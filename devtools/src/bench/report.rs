@@ -152,10 +152,11 @@ pub fn table(results: &Results) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "\n== {}: {} (median of {} rounds) ==",
+            "\n== {}: {} (median of {} rounds, sidecar: {}) ==",
             t.name(),
             t.description(),
-            plan.rounds
+            plan.rounds,
+            plan.sidecar
         );
         let mut header = format!("{:<28}{:>7}", "", "unit");
         for s in &setups {
@@ -449,6 +450,8 @@ pub fn to_json(results: &Results, command: &str) -> Value {
             "topology": e.topology.name(),
             "description": e.topology.description(),
             "setup": e.setup.name(),
+            // The proxy in the meshed pods; none in the direct setup.
+            "sidecar": (e.setup != Setup::Direct).then(|| plan.sidecar.name()),
             "medians": medians_json,
             "ratio_to_iptables": to_ipt,
             "ratio_to_direct": to_direct,
@@ -539,6 +542,7 @@ pub fn to_json(results: &Results, command: &str) -> Value {
             "bulk_bytes": plan.counts.bulk_bytes,
         },
         "many_pods": plan.many_pods,
+        "sidecar": plan.sidecar.name(),
         "metrics": METRICS.iter().map(|m| json!({
             "key": m.key, "label": m.label, "unit": m.unit,
             "higher_is_better": m.higher_is_better,

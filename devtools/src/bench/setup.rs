@@ -12,7 +12,7 @@ use mb_maps::layout::Counter;
 use mb_maps::PerCpuArray;
 use mb_testbed::scenarios::Binaries;
 use mb_testbed::sidecar::{Forward, Listener, Record};
-use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
+use mb_testbed::{Interception, MeshPorts, Node, Pod, PodSpec, Sidecar};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -118,7 +118,7 @@ impl MeshSetup {
         let sabotaged = std::env::var_os(BREAK_INTERCEPTION_ENV).is_some();
         let mut sidecars = Vec::new();
         for (i, (name, pod)) in meshed.into_iter().enumerate() {
-            let mut config = SidecarConfig::for_mesh(&mesh);
+            let mut config = bins.sidecar_config(&mesh);
             match &maps {
                 _ if setup == Setup::ExplicitProxy => {
                     config.forward = explicit_forwards(i == 0, topology, &server_pod, app_ports)
@@ -216,7 +216,13 @@ impl MeshSetup {
             let from = before.records.get(i).copied().unwrap_or(0);
             let records = sidecar.wait_for_records(from + expected, RECORD_WAIT);
             let new = records.get(from..).unwrap_or(&[]);
-            let through = check_records(name, listener, new, targets, expected)?;
+            let through =
+                check_records(name, listener, new, targets, expected).map_err(|e| match sidecar
+                    .runtime_state()
+                {
+                    Some(state) => format!("{e}\n{state}"),
+                    None => e,
+                })?;
             seen.push(format!("{name} sidecar {through} {listener}"));
         }
         if let (Some(d), Some(old)) = (&self.datapath, &before.counters) {

@@ -11,18 +11,32 @@ pub fn bins() -> Binaries {
     .expect("the sidecar and workload binaries")
 }
 
-/// One `#[test]` per `name => |bins| body;` line, each gated on root and the kernel.
+/// Per `name => |bins| body;` line, a module `name` with two `#[test]`s, `reference` and
+/// `haproxy`: the body with each sidecar kind. Each is gated on root and the kernel.
 #[macro_export]
 macro_rules! scenario_tests {
     ($($name:ident => $body:expr;)*) => {$(
-        #[test]
-        fn $name() {
-            if !mb_sys::testing::kernel_tests_enabled(stringify!($name)) {
-                return;
+        mod $name {
+            use super::*;
+
+            fn run(kind: mb_testbed::sidecar::SidecarKind) {
+                if !mb_sys::testing::kernel_tests_enabled(stringify!($name)) {
+                    return;
+                }
+                let bins = common::bins().with_sidecar(kind);
+                let run: &dyn Fn(&mb_testbed::scenarios::Binaries) = &$body;
+                run(&bins);
             }
-            let bins = common::bins();
-            let run: &dyn Fn(&mb_testbed::scenarios::Binaries) = &$body;
-            run(&bins);
+
+            #[test]
+            fn reference() {
+                run(mb_testbed::sidecar::SidecarKind::Reference);
+            }
+
+            #[test]
+            fn haproxy() {
+                run(mb_testbed::sidecar::SidecarKind::Haproxy);
+            }
         }
     )*};
 }
