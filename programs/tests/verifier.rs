@@ -1,7 +1,9 @@
-//! Every data-path program passes the running kernel's verifier, with its maps created as
-//! declared and every constant patched. (Attaching and traffic are the loader's and the
-//! end-to-end tests' job.)
+//! Every data-path program the loader would use on the running kernel passes its verifier,
+//! with its maps created as declared and every constant patched; the variant it would not use
+//! is refused for the reason the probe gives (no `bpf_get_netns_cookie` in that hook, before
+//! 6.1). (Attaching and traffic are the loader's and the end-to-end tests' job.)
 
+use mb_loader::probe::probe_helper;
 use mb_programs::{programs, CONSTANTS, MAPS};
 use mb_sys::bpf::{map_create, prog_load, MapCreate, ProgLoad, VerifierLog};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -52,7 +54,36 @@ fn every_program_passes_the_verifier() {
             },
             Some(&mut log),
         );
+        // The loader's probe says whether this hook may call bpf_get_netns_cookie here
+        // (connect4/6 from 5.7; sock_ops, sk_msg, getsockopt only from 5.15): where it may
+        // not, the netns-keyed variant must be refused for exactly that reason (the loader
+        // then takes the bind-source variant).
+        let expect_refusal = uses_netns_cookie(&def.program)
+            && !probe_helper(
+                def.hook.prog_type(),
+                def.hook.expected_attach_type(),
+                GET_NETNS_COOKIE,
+            )
+            .is_yes();
         match result {
+            Ok(_) if expect_refusal => failures.push(format!(
+                "{:?} {:?}: loaded, but the probe says this hook has no bpf_get_netns_cookie \
+                 on this kernel (the probe or the test is wrong)",
+                def.hook, def.variant
+            )),
+            Err(_) if expect_refusal => {
+                let text = log.text();
+                assert!(
+                    text.contains("bpf_get_netns_cookie") || text.contains("#122"),
+                    "{:?} {:?}: refused, but not for the netns cookie helper:\n{text}",
+                    def.hook,
+                    def.variant
+                );
+                eprintln!(
+                    "{:?} {:?}: refused as expected (no netns cookies)",
+                    def.hook, def.variant
+                );
+            }
             Ok(_) => {
                 let text = log.text();
                 let processed = text
@@ -75,4 +106,15 @@ fn every_program_passes_the_verifier() {
         "verifier rejected:\n{}",
         failures.join("\n\n")
     );
+}
+
+const GET_NETNS_COOKIE: u32 = 122;
+
+/// Whether a program calls `bpf_get_netns_cookie` (a BPF_CALL with that helper id).
+fn uses_netns_cookie(program: &mb_asm::Program) -> bool {
+    program.insns.iter().any(|insn| {
+        let bytes = insn.to_bytes();
+        let helper = i32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        bytes[0] == 0x85 && helper == GET_NETNS_COOKIE as i32
+    })
 }

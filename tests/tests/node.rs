@@ -49,8 +49,17 @@ fn pods_on_one_node_talk_over_ipv4_and_ipv6() {
     assert_eq!(seen.ip(), std::net::IpAddr::from(a.ipv4()));
     let seen = tcp_roundtrip(&a, &b, SocketAddr::new(b.ipv6().into(), 7001));
     assert_eq!(seen.ip(), std::net::IpAddr::from(a.ipv6()));
-    // Different pods live in different namespaces.
-    assert_ne!(a.netns_cookie().unwrap(), b.netns_cookie().unwrap());
+    // Different pods live in different namespaces: different namespace files on every
+    // kernel, and different cookies where the kernel has SO_NETNS_COOKIE (5.14+).
+    use std::os::unix::fs::MetadataExt;
+    let inode = |path: &std::path::Path| std::fs::metadata(path).unwrap().ino();
+    assert_ne!(inode(a.netns_path()), inode(b.netns_path()));
+    if mb_sys::testing::kernel_has_so_netns_cookie() {
+        assert_ne!(a.netns_cookie().unwrap(), b.netns_cookie().unwrap());
+    } else {
+        let e = a.netns_cookie().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+    }
 }
 
 #[test]
