@@ -115,6 +115,8 @@ fn pod_show_decodes_every_field_of_an_annotated_pod() {
         "inbound exclude ports:    4-6,15000-15001,15006,15008,15020-15021,15090".into(),
         "DNS capture:              yes".into(),
         "splice application legs:  yes".into(),
+        "sidecar UID:              1337".into(),
+        "sidecar GID:              1337".into(),
         "flags:                    0x00ea".into(),
         "source:                   not kept in the maps".into(),
     ];

@@ -787,6 +787,9 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
 pub fn dns_over_tcp(mode: &Interception, bins: &Binaries, v6: bool) {
     const SERVER_ANSWER: &str = "10.96.0.53";
     let mode = mode.with_dns_capture(15053);
+    if haproxy_has_no_dns_proxy(&mode, bins) {
+        return;
+    }
     let node = Node::new("tdns").expect("node");
     mode.install_node(&node).expect("install node");
     let dns_pod = node.add_pod(PodSpec::named("kube-dns")).expect("dns pod");
@@ -907,6 +910,9 @@ fn whoami_in(netns: &Path, to: SocketAddr) -> io::Result<(SocketAddr, SocketAddr
 /// original destination and the caller's address; the app sees the passthrough source.
 pub fn inbound_from_outside_callers(mode: &Interception, bins: &Binaries, v6: bool) {
     let mode = mode.with_exclusions(&[EXCLUDED_INBOUND_PORT], &[]);
+    if haproxy_ipv6_limit(&mode, bins, v6) {
+        return;
+    }
     let n1 = Node::new("out1").expect("node");
     let n2 = Node::new("out2").expect("node");
     Node::join(&n1, &n2).expect("join nodes");
