@@ -4,9 +4,10 @@
 
 use super::metrics::{self, AgentStatus};
 use super::netns_scan::NetnsScanner;
-use super::sync::{BpfPodStore, Change, PodSync};
+use super::sync::{Change, PodSync};
 use crate::k8s::{http, ClientConfig, PodEvent, PodWatcher, WatchOptions};
 use crate::mesh::Mesh;
+use crate::pods::PodMaps;
 use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
 use nix::sys::signal::{SigSet, Signal};
 use std::collections::HashMap;
@@ -129,7 +130,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         }
     );
     status.attached.store(true, Ordering::SeqCst);
-    let store = BpfPodStore::open(&config.load.pin_dir)?;
+    let store = PodMaps::open(&config.load.pin_dir)?;
     let mut sync = PodSync::new(store, config.mesh, config.load.dns_capture);
 
     let mut watcher = PodWatcher::new(client, WatchOptions::new(config.node_name.clone()));
