@@ -837,10 +837,16 @@ mod kernel_tests {
         third.ips = vec![IpAddr::from([100, 65, 0, 3])];
         third.netns_cookie += 1;
         let err = maps.upsert(&third).expect_err("pod_ips holds 2");
-        assert!(
-            matches!(err, PodMapError::MapFull { map: MAP_POD_IPS, max_entries: 2, ref source } if source.is(Errno::E2BIG)),
-            "{err:?}"
-        );
+        let PodMapError::MapFull {
+            map,
+            max_entries,
+            source,
+        } = &err
+        else {
+            panic!("expected pod_ips to be full, got {err:?}");
+        };
+        assert_eq!((*map, *max_entries), (MAP_POD_IPS, 2));
+        assert!(source.is(Errno::E2BIG), "{source}");
         assert!(err.to_string().contains("map pod_ips is full"), "{err}");
         let agent_err = PodStore::set_pod_ip(&mut maps, &[7; 16], &PodEntry::default())
             .expect_err("still full");
