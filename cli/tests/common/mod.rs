@@ -1,6 +1,8 @@
 //! Shared by the `run_*` tests: the `merbridge run` process as a guard (killed on drop), its
-//! HTTP endpoints, and bounded waiting.
+//! HTTP endpoints, bounded waiting, and the node/pods/sidecar/API setups (`fixture`).
 #![allow(dead_code)]
+
+pub mod fixture;
 
 use crate::k8s_support::kubeconfig_text;
 use crate::k8s_support::server::FakeApiServer;
