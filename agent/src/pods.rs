@@ -702,8 +702,8 @@ mod tests {
 mod kernel_tests {
     use super::*;
     use crate::mesh::Mesh;
-    use mb_loader::attach::AttachMode;
-    use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants};
+    use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
+    use mb_maps::datapath::SPLICE_SIDECARS;
     use mb_sys::bpffs::PrivateBpffs;
     use mb_sys::cgroup::OwnedCgroup;
 
@@ -735,24 +735,8 @@ mod kernel_tests {
         let cgroup = OwnedCgroup::create_private("mb-test-pods").expect("cgroup");
         let bpffs = PrivateBpffs::new("mb-test-pods").expect("bpffs");
         let pin_dir = bpffs.path().join("merbridge");
-        let d = Mesh::Istio.defaults();
-        load_datapath(&LoadOptions {
-            cgroup: cgroup.path().to_path_buf(),
-            pin_dir: pin_dir.clone(),
-            constants: MeshConstants {
-                outbound_port: d.outbound_port,
-                inbound_port: d.inbound_port,
-                proxy_uid: d.proxy_uid,
-                dns_port: 15053,
-                splice_mode: mb_maps::datapath::SPLICE_SIDECARS,
-            },
-            ipv6: false,
-            dns_capture: false,
-            bind4: false,
-            mode: AttachMode::Auto,
-            netns_keys: None,
-        })
-        .expect("load");
+        let constants = Mesh::Istio.defaults().constants(SPLICE_SIDECARS);
+        load_datapath(&LoadOptions::for_mesh(cgroup.path(), &pin_dir, constants)).expect("load");
         struct Unload(std::path::PathBuf);
         impl Drop for Unload {
             fn drop(&mut self) {
