@@ -342,11 +342,16 @@ impl<'a> Parser<'a> {
         });
     }
 
-    /// A port list; `Some(All)` if `*` is allowed and present; `None` if absent.
-    fn ports(&mut self, name: &str, syntax: PortSyntax, star_ok: bool) -> Option<PortSelection> {
+    /// The elements of list annotation `name` that `parse` accepts (the others become
+    /// warnings), and whether `*` was given (a warning unless `star_ok`); `None` if absent.
+    fn elements<T, E: Into<String>>(
+        &mut self,
+        name: &str,
+        star_ok: bool,
+        mut parse: impl FnMut(&str) -> Result<T, E>,
+    ) -> Option<(bool, Vec<T>)> {
         let value = self.get(name)?;
-        let mut set = PortRanges::new();
-        let mut all = false;
+        let (mut all, mut parsed) = (false, Vec::new());
         for element in split_list(value) {
             if element == "*" {
                 if star_ok {
@@ -356,7 +361,18 @@ impl<'a> Parser<'a> {
                 }
                 continue;
             }
-            let parsed = match (syntax, element.split_once('-')) {
+            match parse(element) {
+                Ok(item) => parsed.push(item),
+                Err(problem) => self.warn(name, element, problem),
+            }
+        }
+        Some((all, parsed))
+    }
+
+    /// A port list; `Some(All)` if `*` is allowed and present; `None` if absent.
+    fn ports(&mut self, name: &str, syntax: PortSyntax, star_ok: bool) -> Option<PortSelection> {
+        let (all, ranges) = self.elements(name, star_ok, |element| {
+            match (syntax, element.split_once('-')) {
                 (PortSyntax::Ranges, Some((lo, hi))) => {
                     match (parse_port(lo.trim()), parse_port(hi.trim())) {
                         (Ok(lo), Ok(hi)) if lo <= hi => Ok((lo, hi)),
@@ -372,11 +388,11 @@ impl<'a> Parser<'a> {
                     }
                     Err(e) => Err(e),
                 },
-            };
-            match parsed {
-                Ok((lo, hi)) => set.insert(lo, hi),
-                Err(problem) => self.warn(name, element, problem),
             }
+        })?;
+        let mut set = PortRanges::new();
+        for (lo, hi) in ranges {
+            set.insert(lo, hi);
         }
         Some(if all {
             PortSelection::All
@@ -393,25 +409,11 @@ impl<'a> Parser<'a> {
     }
 
     fn cidrs(&mut self, name: &str, allow_bare: bool, star_ok: bool) -> Option<CidrSelection> {
-        let value = self.get(name)?;
+        let (all, parsed) = self.elements(name, star_ok, |e| Cidr::parse(e, allow_bare))?;
         let mut list = Vec::new();
-        let mut all = false;
-        for element in split_list(value) {
-            if element == "*" {
-                if star_ok {
-                    all = true;
-                } else {
-                    self.warn(name, element, "'*' is only allowed in an include list");
-                }
-                continue;
-            }
-            match Cidr::parse(element, allow_bare) {
-                Ok(cidr) => {
-                    if !list.contains(&cidr) {
-                        list.push(cidr);
-                    }
-                }
-                Err(problem) => self.warn(name, element, problem),
+        for cidr in parsed {
+            if !list.contains(&cidr) {
+                list.push(cidr);
             }
         }
         Some(if all {
