@@ -128,13 +128,7 @@ impl Drop for Loaded {
 }
 
 fn sidecar(bins: &Binaries, pod: &Pod) -> Sidecar {
-    Sidecar::start_binary(
-        &bins.sidecar,
-        pod,
-        SidecarConfig::for_mesh(&MeshPorts::istio()),
-        1337,
-    )
-    .expect("sidecar")
+    Sidecar::start_istio(&bins.sidecar, pod).expect("sidecar")
 }
 
 fn one(records: Vec<Record>, listener: Listener, what: &str) -> Record {

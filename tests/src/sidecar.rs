@@ -410,6 +410,17 @@ impl Sidecar {
         Self::start_binary(&sidecar_binary()?, pod, config, uid)
     }
 
+    /// [`Sidecar::start_binary`] with Istio's ports, as Istio's proxy user.
+    pub fn start_istio(binary: &std::path::Path, pod: &Pod) -> io::Result<Sidecar> {
+        let istio = crate::MeshPorts::istio();
+        Self::start_binary(
+            binary,
+            pod,
+            SidecarConfig::for_mesh(&istio),
+            istio.proxy_uid,
+        )
+    }
+
     /// Like [`Sidecar::start`] with an explicit binary path (tests pass
     /// `env!("CARGO_BIN_EXE_mb-sidecar")`).
     pub fn start_binary(

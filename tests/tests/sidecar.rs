@@ -3,7 +3,7 @@
 
 use mb_sys::testing::kernel_tests_enabled;
 use mb_testbed::interception::saved_nat_rules;
-use mb_testbed::scenarios::{self, Binaries, APP_UID, WHOAMI_PORT};
+use mb_testbed::scenarios::{self, Binaries, MeshedPod, APP_UID, WHOAMI_PORT};
 use mb_testbed::sidecar::Listener;
 use mb_testbed::{Interception, MeshPorts, Node, PodSpec, Sidecar, SidecarConfig};
 use std::io::{Read, Write};
@@ -15,6 +15,17 @@ fn bins() -> Binaries {
         sidecar: env!("CARGO_BIN_EXE_mb-sidecar").into(),
         workload: env!("CARGO_BIN_EXE_mb-workload").into(),
     }
+}
+
+/// A node with a client and a server pod, each meshed (Istio's iptables rules and the
+/// reference sidecar), named after the test.
+fn meshed_pair(node_name: &str) -> (Node, Binaries, MeshedPod, MeshedPod) {
+    let mode = Interception::Iptables(MeshPorts::istio());
+    let node = Node::new(node_name).unwrap();
+    let bins = bins();
+    let client = scenarios::start_pod(&node, "client", &mode, true, &bins).unwrap();
+    let server = scenarios::start_pod(&node, "server", &mode, true, &bins).unwrap();
+    (node, bins, client, server)
 }
 
 #[test]
@@ -62,11 +73,7 @@ fn half_close_is_passed_through_both_sidecars() {
     if !kernel_tests_enabled("half_close_is_passed_through_both_sidecars") {
         return;
     }
-    let mode = Interception::Iptables(MeshPorts::istio());
-    let node = Node::new("sc-half").unwrap();
-    let bins = bins();
-    let client = scenarios::start_pod(&node, "client", &mode, true, &bins).unwrap();
-    let server = scenarios::start_pod(&node, "server", &mode, true, &bins).unwrap();
+    let (_node, _bins, client, server) = meshed_pair("sc-half");
     let addr = SocketAddr::new(server.ip(false), 7777);
     let listener = server
         .pod
@@ -161,11 +168,7 @@ fn connection_to_a_sidecar_port_is_refused_as_a_loop() {
     if !kernel_tests_enabled("connection_to_a_sidecar_port_is_refused_as_a_loop") {
         return;
     }
-    let mode = Interception::Iptables(MeshPorts::istio());
-    let node = Node::new("sc-loop").unwrap();
-    let bins = bins();
-    let client = scenarios::start_pod(&node, "client", &mode, true, &bins).unwrap();
-    let server = scenarios::start_pod(&node, "server", &mode, true, &bins).unwrap();
+    let (_node, bins, client, server) = meshed_pair("sc-loop");
     let to = SocketAddr::new(server.ip(false), 15006);
     let result = scenarios::run_client(
         &client.pod,

@@ -8,7 +8,7 @@ use crate::k8s_support::{fixture_pod_value, synthesize_running, TempDir};
 use mb_agent::pods::PodMaps;
 use mb_sys::bpffs::PrivateBpffs;
 use mb_testbed::scenarios::{start_app, Binaries};
-use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig, Spawned};
+use mb_testbed::{Node, Pod, PodSpec, Sidecar, Spawned};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -113,15 +113,7 @@ impl TwoPodNode {
         };
         let client = unique_pod("client", 2);
         let server = unique_pod("server", 3);
-        let sidecar = |pod: &Pod| {
-            Sidecar::start_binary(
-                &bins.sidecar,
-                pod,
-                SidecarConfig::for_mesh(&MeshPorts::istio()),
-                1337,
-            )
-            .expect("sidecar")
-        };
+        let sidecar = |pod: &Pod| Sidecar::start_istio(&bins.sidecar, pod).expect("sidecar");
         let client_sidecar = sidecar(&client);
         let server_sidecar = sidecar(&server);
         let app = start_app(&server, &bins).expect("app");
