@@ -332,27 +332,14 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// The DNS proxy: answers every query itself (like Istio's DNS proxy for names it knows) and
 /// prints `dns peer=<client> local=<socket address>` per query.
 fn dns_loop(socket: UdpSocket, shared: Arc<event_loop::Shared>) {
-    let answer = shared.config.dns_answer;
     let out = &shared.out;
     let local = socket.local_addr().ok();
-    let mut buf = [0u8; 512];
-    loop {
-        let (n, from) = match socket.recv_from(&mut buf) {
-            Ok(v) => v,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                eprintln!("mb-sidecar: dns recv: {e}");
-                return;
-            }
-        };
-        if let Some(reply) = crate::workload::dns_reply(&buf[..n], answer) {
-            let _ = socket.send_to(&reply, from);
-        }
+    let local = local.map_or("-".to_owned(), |a| a.to_string());
+    crate::workload::answer_dns(socket, shared.config.dns_answer, "mb-sidecar", |from| {
         let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-        let local = local.map_or("-".to_owned(), |a| a.to_string());
         let _ = writeln!(o, "dns peer={from} local={local}");
         let _ = o.flush();
-    }
+    });
 }
 
 /// A listener on `addr`; IPv6 ones are v6-only so the IPv4 one can share the port.

@@ -17,6 +17,15 @@ fn bins() -> Binaries {
     }
 }
 
+/// The test bed of kernel test `test`: its binaries and a node named `node`; `None` (the
+/// test skips) without root.
+fn kernel_node(test: &str, node: &str) -> Option<(Binaries, Node)> {
+    if !kernel_tests_enabled(test) {
+        return None;
+    }
+    Some((bins(), Node::new(node).unwrap()))
+}
+
 /// A node with a client and a server pod, each meshed (Istio's iptables rules and the
 /// reference sidecar), named after the test.
 fn meshed_pair(node_name: &str) -> (Node, Binaries, MeshedPod, MeshedPod) {
@@ -234,11 +243,9 @@ fn installed_rules_are_istios_chains() {
 
 #[test]
 fn dns_responder_answers_across_pods() {
-    if !kernel_tests_enabled("dns_responder_answers_across_pods") {
+    let Some((bins, node)) = kernel_node("dns_responder_answers_across_pods", "sc-dns") else {
         return;
-    }
-    let bins = bins();
-    let node = Node::new("sc-dns").unwrap();
+    };
     let a = node.add_pod(PodSpec::named("a")).unwrap();
     let b = node.add_pod(PodSpec::named("b")).unwrap();
     let mut cmd = std::process::Command::new(&bins.workload);
@@ -272,11 +279,10 @@ fn dns_responder_answers_across_pods() {
 
 #[test]
 fn whoami_port_constant_is_what_the_app_serves() {
-    if !kernel_tests_enabled("whoami_port_constant_is_what_the_app_serves") {
+    let Some((bins, node)) = kernel_node("whoami_port_constant_is_what_the_app_serves", "sc-app")
+    else {
         return;
-    }
-    let bins = bins();
-    let node = Node::new("sc-app").unwrap();
+    };
     let p = scenarios::start_pod(&node, "p", &Interception::None, false, &bins).unwrap();
     let to = SocketAddr::new(p.ip(false), WHOAMI_PORT);
     let (peer, local) = scenarios::whoami(&p.pod, &bins, APP_UID, to, None);

@@ -286,33 +286,7 @@ mod tests {
     use super::*;
 
     // A pod namespace with eth0 10.4.0.7/24 and lo, as /proc/<pid>/net/fib_trie shows it.
-    const POD_FIB_TRIE: &str = "\
-Main:
-  +-- 0.0.0.0/0 3 0 5
-     |-- 0.0.0.0
-        /0 universe UNICAST
-     +-- 10.4.0.0/24 2 0 2
-        +-- 10.4.0.0/29 2 0 2
-           |-- 10.4.0.0
-              /24 link UNICAST
-           |-- 10.4.0.7
-              /32 host LOCAL
-        |-- 10.4.0.255
-           /32 link BROADCAST
-     +-- 127.0.0.0/8 2 0 2
-        +-- 127.0.0.0/31 1 0 0
-           |-- 127.0.0.0
-              /8 host LOCAL
-           |-- 127.0.0.1
-              /32 host LOCAL
-        |-- 127.255.255.255
-           /32 link BROADCAST
-Local:
-  +-- 0.0.0.0/0 3 0 5
-     +-- 10.4.0.0/24 2 0 2
-           |-- 10.4.0.7
-              /32 host LOCAL
-";
+    const POD_FIB_TRIE: &str = include_str!("testdata/pod_fib_trie.txt");
 
     #[test]
     fn fib_trie_local_leaves_are_the_addresses() {

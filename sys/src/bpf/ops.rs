@@ -20,6 +20,16 @@ fn c_path(cmd: Cmd, path: &Path) -> Result<CString, BpfError> {
     })
 }
 
+/// The address of `bytes` for an attr field, or 0 (NULL) when empty: no input at all rather
+/// than a dangling pointer with length 0.
+fn ptr_or_null(bytes: &[u8]) -> u64 {
+    if bytes.is_empty() {
+        0
+    } else {
+        bytes.as_ptr() as u64
+    }
+}
+
 fn len_u32(cmd: Cmd, what: &str, len: usize) -> Result<u32, BpfError> {
     u32::try_from(len).map_err(|_| {
         BpfError::new(cmd, libc::E2BIG).with_detail(format!("{what} of {len} bytes is too long"))
@@ -430,20 +440,12 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, run: TestRun<'_>) -> Result<TestRunRe
     let mut attr = TestRunAttr {
         prog_fd: fd_u32(prog),
         data_size_in: len_u32(cmd, "data_in", run.data_in.len())?,
-        data_in: if run.data_in.is_empty() {
-            0
-        } else {
-            run.data_in.as_ptr() as u64
-        },
+        data_in: ptr_or_null(run.data_in),
         data_out,
         data_size_out,
         repeat: run.repeat,
         ctx_size_in: len_u32(cmd, "ctx_in", run.ctx_in.len())?,
-        ctx_in: if run.ctx_in.is_empty() {
-            0
-        } else {
-            run.ctx_in.as_ptr() as u64
-        },
+        ctx_in: ptr_or_null(run.ctx_in),
         ctx_out,
         ctx_size_out,
         ..Default::default()
