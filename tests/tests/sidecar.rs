@@ -26,28 +26,28 @@ fn kernel_node(test: &str, node: &str) -> Option<(Binaries, Node)> {
     Some((bins(), Node::new(node).unwrap()))
 }
 
-/// A node with a client and a server pod, each meshed (Istio's iptables rules and the
-/// reference sidecar), named after the test.
-fn meshed_pair(node_name: &str) -> (Node, Binaries, MeshedPod, MeshedPod) {
+/// [`kernel_node`] with a client and a server pod, each meshed (Istio's iptables rules and
+/// the reference sidecar).
+fn meshed_pair(test: &str, node: &str) -> Option<(Node, Binaries, MeshedPod, MeshedPod)> {
+    let (bins, node) = kernel_node(test, node)?;
     let mode = Interception::Iptables(MeshPorts::istio());
-    let node = Node::new(node_name).unwrap();
-    let bins = bins();
     let client = scenarios::start_pod(&node, "client", &mode, true, &bins).unwrap();
     let server = scenarios::start_pod(&node, "server", &mode, true, &bins).unwrap();
-    (node, bins, client, server)
+    Some((node, bins, client, server))
 }
 
 #[test]
 fn unredirected_connection_is_recorded_with_an_error_and_closed() {
-    if !kernel_tests_enabled("unredirected_connection_is_recorded_with_an_error_and_closed") {
+    let Some((bins, node)) = kernel_node(
+        "unredirected_connection_is_recorded_with_an_error_and_closed",
+        "sc-err",
+    ) else {
         return;
-    }
-    let node = Node::new("sc-err").unwrap();
+    };
     let a = node.add_pod(PodSpec::named("a")).unwrap();
     let b = node.add_pod(PodSpec::named("b")).unwrap();
     // A sidecar without interception rules: nothing can tell it an original destination.
-    let sidecar =
-        Sidecar::start_binary(&bins().sidecar, &b, SidecarConfig::default(), 1337).unwrap();
+    let sidecar = Sidecar::start_binary(&bins.sidecar, &b, SidecarConfig::default(), 1337).unwrap();
     let to = SocketAddr::new(b.ipv4().into(), 15001);
     let mut s = a
         .run_in_netns(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))
@@ -67,22 +67,23 @@ fn unredirected_connection_is_recorded_with_an_error_and_closed() {
 
 #[test]
 fn sidecar_refuses_to_run_as_the_wrong_uid() {
-    if !kernel_tests_enabled("sidecar_refuses_to_run_as_the_wrong_uid") {
+    let Some((bins, node)) = kernel_node("sidecar_refuses_to_run_as_the_wrong_uid", "sc-uid")
+    else {
         return;
-    }
-    let node = Node::new("sc-uid").unwrap();
+    };
     let p = node.add_pod(PodSpec::named("p")).unwrap();
     let config = SidecarConfig::for_mesh(&MeshPorts::istio());
-    let err = Sidecar::start_binary(&bins().sidecar, &p, config, APP_UID).unwrap_err();
+    let err = Sidecar::start_binary(&bins.sidecar, &p, config, APP_UID).unwrap_err();
     assert!(err.to_string().contains("did not become ready"), "{err}");
 }
 
 #[test]
 fn half_close_is_passed_through_both_sidecars() {
-    if !kernel_tests_enabled("half_close_is_passed_through_both_sidecars") {
+    let Some((_node, _bins, client, server)) =
+        meshed_pair("half_close_is_passed_through_both_sidecars", "sc-half")
+    else {
         return;
-    }
-    let (_node, _bins, client, server) = meshed_pair("sc-half");
+    };
     let addr = SocketAddr::new(server.ip(false), 7777);
     let listener = server
         .pod
@@ -122,13 +123,12 @@ fn half_close_is_passed_through_both_sidecars() {
 /// read, and sizes 1 to 40 put the EOF at every position of a wake-up's reads.
 #[test]
 fn half_close_after_many_small_reads_is_passed_on() {
-    if !kernel_tests_enabled("half_close_after_many_small_reads_is_passed_on") {
+    let test = "half_close_after_many_small_reads_is_passed_on";
+    let Some((bins, node)) = kernel_node(test, "sc-reads") else {
         return;
-    }
+    };
     let mesh = MeshPorts::istio();
     let mode = Interception::Iptables(mesh.clone());
-    let node = Node::new("sc-reads").unwrap();
-    let bins = bins();
     let client = scenarios::start_pod(&node, "client", &mode, false, &bins).unwrap();
     mode.install_pod(&client.pod).unwrap();
     let config = SidecarConfig {
@@ -174,10 +174,12 @@ fn half_close_after_many_small_reads_is_passed_on() {
 
 #[test]
 fn connection_to_a_sidecar_port_is_refused_as_a_loop() {
-    if !kernel_tests_enabled("connection_to_a_sidecar_port_is_refused_as_a_loop") {
+    let Some((_node, bins, client, server)) = meshed_pair(
+        "connection_to_a_sidecar_port_is_refused_as_a_loop",
+        "sc-loop",
+    ) else {
         return;
-    }
-    let (_node, bins, client, server) = meshed_pair("sc-loop");
+    };
     let to = SocketAddr::new(server.ip(false), 15006);
     let result = scenarios::run_client(
         &client.pod,
@@ -203,10 +205,9 @@ fn connection_to_a_sidecar_port_is_refused_as_a_loop() {
 
 #[test]
 fn installed_rules_are_istios_chains() {
-    if !kernel_tests_enabled("installed_rules_are_istios_chains") {
+    let Some((_bins, node)) = kernel_node("installed_rules_are_istios_chains", "sc-rules") else {
         return;
-    }
-    let node = Node::new("sc-rules").unwrap();
+    };
     let p = node.add_pod(PodSpec::named("p")).unwrap();
     assert!(!saved_nat_rules(&p, false).unwrap().contains("ISTIO"));
     Interception::Iptables(MeshPorts::istio())

@@ -579,15 +579,7 @@ mod tests {
                 Ok(dummy_fd() as i64)
             }
         });
-        let args = ProgLoad {
-            prog_type: ProgType::SOCK_OPS,
-            expected_attach_type: None,
-            insns: &insns,
-            license: "GPL",
-            name: "x",
-            prog_flags: 0,
-        };
-        prog_load(&args, None).unwrap();
+        prog_load(&sock_ops_load(&insns), None).unwrap();
         let calls = calls.borrow();
         assert_eq!(calls.len(), 3, "two EAGAIN retries, then success");
         let a = &calls[2].1;
@@ -595,22 +587,23 @@ mod tests {
         assert_eq!(u32_at(a, 68), 0);
     }
 
+    /// A sock_ops program load of `insns` (named `x`, GPL).
+    fn sock_ops_load(insns: &[[u8; 8]]) -> ProgLoad<'_> {
+        ProgLoad {
+            prog_type: ProgType::SOCK_OPS,
+            expected_attach_type: None,
+            insns,
+            license: "GPL",
+            name: "x",
+            prog_flags: 0,
+        }
+    }
+
     #[test]
     fn prog_load_gives_up_after_bounded_eagain() {
         let (calls, _g) = record(|_, _| Err(libc::EAGAIN));
         let insns = [[0x95, 0, 0, 0, 0, 0, 0, 0]];
-        let e = prog_load(
-            &ProgLoad {
-                prog_type: ProgType::SOCK_OPS,
-                expected_attach_type: None,
-                insns: &insns,
-                license: "GPL",
-                name: "x",
-                prog_flags: 0,
-            },
-            None,
-        )
-        .unwrap_err();
+        let e = prog_load(&sock_ops_load(&insns), None).unwrap_err();
         assert!(e.is(nix::errno::Errno::EAGAIN));
         assert_eq!(calls.borrow().len(), PROG_LOAD_EAGAIN_RETRIES);
     }
