@@ -3,7 +3,10 @@
 //!
 //! Order of writes: rules first, then `pod_ips` (where sidecars connect), then `netns_pods`
 //! (which turns the pod's own interception on). Removal goes the other way round.
-//! `merbridge pod add/del/list` and the Kubernetes agent both use this module.
+//!
+//! [`PodMaps`] is the one writer of these four maps: `merbridge pod add/del/list`, the agent's
+//! map sync (through [`PodStore`]), the demo and the bench all use it. Its errors are
+//! [`PodMapError`]s, told apart by errno (a full map says so, and what to do).
 
 use crate::mesh::{CidrSelection, PodPolicy, PortRanges, PortSelection};
 use mb_loader::datapath::PinLayout;
