@@ -3,7 +3,10 @@
 //!
 //! Order of writes: rules first, then `pod_ips` (where sidecars connect), then `netns_pods`
 //! (which turns the pod's own interception on). Removal goes the other way round.
-//! `merbridge pod add/del/list` and the Kubernetes agent both use this module.
+//!
+//! [`PodMaps`] is the one writer of these four maps: `merbridge pod add/del/list`, the agent's
+//! map sync (through [`PodStore`]), the demo and the bench all use it. Its errors are
+//! [`PodMapError`]s, told apart by errno (a full map says so, and what to do).
 
 use crate::mesh::{CidrSelection, PodPolicy, PortRanges, PortSelection};
 use mb_loader::datapath::PinLayout;
@@ -14,10 +17,13 @@ use mb_maps::layout::{
     POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP,
     RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
-use mb_maps::{HashMap, LpmTrie, MapError};
+use mb_maps::{HashMap, KvMap, LpmTrie, MapError, MapKind, Pod};
+use mb_sys::bpf::BpfError;
+use nix::errno::Errno;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 /// A pod of this node as the data path needs it.
@@ -121,10 +127,141 @@ pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPo
     c
 }
 
-/// The pod-related maps of a loaded data path.
+/// Why reading or writing the pod maps failed. Built from the kernel's errno (never from an
+/// error's text), so callers and messages can tell a full map from any other refusal.
+#[derive(Debug)]
+pub enum PodMapError {
+    /// A pinned map could not be opened: most often no data path is loaded under `pin_dir`.
+    Open {
+        map: &'static str,
+        pin_dir: PathBuf,
+        source: MapError,
+    },
+    /// An insert was refused because the map already holds `max_entries` entries (E2BIG from
+    /// hash maps, ENOSPC from LPM tries).
+    MapFull {
+        map: &'static str,
+        max_entries: u32,
+        source: BpfError,
+    },
+    /// Any other failure of a map command.
+    Map { map: &'static str, source: MapError },
+    /// Every pod id (2^30, shared with 2 bits of rule kind in the rule keys) is in use.
+    NoPodId { pod: String },
+    /// A pod could not be written whole (`source`), so every entry of it was removed again:
+    /// it is not intercepted at all rather than half (`undo`: removing failed too).
+    NotWritten {
+        source: Box<PodMapError>,
+        undo: Option<Box<PodMapError>>,
+    },
+}
+
+impl PodMapError {
+    /// Classifies a failed write of map `map` (of `max_entries` entries) by its errno.
+    fn from_write(map: &'static str, max_entries: u32, error: MapError) -> PodMapError {
+        match error {
+            MapError::Kernel(source) if source.is(Errno::E2BIG) || source.is(Errno::ENOSPC) => {
+                PodMapError::MapFull {
+                    map,
+                    max_entries,
+                    source,
+                }
+            }
+            source => PodMapError::Map { map, source },
+        }
+    }
+
+    /// True when a map ran out of room (the agent keeps running; the next pods may fit again
+    /// once others are gone).
+    pub fn is_map_full(&self) -> bool {
+        match self {
+            PodMapError::MapFull { .. } => true,
+            PodMapError::NotWritten { source, .. } => source.is_map_full(),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for PodMapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PodMapError::Open {
+                map,
+                pin_dir,
+                source,
+            } => write!(
+                f,
+                "map {map} under {}: {source} (is the data path loaded? run `merbridge load` \
+                 with the same --pin-dir first)",
+                pin_dir.display()
+            ),
+            PodMapError::MapFull {
+                map,
+                max_entries,
+                source,
+            } => write!(
+                f,
+                "map {map} is full ({max_entries} entries; {source}): remove pods that are gone \
+                 (`merbridge pod list`, `merbridge pod del`), or size the maps anew with \
+                 `--max-pods`/`--max-connections` (`merbridge unload`, then `load` or restart \
+                 the agent with the larger size)"
+            ),
+            PodMapError::Map { map, source } => write!(f, "map {map}: {source}"),
+            PodMapError::NoPodId { pod } => {
+                write!(f, "no pod id left for pod {pod} (2^30 in use)")
+            }
+            PodMapError::NotWritten { source, undo: None } => write!(
+                f,
+                "{source}; this pod is NOT intercepted (its entries were removed; it is written \
+                 when another pod leaves)"
+            ),
+            PodMapError::NotWritten {
+                source,
+                undo: Some(undo),
+            } => write!(
+                f,
+                "{source}; this pod is NOT intercepted, and removing its partial entries failed \
+                 too: {undo}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PodMapError {}
+
+/// Callers whose errors are still text (the CLI commands, the bench) keep using `?`.
+impl From<PodMapError> for String {
+    fn from(e: PodMapError) -> String {
+        e.to_string()
+    }
+}
+
+type Addr = [u8; 16];
+
+/// The four pod maps as primitive reads and writes, in the programs' write order (rules, then
+/// `pod_ips`, then `netns_pods`; removal the other way round). [`PodMaps`] is the one kernel
+/// implementation; the agent's map sync also runs against an in-memory copy in unit tests of
+/// its diff logic (`run::MemoryStore`).
+pub trait PodStore {
+    fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, PodMapError>;
+    fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, PodMapError>;
+    fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, PodMapError>;
+    fn cidr_rule_keys(&self) -> Result<Vec<CidrRuleKey>, PodMapError>;
+    fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), PodMapError>;
+    fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), PodMapError>;
+    fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), PodMapError>;
+    fn del_netns(&mut self, cookie: u64) -> Result<(), PodMapError>;
+    fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), PodMapError>;
+    fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), PodMapError>;
+    fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), PodMapError>;
+    fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), PodMapError>;
+}
+
+/// The pod-related maps of a loaded data path: the one writer of these maps, for
+/// `merbridge pod`, the agent's map sync (through [`PodStore`]), the demo and the bench.
 pub struct PodMaps {
     netns_pods: HashMap<u64, PodEntry>,
-    pod_ips: HashMap<[u8; 16], PodEntry>,
+    pod_ips: HashMap<Addr, PodEntry>,
     port_rules: LpmTrie<PortRuleKey, u32>,
     cidr_rules: LpmTrie<CidrRuleKey, u32>,
     /// What this handle knows of the maps, built by one scan at the first write and kept up
@@ -162,52 +299,71 @@ impl Index {
     }
 }
 
-fn map_err(name: &str) -> impl Fn(MapError) -> String + '_ {
-    move |e| format!("map {name}: {e}")
+/// Sets `key` in map `name`; a full map is [`PodMapError::MapFull`].
+fn put<K: Pod, V: Pod, T: MapKind>(
+    name: &'static str,
+    map: &KvMap<K, V, T>,
+    key: &K,
+    value: &V,
+) -> Result<(), PodMapError> {
+    map.insert(key, value)
+        .map_err(|e| PodMapError::from_write(name, map.map().info().max_entries, e))
+}
+
+/// Removes `key` from map `name` (absent is fine).
+fn del<K: Pod, V: Pod, T: MapKind>(
+    name: &'static str,
+    map: &KvMap<K, V, T>,
+    key: &K,
+) -> Result<(), PodMapError> {
+    map.remove(key)
+        .map(drop)
+        .map_err(|source| PodMapError::Map { map: name, source })
+}
+
+fn in_map(map: &'static str) -> impl Fn(MapError) -> PodMapError {
+    move |source| PodMapError::Map { map, source }
 }
 
 impl PodMaps {
     /// Opens the pinned maps under `pin_dir` (as `merbridge load` left them).
-    pub fn open(pin_dir: &Path) -> Result<PodMaps, String> {
+    pub fn open(pin_dir: &Path) -> Result<PodMaps, PodMapError> {
         let layout = PinLayout::new(pin_dir);
-        let open_hint = |e: MapError, name: &str| {
-            format!(
-                "map {name} under {}: {e} (is the data path loaded? run `merbridge load` \
-                 with the same --pin-dir first)",
-                pin_dir.display()
-            )
+        let opened = |map: &'static str| {
+            move |source| PodMapError::Open {
+                map,
+                pin_dir: pin_dir.to_path_buf(),
+                source,
+            }
         };
         Ok(PodMaps {
             netns_pods: HashMap::open_pinned(&layout.map(MAP_NETNS_PODS))
-                .map_err(|e| open_hint(e, MAP_NETNS_PODS))?,
-            pod_ips: HashMap::open_pinned(&layout.map(MAP_POD_IPS))
-                .map_err(|e| open_hint(e, MAP_POD_IPS))?,
+                .map_err(opened(MAP_NETNS_PODS))?,
+            pod_ips: HashMap::open_pinned(&layout.map(MAP_POD_IPS)).map_err(opened(MAP_POD_IPS))?,
             port_rules: LpmTrie::open_pinned(&layout.map(MAP_PORT_RULES))
-                .map_err(|e| open_hint(e, MAP_PORT_RULES))?,
+                .map_err(opened(MAP_PORT_RULES))?,
             cidr_rules: LpmTrie::open_pinned(&layout.map(MAP_CIDR_RULES))
-                .map_err(|e| open_hint(e, MAP_CIDR_RULES))?,
+                .map_err(opened(MAP_CIDR_RULES))?,
             index: Mutex::new(None),
         })
     }
 
     /// The index, built by scanning the maps if this handle has none yet.
-    fn index(&self) -> Result<MutexGuard<'_, Option<Index>>, String> {
+    fn index(&self) -> Result<MutexGuard<'_, Option<Index>>, PodMapError> {
         let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             let mut index = Index {
                 used_ids: self.pods()?.iter().map(|p| p.pod_id).collect(),
                 ..Index::default()
             };
-            for key in self.port_rules.keys() {
-                let key = key.map_err(map_err(MAP_PORT_RULES))?;
+            for key in PodStore::port_rule_keys(self)? {
                 index
                     .port_rules
                     .entry(key.scope >> 2)
                     .or_default()
                     .insert(key);
             }
-            for key in self.cidr_rules.keys() {
-                let key = key.map_err(map_err(MAP_CIDR_RULES))?;
+            for key in PodStore::cidr_rule_keys(self)? {
                 index
                     .cidr_rules
                     .entry(key.scope >> 2)
@@ -220,24 +376,22 @@ impl PodMaps {
     }
 
     /// Every pod in the maps, by pod id.
-    pub fn pods(&self) -> Result<Vec<PodEntry>, String> {
-        let mut by_id = std::collections::BTreeMap::new();
-        for item in self.pod_ips.iter() {
-            let (_, entry) = item.map_err(map_err(MAP_POD_IPS))?;
+    pub fn pods(&self) -> Result<Vec<PodEntry>, PodMapError> {
+        let mut by_id = BTreeMap::new();
+        for (_, entry) in PodStore::pod_ip_entries(self)? {
             by_id.insert(entry.pod_id, entry);
         }
-        for item in self.netns_pods.iter() {
-            let (_, entry) = item.map_err(map_err(MAP_NETNS_PODS))?;
+        for (_, entry) in PodStore::netns_entries(self)? {
             by_id.insert(entry.pod_id, entry);
         }
         Ok(by_id.into_values().collect())
     }
 
     /// The pod that has address `ip`, if any.
-    pub fn find(&self, ip: IpAddr) -> Result<Option<PodEntry>, String> {
+    pub fn find(&self, ip: IpAddr) -> Result<Option<PodEntry>, PodMapError> {
         self.pod_ips
             .get(&addr_bytes(ip))
-            .map_err(map_err(MAP_POD_IPS))
+            .map_err(in_map(MAP_POD_IPS))
     }
 
     /// Adds `pod`, or updates it when one of its addresses is already known (its id is kept,
@@ -247,7 +401,7 @@ impl PodMaps {
     /// stale rules of an updated pod come from this handle's index, not from a scan. The
     /// index assumes this handle is the maps' only writer while it lives (the agent); a
     /// one-shot `merbridge pod add` builds it fresh, by one scan.
-    pub fn upsert(&self, pod: &LocalPod) -> Result<(u32, CompiledPolicy), String> {
+    pub fn upsert(&self, pod: &LocalPod) -> Result<(u32, CompiledPolicy), PodMapError> {
         let existing = pod
             .ips
             .iter()
@@ -260,9 +414,14 @@ impl PodMaps {
         let index = guard.as_mut().expect("index() builds the index");
         let pod_id = match existing {
             Some(e) => e.pod_id,
-            None => index
-                .unused_id()
-                .ok_or_else(|| "no pod id left".to_string())?,
+            None => index.unused_id().ok_or_else(|| PodMapError::NoPodId {
+                pod: pod
+                    .ips
+                    .iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })?,
         };
         let compiled = compile(pod_id, &pod.policy, pod.dns_capture);
         match self.write(pod_id, pod, &compiled, existing.as_ref(), index) {
@@ -282,7 +441,7 @@ impl PodMaps {
         compiled: &CompiledPolicy,
         previous: Option<&PodEntry>,
         index: &mut Index,
-    ) -> Result<(), String> {
+    ) -> Result<(), PodMapError> {
         let mut entry = PodEntry {
             pod_id,
             flags: compiled.flags,
@@ -298,36 +457,26 @@ impl PodMaps {
             }
         }
         for key in &compiled.port_rules {
-            self.port_rules
-                .insert(key, &1)
-                .map_err(map_err(MAP_PORT_RULES))?;
+            put(MAP_PORT_RULES, &self.port_rules, key, &1)?;
         }
         for key in &compiled.cidr_rules {
-            self.cidr_rules
-                .insert(key, &1)
-                .map_err(map_err(MAP_CIDR_RULES))?;
+            put(MAP_CIDR_RULES, &self.cidr_rules, key, &1)?;
         }
         for ip in &pod.ips {
-            self.pod_ips
-                .insert(&addr_bytes(*ip), &entry)
-                .map_err(map_err(MAP_POD_IPS))?;
+            put(MAP_POD_IPS, &self.pod_ips, &addr_bytes(*ip), &entry)?;
         }
         if pod.netns_cookie != 0 {
-            self.netns_pods
-                .insert(&pod.netns_cookie, &entry)
-                .map_err(map_err(MAP_NETNS_PODS))?;
+            put(MAP_NETNS_PODS, &self.netns_pods, &pod.netns_cookie, &entry)?;
         }
         if let Some(prev) = previous {
             // Addresses and namespace the pod no longer has.
             for old in [prev.ipv4, prev.ipv6] {
                 if old != [0; 16] && !pod.ips.iter().any(|ip| addr_bytes(*ip) == old) {
-                    self.pod_ips.remove(&old).map_err(map_err(MAP_POD_IPS))?;
+                    del(MAP_POD_IPS, &self.pod_ips, &old)?;
                 }
             }
             if prev.netns != 0 && prev.netns != pod.netns_cookie {
-                self.netns_pods
-                    .remove(&prev.netns)
-                    .map_err(map_err(MAP_NETNS_PODS))?;
+                del(MAP_NETNS_PODS, &self.netns_pods, &prev.netns)?;
             }
         }
         index.used_ids.insert(pod_id);
@@ -341,21 +490,17 @@ impl PodMaps {
         pod_id: u32,
         keep: Option<&CompiledPolicy>,
         index: &mut Index,
-    ) -> Result<(), String> {
+    ) -> Result<(), PodMapError> {
         let stored_ports = index.port_rules.remove(&pod_id).unwrap_or_default();
         for key in &stored_ports {
             if keep.is_none_or(|c| !c.port_rules.contains(key)) {
-                self.port_rules
-                    .remove(key)
-                    .map_err(map_err(MAP_PORT_RULES))?;
+                del(MAP_PORT_RULES, &self.port_rules, key)?;
             }
         }
         let stored_cidrs = index.cidr_rules.remove(&pod_id).unwrap_or_default();
         for key in &stored_cidrs {
             if keep.is_none_or(|c| !c.cidr_rules.contains(key)) {
-                self.cidr_rules
-                    .remove(key)
-                    .map_err(map_err(MAP_CIDR_RULES))?;
+                del(MAP_CIDR_RULES, &self.cidr_rules, key)?;
             }
         }
         if let Some(c) = keep {
@@ -371,7 +516,7 @@ impl PodMaps {
 
     /// Removes the pod with address `ip` (all its addresses, its namespace, its rules).
     /// Returns false when no such pod is known.
-    pub fn remove(&self, ip: IpAddr) -> Result<bool, String> {
+    pub fn remove(&self, ip: IpAddr) -> Result<bool, PodMapError> {
         let Some(entry) = self.find(ip)? else {
             return Ok(false);
         };
@@ -380,7 +525,7 @@ impl PodMaps {
     }
 
     /// Removes a pod by its entry.
-    pub fn remove_entry(&self, entry: &PodEntry) -> Result<(), String> {
+    pub fn remove_entry(&self, entry: &PodEntry) -> Result<(), PodMapError> {
         let mut guard = self.index()?;
         let index = guard.as_mut().expect("index() builds the index");
         let result = self.remove_entry_indexed(entry, index);
@@ -391,15 +536,13 @@ impl PodMaps {
         result
     }
 
-    fn remove_entry_indexed(&self, entry: &PodEntry, index: &mut Index) -> Result<(), String> {
+    fn remove_entry_indexed(&self, entry: &PodEntry, index: &mut Index) -> Result<(), PodMapError> {
         if entry.netns != 0 {
-            self.netns_pods
-                .remove(&entry.netns)
-                .map_err(map_err(MAP_NETNS_PODS))?;
+            del(MAP_NETNS_PODS, &self.netns_pods, &entry.netns)?;
         }
         for addr in [entry.ipv4, entry.ipv6] {
             if addr != [0; 16] {
-                self.pod_ips.remove(&addr).map_err(map_err(MAP_POD_IPS))?;
+                del(MAP_POD_IPS, &self.pod_ips, &addr)?;
             }
         }
         self.remove_rules(entry.pod_id, None, index)
@@ -420,6 +563,59 @@ impl PodMaps {
             .filter(|k| k.scope >> 2 == pod_id)
             .count();
         (ports, cidrs)
+    }
+}
+
+/// The agent's map sync writes through the same handle and the same error classification as
+/// `merbridge pod` (it keeps its own record of what it wrote, so it never uses the index).
+impl PodStore for PodMaps {
+    fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, PodMapError> {
+        self.pod_ips
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(in_map(MAP_POD_IPS))
+    }
+    fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, PodMapError> {
+        self.netns_pods
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(in_map(MAP_NETNS_PODS))
+    }
+    fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, PodMapError> {
+        self.port_rules
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(in_map(MAP_PORT_RULES))
+    }
+    fn cidr_rule_keys(&self) -> Result<Vec<CidrRuleKey>, PodMapError> {
+        self.cidr_rules
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(in_map(MAP_CIDR_RULES))
+    }
+    fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), PodMapError> {
+        put(MAP_POD_IPS, &self.pod_ips, addr, entry)
+    }
+    fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), PodMapError> {
+        del(MAP_POD_IPS, &self.pod_ips, addr)
+    }
+    fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), PodMapError> {
+        put(MAP_NETNS_PODS, &self.netns_pods, &cookie, entry)
+    }
+    fn del_netns(&mut self, cookie: u64) -> Result<(), PodMapError> {
+        del(MAP_NETNS_PODS, &self.netns_pods, &cookie)
+    }
+    fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), PodMapError> {
+        put(MAP_PORT_RULES, &self.port_rules, key, &1)
+    }
+    fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), PodMapError> {
+        del(MAP_PORT_RULES, &self.port_rules, key)
+    }
+    fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), PodMapError> {
+        put(MAP_CIDR_RULES, &self.cidr_rules, key, &1)
+    }
+    fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), PodMapError> {
+        del(MAP_CIDR_RULES, &self.cidr_rules, key)
     }
 }
 
@@ -513,14 +709,43 @@ mod tests {
             2
         );
     }
+
+    #[test]
+    fn a_full_map_is_told_by_its_errno_and_says_what_to_do() {
+        use mb_sys::bpf::Cmd;
+        let refused = |errno: Errno| {
+            let e = MapError::Kernel(BpfError::new(Cmd::MapUpdateElem, errno as i32));
+            PodMapError::from_write(MAP_POD_IPS, 4, e)
+        };
+        for errno in [Errno::E2BIG, Errno::ENOSPC] {
+            let e = refused(errno);
+            assert!(e.is_map_full(), "{errno:?}: {e:?}");
+            let text = e.to_string();
+            assert!(text.starts_with("map pod_ips is full (4 entries"), "{text}");
+            assert!(
+                text.contains("max_entries") && text.contains("pod del"),
+                "{text}"
+            );
+        }
+        let other = refused(Errno::EPERM);
+        assert!(!other.is_map_full());
+        assert!(matches!(
+            other,
+            PodMapError::Map {
+                map: MAP_POD_IPS,
+                ..
+            }
+        ));
+        assert!(other.to_string().starts_with("map pod_ips: bpf("));
+    }
 }
 
 #[cfg(test)]
 mod kernel_tests {
     use super::*;
     use crate::mesh::Mesh;
-    use mb_loader::attach::AttachMode;
-    use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants};
+    use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
+    use mb_maps::datapath::SPLICE_SIDECARS;
     use mb_sys::bpffs::PrivateBpffs;
     use mb_sys::cgroup::OwnedCgroup;
 
@@ -552,24 +777,8 @@ mod kernel_tests {
         let cgroup = OwnedCgroup::create_private("mb-test-pods").expect("cgroup");
         let bpffs = PrivateBpffs::new("mb-test-pods").expect("bpffs");
         let pin_dir = bpffs.path().join("merbridge");
-        let d = Mesh::Istio.defaults();
-        load_datapath(&LoadOptions {
-            cgroup: cgroup.path().to_path_buf(),
-            pin_dir: pin_dir.clone(),
-            constants: MeshConstants {
-                outbound_port: d.outbound_port,
-                inbound_port: d.inbound_port,
-                proxy_uid: d.proxy_uid,
-                dns_port: 15053,
-                splice_mode: mb_maps::datapath::SPLICE_SIDECARS,
-            },
-            ipv6: false,
-            dns_capture: false,
-            bind4: false,
-            mode: AttachMode::Auto,
-            netns_keys: None,
-        })
-        .expect("load");
+        let constants = Mesh::Istio.defaults().constants(SPLICE_SIDECARS);
+        load_datapath(&LoadOptions::for_mesh(cgroup.path(), &pin_dir, constants)).expect("load");
         struct Unload(std::path::PathBuf);
         impl Drop for Unload {
             fn drop(&mut self) {
@@ -605,5 +814,72 @@ mod kernel_tests {
         let (c2, compiled_c2) = other.upsert(&pod(3, "9001")).expect("update c elsewhere");
         assert_eq!(c2, c);
         assert_eq!(fresh().rule_counts(c).0, compiled_c2.port_rules.len());
+    }
+
+    /// Small pinned maps of the data path's shapes: a full hash map (E2BIG) and a full LPM
+    /// trie (ENOSPC) come back as `MapFull`, through `upsert` and through the agent's
+    /// primitive writes alike, and the handle keeps working for what fits.
+    #[test]
+    fn full_maps_are_reported_as_full() {
+        if !mb_sys::testing::kernel_tests_enabled("full_maps_are_reported_as_full") {
+            return;
+        }
+        let bpffs = PrivateBpffs::new("mb-test-podfull").expect("bpffs");
+        let layout = PinLayout::new(bpffs.path());
+        std::fs::create_dir_all(layout.maps_dir()).expect("maps dir");
+        let sizes = [
+            (MAP_NETNS_PODS, 16),
+            (MAP_POD_IPS, 2),
+            (MAP_PORT_RULES, 2),
+            (MAP_CIDR_RULES, 16),
+        ];
+        for (name, max_entries) in sizes {
+            let decl = mb_maps::datapath::MapDecl::find(name).expect("declared");
+            let map = mb_maps::Map::create(&decl.spec_with(max_entries)).expect("create");
+            map.pin(&layout.map(name)).expect("pin");
+        }
+        let mut maps = PodMaps::open(bpffs.path()).expect("open");
+        // Istio's defaults need more than 2 port rules: the trie fills up (ENOSPC).
+        match maps.upsert(&pod(9, "")) {
+            Err(PodMapError::MapFull {
+                map, max_entries, ..
+            }) => assert_eq!((map, max_entries), (MAP_PORT_RULES, 2)),
+            other => panic!("expected port_rules to be full, got {other:?}"),
+        }
+        for key in PodStore::port_rule_keys(&maps).expect("keys") {
+            PodStore::del_port_rule(&mut maps, &key).expect("clear");
+        }
+        // Without rules, pods take one pod_ips and one netns_pods entry each.
+        let mut plain = pod(1, "");
+        plain.policy.inbound_exclude_ports = PortRanges::new();
+        plain.policy.inbound_include_ports = PortSelection::Only(PortRanges::new());
+        maps.upsert(&plain).expect("pod 1 fits");
+        let mut second = plain.clone();
+        second.ips = vec![IpAddr::from([100, 65, 0, 2])];
+        second.netns_cookie += 1;
+        maps.upsert(&second).expect("pod 2 fits");
+        // The hash map is full (E2BIG), for `merbridge pod add` and for the agent's writes.
+        let mut third = second.clone();
+        third.ips = vec![IpAddr::from([100, 65, 0, 3])];
+        third.netns_cookie += 1;
+        let err = maps.upsert(&third).expect_err("pod_ips holds 2");
+        let PodMapError::MapFull {
+            map,
+            max_entries,
+            source,
+        } = &err
+        else {
+            panic!("expected pod_ips to be full, got {err:?}");
+        };
+        assert_eq!((*map, *max_entries), (MAP_POD_IPS, 2));
+        assert!(source.is(Errno::E2BIG), "{source}");
+        assert!(err.to_string().contains("map pod_ips is full"), "{err}");
+        let agent_err = PodStore::set_pod_ip(&mut maps, &[7; 16], &PodEntry::default())
+            .expect_err("still full");
+        assert!(agent_err.is_map_full(), "{agent_err:?}");
+        // Room again once a pod goes.
+        assert!(maps.remove(IpAddr::from([100, 65, 0, 1])).expect("remove"));
+        maps.upsert(&third).expect("pod 3 fits now");
+        assert_eq!(maps.pods().expect("pods").len(), 2);
     }
 }

@@ -2,33 +2,12 @@
 //! annotation (the fuzz target `fuzz/fuzz_targets/annotations_policy.rs` does the same with
 //! coverage guidance).
 
+mod annotation_names;
+
+use annotation_names::NAMES;
 use mb_agent::mesh::{annotations_from_text, Mesh, PodPolicy};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-
-const NAMES: &[&str] = &[
-    "traffic.sidecar.istio.io/includeOutboundIPRanges",
-    "traffic.sidecar.istio.io/excludeOutboundIPRanges",
-    "traffic.sidecar.istio.io/includeInboundPorts",
-    "traffic.sidecar.istio.io/excludeInboundPorts",
-    "traffic.sidecar.istio.io/includeOutboundPorts",
-    "traffic.sidecar.istio.io/excludeOutboundPorts",
-    "status.sidecar.istio.io/port",
-    "sidecar.istio.io/interceptionMode",
-    "config.linkerd.io/skip-inbound-ports",
-    "config.linkerd.io/skip-outbound-ports",
-    "config.linkerd.io/skip-subnets",
-    "config.linkerd.io/proxy-uid",
-    "config.linkerd.io/admin-port",
-    "traffic.kuma.io/exclude-inbound-ports",
-    "traffic.kuma.io/exclude-outbound-ips",
-    "traffic.kuma.io/exclude-inbound-ips",
-    "traffic.kuma.io/transparent-proxy-config",
-    "kuma.io/sidecar-uid",
-    "kuma.io/transparent-proxying",
-    "openservicemesh.io/outbound-ip-range-inclusion-list",
-    "openservicemesh.io/inbound-port-exclusion-list",
-];
 
 fn value() -> impl Strategy<Value = String> {
     prop_oneof![

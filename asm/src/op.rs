@@ -709,6 +709,17 @@ impl Op {
                 )))
             }
         };
+        // The operand of ALU and jump instructions: `src_reg` (BPF_X) or `imm` (BPF_K); the
+        // other field must be zero.
+        let source = || {
+            if src(code) == BPF_X {
+                unused("immediate", insn.imm == 0)?;
+                Ok(Source::Reg(src_reg()?))
+            } else {
+                unused("source field", insn.src == 0)?;
+                Ok(Source::Imm(insn.imm))
+            }
+        };
         match class(code) {
             BPF_ALU | BPF_ALU64 => {
                 let alu64 = class(code) == BPF_ALU64;
@@ -792,13 +803,7 @@ impl Op {
                                 )))
                             }
                         };
-                        let src = if by_reg {
-                            unused("immediate", insn.imm == 0)?;
-                            Source::Reg(src_reg()?)
-                        } else {
-                            unused("source field", insn.src == 0)?;
-                            Source::Imm(insn.imm)
-                        };
+                        let src = source()?;
                         Ok(Op::Alu {
                             alu64,
                             op,
@@ -991,13 +996,7 @@ impl Op {
                         let Some(jop) = JmpOp::from_code(opc) else {
                             return Err(err(format!("opcode {code:#04x} is not defined")));
                         };
-                        let src = if by_reg {
-                            unused("immediate", insn.imm == 0)?;
-                            Source::Reg(src_reg()?)
-                        } else {
-                            unused("source field", insn.src == 0)?;
-                            Source::Imm(insn.imm)
-                        };
+                        let src = source()?;
                         Ok(Op::Jmp {
                             jmp32,
                             op: jop,

@@ -29,6 +29,21 @@ fn fails_with(args: &[&str], needle: &str) {
     );
 }
 
+/// `merbridge pod add IP` for this process's namespace into a pin directory that does not
+/// exist, with `extra` flags.
+fn pod_add<'a>(ip: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let args = [
+        "pod",
+        "add",
+        ip,
+        "--netns",
+        "/proc/self/ns/net",
+        "--pin-dir",
+        "/nonexistent",
+    ];
+    [&args[..], extra].concat()
+}
+
 #[test]
 fn bad_input_is_named() {
     fails_with(
@@ -56,55 +71,16 @@ fn bad_input_is_named() {
         "/tmp is not a cgroup v2 directory",
     );
     fails_with(
-        &[
-            "pod",
-            "add",
-            "10.0.0.300",
-            "--netns",
-            "/proc/self/ns/net",
-            "--pin-dir",
-            "/nonexistent",
-        ],
+        &pod_add("10.0.0.300", &[]),
         "\"10.0.0.300\" is not an IPv4 or IPv6 address",
     );
+    fails_with(&pod_add("127.0.0.1", &[]), "cannot be a pod address");
     fails_with(
-        &[
-            "pod",
-            "add",
-            "127.0.0.1",
-            "--netns",
-            "/proc/self/ns/net",
-            "--pin-dir",
-            "/nonexistent",
-        ],
-        "cannot be a pod address",
-    );
-    fails_with(
-        &[
-            "pod",
-            "add",
-            "10.0.0.3",
-            "--netns",
-            "/proc/self/ns/net",
-            "--pin-dir",
-            "/nonexistent",
-            "--exclude-outbound-ports",
-            "80,70000",
-        ],
+        &pod_add("10.0.0.3", &["--exclude-outbound-ports", "80,70000"]),
         "\"70000\" is not a port",
     );
     fails_with(
-        &[
-            "pod",
-            "add",
-            "10.0.0.3",
-            "--netns",
-            "/proc/self/ns/net",
-            "--pin-dir",
-            "/nonexistent",
-            "--include-outbound-ip-ranges",
-            "10.0.0.0/33",
-        ],
+        &pod_add("10.0.0.3", &["--include-outbound-ip-ranges", "10.0.0.0/33"]),
         "10.0.0.0/33",
     );
     fails_with(&["status", "--pin-dir", "/nonexistent"], "nothing loaded");

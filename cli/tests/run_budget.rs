@@ -18,11 +18,11 @@ mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
+use common::fixture::PrivatePins;
 use common::{spin_until, Agent, AgentOptions};
 use k8s_support::server::FakeApiServer;
 use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
-use mb_agent::run::BpfPodStore;
-use mb_sys::bpffs::PrivateBpffs;
+use mb_agent::pods::PodMaps;
 use mb_sys::cgroup::OwnedCgroup;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -45,8 +45,8 @@ fn budgets_with_ten_thousand_pods() {
         return;
     }
     let cgroup = OwnedCgroup::create_private("mb-test-budget").expect("private cgroup");
-    let bpffs = PrivateBpffs::new("mb-budget").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
+    let pins = PrivatePins::new("mb-budget", cgroup.path());
+    let pin_dir = &pins.pin_dir;
     let template = fixture_pod_value("istio/istio-master__pod.yaml.injected");
     let pod = |i: u32| {
         synthesize_running(
@@ -60,17 +60,11 @@ fn budgets_with_ten_thousand_pods() {
     let api = FakeApiServer::start(None);
     api.seed_pods((0..PODS).map(pod).collect());
     let dir = TempDir::new("run-budget");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: cgroup.path(),
-        pin_dir: &pin_dir,
-        extra: &["--on-exit", "unload", "--log-level", "info"],
-    };
+    let extra = ["--on-exit", "unload", "--log-level", "info"];
+    let options = AgentOptions::new(&api, &dir, NODE, cgroup.path(), pin_dir, &extra);
     let mut agent = Agent::start(&options);
     let ready = agent.wait_ready(Duration::from_secs(120));
-    let maps = BpfPodStore::open(&pin_dir).expect("maps");
+    let maps = PodMaps::open(pin_dir).expect("maps");
     assert!(maps.find(ip(PODS - 1).into()).unwrap().is_some());
     let log = agent.log();
     let reconcile_line = log

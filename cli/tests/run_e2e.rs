@@ -11,45 +11,24 @@ mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
+use common::fixture::{api_pod, PrivatePins, TwoPodNode};
 use common::{wait_until, Agent, AgentOptions};
 use k8s_support::server::FakeApiServer;
-use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
-use mb_agent::run::BpfPodStore;
+use k8s_support::TempDir;
 use mb_loader::datapath::hook_status;
-use mb_sys::bpffs::PrivateBpffs;
-use mb_testbed::scenarios::{start_app, whoami, Binaries, APP_UID, ECHO_PORT, WHOAMI_PORT};
+use mb_testbed::scenarios::{whoami, APP_UID, ECHO_PORT, WHOAMI_PORT};
 use mb_testbed::sidecar::{Listener, Record};
-use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 const NODE: &str = "mb-run-node";
 const DS_PATH: &str = "/apis/apps/v1/namespaces/mb-system/daemonsets/merbridge";
 
-fn api_pod(pod: &Pod, uid: &str) -> serde_json::Value {
-    let template = fixture_pod_value("istio/istio-master__pod.yaml.injected");
-    let v4 = pod.ipv4().to_string();
-    let v6 = pod.ipv6().to_string();
-    synthesize_running(template, uid, NODE, &[&v4, &v6], "1")
-}
-
 fn outbound(records: &[Record]) -> usize {
     records
         .iter()
         .filter(|r| r.listener == Listener::Outbound)
         .count()
-}
-
-/// Removes whatever is still pinned (a failed test must not leave programs attached).
-struct UnloadOnDrop {
-    pin_dir: std::path::PathBuf,
-    cgroup: std::path::PathBuf,
-}
-
-impl Drop for UnloadOnDrop {
-    fn drop(&mut self) {
-        let _ = mb_loader::datapath::unload_datapath(&self.pin_dir, Some(&self.cgroup));
-    }
 }
 
 #[test]
@@ -59,49 +38,18 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
     ) {
         return;
     }
-    let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
-    let node = Node::new("run").expect("node");
-    let bpffs = PrivateBpffs::new("mb-run").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: node.cgroup_path().to_path_buf(),
-    };
-    // Test beds of other processes reuse the same IPv4 subnets; an IPv6 address unique to
-    // this process tells the agent's scanner which namespace is ours (as pod IPs do on a
-    // real node).
-    let unique_pod = |name: &str, host: u16| {
-        let mut spec = PodSpec::named(name);
-        let base = node.gateway_v6().segments();
-        let pid = std::process::id();
-        spec.ipv6 = Some(std::net::Ipv6Addr::new(
-            base[0],
-            base[1],
-            base[2],
-            0,
-            0x77,
-            (pid >> 16) as u16,
-            pid as u16,
-            host,
-        ));
-        node.add_pod(spec).expect("pod")
-    };
-    let client = unique_pod("client", 2);
-    let server = unique_pod("server", 3);
-    let sidecar = |pod: &Pod| {
-        Sidecar::start_binary(
-            &bins.sidecar,
-            pod,
-            SidecarConfig::for_mesh(&MeshPorts::istio()),
-            1337,
-        )
-        .expect("sidecar")
-    };
-    let client_sidecar = sidecar(&client);
-    let server_sidecar = sidecar(&server);
-    let _app = start_app(&server, &bins).expect("app");
-
-    let api = FakeApiServer::start(None);
+    let fixture = TwoPodNode::start("run", NODE, 0x77);
+    let TwoPodNode {
+        api,
+        node,
+        client,
+        server,
+        client_sidecar,
+        server_sidecar,
+        bins,
+        ..
+    } = &fixture;
+    let pin_dir = &fixture.pins.pin_dir;
     api.set_object(
         DS_PATH,
         Some(
@@ -109,42 +57,23 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
             "metadata":{"name":"merbridge","namespace":"mb-system","uid":"ds-1"}}),
         ),
     );
-    api.add_pod(api_pod(&client, "uid-client"));
-    api.add_pod(api_pod(&server, "uid-server"));
-    let dir = TempDir::new("run-e2e");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: node.cgroup_path(),
-        pin_dir: &pin_dir,
-        extra: &[
-            "--ipv6",
-            "--daemonset-namespace",
-            "mb-system",
-            "--daemonset-name",
-            "merbridge",
-        ],
-    };
+    let options = fixture.agent_options(&[
+        "--ipv6",
+        "--daemonset-namespace",
+        "mb-system",
+        "--daemonset-name",
+        "merbridge",
+    ]);
     let mut agent = Agent::start(&options);
     agent.wait_ready(Duration::from_secs(30));
 
     // Both pods are in the maps, each with its own namespace found by the scanner.
-    let maps = BpfPodStore::open(&pin_dir).expect("maps");
-    for pod in [&client, &server] {
-        let cookie = pod.netns_cookie().unwrap();
-        wait_until(Duration::from_secs(10), "pod namespace found", || {
-            maps.find(pod.ipv4().into())
-                .unwrap()
-                .is_some_and(|e| e.netns == cookie)
-        })
-        .unwrap_or_else(|e| panic!("{e} for {}; agent log:\n{}", pod.name(), agent.log()));
-    }
+    let maps = fixture.wait_for_both_pods(&agent);
     let server_id = maps.find(server.ipv4().into()).unwrap().unwrap().pod_id;
 
     // The client's connect goes through its sidecar.
     let target = SocketAddr::new(IpAddr::V4(server.ipv4()), WHOAMI_PORT);
-    let (peer, local) = whoami(&client, &bins, APP_UID, target, None);
+    let (peer, local) = whoami(client, bins, APP_UID, target, None);
     assert_eq!(local, target);
     assert_eq!(
         peer.ip(),
@@ -159,7 +88,7 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
     // cgroup) goes through the server's sidecar: the agent attached sk_lookup to the pod's
     // namespace and adopted the listener the sidecar opened before the data path existed.
     wait_until(Duration::from_secs(10), "server listener adopted", || {
-        mb_agent::inbound::listeners(&pin_dir, server_id).is_ok_and(|l| l.ipv4 && l.ipv6)
+        mb_agent::inbound::listeners(pin_dir, server_id).is_ok_and(|l| l.ipv4 && l.ipv6)
     })
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
     for ip in [IpAddr::V4(server.ipv4()), IpAddr::V6(server.ipv6())] {
@@ -188,7 +117,7 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         )
         .unwrap_or_else(|e| panic!("{e}: {:#?}", server_sidecar.records()));
     }
-    assert_eq!(mb_agent::inbound::list(&pin_dir).unwrap().len(), 2);
+    assert_eq!(mb_agent::inbound::list(pin_dir).unwrap().len(), 2);
 
     let metrics = agent.get("/metrics").expect("metrics").1;
     assert!(metrics.contains("merbridge_inbound_links 2"), "{metrics}");
@@ -217,14 +146,14 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
-    let links = mb_agent::inbound::list(&pin_dir).unwrap();
+    let links = mb_agent::inbound::list(pin_dir).unwrap();
     assert_eq!(
         links.len(),
         1,
         "the client's inbound link went with it: {links:?}"
     );
     assert_eq!(links[0].0, Some(server_id));
-    let (_, local) = whoami(&client, &bins, APP_UID, target, None);
+    let (_, local) = whoami(client, bins, APP_UID, target, None);
     assert_eq!(local, target);
     std::thread::sleep(Duration::from_millis(300));
     let records = client_sidecar.records();
@@ -238,7 +167,7 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
     let status = agent.terminate(Duration::from_secs(10));
     assert!(status.success(), "agent exit: {status:?}\n{}", agent.log());
     assert!(agent.log().contains("rolling upgrade"), "{}", agent.log());
-    assert!(!hook_status(&pin_dir).is_empty(), "still attached");
+    assert!(!hook_status(pin_dir).is_empty(), "still attached");
     assert_eq!(
         maps.find(server.ipv4().into()).unwrap().map(|e| e.pod_id),
         Some(server_id),
@@ -255,7 +184,7 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         Some(server_id),
         "adopted with the same id"
     );
-    api.add_pod(api_pod(&client, "uid-client-2"));
+    api.add_pod(api_pod(client, "uid-client-2", NODE));
     let client_cookie = client.netns_cookie().unwrap();
     wait_until(
         Duration::from_secs(10),
@@ -268,7 +197,7 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
     )
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
     wait_until(Duration::from_secs(10), "both inbound links again", || {
-        mb_agent::inbound::list(&pin_dir).is_ok_and(|l| l.len() == 2)
+        mb_agent::inbound::list(pin_dir).is_ok_and(|l| l.len() == 2)
     })
     .unwrap_or_else(|e| panic!("{e}; agent log:\n{}", agent.log()));
     wait_until(Duration::from_secs(5), "the adoption logged", || {
@@ -280,7 +209,7 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         "server link adopted: {}",
         agent.log()
     );
-    let _ = whoami(&client, &bins, APP_UID, target, None);
+    let _ = whoami(client, bins, APP_UID, target, None);
     let records = client_sidecar.wait_for_records(2, Duration::from_secs(5));
     assert_eq!(
         outbound(&records),
@@ -305,7 +234,7 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         agent.log()
     );
     assert!(
-        hook_status(&pin_dir).is_empty(),
+        hook_status(pin_dir).is_empty(),
         "detached:\n{}",
         agent.log()
     );
@@ -350,68 +279,20 @@ fn run_restart_keeps_a_live_connection() {
     if !mb_sys::testing::kernel_tests_enabled("run_restart_keeps_a_live_connection") {
         return;
     }
-    let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
-    let node = Node::new("run-restart").expect("node");
-    let bpffs = PrivateBpffs::new("mb-run-restart").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: node.cgroup_path().to_path_buf(),
-    };
-    let unique_pod = |name: &str, host: u16| {
-        let mut spec = PodSpec::named(name);
-        let base = node.gateway_v6().segments();
-        let pid = std::process::id();
-        spec.ipv6 = Some(std::net::Ipv6Addr::new(
-            base[0],
-            base[1],
-            base[2],
-            0,
-            0x78,
-            (pid >> 16) as u16,
-            pid as u16,
-            host,
-        ));
-        node.add_pod(spec).expect("pod")
-    };
-    let client = unique_pod("client", 2);
-    let server = unique_pod("server", 3);
-    let sidecar = |pod: &Pod| {
-        Sidecar::start_binary(
-            &bins.sidecar,
-            pod,
-            SidecarConfig::for_mesh(&MeshPorts::istio()),
-            1337,
-        )
-        .expect("sidecar")
-    };
-    let client_sidecar = sidecar(&client);
-    let _server_sidecar = sidecar(&server);
-    let _app = start_app(&server, &bins).expect("app");
-    let api = FakeApiServer::start(None);
-    api.add_pod(api_pod(&client, "uid-client"));
-    api.add_pod(api_pod(&server, "uid-server"));
-    let dir = TempDir::new("run-restart");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: node.cgroup_path(),
-        pin_dir: &pin_dir,
-        extra: &["--on-exit", "keep"],
-    };
+    let fixture = TwoPodNode::start("run-restart", NODE, 0x78);
+    let TwoPodNode {
+        client,
+        server,
+        client_sidecar,
+        bins,
+        node,
+        ..
+    } = &fixture;
+    let pin_dir = &fixture.pins.pin_dir;
+    let options = fixture.agent_options(&["--on-exit", "keep"]);
     let mut agent = Agent::start(&options);
     agent.wait_ready(Duration::from_secs(30));
-    let maps = BpfPodStore::open(&pin_dir).expect("maps");
-    for pod in [&client, &server] {
-        let cookie = pod.netns_cookie().unwrap();
-        wait_until(Duration::from_secs(10), "pod namespace found", || {
-            maps.find(pod.ipv4().into())
-                .unwrap()
-                .is_some_and(|e| e.netns == cookie)
-        })
-        .unwrap_or_else(|e| panic!("{e} for {}; agent log:\n{}", pod.name(), agent.log()));
-    }
+    fixture.wait_for_both_pods(&agent);
 
     // One persistent connection, many round trips, spanning the restart.
     let mut cmd = std::process::Command::new(&bins.workload);
@@ -457,7 +338,7 @@ fn run_restart_keeps_a_live_connection() {
 
     // Someone unloads behind the agent's back: it stops saying ready, and says why.
     assert_eq!(successor.get("/readyz").map(|r| r.0), Some(200));
-    mb_loader::datapath::unload_datapath(&pin_dir, Some(node.cgroup_path())).expect("unload");
+    mb_loader::datapath::unload_datapath(pin_dir, Some(node.cgroup_path())).expect("unload");
     let (code, body) = successor.get("/readyz").expect("readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("pinned links are gone"), "{body}");
@@ -471,32 +352,22 @@ fn run_unloads_when_its_daemonset_is_gone() {
         return;
     }
     let cgroup = mb_sys::cgroup::OwnedCgroup::create_private("mb-test-run-gone").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-run-gone").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
+    let pins = PrivatePins::new("mb-run-gone", cgroup.path());
+    let pin_dir = &pins.pin_dir;
     let api = FakeApiServer::start(None);
     let dir = TempDir::new("run-gone");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: cgroup.path(),
-        pin_dir: &pin_dir,
-        extra: &[
-            "--on-exit",
-            "auto",
-            "--daemonset-namespace",
-            "mb-system",
-            "--daemonset-name",
-            "merbridge",
-        ],
-    };
+    let extra = [
+        "--on-exit",
+        "auto",
+        "--daemonset-namespace",
+        "mb-system",
+        "--daemonset-name",
+        "merbridge",
+    ];
+    let options = AgentOptions::new(&api, &dir, NODE, cgroup.path(), pin_dir, &extra);
     let mut agent = Agent::start(&options);
     agent.wait_ready(Duration::from_secs(30));
-    assert!(!hook_status(&pin_dir).is_empty());
+    assert!(!hook_status(pin_dir).is_empty());
     let metrics = agent.get("/metrics").expect("metrics").1;
     assert!(
         metrics.contains("merbridge_pods{mesh=\"istio\"} 0"),
@@ -513,7 +384,7 @@ fn run_unloads_when_its_daemonset_is_gone() {
         "{}",
         agent.log()
     );
-    assert!(hook_status(&pin_dir).is_empty());
+    assert!(hook_status(pin_dir).is_empty());
     assert!(!pin_dir.exists());
     assert!(
         api.requests().iter().any(|r| r.path == DS_PATH),

@@ -3,35 +3,13 @@
 //! its first byte picks the name, the rest is the value.
 #![no_main]
 
+#[path = "../../agent/tests/annotation_names/mod.rs"]
+mod annotation_names;
+
+use annotation_names::NAMES;
 use libfuzzer_sys::fuzz_target;
 use mb_agent::mesh::{annotations_from_text, Mesh, PodPolicy};
 use std::collections::BTreeMap;
-
-const NAMES: &[&str] = &[
-    "traffic.sidecar.istio.io/includeOutboundIPRanges",
-    "traffic.sidecar.istio.io/excludeOutboundIPRanges",
-    "traffic.sidecar.istio.io/includeInboundPorts",
-    "traffic.sidecar.istio.io/excludeInboundPorts",
-    "traffic.sidecar.istio.io/includeOutboundPorts",
-    "traffic.sidecar.istio.io/excludeOutboundPorts",
-    "status.sidecar.istio.io/port",
-    "sidecar.istio.io/interceptionMode",
-    "config.linkerd.io/skip-inbound-ports",
-    "config.linkerd.io/skip-outbound-ports",
-    "config.linkerd.io/skip-subnets",
-    "config.linkerd.io/proxy-uid",
-    "config.linkerd.io/inbound-port",
-    "traffic.kuma.io/exclude-inbound-ports",
-    "traffic.kuma.io/exclude-outbound-ports",
-    "traffic.kuma.io/exclude-outbound-ips",
-    "traffic.kuma.io/exclude-inbound-ips",
-    "traffic.kuma.io/transparent-proxy-config",
-    "kuma.io/sidecar-uid",
-    "kuma.io/transparent-proxying",
-    "openservicemesh.io/outbound-ip-range-inclusion-list",
-    "openservicemesh.io/outbound-ip-range-exclusion-list",
-    "openservicemesh.io/inbound-port-exclusion-list",
-];
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -160,6 +160,26 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
+    /// The usual options for a mesh whose numbers are `constants`: attach to `cgroup`, pin
+    /// under `pin_dir`, IPv4 only, no DNS capture, no bind4, attach mode `Auto`, pair keys
+    /// probed. Callers change what differs with `LoadOptions { ipv6: true, ..for_mesh(..) }`.
+    pub fn for_mesh(
+        cgroup: impl Into<PathBuf>,
+        pin_dir: impl Into<PathBuf>,
+        constants: MeshConstants,
+    ) -> LoadOptions {
+        LoadOptions {
+            cgroup: cgroup.into(),
+            pin_dir: pin_dir.into(),
+            constants,
+            ipv6: false,
+            dns_capture: false,
+            bind4: false,
+            mode: AttachMode::Auto,
+            netns_keys: None,
+        }
+    }
+
     /// The hooks these options enable, in attach order: the sockhash side first, so that by
     /// the time connects are redirected, their sockets can be spliced.
     pub fn hooks(&self) -> Vec<Hook> {
@@ -684,22 +704,15 @@ mod tests {
 
     #[test]
     fn options_choose_hooks() {
-        let opts = LoadOptions {
-            cgroup: PathBuf::from("/x"),
-            pin_dir: PathBuf::from("/y"),
-            constants: MeshConstants {
-                outbound_port: 15001,
-                inbound_port: 15006,
-                proxy_uid: 1337,
-                dns_port: 15053,
-                splice_mode: mb_maps::datapath::SPLICE_SIDECARS,
-            },
-            ipv6: false,
-            dns_capture: false,
-            bind4: false,
-            mode: AttachMode::Auto,
-            netns_keys: None,
+        // The mesh's numbers do not choose hooks.
+        let constants = MeshConstants {
+            outbound_port: 1,
+            inbound_port: 2,
+            proxy_uid: 3,
+            dns_port: 4,
+            splice_mode: mb_maps::datapath::SPLICE_SIDECARS,
         };
+        let opts = LoadOptions::for_mesh("/x", "/y", constants);
         assert_eq!(
             opts.hooks(),
             vec![

@@ -300,20 +300,21 @@ fn helper_rows() -> Vec<HelperRow> {
     const IDENT: &str = "pod identity by network namespace (else: sidecar-listening fallback)";
     const FEEDBACK: &str = "process_ip feedback and per-cgroup cache (fallback path)";
     const UID: &str = "telling the sidecar from the application (proxy UID)";
+    const PAIR_KEYS: &str = "netns-scoped 4-tuple keys";
+    const LISTENING: &str = "meshed-pod detection fallback (sidecar listening)";
+    const DNS_RESTORE: &str = "DNS source restore (recvmsg)";
+    // First kernels: measured in the kernel matrix, or the oldest one it runs.
+    const OLDEST: &str = "5.10 (oldest measured)";
+    const K5_15: &str = "5.15 (measured: on 6.1, not on 5.10)";
+    const K6_12: &str = "6.12 (measured: not on 6.1)";
     vec![
         (CONNECT4, MAP_LOOKUP, "4.17", MAPS, Required),
         (CONNECT4, MAP_UPDATE, "4.17", MAPS, Required),
         (CONNECT4, MAP_DELETE, "4.17", MAPS, Required),
         (CONNECT4, SOCKET_COOKIE, "4.19", ORIG, Required),
-        (CONNECT4, UID_GID, "5.10 (oldest measured)", UID, Required),
+        (CONNECT4, UID_GID, OLDEST, UID, Required),
         (CONNECT4, NETNS_COOKIE, "5.7", IDENT, Optional),
-        (
-            CONNECT4,
-            SK_LOOKUP_TCP,
-            "5.0",
-            "meshed-pod detection fallback (sidecar listening)",
-            Optional,
-        ),
+        (CONNECT4, SK_LOOKUP_TCP, "5.0", LISTENING, Optional),
         (
             CONNECT4,
             SK_LOOKUP_UDP,
@@ -321,13 +322,7 @@ fn helper_rows() -> Vec<HelperRow> {
             "DNS proxy detection (UDP)",
             Optional,
         ),
-        (
-            CONNECT4,
-            SK_RELEASE,
-            "5.0",
-            "meshed-pod detection fallback (sidecar listening)",
-            Optional,
-        ),
+        (CONNECT4, SK_RELEASE, "5.0", LISTENING, Optional),
         (
             CONNECT4,
             BIND,
@@ -335,34 +330,10 @@ fn helper_rows() -> Vec<HelperRow> {
             "binding the source to the pod IP (kernels without netns cookies)",
             Optional,
         ),
-        (
-            CONNECT4,
-            PID_TGID,
-            "5.10 (oldest measured)",
-            FEEDBACK,
-            Optional,
-        ),
-        (
-            CONNECT4,
-            CGROUP_ID,
-            "5.10 (oldest measured)",
-            FEEDBACK,
-            Optional,
-        ),
-        (
-            RECVMSG4,
-            MAP_LOOKUP,
-            "5.2",
-            "DNS source restore (recvmsg)",
-            Optional,
-        ),
-        (
-            RECVMSG4,
-            SOCKET_COOKIE,
-            "5.2",
-            "DNS source restore (recvmsg)",
-            Optional,
-        ),
+        (CONNECT4, PID_TGID, OLDEST, FEEDBACK, Optional),
+        (CONNECT4, CGROUP_ID, OLDEST, FEEDBACK, Optional),
+        (RECVMSG4, MAP_LOOKUP, "5.2", DNS_RESTORE, Optional),
+        (RECVMSG4, SOCKET_COOKIE, "5.2", DNS_RESTORE, Optional),
         (SOCKOPS, MAP_LOOKUP, "4.13", MAPS, Required),
         (SOCKOPS, MAP_UPDATE, "4.13", MAPS, Required),
         (SOCKOPS, MAP_DELETE, "4.13", MAPS, Required),
@@ -374,20 +345,8 @@ fn helper_rows() -> Vec<HelperRow> {
             Required,
         ),
         (SOCKOPS, SOCKET_COOKIE, "4.19", ORIG, Required),
-        (
-            SOCKOPS,
-            NETNS_COOKIE,
-            "5.15 (measured: on 6.1, not on 5.10)",
-            "netns-scoped 4-tuple keys",
-            Optional,
-        ),
-        (
-            SOCKOPS,
-            PID_TGID,
-            "6.12 (measured: not on 6.1)",
-            FEEDBACK,
-            Optional,
-        ),
+        (SOCKOPS, NETNS_COOKIE, K5_15, PAIR_KEYS, Optional),
+        (SOCKOPS, PID_TGID, K6_12, FEEDBACK, Optional),
         (
             SOCKOPS,
             UID_GID,
@@ -395,13 +354,7 @@ fn helper_rows() -> Vec<HelperRow> {
             FEEDBACK,
             Optional,
         ),
-        (
-            SOCKOPS,
-            CGROUP_ID,
-            "6.12 (measured: not on 6.1)",
-            FEEDBACK,
-            Optional,
-        ),
+        (SOCKOPS, CGROUP_ID, K6_12, FEEDBACK, Optional),
         (
             SKMSG,
             MSG_REDIRECT_HASH,
@@ -410,28 +363,10 @@ fn helper_rows() -> Vec<HelperRow> {
             Required,
         ),
         (SKMSG, MAP_LOOKUP, "4.17", MAPS, Optional),
-        (
-            SKMSG,
-            NETNS_COOKIE,
-            "5.15 (measured: on 6.1, not on 5.10)",
-            "netns-scoped 4-tuple keys",
-            Optional,
-        ),
-        (SKMSG, UID_GID, "5.10 (oldest measured)", FEEDBACK, Optional),
-        (
-            SKMSG,
-            PID_TGID,
-            "5.10 (oldest measured)",
-            FEEDBACK,
-            Optional,
-        ),
-        (
-            SKMSG,
-            CGROUP_ID,
-            "5.10 (oldest measured)",
-            FEEDBACK,
-            Optional,
-        ),
+        (SKMSG, NETNS_COOKIE, K5_15, PAIR_KEYS, Optional),
+        (SKMSG, UID_GID, OLDEST, FEEDBACK, Optional),
+        (SKMSG, PID_TGID, OLDEST, FEEDBACK, Optional),
+        (SKMSG, CGROUP_ID, OLDEST, FEEDBACK, Optional),
         (
             GETSOCKOPT,
             MAP_LOOKUP,
@@ -439,20 +374,8 @@ fn helper_rows() -> Vec<HelperRow> {
             "SO_ORIGINAL_DST answers (getsockopt)",
             Required,
         ),
-        (
-            GETSOCKOPT,
-            NETNS_COOKIE,
-            "5.15 (measured: on 6.1, not on 5.10)",
-            "netns-scoped 4-tuple keys",
-            Optional,
-        ),
-        (
-            GETSOCKOPT,
-            UID_GID,
-            "5.10 (oldest measured)",
-            FEEDBACK,
-            Optional,
-        ),
+        (GETSOCKOPT, NETNS_COOKIE, K5_15, PAIR_KEYS, Optional),
+        (GETSOCKOPT, UID_GID, OLDEST, FEEDBACK, Optional),
         (
             GETSOCKOPT,
             PID_TGID,
@@ -460,13 +383,7 @@ fn helper_rows() -> Vec<HelperRow> {
             FEEDBACK,
             Optional,
         ),
-        (
-            GETSOCKOPT,
-            CGROUP_ID,
-            "5.10 (oldest measured)",
-            FEEDBACK,
-            Optional,
-        ),
+        (GETSOCKOPT, CGROUP_ID, OLDEST, FEEDBACK, Optional),
     ]
 }
 

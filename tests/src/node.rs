@@ -280,46 +280,26 @@ impl Node {
         );
         let (a4, b4) = (format!("10.254.{l}.1"), format!("10.254.{l}.2"));
         let (a6, b6) = (format!("fd00:254:{l:x}::1"), format!("fd00:254:{l:x}::2"));
-        ip_batch(
-            Some(a.netns.name()),
-            &[
-                format!(
-                    "link add {a_if} type veth peer name {b_if} netns {}",
-                    b.netns.name()
-                ),
-                format!("addr add {a4}/24 dev {a_if}"),
-                format!("addr add {a6}/64 dev {a_if} nodad"),
-                format!("link set {a_if} up"),
-                format!(
-                    "route add {}/{} via {b4}",
-                    b.pod_cidr_v4().0,
-                    b.pod_cidr_v4().1
-                ),
-                format!(
-                    "route add {}/{} via {b6}",
-                    b.pod_cidr_v6().0,
-                    b.pod_cidr_v6().1
-                ),
-            ],
-        )?;
-        ip_batch(
-            Some(b.netns.name()),
-            &[
-                format!("addr add {b4}/24 dev {b_if}"),
-                format!("addr add {b6}/64 dev {b_if} nodad"),
-                format!("link set {b_if} up"),
-                format!(
-                    "route add {}/{} via {a4}",
-                    a.pod_cidr_v4().0,
-                    a.pod_cidr_v4().1
-                ),
-                format!(
-                    "route add {}/{} via {a6}",
-                    a.pod_cidr_v6().0,
-                    a.pod_cidr_v6().1
-                ),
-            ],
-        )?;
+        // One end of the link: its addresses, up, and routes to the peer node's pods.
+        let end = |iface: &str, v4: &str, v6: &str, peer: &Node, peer4: &str, peer6: &str| {
+            let (pods4, bits4) = peer.pod_cidr_v4();
+            let (pods6, bits6) = peer.pod_cidr_v6();
+            vec![
+                format!("addr add {v4}/24 dev {iface}"),
+                format!("addr add {v6}/64 dev {iface} nodad"),
+                format!("link set {iface} up"),
+                format!("route add {pods4}/{bits4} via {peer4}"),
+                format!("route add {pods6}/{bits6} via {peer6}"),
+            ]
+        };
+        let create = format!(
+            "link add {a_if} type veth peer name {b_if} netns {}",
+            b.netns.name()
+        );
+        let mut a_side = vec![create];
+        a_side.extend(end(&a_if, &a4, &a6, b, &b4, &b6));
+        ip_batch(Some(a.netns.name()), &a_side)?;
+        ip_batch(Some(b.netns.name()), &end(&b_if, &b4, &b6, a, &a4, &a6))?;
         Ok(())
     }
 }

@@ -425,27 +425,14 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// The DNS proxy: answers every query itself (like Istio's DNS proxy for names it knows) and
 /// prints `dns peer=<client> local=<socket address>` per query.
 fn dns_loop(socket: UdpSocket, shared: Arc<event_loop::Shared>) {
-    let answer = shared.config.dns_answer;
     let out = &shared.out;
     let local = socket.local_addr().ok();
-    let mut buf = [0u8; 512];
-    loop {
-        let (n, from) = match socket.recv_from(&mut buf) {
-            Ok(v) => v,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                eprintln!("mb-sidecar: dns recv: {e}");
-                return;
-            }
-        };
-        if let Some(reply) = crate::workload::dns_reply(&buf[..n], answer) {
-            let _ = socket.send_to(&reply, from);
-        }
+    let local = local.map_or("-".to_owned(), |a| a.to_string());
+    crate::workload::answer_dns(socket, shared.config.dns_answer, "mb-sidecar", |from| {
         let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-        let local = local.map_or("-".to_owned(), |a| a.to_string());
         let _ = writeln!(o, "dns peer={from} local={local}");
         let _ = o.flush();
-    }
+    });
 }
 
 /// The DNS proxy over TCP: answers like [`dns_loop`] and prints the same line per query.
@@ -521,6 +508,17 @@ impl Sidecar {
     /// Starts `mb-sidecar` in `pod` as `uid` and waits (≤ 5 s) until it listens.
     pub fn start(pod: &Pod, config: SidecarConfig, uid: u32) -> io::Result<Sidecar> {
         Self::start_binary(&sidecar_binary()?, pod, config, uid)
+    }
+
+    /// [`Sidecar::start_binary`] with Istio's ports, as Istio's proxy user.
+    pub fn start_istio(binary: &std::path::Path, pod: &Pod) -> io::Result<Sidecar> {
+        let istio = crate::MeshPorts::istio();
+        Self::start_binary(
+            binary,
+            pod,
+            SidecarConfig::for_mesh(&istio),
+            istio.proxy_uid,
+        )
     }
 
     /// Like [`Sidecar::start`] with an explicit binary path (tests pass

@@ -257,19 +257,32 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// A DNS-like UDP responder: answers every query with the same id, the question echoed and
 /// one A record `answer`. Good enough for DNS interception tests; not a resolver.
 pub fn serve_dns(socket: UdpSocket, answer: Ipv4Addr) {
+    answer_dns(socket, answer, "mb-workload", |_| {});
+}
+
+/// [`serve_dns`]'s loop, calling `on_query` with the sender of each datagram received (after
+/// answering it, if it is a DNS question); `who` names the program in the message of a
+/// receive error, which ends the loop.
+pub fn answer_dns(
+    socket: UdpSocket,
+    answer: Ipv4Addr,
+    who: &str,
+    mut on_query: impl FnMut(SocketAddr),
+) {
     let mut buf = [0u8; 512];
     loop {
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("mb-workload: dns recv: {e}");
+                eprintln!("{who}: dns recv: {e}");
                 return;
             }
         };
         if let Some(reply) = dns_reply(&buf[..n], answer) {
             let _ = socket.send_to(&reply, from);
         }
+        on_query(from);
     }
 }
 
@@ -541,24 +554,49 @@ pub fn rr_client(
 /// for [`histogram`].
 pub fn rr_samples(addr: SocketAddr, size: usize, count: u64, warmup: u64) -> io::Result<Vec<u64>> {
     let mut s = connect(addr)?;
-    let request = vec![0xa5u8; size.max(1)];
-    let mut response = vec![0u8; request.len()];
+    let mut echo = Echo::new(size);
     let mut samples = Vec::with_capacity(count as usize);
     for i in 0..warmup + count {
-        let start = Instant::now();
-        s.write_all(&request)?;
-        read_exact(&mut s, &mut response)?;
+        let ns = echo.round_trip(&mut s)?;
         if i >= warmup {
-            samples.push(start.elapsed().as_nanos() as u64);
+            samples.push(ns);
         }
     }
-    if response != request {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "echo returned other bytes",
-        ));
-    }
+    echo.verify()?;
     Ok(samples)
+}
+
+/// One connection's echo exchange: a request of `size` bytes and the buffer for its answer.
+struct Echo {
+    request: Vec<u8>,
+    response: Vec<u8>,
+}
+
+impl Echo {
+    fn new(size: usize) -> Echo {
+        let request = vec![0xa5u8; size.max(1)];
+        let response = vec![0u8; request.len()];
+        Echo { request, response }
+    }
+
+    /// Sends the request and reads the answer: the round trip in nanoseconds.
+    fn round_trip(&mut self, s: &mut TcpStream) -> io::Result<u64> {
+        let start = Instant::now();
+        s.write_all(&self.request)?;
+        read_exact(s, &mut self.response)?;
+        Ok(start.elapsed().as_nanos() as u64)
+    }
+
+    /// The last answer was the request echoed.
+    fn verify(&self) -> io::Result<()> {
+        if self.response != self.request {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "echo returned other bytes",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Round trips measured over `connections` persistent connections at once (the
@@ -591,30 +629,20 @@ pub fn rr_parallel(
         threads.push(std::thread::spawn(move || -> io::Result<Vec<u64>> {
             let connected = connect(addr);
             let result = connected.and_then(|mut s| {
-                let request = vec![0xa5u8; size.max(1)];
-                let mut response = vec![0u8; request.len()];
+                let mut echo = Echo::new(size);
                 for _ in 0..warmup {
-                    s.write_all(&request)?;
-                    read_exact(&mut s, &mut response)?;
+                    echo.round_trip(&mut s)?;
                 }
-                Ok((s, request, response))
+                Ok((s, echo))
             });
             // Every thread reaches the barrier, also after an error, so none waits forever.
             barrier.wait();
-            let (mut s, request, mut response) = result?;
+            let (mut s, mut echo) = result?;
             let mut samples = Vec::with_capacity(per_connection as usize);
             for _ in 0..per_connection {
-                let start = Instant::now();
-                s.write_all(&request)?;
-                read_exact(&mut s, &mut response)?;
-                samples.push(start.elapsed().as_nanos() as u64);
+                samples.push(echo.round_trip(&mut s)?);
             }
-            if response != request {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "echo returned other bytes",
-                ));
-            }
+            echo.verify()?;
             Ok(samples)
         }));
     }

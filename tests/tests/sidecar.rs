@@ -3,7 +3,7 @@
 
 use mb_sys::testing::kernel_tests_enabled;
 use mb_testbed::interception::saved_nat_rules;
-use mb_testbed::scenarios::{self, Binaries, APP_UID, WHOAMI_PORT};
+use mb_testbed::scenarios::{self, Binaries, MeshedPod, APP_UID, WHOAMI_PORT};
 use mb_testbed::sidecar::Listener;
 use mb_testbed::{Interception, MeshPorts, Node, PodSpec, Sidecar, SidecarConfig};
 use std::io::{Read, Write};
@@ -18,17 +18,37 @@ fn bins() -> Binaries {
     .expect("the sidecar and workload binaries")
 }
 
+/// The test bed of kernel test `test`: its binaries and a node named `node`; `None` (the
+/// test skips) without root.
+fn kernel_node(test: &str, node: &str) -> Option<(Binaries, Node)> {
+    if !kernel_tests_enabled(test) {
+        return None;
+    }
+    Some((bins(), Node::new(node).unwrap()))
+}
+
+/// [`kernel_node`] with a client and a server pod, each meshed (Istio's iptables rules and
+/// the reference sidecar).
+fn meshed_pair(test: &str, node: &str) -> Option<(Node, Binaries, MeshedPod, MeshedPod)> {
+    let (bins, node) = kernel_node(test, node)?;
+    let mode = Interception::Iptables(MeshPorts::istio());
+    let client = scenarios::start_pod(&node, "client", &mode, true, &bins).unwrap();
+    let server = scenarios::start_pod(&node, "server", &mode, true, &bins).unwrap();
+    Some((node, bins, client, server))
+}
+
 #[test]
 fn unredirected_connection_is_recorded_with_an_error_and_closed() {
-    if !kernel_tests_enabled("unredirected_connection_is_recorded_with_an_error_and_closed") {
+    let Some((bins, node)) = kernel_node(
+        "unredirected_connection_is_recorded_with_an_error_and_closed",
+        "sc-err",
+    ) else {
         return;
-    }
-    let node = Node::new("sc-err").unwrap();
+    };
     let a = node.add_pod(PodSpec::named("a")).unwrap();
     let b = node.add_pod(PodSpec::named("b")).unwrap();
     // A sidecar without interception rules: nothing can tell it an original destination.
-    let sidecar =
-        Sidecar::start_binary(&bins().sidecar, &b, SidecarConfig::default(), 1337).unwrap();
+    let sidecar = Sidecar::start_binary(&bins.sidecar, &b, SidecarConfig::default(), 1337).unwrap();
     let to = SocketAddr::new(b.ipv4().into(), 15001);
     let mut s = a
         .run_in_netns(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))
@@ -48,26 +68,23 @@ fn unredirected_connection_is_recorded_with_an_error_and_closed() {
 
 #[test]
 fn sidecar_refuses_to_run_as_the_wrong_uid() {
-    if !kernel_tests_enabled("sidecar_refuses_to_run_as_the_wrong_uid") {
+    let Some((bins, node)) = kernel_node("sidecar_refuses_to_run_as_the_wrong_uid", "sc-uid")
+    else {
         return;
-    }
-    let node = Node::new("sc-uid").unwrap();
+    };
     let p = node.add_pod(PodSpec::named("p")).unwrap();
     let config = SidecarConfig::for_mesh(&MeshPorts::istio());
-    let err = Sidecar::start_binary(&bins().sidecar, &p, config, APP_UID).unwrap_err();
+    let err = Sidecar::start_binary(&bins.sidecar, &p, config, APP_UID).unwrap_err();
     assert!(err.to_string().contains("did not become ready"), "{err}");
 }
 
 #[test]
 fn half_close_is_passed_through_both_sidecars() {
-    if !kernel_tests_enabled("half_close_is_passed_through_both_sidecars") {
+    let Some((_node, _bins, client, server)) =
+        meshed_pair("half_close_is_passed_through_both_sidecars", "sc-half")
+    else {
         return;
-    }
-    let mode = Interception::Iptables(MeshPorts::istio());
-    let node = Node::new("sc-half").unwrap();
-    let bins = bins();
-    let client = scenarios::start_pod(&node, "client", &mode, true, &bins).unwrap();
-    let server = scenarios::start_pod(&node, "server", &mode, true, &bins).unwrap();
+    };
     let addr = SocketAddr::new(server.ip(false), 7777);
     let listener = server
         .pod
@@ -107,13 +124,12 @@ fn half_close_is_passed_through_both_sidecars() {
 /// read, and sizes 1 to 40 put the EOF at every position of a wake-up's reads.
 #[test]
 fn half_close_after_many_small_reads_is_passed_on() {
-    if !kernel_tests_enabled("half_close_after_many_small_reads_is_passed_on") {
+    let test = "half_close_after_many_small_reads_is_passed_on";
+    let Some((bins, node)) = kernel_node(test, "sc-reads") else {
         return;
-    }
+    };
     let mesh = MeshPorts::istio();
     let mode = Interception::Iptables(mesh.clone());
-    let node = Node::new("sc-reads").unwrap();
-    let bins = bins();
     let client = scenarios::start_pod(&node, "client", &mode, false, &bins).unwrap();
     mode.install_pod(&client.pod).unwrap();
     let config = SidecarConfig {
@@ -159,14 +175,12 @@ fn half_close_after_many_small_reads_is_passed_on() {
 
 #[test]
 fn connection_to_a_sidecar_port_is_refused_as_a_loop() {
-    if !kernel_tests_enabled("connection_to_a_sidecar_port_is_refused_as_a_loop") {
+    let Some((_node, bins, client, server)) = meshed_pair(
+        "connection_to_a_sidecar_port_is_refused_as_a_loop",
+        "sc-loop",
+    ) else {
         return;
-    }
-    let mode = Interception::Iptables(MeshPorts::istio());
-    let node = Node::new("sc-loop").unwrap();
-    let bins = bins();
-    let client = scenarios::start_pod(&node, "client", &mode, true, &bins).unwrap();
-    let server = scenarios::start_pod(&node, "server", &mode, true, &bins).unwrap();
+    };
     let to = SocketAddr::new(server.ip(false), 15006);
     let result = scenarios::run_client(
         &client.pod,
@@ -192,10 +206,9 @@ fn connection_to_a_sidecar_port_is_refused_as_a_loop() {
 
 #[test]
 fn installed_rules_are_istios_chains() {
-    if !kernel_tests_enabled("installed_rules_are_istios_chains") {
+    let Some((_bins, node)) = kernel_node("installed_rules_are_istios_chains", "sc-rules") else {
         return;
-    }
-    let node = Node::new("sc-rules").unwrap();
+    };
     let p = node.add_pod(PodSpec::named("p")).unwrap();
     assert!(!saved_nat_rules(&p, false).unwrap().contains("ISTIO"));
     Interception::Iptables(MeshPorts::istio())
@@ -232,11 +245,9 @@ fn installed_rules_are_istios_chains() {
 
 #[test]
 fn dns_responder_answers_across_pods() {
-    if !kernel_tests_enabled("dns_responder_answers_across_pods") {
+    let Some((bins, node)) = kernel_node("dns_responder_answers_across_pods", "sc-dns") else {
         return;
-    }
-    let bins = bins();
-    let node = Node::new("sc-dns").unwrap();
+    };
     let a = node.add_pod(PodSpec::named("a")).unwrap();
     let b = node.add_pod(PodSpec::named("b")).unwrap();
     let mut cmd = std::process::Command::new(&bins.workload);
@@ -270,11 +281,10 @@ fn dns_responder_answers_across_pods() {
 
 #[test]
 fn whoami_port_constant_is_what_the_app_serves() {
-    if !kernel_tests_enabled("whoami_port_constant_is_what_the_app_serves") {
+    let Some((bins, node)) = kernel_node("whoami_port_constant_is_what_the_app_serves", "sc-app")
+    else {
         return;
-    }
-    let bins = bins();
-    let node = Node::new("sc-app").unwrap();
+    };
     let p = scenarios::start_pod(&node, "p", &Interception::None, false, &bins).unwrap();
     let to = SocketAddr::new(p.ip(false), WHOAMI_PORT);
     let (peer, local) = scenarios::whoami(&p.pod, &bins, APP_UID, to, None);

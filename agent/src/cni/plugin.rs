@@ -103,8 +103,8 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<AddOutcome, CniError> {
             data_path_missing(&pod, &conf.pin_dir, e)
         }
     })?;
-    let maps =
-        PodMaps::open(&conf.pin_dir).map_err(|e| data_path_missing(&pod, &conf.pin_dir, e))?;
+    let maps = PodMaps::open(&conf.pin_dir)
+        .map_err(|e| data_path_missing(&pod, &conf.pin_dir, e.to_string()))?;
     let inbound_port = policy.inbound_port;
     let local = LocalPod {
         ips: ips.clone(),
@@ -185,17 +185,17 @@ fn remove_written(
         match maps.find(*ip) {
             Ok(Some(entry)) if ours(&entry) => {
                 if let Err(e) = maps.remove_entry(&entry) {
-                    errors.push(e);
+                    errors.push(e.to_string());
                 }
             }
             Ok(_) => {}
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
         }
     }
     match netns_entry(pin_dir, cookie) {
         Ok(Some(entry)) if ours(&entry) => {
             if let Err(e) = maps.remove_entry(&entry) {
-                errors.push(e);
+                errors.push(e.to_string());
             }
         }
         Ok(_) => {}
@@ -303,7 +303,7 @@ pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
                 )))
             }
             Ok(None) => return Err(failed(format!("address {ip} is missing from map pod_ips"))),
-            Err(e) => return Err(failed(e)),
+            Err(e) => return Err(failed(e.to_string())),
         }
     }
     match netns_entry(&conf.pin_dir, record.netns_cookie) {

@@ -141,10 +141,6 @@ impl fmt::Debug for ClientConfig {
 pub const TOKEN_MAX_AGE: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn parse_pem_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
     let certs = certs.map_err(|e| ConfigError(format!("{what}: not valid PEM: {e}")))?;
@@ -167,7 +163,7 @@ pub fn tls_config(
             .add(cert)
             .map_err(|e| ConfigError(format!("{ca_what}: unusable CA certificate: {e}")))?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(tls_provider())
+    let builder = rustls::ClientConfig::builder_with_provider(super::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError(format!("TLS setup: {e}")))?
         .with_root_certificates(roots);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod decode;
 pub mod http;
 pub mod pod;
+mod tls;
 pub mod watcher;
 
 pub use config::{node_name, ClientConfig, ConfigError};

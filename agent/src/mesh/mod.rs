@@ -10,6 +10,7 @@ pub use policy::{
 };
 
 use crate::k8s::PodInfo;
+use mb_loader::datapath::MeshConstants;
 use std::fmt;
 use std::str::FromStr;
 
@@ -33,6 +34,23 @@ pub struct MeshDefaults {
     pub proxy_uid: u32,
     /// The sidecar's DNS proxy, if the mesh has one.
     pub dns_port: Option<u16>,
+}
+
+/// The DNS proxy port the programs get when the mesh has none (DNS capture stays off then).
+pub const FALLBACK_DNS_PORT: u16 = 15053;
+
+impl MeshDefaults {
+    /// These numbers as the data path's load-time constants, with `splice_mode`
+    /// (`mb_maps::datapath::SPLICE_*`).
+    pub fn constants(&self, splice_mode: u32) -> MeshConstants {
+        MeshConstants {
+            outbound_port: self.outbound_port,
+            inbound_port: self.inbound_port,
+            proxy_uid: self.proxy_uid,
+            dns_port: self.dns_port.unwrap_or(FALLBACK_DNS_PORT),
+            splice_mode,
+        }
+    }
 }
 
 impl Mesh {
@@ -61,11 +79,10 @@ impl Mesh {
                 proxy_uid: 2102,
                 dns_port: None,
             },
+            // Kuma's sidecar is Envoy on Istio's ports, under its own user.
             Mesh::Kuma => MeshDefaults {
-                outbound_port: 15001,
-                inbound_port: 15006,
                 proxy_uid: 5678,
-                dns_port: Some(15053),
+                ..Mesh::Istio.defaults()
             },
             Mesh::Osm => MeshDefaults {
                 outbound_port: 15001,

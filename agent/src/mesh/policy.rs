@@ -355,11 +355,16 @@ impl<'a> Parser<'a> {
         });
     }
 
-    /// A port list; `Some(All)` if `*` is allowed and present; `None` if absent.
-    fn ports(&mut self, name: &str, syntax: PortSyntax, star_ok: bool) -> Option<PortSelection> {
+    /// The elements of list annotation `name` that `parse` accepts (the others become
+    /// warnings), and whether `*` was given (a warning unless `star_ok`); `None` if absent.
+    fn elements<T, E: Into<String>>(
+        &mut self,
+        name: &str,
+        star_ok: bool,
+        mut parse: impl FnMut(&str) -> Result<T, E>,
+    ) -> Option<(bool, Vec<T>)> {
         let value = self.get(name)?;
-        let mut set = PortRanges::new();
-        let mut all = false;
+        let (mut all, mut parsed) = (false, Vec::new());
         for element in split_list(value) {
             if element == "*" {
                 if star_ok {
@@ -369,7 +374,18 @@ impl<'a> Parser<'a> {
                 }
                 continue;
             }
-            let parsed = match (syntax, element.split_once('-')) {
+            match parse(element) {
+                Ok(item) => parsed.push(item),
+                Err(problem) => self.warn(name, element, problem),
+            }
+        }
+        Some((all, parsed))
+    }
+
+    /// A port list; `Some(All)` if `*` is allowed and present; `None` if absent.
+    fn ports(&mut self, name: &str, syntax: PortSyntax, star_ok: bool) -> Option<PortSelection> {
+        let (all, ranges) = self.elements(name, star_ok, |element| {
+            match (syntax, element.split_once('-')) {
                 (PortSyntax::Ranges, Some((lo, hi))) => {
                     match (parse_port(lo.trim()), parse_port(hi.trim())) {
                         (Ok(lo), Ok(hi)) if lo <= hi => Ok((lo, hi)),
@@ -385,11 +401,11 @@ impl<'a> Parser<'a> {
                     }
                     Err(e) => Err(e),
                 },
-            };
-            match parsed {
-                Ok((lo, hi)) => set.insert(lo, hi),
-                Err(problem) => self.warn(name, element, problem),
             }
+        })?;
+        let mut set = PortRanges::new();
+        for (lo, hi) in ranges {
+            set.insert(lo, hi);
         }
         Some(if all {
             PortSelection::All
@@ -406,25 +422,11 @@ impl<'a> Parser<'a> {
     }
 
     fn cidrs(&mut self, name: &str, allow_bare: bool, star_ok: bool) -> Option<CidrSelection> {
-        let value = self.get(name)?;
+        let (all, parsed) = self.elements(name, star_ok, |e| Cidr::parse(e, allow_bare))?;
         let mut list = Vec::new();
-        let mut all = false;
-        for element in split_list(value) {
-            if element == "*" {
-                if star_ok {
-                    all = true;
-                } else {
-                    self.warn(name, element, "'*' is only allowed in an include list");
-                }
-                continue;
-            }
-            match Cidr::parse(element, allow_bare) {
-                Ok(cidr) => {
-                    if !list.contains(&cidr) {
-                        list.push(cidr);
-                    }
-                }
-                Err(problem) => self.warn(name, element, problem),
+        for cidr in parsed {
+            if !list.contains(&cidr) {
+                list.push(cidr);
             }
         }
         Some(if all {
@@ -878,16 +880,18 @@ fn kuma_proxy_config(p: &mut Parser<'_>, policy: &mut PodPolicy, uid_set: &mut b
             ),
         }
     }
+    let port_number = |v: &serde_norway::Value| {
+        as_u64(v)
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|&n| n > 0)
+    };
     let redirect = config.get("redirect");
     let section = |key: &str| redirect.and_then(|r| r.get(key));
     let ports_of = |p: &mut Parser<'_>, value: Option<&serde_norway::Value>, what: &str| {
         let mut set = PortRanges::new();
         if let Some(list) = value.and_then(|v| v.as_sequence()) {
             for item in list {
-                match as_u64(item)
-                    .and_then(|n| u16::try_from(n).ok())
-                    .filter(|&n| n > 0)
-                {
+                match port_number(item) {
                     Some(port) => set.insert(port, port),
                     None => p.warn(
                         name,
@@ -899,62 +903,50 @@ fn kuma_proxy_config(p: &mut Parser<'_>, policy: &mut PodPolicy, uid_set: &mut b
         }
         set
     };
-    if let Some(inbound) = section("inbound") {
-        let set = ports_of(
-            p,
-            inbound.get("excludePorts"),
-            "redirect.inbound.excludePorts",
-        );
-        policy.inbound_exclude_ports.extend(&set);
-        if let Some(port) = inbound
-            .get("port")
-            .and_then(as_u64)
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|&n| n > 0)
-        {
-            policy.inbound_port = port;
-        }
-        if inbound.get("enabled").and_then(|v| v.as_bool()) == Some(false) {
+    // `redirect.inbound` and `redirect.outbound` have the same shape.
+    let direction = |p: &mut Parser<'_>, key: &str| {
+        let s = section(key)?;
+        let what = format!("redirect.{key}.excludePorts");
+        Some(KumaDirection {
+            exclude_ports: ports_of(p, s.get("excludePorts"), &what),
+            port: s.get("port").and_then(port_number),
+            disabled: s.get("enabled").and_then(|v| v.as_bool()) == Some(false),
+            exclude_ips: kuma_ips(p, name, s.get("excludePortsForIPs")),
+        })
+    };
+    if let Some(inbound) = direction(p, "inbound") {
+        policy.inbound_exclude_ports.extend(&inbound.exclude_ports);
+        policy.inbound_port = inbound.port.unwrap_or(policy.inbound_port);
+        if inbound.disabled {
             policy.disable_inbound();
         }
-        policy
-            .inbound_exclude_sources
-            .extend(kuma_ips(p, name, inbound.get("excludePortsForIPs")));
+        policy.inbound_exclude_sources.extend(inbound.exclude_ips);
     }
-    if let Some(outbound) = section("outbound") {
-        let set = ports_of(
-            p,
-            outbound.get("excludePorts"),
-            "redirect.outbound.excludePorts",
-        );
-        policy.outbound_exclude_ports.extend(&set);
-        if let Some(port) = outbound
-            .get("port")
-            .and_then(as_u64)
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|&n| n > 0)
-        {
-            policy.outbound_port = port;
-        }
-        if outbound.get("enabled").and_then(|v| v.as_bool()) == Some(false) {
+    if let Some(outbound) = direction(p, "outbound") {
+        policy
+            .outbound_exclude_ports
+            .extend(&outbound.exclude_ports);
+        policy.outbound_port = outbound.port.unwrap_or(policy.outbound_port);
+        if outbound.disabled {
             policy.disable_outbound();
         }
-        policy
-            .outbound_exclude_cidrs
-            .extend(kuma_ips(p, name, outbound.get("excludePortsForIPs")));
+        policy.outbound_exclude_cidrs.extend(outbound.exclude_ips);
     }
     if let Some(dns) = section("dns") {
         if dns.get("enabled").and_then(|v| v.as_bool()) == Some(false) {
             policy.dns_port = None;
-        } else if let Some(port) = dns
-            .get("port")
-            .and_then(as_u64)
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|&n| n > 0)
-        {
+        } else if let Some(port) = dns.get("port").and_then(port_number) {
             policy.dns_port = Some(port);
         }
     }
+}
+
+/// What one of Kuma's `redirect.inbound` / `redirect.outbound` sections says.
+struct KumaDirection {
+    exclude_ports: PortRanges,
+    port: Option<u16>,
+    disabled: bool,
+    exclude_ips: Vec<Cidr>,
 }
 
 fn kuma_ips(p: &mut Parser<'_>, name: &str, value: Option<&serde_norway::Value>) -> Vec<Cidr> {

@@ -4,10 +4,11 @@
 
 use super::metrics::{self, AgentStatus};
 use super::netns_scan::NetnsScanner;
-use super::sync::{BpfPodStore, Change, PodStore, PodSync};
+use super::sync::{Change, PodStore, PodSync};
 use crate::inbound::InboundPods;
 use crate::k8s::{http, ClientConfig, PodEvent, PodWatcher, WatchOptions};
 use crate::mesh::Mesh;
+use crate::pods::PodMaps;
 use mb_loader::datapath::{load_datapath_sized, unload_datapath, LoadOptions};
 use mb_loader::map_sizes::MapSizes;
 use nix::sys::signal::{SigSet, Signal};
@@ -145,7 +146,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         }
     );
     status.attached.store(true, Ordering::SeqCst);
-    let store = BpfPodStore::open(&config.load.pin_dir)?;
+    let store = PodMaps::open(&config.load.pin_dir)?;
     let mut sync = PodSync::new(store, config.mesh, config.dns_capture_default);
     let mut inbound = InboundPods::new(&config.load.pin_dir);
     // Pods refused as a whole (TPROXY), for the metric.
@@ -268,6 +269,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
                                 .store()
                                 .pod_ip_entries()
                                 .map(|e| e.iter().map(|(_, p)| p.pod_id).collect::<Vec<_>>())
+                                .map_err(|e| e.to_string())
                                 .and_then(|live| inbound.sweep_stale(&live))
                             {
                                 Ok(gone) if !gone.is_empty() => {
@@ -409,7 +411,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
 /// a warning naming the pod and what to do, counted in `inbound_errors`.
 fn ensure_inbound(
     inbound: &mut InboundPods,
-    sync: &PodSync<BpfPodStore>,
+    sync: &PodSync<PodMaps>,
     status: &AgentStatus,
     uid: &str,
     path: &std::path::Path,

@@ -104,6 +104,30 @@ pub struct NetnsScanner {
 }
 
 impl NetnsScanner {
+    /// True when namespace `inode` needs no reading in this scan: our own, met already in
+    /// this scan (`seen_now`), or known from an earlier scan (then marked seen by this one).
+    fn already_known(&mut self, inode: u64, seen_now: &mut HashSet<u64>) -> bool {
+        if Some(inode) == self.own_inode || !seen_now.insert(inode) {
+            return true;
+        }
+        if let Some(ns) = self.by_inode.get_mut(&inode) {
+            ns.seen = self.generation;
+            return true;
+        }
+        false
+    }
+
+    /// Records a namespace met for the first time in this scan.
+    fn add(&mut self, inode: u64, path: PathBuf, addrs: Vec<IpAddr>) {
+        let ns = Namespace {
+            path,
+            addrs,
+            cookie: None,
+            seen: self.generation,
+        };
+        self.by_inode.insert(inode, ns);
+    }
+
     /// A scanner of the host's `/proc` and `/run/netns`.
     pub fn new() -> NetnsScanner {
         NetnsScanner::with_roots(Path::new("/proc"), vec![PathBuf::from("/run/netns")])
@@ -145,24 +169,12 @@ impl NetnsScanner {
                     continue;
                 };
                 let inode = meta.ino();
-                if Some(inode) == self.own_inode || !seen_now.insert(inode) {
-                    continue;
-                }
-                if let Some(ns) = self.by_inode.get_mut(&inode) {
-                    ns.seen = generation;
+                if self.already_known(inode, &mut seen_now) {
                     continue;
                 }
                 let net = self.proc_root.join(pid).join("net");
                 let addrs = read_addrs(&net.join("fib_trie"), &net.join("if_inet6"));
-                self.by_inode.insert(
-                    inode,
-                    Namespace {
-                        path: ns_path,
-                        addrs,
-                        cookie: None,
-                        seen: generation,
-                    },
-                );
+                self.add(inode, ns_path, addrs);
                 stats.new_namespaces += 1;
             }
         }
@@ -176,11 +188,7 @@ impl NetnsScanner {
                     continue;
                 };
                 let inode = meta.ino();
-                if Some(inode) == self.own_inode || !seen_now.insert(inode) {
-                    continue;
-                }
-                if let Some(ns) = self.by_inode.get_mut(&inode) {
-                    ns.seen = generation;
+                if self.already_known(inode, &mut seen_now) {
                     continue;
                 }
                 // No process to read through: enter the namespace on a helper thread and read
@@ -190,15 +198,7 @@ impl NetnsScanner {
                     read_addrs(&net.join("fib_trie"), &net.join("if_inet6"))
                 })
                 .unwrap_or_default();
-                self.by_inode.insert(
-                    inode,
-                    Namespace {
-                        path,
-                        addrs,
-                        cookie: None,
-                        seen: generation,
-                    },
-                );
+                self.add(inode, path, addrs);
                 stats.new_namespaces += 1;
             }
         }
@@ -293,33 +293,7 @@ mod tests {
     use super::*;
 
     // A pod namespace with eth0 10.4.0.7/24 and lo, as /proc/<pid>/net/fib_trie shows it.
-    const POD_FIB_TRIE: &str = "\
-Main:
-  +-- 0.0.0.0/0 3 0 5
-     |-- 0.0.0.0
-        /0 universe UNICAST
-     +-- 10.4.0.0/24 2 0 2
-        +-- 10.4.0.0/29 2 0 2
-           |-- 10.4.0.0
-              /24 link UNICAST
-           |-- 10.4.0.7
-              /32 host LOCAL
-        |-- 10.4.0.255
-           /32 link BROADCAST
-     +-- 127.0.0.0/8 2 0 2
-        +-- 127.0.0.0/31 1 0 0
-           |-- 127.0.0.0
-              /8 host LOCAL
-           |-- 127.0.0.1
-              /32 host LOCAL
-        |-- 127.255.255.255
-           /32 link BROADCAST
-Local:
-  +-- 0.0.0.0/0 3 0 5
-     +-- 10.4.0.0/24 2 0 2
-           |-- 10.4.0.7
-              /32 host LOCAL
-";
+    const POD_FIB_TRIE: &str = include_str!("testdata/pod_fib_trie.txt");
 
     #[test]
     fn fib_trie_local_leaves_are_the_addresses() {

@@ -13,160 +13,17 @@
 
 use crate::k8s::{PodInfo, PodRef};
 use crate::mesh::{intercepted, Mesh, PodPolicy};
-use crate::pods::compile;
-use mb_loader::datapath::PinLayout;
-use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_POD_IPS, MAP_PORT_RULES};
+pub use crate::pods::PodStore;
+use crate::pods::{compile, PodMapError, PodMaps};
 use mb_maps::layout::{addr_bytes, CidrRuleKey, PodEntry, PortRuleKey};
-use mb_maps::{HashMap as BpfHash, LpmTrie, MapError};
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::path::Path;
 
 type Addr = [u8; 16];
 
-/// The four pod maps, as primitive writes. The kernel maps in production; a plain in-memory
-/// copy in unit tests of the diff logic.
-pub trait PodStore {
-    fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, String>;
-    fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, String>;
-    fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, String>;
-    fn cidr_rule_keys(&self) -> Result<Vec<CidrRuleKey>, String>;
-    fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), String>;
-    fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), String>;
-    fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), String>;
-    fn del_netns(&mut self, cookie: u64) -> Result<(), String>;
-    fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String>;
-    fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String>;
-    fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String>;
-    fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String>;
-}
-
-/// The pinned pod maps of a loaded data path.
-pub struct BpfPodStore {
-    netns_pods: BpfHash<u64, PodEntry>,
-    pod_ips: BpfHash<Addr, PodEntry>,
-    port_rules: LpmTrie<PortRuleKey, u32>,
-    cidr_rules: LpmTrie<CidrRuleKey, u32>,
-}
-
-fn in_map(name: &'static str) -> impl Fn(MapError) -> String {
-    move |e| format!("map {name}: {e}")
-}
-
-impl BpfPodStore {
-    pub fn open(pin_dir: &Path) -> Result<BpfPodStore, String> {
-        let layout = PinLayout::new(pin_dir);
-        let hint = |name: &'static str| {
-            move |e: MapError| {
-                format!(
-                    "map {name} under {}: {e} (is the data path loaded there?)",
-                    pin_dir.display()
-                )
-            }
-        };
-        Ok(BpfPodStore {
-            netns_pods: BpfHash::open_pinned(&layout.map(MAP_NETNS_PODS))
-                .map_err(hint(MAP_NETNS_PODS))?,
-            pod_ips: BpfHash::open_pinned(&layout.map(MAP_POD_IPS)).map_err(hint(MAP_POD_IPS))?,
-            port_rules: LpmTrie::open_pinned(&layout.map(MAP_PORT_RULES))
-                .map_err(hint(MAP_PORT_RULES))?,
-            cidr_rules: LpmTrie::open_pinned(&layout.map(MAP_CIDR_RULES))
-                .map_err(hint(MAP_CIDR_RULES))?,
-        })
-    }
-
-    /// The entry stored for `ip` (tests and benchmarks watch the maps with it).
-    pub fn find(&self, ip: IpAddr) -> Result<Option<PodEntry>, String> {
-        self.pod_ips
-            .get(&addr_bytes(ip))
-            .map_err(in_map(MAP_POD_IPS))
-    }
-}
-
-fn full_hint(name: &'static str, flag: &'static str) -> impl Fn(MapError) -> String {
-    move |e| {
-        let text = e.to_string();
-        if text.contains("E2BIG") || text.contains("ENOSPC") || text.contains("No space") {
-            format!(
-                "map {name} is full: {text} (its size came from {flag} at load; a larger one \
-                 needs `merbridge unload` and a new load)"
-            )
-        } else {
-            format!("map {name}: {text}")
-        }
-    }
-}
-
-impl PodStore for BpfPodStore {
-    fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, String> {
-        self.pod_ips
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(in_map(MAP_POD_IPS))
-    }
-    fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, String> {
-        self.netns_pods
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(in_map(MAP_NETNS_PODS))
-    }
-    fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, String> {
-        self.port_rules
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(in_map(MAP_PORT_RULES))
-    }
-    fn cidr_rule_keys(&self) -> Result<Vec<CidrRuleKey>, String> {
-        self.cidr_rules
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(in_map(MAP_CIDR_RULES))
-    }
-    fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), String> {
-        self.pod_ips
-            .insert(addr, entry)
-            .map_err(full_hint(MAP_POD_IPS, "--max-pods"))
-    }
-    fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), String> {
-        self.pod_ips
-            .remove(addr)
-            .map(drop)
-            .map_err(in_map(MAP_POD_IPS))
-    }
-    fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), String> {
-        self.netns_pods
-            .insert(&cookie, entry)
-            .map_err(full_hint(MAP_NETNS_PODS, "--max-pods"))
-    }
-    fn del_netns(&mut self, cookie: u64) -> Result<(), String> {
-        self.netns_pods
-            .remove(&cookie)
-            .map(drop)
-            .map_err(in_map(MAP_NETNS_PODS))
-    }
-    fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
-        self.port_rules
-            .insert(key, &1)
-            .map_err(full_hint(MAP_PORT_RULES, "--max-pods"))
-    }
-    fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
-        self.port_rules
-            .remove(key)
-            .map(drop)
-            .map_err(in_map(MAP_PORT_RULES))
-    }
-    fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
-        self.cidr_rules
-            .insert(key, &1)
-            .map_err(full_hint(MAP_CIDR_RULES, "--max-pods"))
-    }
-    fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
-        self.cidr_rules
-            .remove(key)
-            .map(drop)
-            .map_err(in_map(MAP_CIDR_RULES))
-    }
-}
+/// The agent's name for the one pod-map writer ([`PodMaps`]), kept so that code written
+/// against it still builds.
+pub type BpfPodStore = PodMaps;
 
 /// What the API says one meshed pod needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,7 +162,7 @@ impl<S: PodStore> PodSync<S> {
     }
 
     /// A pod as the API reports it. Logs its annotation warnings.
-    pub fn upsert(&mut self, pod: &PodInfo) -> Result<Change, String> {
+    pub fn upsert(&mut self, pod: &PodInfo) -> Result<Change, PodMapError> {
         let Some(decision) = intercepted(pod, self.mesh) else {
             return self.delete(&pod.uid);
         };
@@ -340,7 +197,7 @@ impl<S: PodStore> PodSync<S> {
     }
 
     /// A pod is gone (deleted, finished, moved off the node, no longer meshed).
-    pub fn delete(&mut self, uid: &str) -> Result<Change, String> {
+    pub fn delete(&mut self, uid: &str) -> Result<Change, PodMapError> {
         let was_desired = self.desired.remove(uid).is_some();
         self.cookies.remove(uid);
         self.unwritten.remove(uid);
@@ -359,7 +216,7 @@ impl<S: PodStore> PodSync<S> {
     }
 
     /// The cookie of a pod's namespace, found by the scanner. Rewrites the pod if it changed.
-    pub fn set_cookie(&mut self, uid: &str, cookie: u64) -> Result<bool, String> {
+    pub fn set_cookie(&mut self, uid: &str, cookie: u64) -> Result<bool, PodMapError> {
         if !self.desired.contains_key(uid) || self.cookies.get(uid) == Some(&cookie) {
             return Ok(false);
         }
@@ -373,7 +230,7 @@ impl<S: PodStore> PodSync<S> {
     /// The first complete list has been seen: adopt what a previous agent left in the maps
     /// for pods that still exist, remove everything else, write the rest. Returns the number
     /// of stale pods removed.
-    pub fn reconcile(&mut self) -> Result<usize, String> {
+    pub fn reconcile(&mut self) -> Result<usize, PodMapError> {
         let ip_entries = self.store.pod_ip_entries()?;
         let netns_entries = self.store.netns_entries()?;
         let mut port_by_id: HashMap<u32, BTreeSet<PortRuleKey>> = HashMap::new();
@@ -484,7 +341,7 @@ impl<S: PodStore> PodSync<S> {
         }
     }
 
-    fn allocate_id(&mut self, uid: &str) -> Result<u32, String> {
+    fn allocate_id(&mut self, uid: &str) -> Result<u32, PodMapError> {
         if let Some(&id) = self.ids.get(uid) {
             return Ok(id);
         }
@@ -494,7 +351,11 @@ impl<S: PodStore> PodSync<S> {
                 self.next_id += 1;
                 self.next_id - 1
             }
-            None => return Err(format!("no pod id left for pod {uid} (2^30 in use)")),
+            None => {
+                return Err(PodMapError::NoPodId {
+                    pod: uid.to_string(),
+                })
+            }
         };
         self.ids.insert(uid.to_string(), id);
         Ok(id)
@@ -503,7 +364,7 @@ impl<S: PodStore> PodSync<S> {
     /// Writes one desired pod, all or nothing: when a write fails (a full map), every key of
     /// the pod is removed again, so it is plainly not intercepted rather than half, and it
     /// is remembered for a retry.
-    fn apply(&mut self, uid: &str) -> Result<(), String> {
+    fn apply(&mut self, uid: &str) -> Result<(), PodMapError> {
         let previous = self.written.get(uid).cloned().unwrap_or_default();
         match self.write_pod(uid) {
             Ok(()) => {
@@ -535,19 +396,16 @@ impl<S: PodStore> PodSync<S> {
                 self.written.insert(uid.to_string(), all);
                 let undone = self.erase(uid);
                 self.unwritten.insert(uid.to_string());
-                Err(match undone {
-                    Ok(_) => format!(
-                        "{e}; this pod is NOT intercepted (its entries were removed; it is \
-                         written when another pod leaves)"
-                    ),
-                    Err(undo) => format!("{e}; removing its partial entries failed too: {undo}"),
+                Err(PodMapError::NotWritten {
+                    source: Box::new(e),
+                    undo: undone.err().map(Box::new),
                 })
             }
         }
     }
 
     /// Writes one desired pod: new keys first, then removes what the previous write had.
-    fn write_pod(&mut self, uid: &str) -> Result<(), String> {
+    fn write_pod(&mut self, uid: &str) -> Result<(), PodMapError> {
         let Some(desired) = self.desired.get(uid).cloned() else {
             return Ok(());
         };
@@ -629,7 +487,7 @@ impl<S: PodStore> PodSync<S> {
         Ok(())
     }
 
-    fn release_ip(&mut self, uid: &str, addr: &Addr) -> Result<(), String> {
+    fn release_ip(&mut self, uid: &str, addr: &Addr) -> Result<(), PodMapError> {
         if self.ip_owner.get(addr).map(String::as_str) == Some(uid) {
             self.ip_owner.remove(addr);
             self.store.del_pod_ip(addr)?;
@@ -637,7 +495,7 @@ impl<S: PodStore> PodSync<S> {
         Ok(())
     }
 
-    fn release_netns(&mut self, uid: &str, cookie: u64) -> Result<(), String> {
+    fn release_netns(&mut self, uid: &str, cookie: u64) -> Result<(), PodMapError> {
         if self.netns_owner.get(&cookie).map(String::as_str) == Some(uid) {
             self.netns_owner.remove(&cookie);
             self.store.del_netns(cookie)?;
@@ -646,7 +504,7 @@ impl<S: PodStore> PodSync<S> {
     }
 
     /// Removes everything written for `uid`; true if there was something.
-    fn erase(&mut self, uid: &str) -> Result<bool, String> {
+    fn erase(&mut self, uid: &str) -> Result<bool, PodMapError> {
         let Some(w) = self.written.remove(uid) else {
             return Ok(false);
         };
@@ -680,54 +538,54 @@ pub struct MemoryStore {
 }
 
 impl PodStore for MemoryStore {
-    fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, String> {
+    fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, PodMapError> {
         Ok(self.pod_ips.iter().map(|(k, v)| (*k, *v)).collect())
     }
-    fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, String> {
+    fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, PodMapError> {
         Ok(self.netns.iter().map(|(k, v)| (*k, *v)).collect())
     }
-    fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, String> {
+    fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, PodMapError> {
         Ok(self.port_rules.iter().copied().collect())
     }
-    fn cidr_rule_keys(&self) -> Result<Vec<CidrRuleKey>, String> {
+    fn cidr_rule_keys(&self) -> Result<Vec<CidrRuleKey>, PodMapError> {
         Ok(self.cidr_rules.iter().copied().collect())
     }
-    fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), String> {
+    fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), PodMapError> {
         self.writes += 1;
         self.pod_ips.insert(*addr, *entry);
         Ok(())
     }
-    fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), String> {
+    fn del_pod_ip(&mut self, addr: &Addr) -> Result<(), PodMapError> {
         self.writes += 1;
         self.pod_ips.remove(addr);
         Ok(())
     }
-    fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), String> {
+    fn set_netns(&mut self, cookie: u64, entry: &PodEntry) -> Result<(), PodMapError> {
         self.writes += 1;
         self.netns.insert(cookie, *entry);
         Ok(())
     }
-    fn del_netns(&mut self, cookie: u64) -> Result<(), String> {
+    fn del_netns(&mut self, cookie: u64) -> Result<(), PodMapError> {
         self.writes += 1;
         self.netns.remove(&cookie);
         Ok(())
     }
-    fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
+    fn add_port_rule(&mut self, key: &PortRuleKey) -> Result<(), PodMapError> {
         self.writes += 1;
         self.port_rules.insert(*key);
         Ok(())
     }
-    fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), String> {
+    fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), PodMapError> {
         self.writes += 1;
         self.port_rules.remove(key);
         Ok(())
     }
-    fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
+    fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), PodMapError> {
         self.writes += 1;
         self.cidr_rules.insert(*key);
         Ok(())
     }
-    fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), String> {
+    fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), PodMapError> {
         self.writes += 1;
         self.cidr_rules.remove(key);
         Ok(())

@@ -72,27 +72,94 @@ fn signed_offset(off: i64, hex: bool) -> String {
     }
 }
 
-fn llvm_mem(base: crate::Reg, off: i16, hex: bool) -> String {
-    if off >= 0 {
-        format!("r{} + {}", base.index(), num(off.into(), hex))
-    } else {
-        format!("r{} - {}", base.index(), num(-i64::from(off), hex))
+/// What tells the two text syntaxes apart. LLVM/objdump names relocated immediates
+/// (`symbol`) and jump targets (`target`) and prints numbers in decimal or hex; the kernel's
+/// `print_bpf_insn()` has none of that (decimal, `pc+N` jumps).
+#[derive(Copy, Clone)]
+struct Syntax<'a> {
+    kernel: bool,
+    symbol: Symbol<'a>,
+    target: Option<&'a str>,
+    hex: bool,
+}
+
+impl Syntax<'_> {
+    const KERNEL: Syntax<'static> = Syntax {
+        kernel: true,
+        symbol: Symbol::None,
+        target: None,
+        hex: false,
+    };
+
+    fn num(&self, v: i64) -> String {
+        num(v, self.hex)
+    }
+
+    /// `+N`/`-N` as a signed offset.
+    fn offset(&self, off: i64) -> String {
+        signed_offset(off, self.hex)
+    }
+
+    /// An ALU or store immediate, or the symbol a relocation gives it.
+    fn imm(&self, imm: i32) -> String {
+        match self.symbol {
+            Symbol::Reloc(kind) => kind.name().to_string(),
+            Symbol::None => self.num(imm.into()),
+        }
+    }
+
+    /// A jump's destination: a label, `+N` (LLVM) or `pc+N` (kernel).
+    fn jump(&self, off: i64) -> String {
+        match (self.kernel, self.target) {
+            (true, _) => format!("pc{}", self.offset(off)),
+            (false, Some(name)) => name.to_string(),
+            (false, None) => self.offset(off),
+        }
+    }
+
+    /// A memory operand: `r1 + 8` / `r1 - 8` (LLVM), `r1 +8` (kernel).
+    fn mem(&self, base: crate::Reg, off: i16) -> String {
+        match (self.kernel, off >= 0) {
+            (true, _) => format!("r{} {off:+}", base.index()),
+            (false, true) => format!("r{} + {}", base.index(), self.num(off.into())),
+            (false, false) => format!("r{} - {}", base.index(), self.num(-i64::from(off))),
+        }
+    }
+
+    /// The register letter of a sized access: `w` for 32 bits in LLVM, always `r` in the
+    /// kernel's text.
+    fn sized(&self, wide: bool) -> char {
+        if wide || self.kernel {
+            'r'
+        } else {
+            'w'
+        }
     }
 }
 
 /// One instruction in LLVM syntax. `target` replaces the numeric jump offset with a label
 /// name when given; `symbol` names a relocated immediate.
 pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bool) -> String {
-    let n = |v: i64| num(v, hex);
+    let syntax = Syntax {
+        kernel: false,
+        symbol,
+        target,
+        hex,
+    };
+    op_text(op, syntax)
+}
+
+/// One instruction the way the kernel's `print_bpf_insn()` prints it (without the `N: ` index).
+pub fn kernel_op(op: &Op) -> String {
+    let (first, _) = op.encode();
+    format!("({:02x}) {}", first.code, op_text(op, Syntax::KERNEL))
+}
+
+/// One instruction in `syntax`: the forms both syntaxes share are written once, the rest
+/// branch on `syntax.kernel`.
+fn op_text(op: &Op, syntax: Syntax<'_>) -> String {
     let rw = |wide: bool| if wide { 'r' } else { 'w' };
-    let jump = |off: i64| match target {
-        Some(name) => name.to_string(),
-        None => signed_offset(off, hex),
-    };
-    let imm_or_symbol = |imm: i32| match symbol {
-        Symbol::Reloc(kind) => kind.name().to_string(),
-        Symbol::None => n(imm.into()),
-    };
+    let (n, mem) = (|v: i64| syntax.num(v), |b, off| syntax.mem(b, off));
     match *op {
         Op::Alu {
             alu64,
@@ -103,7 +170,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
             let c = rw(alu64);
             let rhs = match src {
                 Source::Reg(s) => format!("{c}{}", s.index()),
-                Source::Imm(imm) => imm_or_symbol(imm),
+                Source::Imm(imm) => syntax.imm(imm),
             };
             format!("{c}{} {} {rhs}", dst.index(), op.symbol())
         }
@@ -128,18 +195,19 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
             };
             format!("r{d} = {name}{bits} r{d}", d = dst.index())
         }
+        Op::LdImm64 { dst, imm, .. } if syntax.kernel => format!("r{} = {imm:#x}", dst.index()),
         Op::LdImm64 { dst, pseudo, imm } => {
             let lo = imm as u32 as i32;
             let hi = (imm >> 32) as u32 as i32;
-            let value = match (symbol, pseudo) {
+            let value = match (syntax.symbol, pseudo) {
                 (Symbol::Reloc(RelocKind::MapFd(name)), _) => name.clone(),
                 (Symbol::Reloc(RelocKind::MapValue(name)), _) => {
                     format!("map_value({name}, {})", n((hi as u32).into()))
                 }
                 (Symbol::Reloc(RelocKind::Const(name)), _) => format!("const({name})"),
                 (Symbol::None, 0) => n(imm as i64),
-                (Symbol::None, BPF_PSEUDO_FUNC) if hi == 0 && target.is_some() => {
-                    format!("func({})", jump(0))
+                (Symbol::None, BPF_PSEUDO_FUNC) if hi == 0 && syntax.target.is_some() => {
+                    format!("func({})", syntax.jump(0))
                 }
                 (Symbol::None, p) => {
                     let kind = pseudo_name(p).unwrap_or("pseudo");
@@ -158,6 +226,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
         Op::LdInd { size, src, imm } => {
             let (ty, r) = (size_name(size), src.index());
             match imm {
+                _ if syntax.kernel => format!("r0 = *({ty} *)skb[r{r} + {imm}]"),
                 0 => format!("r0 = *({ty} *)skb[r{r}]"),
                 1..=i32::MAX => format!("r0 = *({ty} *)skb[r{r} + {}]", n(imm.into())),
                 _ => format!("r0 = *({ty} *)skb[r{r} - {}]", n(-i64::from(imm))),
@@ -175,7 +244,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
             } else {
                 size_name(size)
             };
-            format!("r{} = *({ty} *)({})", dst.index(), llvm_mem(src, off, hex))
+            format!("r{} = *({ty} *)({})", dst.index(), mem(src, off))
         }
         Op::St {
             size,
@@ -185,8 +254,8 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
         } => format!(
             "*({} *)({}) = {}",
             size_name(size),
-            llvm_mem(dst, off, hex),
-            imm_or_symbol(imm)
+            mem(dst, off),
+            syntax.imm(imm)
         ),
         Op::Stx {
             size,
@@ -196,7 +265,7 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
         } => format!(
             "*({} *)({}) = r{}",
             size_name(size),
-            llvm_mem(dst, off, hex),
+            mem(dst, off),
             src.index()
         ),
         Op::Atomic {
@@ -207,21 +276,37 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
             off,
         } => {
             let wide = size == Size::DW;
-            let c = rw(wide);
-            let (s, mem) = (src.index(), llvm_mem(dst, off, hex));
-            let ty = if wide { "u64" } else { "u32" };
+            let (ty, m, s) = (size_name(size), mem(dst, off), src.index());
             match op {
                 AtomicOp::Add | AtomicOp::Or | AtomicOp::And | AtomicOp::Xor => {
-                    format!("lock *({ty} *)({mem}) {}= r{s}", op.arith_symbol())
+                    format!("lock *({ty} *)({m}) {}= r{s}", op.arith_symbol())
                 }
-                AtomicOp::Xchg if wide => format!("r{s} = xchg_64({mem}, r{s})"),
-                AtomicOp::Xchg => format!("w{s} = xchg32_32({mem}, w{s})"),
-                AtomicOp::Cmpxchg if wide => format!("r0 = cmpxchg_64({mem}, r0, r{s})"),
-                AtomicOp::Cmpxchg => format!("w0 = cmpxchg32_32({mem}, w0, w{s})"),
-                _ => format!(
-                    "{c}{s} = atomic_fetch_{}(({ty} *)({mem}), {c}{s})",
-                    op.arith_name()
-                ),
+                _ if syntax.kernel => {
+                    let suffix = if wide { "64" } else { "" };
+                    match op {
+                        AtomicOp::Xchg => {
+                            format!("r{s} = atomic{suffix}_xchg(({ty} *)({m}), r{s})")
+                        }
+                        AtomicOp::Cmpxchg => {
+                            format!("r0 = atomic{suffix}_cmpxchg(({ty} *)({m}), r0, r{s})")
+                        }
+                        _ => format!(
+                            "r{s} = atomic{suffix}_fetch_{}(({ty} *)({m}), r{s})",
+                            op.arith_name()
+                        ),
+                    }
+                }
+                AtomicOp::Xchg if wide => format!("r{s} = xchg_64({m}, r{s})"),
+                AtomicOp::Xchg => format!("w{s} = xchg32_32({m}, w{s})"),
+                AtomicOp::Cmpxchg if wide => format!("r0 = cmpxchg_64({m}, r0, r{s})"),
+                AtomicOp::Cmpxchg => format!("w0 = cmpxchg32_32({m}, w0, w{s})"),
+                _ => {
+                    let c = rw(wide);
+                    format!(
+                        "{c}{s} = atomic_fetch_{}(({ty} *)({m}), {c}{s})",
+                        op.arith_name()
+                    )
+                }
             }
         }
         Op::LoadAcquire {
@@ -231,10 +316,10 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
             off,
         } => format!(
             "{}{} = load_acquire(({} *)({}))",
-            rw(size == Size::DW),
+            syntax.sized(size == Size::DW),
             dst.index(),
             size_name(size),
-            llvm_mem(src, off, hex)
+            mem(src, off)
         ),
         Op::StoreRelease {
             size,
@@ -244,8 +329,8 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
         } => format!(
             "store_release(({} *)({}), {}{})",
             size_name(size),
-            llvm_mem(dst, off, hex),
-            rw(size == Size::DW),
+            mem(dst, off),
+            syntax.sized(size == Size::DW),
             src.index()
         ),
         Op::AddrSpaceCast {
@@ -270,23 +355,33 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
             let c = rw(!jmp32);
             let rhs = match src {
                 Source::Reg(s) => format!("{c}{}", s.index()),
-                Source::Imm(imm) => imm_or_symbol(imm),
+                Source::Imm(imm) if syntax.kernel => format!("{:#x}", imm as u32),
+                Source::Imm(imm) => syntax.imm(imm),
             };
             format!(
                 "if {c}{} {} {rhs} goto {}",
                 dst.index(),
                 op.symbol(),
-                jump(i64::from(off))
+                syntax.jump(i64::from(off))
             )
         }
-        Op::Ja { off } => format!("goto {}", jump(i64::from(off))),
-        Op::Gotol { imm } => format!("gotol {}", jump(i64::from(imm))),
-        Op::MayGoto { off } => format!("may_goto {}", jump(i64::from(off))),
+        Op::Ja { off } => format!("goto {}", syntax.jump(i64::from(off))),
+        Op::Gotol { imm } => format!("gotol {}", syntax.jump(i64::from(imm))),
+        Op::MayGoto { off } => format!("may_goto {}", syntax.jump(i64::from(off))),
+        Op::Call(CallTarget::Helper(id)) if syntax.kernel => {
+            match u32::try_from(id).ok().and_then(Helper::from_id) {
+                Some(h) => format!("call bpf_{}#{id}", h.name()),
+                None => format!("call unknown#{id}"),
+            }
+        }
         Op::Call(CallTarget::Helper(id)) => format!("call {}", n(id.into())),
-        Op::Call(CallTarget::Local(imm)) => match target {
+        Op::Call(CallTarget::Local(imm)) => match syntax.target {
             Some(name) => format!("call {name}"),
-            None => format!("call pc{}", signed_offset(i64::from(imm), hex)),
+            None => format!("call pc{}", syntax.offset(i64::from(imm))),
         },
+        Op::Call(CallTarget::Kfunc { btf_id, .. }) if syntax.kernel => {
+            format!("call kernel-function#{btf_id}")
+        }
         Op::Call(CallTarget::Kfunc { btf_id, off }) => {
             if off == 0 {
                 format!("call kfunc({})", n(btf_id.into()))
@@ -297,177 +392,6 @@ pub(crate) fn llvm_op(op: &Op, symbol: Symbol<'_>, target: Option<&str>, hex: bo
         Op::Callx { reg } => format!("callx r{}", reg.index()),
         Op::Exit => "exit".into(),
     }
-}
-
-/// One instruction the way the kernel's `print_bpf_insn()` prints it (without the `N: ` index).
-pub fn kernel_op(op: &Op) -> String {
-    let (first, _) = op.encode();
-    let code = first.code;
-    let rw = |wide: bool| if wide { 'r' } else { 'w' };
-    let mem = |base: crate::Reg, off: i16| format!("r{} {:+}", base.index(), off);
-    let body = match *op {
-        Op::Alu {
-            alu64,
-            op,
-            dst,
-            src,
-        } => {
-            let c = rw(alu64);
-            match src {
-                Source::Reg(s) => format!("{c}{} {} {c}{}", dst.index(), op.symbol(), s.index()),
-                Source::Imm(imm) => format!("{c}{} {} {imm}", dst.index(), op.symbol()),
-            }
-        }
-        Op::Neg { alu64, dst } => {
-            let c = rw(alu64);
-            format!("{c}{d} = -{c}{d}", d = dst.index())
-        }
-        Op::MovSx {
-            alu64,
-            dst,
-            src,
-            bits,
-        } => {
-            let c = rw(alu64);
-            format!("{c}{} = (s{bits}){c}{}", dst.index(), src.index())
-        }
-        Op::Endian { kind, dst, bits } => {
-            let name = match kind {
-                Endian::ToLe => "le",
-                Endian::ToBe => "be",
-                Endian::Swap => "bswap",
-            };
-            format!("r{d} = {name}{bits} r{d}", d = dst.index())
-        }
-        Op::LdImm64 { dst, imm, .. } => format!("r{} = {imm:#x}", dst.index()),
-        Op::LdAbs { size, imm } => format!("r0 = *({} *)skb[{imm}]", size_name(size)),
-        Op::LdInd { size, src, imm } => {
-            format!("r0 = *({} *)skb[r{} + {imm}]", size_name(size), src.index())
-        }
-        Op::Ldx {
-            size,
-            signed,
-            dst,
-            src,
-            off,
-        } => {
-            let ty = if signed {
-                ssize_name(size)
-            } else {
-                size_name(size)
-            };
-            format!("r{} = *({ty} *)({})", dst.index(), mem(src, off))
-        }
-        Op::St {
-            size,
-            dst,
-            off,
-            imm,
-        } => format!("*({} *)({}) = {imm}", size_name(size), mem(dst, off)),
-        Op::Stx {
-            size,
-            dst,
-            off,
-            src,
-        } => format!(
-            "*({} *)({}) = r{}",
-            size_name(size),
-            mem(dst, off),
-            src.index()
-        ),
-        Op::Atomic {
-            size,
-            op,
-            dst,
-            src,
-            off,
-        } => {
-            let suffix = if size == Size::DW { "64" } else { "" };
-            let (ty, m, s) = (size_name(size), mem(dst, off), src.index());
-            match op {
-                AtomicOp::Add | AtomicOp::Or | AtomicOp::And | AtomicOp::Xor => {
-                    format!("lock *({ty} *)({m}) {}= r{s}", op.arith_symbol())
-                }
-                AtomicOp::Xchg => format!("r{s} = atomic{suffix}_xchg(({ty} *)({m}), r{s})"),
-                AtomicOp::Cmpxchg => {
-                    format!("r0 = atomic{suffix}_cmpxchg(({ty} *)({m}), r0, r{s})")
-                }
-                _ => format!(
-                    "r{s} = atomic{suffix}_fetch_{}(({ty} *)({m}), r{s})",
-                    op.arith_name()
-                ),
-            }
-        }
-        Op::LoadAcquire {
-            size,
-            dst,
-            src,
-            off,
-        } => format!(
-            "r{} = load_acquire(({} *)({}))",
-            dst.index(),
-            size_name(size),
-            mem(src, off)
-        ),
-        Op::StoreRelease {
-            size,
-            dst,
-            off,
-            src,
-        } => format!(
-            "store_release(({} *)({}), r{})",
-            size_name(size),
-            mem(dst, off),
-            src.index()
-        ),
-        Op::AddrSpaceCast {
-            dst,
-            src,
-            dst_as,
-            src_as,
-        } => format!(
-            "r{} = addr_space_cast(r{}, {dst_as}, {src_as})",
-            dst.index(),
-            src.index()
-        ),
-        Op::Jmp {
-            jmp32,
-            op,
-            dst,
-            src,
-            off,
-        } => {
-            let c = rw(!jmp32);
-            match src {
-                Source::Reg(s) => format!(
-                    "if {c}{} {} {c}{} goto pc{off:+}",
-                    dst.index(),
-                    op.symbol(),
-                    s.index()
-                ),
-                Source::Imm(imm) => format!(
-                    "if {c}{} {} {:#x} goto pc{off:+}",
-                    dst.index(),
-                    op.symbol(),
-                    imm as u32
-                ),
-            }
-        }
-        Op::Ja { off } => format!("goto pc{off:+}"),
-        Op::Gotol { imm } => format!("gotol pc{imm:+}"),
-        Op::MayGoto { off } => format!("may_goto pc{off:+}"),
-        Op::Call(CallTarget::Helper(id)) => {
-            match u32::try_from(id).ok().and_then(Helper::from_id) {
-                Some(h) => format!("call bpf_{}#{id}", h.name()),
-                None => format!("call unknown#{id}"),
-            }
-        }
-        Op::Call(CallTarget::Local(imm)) => format!("call pc{imm:+}"),
-        Op::Call(CallTarget::Kfunc { btf_id, .. }) => format!("call kernel-function#{btf_id}"),
-        Op::Callx { reg } => format!("callx r{}", reg.index()),
-        Op::Exit => "exit".into(),
-    };
-    format!("({code:02x}) {body}")
 }
 
 /// Print `program` in LLVM syntax, one instruction per line, numeric jump offsets. The output

@@ -1,6 +1,8 @@
 //! Shared by the `run_*` tests: the `merbridge run` process as a guard (killed on drop), its
-//! HTTP endpoints, and bounded waiting.
+//! HTTP endpoints, bounded waiting, and the node/pods/sidecar/API setups (`fixture`).
 #![allow(dead_code)]
+
+pub mod fixture;
 
 use crate::k8s_support::kubeconfig_text;
 use crate::k8s_support::server::FakeApiServer;
@@ -14,18 +16,11 @@ use std::time::{Duration, Instant};
 pub fn wait_until(
     timeout: Duration,
     what: &str,
-    mut check: impl FnMut() -> bool,
+    check: impl FnMut() -> bool,
 ) -> Result<Duration, String> {
-    let started = Instant::now();
-    loop {
-        if check() {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > timeout {
-            return Err(format!("timed out after {timeout:?} waiting for: {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    poll_until(timeout, what, check, || {
+        std::thread::sleep(Duration::from_millis(5))
+    })
 }
 
 /// Like [`wait_until`] but polls without sleeping (for latency measurements; each check
@@ -33,7 +28,17 @@ pub fn wait_until(
 pub fn spin_until(
     timeout: Duration,
     what: &str,
+    check: impl FnMut() -> bool,
+) -> Result<Duration, String> {
+    poll_until(timeout, what, check, std::thread::yield_now)
+}
+
+/// Calls `check`, then `pause`, until `check` holds (how long that took) or `timeout` passes.
+fn poll_until(
+    timeout: Duration,
+    what: &str,
     mut check: impl FnMut() -> bool,
+    pause: impl Fn(),
 ) -> Result<Duration, String> {
     let started = Instant::now();
     loop {
@@ -43,7 +48,7 @@ pub fn spin_until(
         if started.elapsed() > timeout {
             return Err(format!("timed out after {timeout:?} waiting for: {what}"));
         }
-        std::thread::yield_now();
+        pause();
     }
 }
 

@@ -7,8 +7,7 @@ use super::setup::{conntrack_entries, MeshSetup, PodNames};
 use super::stats::{mean, quantile};
 use mb_agent::mesh::{Mesh, PodPolicy};
 use mb_agent::pods::{LocalPod, PodMaps};
-use mb_loader::attach::AttachMode;
-use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants};
+use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
 use mb_sys::bpffs::PrivateBpffs;
 use mb_sys::process::{place, Placement};
 use mb_testbed::scenarios::{Binaries, APP_UID, BULK_PORT, ECHO_PORT};
@@ -170,22 +169,10 @@ impl Datapath {
         let bpffs = PrivateBpffs::new("mb-bench")
             .map_err(|e| format!("mount a private bpffs for the data path: {e}"))?;
         let pin_dir = bpffs.path().join("merbridge");
-        let d = Mesh::Istio.defaults();
+        let constants = Mesh::Istio.defaults().constants(splice_mode);
         load_datapath(&LoadOptions {
-            cgroup: cgroup.to_path_buf(),
-            pin_dir: pin_dir.clone(),
-            constants: MeshConstants {
-                outbound_port: d.outbound_port,
-                inbound_port: d.inbound_port,
-                proxy_uid: d.proxy_uid,
-                dns_port: 15053,
-                splice_mode,
-            },
             ipv6: true,
-            dns_capture: false,
-            bind4: false,
-            mode: AttachMode::Auto,
-            netns_keys: None,
+            ..LoadOptions::for_mesh(cgroup, &pin_dir, constants)
         })
         .map_err(|e| format!("load the data path: {e}"))?;
         Ok(Datapath {

@@ -5,9 +5,10 @@
 //! has explicit padding fields (no implicit padding), so viewing it as bytes reads only
 //! initialised memory.
 //!
-//! Offsets are the UAPI's (`include/uapi/linux/bpf.h`): they were printed with `offsetof` from
-//! Debian's linux-libc-dev 6.1 header once, and `log_true_size` (6.4, after
-//! `core_relo_rec_size`) from the 6.4 header text; `layout_tests` pins every one of them.
+//! Offsets are the UAPI's (`include/uapi/linux/bpf.h`). `layout_tests` pins every one of them
+//! as a number and compiles `offsetof()`/`sizeof()` of every field against the installed
+//! header (`/usr/include/linux/bpf.h`, Debian's linux-libc-dev) to compare; `log_true_size`
+//! (6.4, after `core_relo_rec_size`) is compared only where the header is that new.
 
 /// Marker for the attr structs: plain integers, explicit padding, `repr(C)`.
 ///
@@ -414,5 +415,204 @@ mod layout_tests {
         assert_eq!(offset_of!(LinkInfoRaw, prog_id), 8);
         assert_eq!(offset_of!(LinkInfoRaw, cgroup_id), 16);
         assert_eq!(offset_of!(LinkInfoRaw, attach_type), 24);
+    }
+
+    /// One field of ours and the C member it stands for.
+    struct Field {
+        ours: &'static str,
+        c_type: &'static str,
+        member: &'static str,
+        offset: usize,
+        size: usize,
+    }
+
+    /// Rows for the fields of `$ours`, which mirrors C type `$c` (`field => "c.member"`).
+    macro_rules! fields {
+        ($c:literal, $ours:ty { $($f:ident => $m:literal),* $(,)? }) => {
+            [$(Field {
+                ours: concat!(stringify!($ours), ".", stringify!($f)),
+                c_type: $c,
+                member: $m,
+                offset: offset_of!($ours, $f),
+                size: memoffset::span_of!($ours, $f).len(),
+            }),*]
+        };
+    }
+
+    /// Every field's offset and size, and where each truncated struct stops, compiled against
+    /// the installed UAPI header: nothing here is a number copied by hand.
+    #[test]
+    fn every_field_matches_the_installed_uapi_header() {
+        let attr = "union bpf_attr";
+        let mut rows: Vec<Field> = Vec::new();
+        rows.extend(fields!("union bpf_attr", MapCreateAttr {
+            map_type => "map_type", key_size => "key_size", value_size => "value_size",
+            max_entries => "max_entries", map_flags => "map_flags",
+            inner_map_fd => "inner_map_fd", numa_node => "numa_node", map_name => "map_name",
+        }));
+        rows.extend(fields!("union bpf_attr", MapElemAttr {
+            map_fd => "map_fd", key => "key", value => "value", flags => "flags",
+        }));
+        rows.extend(fields!("union bpf_attr", MapBatchAttr {
+            in_batch => "batch.in_batch", out_batch => "batch.out_batch", keys => "batch.keys",
+            values => "batch.values", count => "batch.count", map_fd => "batch.map_fd",
+            elem_flags => "batch.elem_flags", flags => "batch.flags",
+        }));
+        rows.extend(fields!("union bpf_attr", ProgLoadAttr {
+            prog_type => "prog_type", insn_cnt => "insn_cnt", insns => "insns",
+            license => "license", log_level => "log_level", log_size => "log_size",
+            log_buf => "log_buf", kern_version => "kern_version", prog_flags => "prog_flags",
+            prog_name => "prog_name", prog_ifindex => "prog_ifindex",
+            expected_attach_type => "expected_attach_type", prog_btf_fd => "prog_btf_fd",
+            func_info_rec_size => "func_info_rec_size", func_info => "func_info",
+            func_info_cnt => "func_info_cnt", line_info_rec_size => "line_info_rec_size",
+            line_info => "line_info", line_info_cnt => "line_info_cnt",
+            attach_btf_id => "attach_btf_id", attach_prog_fd => "attach_prog_fd",
+            core_relo_cnt => "core_relo_cnt", fd_array => "fd_array",
+            core_relos => "core_relos", core_relo_rec_size => "core_relo_rec_size",
+            log_true_size => "log_true_size",
+        }));
+        rows.extend(fields!("union bpf_attr", ObjAttr {
+            pathname => "pathname", bpf_fd => "bpf_fd", file_flags => "file_flags",
+        }));
+        rows.extend(fields!("union bpf_attr", ProgAttachAttr {
+            target_fd => "target_fd", attach_bpf_fd => "attach_bpf_fd",
+            attach_type => "attach_type", attach_flags => "attach_flags",
+            replace_bpf_fd => "replace_bpf_fd",
+        }));
+        rows.extend(fields!("union bpf_attr", TestRunAttr {
+            prog_fd => "test.prog_fd", retval => "test.retval",
+            data_size_in => "test.data_size_in", data_size_out => "test.data_size_out",
+            data_in => "test.data_in", data_out => "test.data_out", repeat => "test.repeat",
+            duration => "test.duration", ctx_size_in => "test.ctx_size_in",
+            ctx_size_out => "test.ctx_size_out", ctx_in => "test.ctx_in",
+            ctx_out => "test.ctx_out", flags => "test.flags", cpu => "test.cpu",
+        }));
+        rows.extend(fields!("union bpf_attr", GetFdByIdAttr {
+            id => "start_id", next_id => "next_id", open_flags => "open_flags",
+        }));
+        rows.extend(fields!("union bpf_attr", InfoAttr {
+            bpf_fd => "info.bpf_fd", info_len => "info.info_len", info => "info.info",
+        }));
+        rows.extend(fields!("union bpf_attr", ProgQueryAttr {
+            target_fd => "query.target_fd", attach_type => "query.attach_type",
+            query_flags => "query.query_flags", attach_flags => "query.attach_flags",
+            prog_ids => "query.prog_ids", prog_cnt => "query.prog_cnt",
+        }));
+        rows.extend(fields!("union bpf_attr", LinkCreateAttr {
+            prog_fd => "link_create.prog_fd", target_fd => "link_create.target_fd",
+            attach_type => "link_create.attach_type", flags => "link_create.flags",
+        }));
+        rows.extend(fields!("union bpf_attr", LinkUpdateAttr {
+            link_fd => "link_update.link_fd", new_prog_fd => "link_update.new_prog_fd",
+            flags => "link_update.flags", old_prog_fd => "link_update.old_prog_fd",
+        }));
+        rows.extend(fields!("union bpf_attr", LinkDetachAttr {
+            link_fd => "link_detach.link_fd",
+        }));
+        rows.extend(fields!("struct bpf_map_info", MapInfoRaw {
+            map_type => "type", id => "id", key_size => "key_size", value_size => "value_size",
+            max_entries => "max_entries", map_flags => "map_flags", name => "name",
+        }));
+        rows.extend(fields!("struct bpf_prog_info", ProgInfoRaw {
+            prog_type => "type", id => "id", tag => "tag", jited_prog_len => "jited_prog_len",
+            xlated_prog_len => "xlated_prog_len", jited_prog_insns => "jited_prog_insns",
+            xlated_prog_insns => "xlated_prog_insns", load_time => "load_time",
+            created_by_uid => "created_by_uid", nr_map_ids => "nr_map_ids",
+            map_ids => "map_ids", name => "name",
+        }));
+        rows.extend(fields!("struct bpf_link_info", LinkInfoRaw {
+            link_type => "type", id => "id", prog_id => "prog_id",
+            cgroup_id => "cgroup.cgroup_id", attach_type => "cgroup.attach_type",
+        }));
+        // Where each struct that stops early stops: the C expression its size must equal.
+        let ends: &[(&str, usize, String)] = &[
+            (
+                "MapCreateAttr",
+                size_of::<MapCreateAttr>(),
+                format!("offsetof({attr}, map_ifindex)"),
+            ),
+            (
+                "MapBatchAttr",
+                size_of::<MapBatchAttr>(),
+                format!("sizeof((({attr} *)0)->batch)"),
+            ),
+            (
+                "TestRunAttr",
+                size_of::<TestRunAttr>(),
+                format!("offsetof({attr}, test.batch_size)"),
+            ),
+            (
+                "InfoAttr",
+                size_of::<InfoAttr>(),
+                format!("sizeof((({attr} *)0)->info)"),
+            ),
+            (
+                "ProgQueryAttr",
+                size_of::<ProgQueryAttr>(),
+                format!("offsetof({attr}, query.prog_attach_flags)"),
+            ),
+            (
+                "LinkCreateAttr",
+                size_of::<LinkCreateAttr>(),
+                format!("offsetof({attr}, link_create.target_btf_id)"),
+            ),
+            (
+                "LinkUpdateAttr",
+                size_of::<LinkUpdateAttr>(),
+                format!("sizeof((({attr} *)0)->link_update)"),
+            ),
+            (
+                "LinkDetachAttr",
+                size_of::<LinkDetachAttr>(),
+                format!("sizeof((({attr} *)0)->link_detach)"),
+            ),
+            (
+                "MapInfoRaw",
+                size_of::<MapInfoRaw>(),
+                "offsetof(struct bpf_map_info, ifindex)".into(),
+            ),
+            (
+                "ProgInfoRaw",
+                size_of::<ProgInfoRaw>(),
+                "offsetof(struct bpf_prog_info, ifindex)".into(),
+            ),
+        ];
+        // Fields newer than the installed header are left to the pinned numbers above.
+        let header = std::fs::read_to_string(crate::testing::UAPI_BPF_H).unwrap_or_default();
+        let newer = |f: &Field| f.member == "log_true_size" && !header.contains("log_true_size");
+        let (checked, skipped): (Vec<&Field>, Vec<&Field>) = rows.iter().partition(|f| !newer(f));
+        for f in &skipped {
+            eprintln!(
+                "{}: not in the installed header, checked by its pinned offset only",
+                f.ours
+            );
+        }
+        let mut exprs = Vec::new();
+        for f in &checked {
+            exprs.push(format!("offsetof({}, {})", f.c_type, f.member));
+            exprs.push(format!("sizeof((({} *)0)->{})", f.c_type, f.member));
+        }
+        exprs.extend(ends.iter().map(|(_, _, e)| e.clone()));
+        let values = crate::testing::uapi_values(&exprs);
+        for (f, kernel) in checked.iter().zip(values.chunks(2)) {
+            assert_eq!(
+                f.offset as i64, kernel[0],
+                "{}: offset of {} in {}",
+                f.ours, f.member, f.c_type
+            );
+            assert_eq!(
+                f.size as i64, kernel[1],
+                "{}: size of {} in {}",
+                f.ours, f.member, f.c_type
+            );
+        }
+        for ((ours, size, expr), kernel) in ends.iter().zip(&values[2 * checked.len()..]) {
+            assert_eq!(*size as i64, *kernel, "size of {ours} vs {expr}");
+        }
+        assert!(
+            checked.len() >= rows.len() - 1,
+            "at most log_true_size is newer"
+        );
     }
 }

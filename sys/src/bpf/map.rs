@@ -255,21 +255,25 @@ impl AsFd for MapFd {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{dummy_fd, override_syscall, u32_at, u64_at};
+    use super::super::fake::{dummy_fd, override_syscall, u32_at, u64_at, FakeGuard};
     use super::super::MapType;
     use super::*;
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    #[test]
-    fn batch_ops_pass_packed_buffers_and_count() {
-        let calls = Rc::new(RefCell::new(Vec::new()));
+    type Calls = Rc<RefCell<Vec<(Cmd, Vec<u8>)>>>;
+
+    /// A map created through the fake syscall, which records every call and answers
+    /// `absent` with ENOENT (and everything else with success). The fake's info is all
+    /// zeros, so the map claims key and value size 0.
+    fn fake_map(absent: Cmd, max_entries: u32) -> (MapFd, Calls, FakeGuard) {
+        let calls = Calls::default();
         let seen = calls.clone();
-        let _g = override_syscall(move |cmd, a| {
+        let guard = override_syscall(move |cmd, a| {
             seen.borrow_mut().push((cmd, a.to_vec()));
             match cmd {
                 Cmd::MapCreate => Ok(dummy_fd() as i64),
-                Cmd::MapLookupBatch => Err(libc::ENOENT),
+                c if c == absent => Err(libc::ENOENT),
                 _ => Ok(0),
             }
         });
@@ -277,11 +281,17 @@ mod tests {
             map_type: MapType::HASH,
             key_size: 4,
             value_size: 8,
-            max_entries: 8,
+            max_entries,
             map_flags: 0,
             name: "m",
         })
         .unwrap();
+        (map, calls, guard)
+    }
+
+    #[test]
+    fn batch_ops_pass_packed_buffers_and_count() {
+        let (map, calls, _g) = fake_map(Cmd::MapLookupBatch, 8);
         // The fake reports key and value size 0, so empty buffers are the right size.
         assert_eq!(map.update_batch(&[], &[], 0).unwrap(), 0);
         let mut cursor = BatchCursor::default();
@@ -310,25 +320,7 @@ mod tests {
     /// A fake map: creation succeeds, info reports nothing (all zero) — so key/value sizes 0.
     #[test]
     fn element_ops_check_sizes_and_pass_pointers() {
-        let calls = Rc::new(RefCell::new(Vec::new()));
-        let seen = calls.clone();
-        let _g = override_syscall(move |cmd, a| {
-            seen.borrow_mut().push((cmd, a.to_vec()));
-            match cmd {
-                Cmd::MapCreate => Ok(dummy_fd() as i64),
-                Cmd::MapLookupElem => Err(libc::ENOENT),
-                _ => Ok(0),
-            }
-        });
-        let map = MapFd::create(&MapCreate {
-            map_type: MapType::HASH,
-            key_size: 4,
-            value_size: 8,
-            max_entries: 1,
-            map_flags: 0,
-            name: "m",
-        })
-        .unwrap();
+        let (map, calls, _g) = fake_map(Cmd::MapLookupElem, 1);
         // The fake's info is all zeros: the map claims key_size 0, value_size 0.
         assert_eq!(map.info().key_size, 0);
         let e = map.lookup(&[1, 2, 3, 4], &mut []).unwrap_err();

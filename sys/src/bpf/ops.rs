@@ -20,6 +20,16 @@ fn c_path(cmd: Cmd, path: &Path) -> Result<CString, BpfError> {
     })
 }
 
+/// The address of `bytes` for an attr field, or 0 (NULL) when empty: no input at all rather
+/// than a dangling pointer with length 0.
+fn ptr_or_null(bytes: &[u8]) -> u64 {
+    if bytes.is_empty() {
+        0
+    } else {
+        bytes.as_ptr() as u64
+    }
+}
+
 fn len_u32(cmd: Cmd, what: &str, len: usize) -> Result<u32, BpfError> {
     u32::try_from(len).map_err(|_| {
         BpfError::new(cmd, libc::E2BIG).with_detail(format!("{what} of {len} bytes is too long"))
@@ -430,20 +440,12 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, run: TestRun<'_>) -> Result<TestRunRe
     let mut attr = TestRunAttr {
         prog_fd: fd_u32(prog),
         data_size_in: len_u32(cmd, "data_in", run.data_in.len())?,
-        data_in: if run.data_in.is_empty() {
-            0
-        } else {
-            run.data_in.as_ptr() as u64
-        },
+        data_in: ptr_or_null(run.data_in),
         data_out,
         data_size_out,
         repeat: run.repeat,
         ctx_size_in: len_u32(cmd, "ctx_in", run.ctx_in.len())?,
-        ctx_in: if run.ctx_in.is_empty() {
-            0
-        } else {
-            run.ctx_in.as_ptr() as u64
-        },
+        ctx_in: ptr_or_null(run.ctx_in),
         ctx_out,
         ctx_size_out,
         ..Default::default()
@@ -577,15 +579,7 @@ mod tests {
                 Ok(dummy_fd() as i64)
             }
         });
-        let args = ProgLoad {
-            prog_type: ProgType::SOCK_OPS,
-            expected_attach_type: None,
-            insns: &insns,
-            license: "GPL",
-            name: "x",
-            prog_flags: 0,
-        };
-        prog_load(&args, None).unwrap();
+        prog_load(&sock_ops_load(&insns), None).unwrap();
         let calls = calls.borrow();
         assert_eq!(calls.len(), 3, "two EAGAIN retries, then success");
         let a = &calls[2].1;
@@ -593,22 +587,23 @@ mod tests {
         assert_eq!(u32_at(a, 68), 0);
     }
 
+    /// A sock_ops program load of `insns` (named `x`, GPL).
+    fn sock_ops_load(insns: &[[u8; 8]]) -> ProgLoad<'_> {
+        ProgLoad {
+            prog_type: ProgType::SOCK_OPS,
+            expected_attach_type: None,
+            insns,
+            license: "GPL",
+            name: "x",
+            prog_flags: 0,
+        }
+    }
+
     #[test]
     fn prog_load_gives_up_after_bounded_eagain() {
         let (calls, _g) = record(|_, _| Err(libc::EAGAIN));
         let insns = [[0x95, 0, 0, 0, 0, 0, 0, 0]];
-        let e = prog_load(
-            &ProgLoad {
-                prog_type: ProgType::SOCK_OPS,
-                expected_attach_type: None,
-                insns: &insns,
-                license: "GPL",
-                name: "x",
-                prog_flags: 0,
-            },
-            None,
-        )
-        .unwrap_err();
+        let e = prog_load(&sock_ops_load(&insns), None).unwrap_err();
         assert!(e.is(nix::errno::Errno::EAGAIN));
         assert_eq!(calls.borrow().len(), PROG_LOAD_EAGAIN_RETRIES);
     }
