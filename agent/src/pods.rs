@@ -723,7 +723,7 @@ mod tests {
             let text = e.to_string();
             assert!(text.starts_with("map pod_ips is full (4 entries"), "{text}");
             assert!(
-                text.contains("max_entries") && text.contains("pod del"),
+                text.contains("--max-pods") && text.contains("pod del"),
                 "{text}"
             );
         }

@@ -1534,16 +1534,16 @@ fn sidecar_splice_loses_data_under_the_sockhash() {
                 assert!(line.contains(&format!("bytes={bytes}")), "{what}: {line}");
                 assert_eq!(inbound.bytes_up, bytes, "{what}: {inbound:#?}");
             } else {
-                // Silent loss: the server's sidecar spliced nothing of the upload to its app
-                // (which answered `count=0`), and that answer never reached the client.
+                // Silent loss: the server's sidecar spliced little or nothing of the upload to
+                // its app (most runs none; under load a first few KiB sometimes), and no answer
+                // ever reached the client.
                 assert!(
                     outcome.is_err(),
                     "{what}: the stream arrived intact ({outcome:?}); if splice() now sees \
                      sockmap data, drop this known failure"
                 );
-                assert_eq!(
-                    (inbound.bytes_up, out.bytes_down),
-                    (0, 0),
+                assert!(
+                    inbound.bytes_up < bytes && out.bytes_down == 0,
                     "{what}: {out:#?} {inbound:#?}"
                 );
             }

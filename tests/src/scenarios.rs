@@ -1091,8 +1091,13 @@ pub fn cross_node_conntrack(mode: &Interception, bins: &Binaries, connections: u
         assert_eq!(created, 0, "mode {mode:?} should need no conntrack");
     }
     if mode.mesh().is_some() {
-        let inbound = server
-            .records(connections as usize)
+        // A thousand records at once: HAProxy logs each session as it ends, some late on a
+        // loaded machine, so give them longer than one call's records get.
+        let records = match &server.sidecar {
+            Some(s) => s.wait_for_records(connections as usize, Duration::from_secs(20)),
+            None => Vec::new(),
+        };
+        let inbound = records
             .iter()
             .filter(|r| r.listener == Listener::Inbound)
             .count() as u64;
