@@ -1,5 +1,6 @@
-//! `merbridge demo` and `merbridge bench`: they live in the developer tool `merbridge-dev`
-//! (crate mb-devtools, which alone links the test bed). This starts it in place of this
+//! `merbridge demo`, `bench`, `asm` and `disasm`: they live in the developer tool
+//! `merbridge-dev` (crate mb-devtools, which alone links the test bed and the assembler's
+//! text front end). This starts it in place of this
 //! process, found next to this executable, through `$MB_DEV_BIN`, or on `$PATH`.
 
 use std::ffi::OsString;

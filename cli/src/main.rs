@@ -1,6 +1,7 @@
 //! `merbridge`: the command line and node agent, the one binary of the DaemonSet image.
-//! `demo` and `bench` are developer tools in a separate binary (`merbridge-dev`, crate
-//! mb-devtools) that this one starts, so the image carries no test bed.
+//! `demo`, `bench`, `asm` and `disasm` are developer tools in a separate binary
+//! (`merbridge-dev`, crate mb-devtools) that this one starts, so the image carries no test bed
+//! and no assembler (its programs are bytecode already).
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -8,7 +9,6 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 mod cmd;
-mod cmd_asm;
 mod cmd_cni;
 mod cmd_dev;
 mod cmd_probe;
@@ -27,10 +27,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Assemble eBPF text (LLVM syntax) into bytecode.
-    Asm(cmd_asm::AsmArgs),
-    /// Disassemble eBPF bytecode into text.
-    Disasm(cmd_asm::DisasmArgs),
+    /// Assemble eBPF text (LLVM syntax) into bytecode (runs `merbridge-dev asm`).
+    #[command(disable_help_flag = true)]
+    Asm {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Disassemble eBPF bytecode into text (runs `merbridge-dev disasm`).
+    #[command(disable_help_flag = true)]
+    Disasm {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Report what this kernel supports and what merbridge can do on it.
     Probe(cmd_probe::ProbeArgs),
     /// Load the data path and attach it to a cgroup; it stays attached through its pins.
@@ -85,8 +93,8 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Asm(args) => cmd_asm::run_asm(args),
-        Command::Disasm(args) => cmd_asm::run_disasm(args),
+        Command::Asm { args } => cmd_dev::run("asm", args),
+        Command::Disasm { args } => cmd_dev::run("disasm", args),
         Command::Probe(args) => cmd_probe::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::Unload(args) => cmd::unload::run(args),

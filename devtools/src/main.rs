@@ -1,12 +1,13 @@
 //! `merbridge-dev`: the developer tools, kept out of the production `merbridge` binary
 //! because they link the test bed (and need its sidecar, workload tools and iptables).
-//! `merbridge demo` and `merbridge bench` start this binary.
+//! `merbridge demo`, `bench`, `asm` and `disasm` start this binary.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bench;
+mod cmd_asm;
 mod cmd_bench;
 mod cmd_cni_bench;
 mod cmd_demo;
@@ -16,7 +17,7 @@ mod cmd_demo;
     name = "merbridge",
     bin_name = "merbridge",
     version,
-    about = "merbridge's developer tools: the demo and the bench (root)"
+    about = "merbridge's developer tools: the eBPF assembler, the demo and the bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,6 +26,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Assemble eBPF text (LLVM syntax) into bytecode.
+    Asm(cmd_asm::AsmArgs),
+    /// Disassemble eBPF bytecode into text.
+    Disasm(cmd_asm::DisasmArgs),
     /// A two-pod mesh on this machine: iptables, then merbridge, side by side (root).
     Demo(cmd_demo::DemoArgs),
     /// Direct vs iptables vs merbridge, data path and control plane, measured (root).
@@ -36,6 +41,8 @@ enum Command {
 fn main() -> ExitCode {
     mb_sys::signal::default_sigpipe();
     let result = match Cli::parse().command {
+        Command::Asm(args) => cmd_asm::run_asm(args),
+        Command::Disasm(args) => cmd_asm::run_disasm(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::CniBench(args) => cmd_cni_bench::run(args),

@@ -1,11 +1,11 @@
-//! `merbridge asm` / `merbridge disasm` run as a user would run them.
+//! `merbridge asm` / `merbridge disasm` (the developer tool merbridge-dev, which `merbridge asm` starts) run as a user would run them.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn merbridge(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_merbridge"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_merbridge-dev"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
