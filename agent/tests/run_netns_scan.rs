@@ -39,7 +39,10 @@ fn scanner_finds_a_pod_namespace_by_its_addresses() {
     assert_eq!(scanner.cookie_for(&ips), Some(cookie), "via /run/netns");
     assert_eq!(scanner.cookie_for(&["192.0.2.254".parse().unwrap()]), None);
 
-    // Through /proc only (no /run/netns): a process must live in the namespace.
+    // Through /proc only (no /run/netns): a process must live in the namespace. Asked by the
+    // IPv6 address alone: another test bed's pod may hold the same IPv4 address, with a
+    // process in it, while this runs.
+    let ips = [IpAddr::V6(v6)];
     let mut procs_only = NetnsScanner::with_roots(std::path::Path::new("/proc"), vec![]);
     procs_only.scan();
     assert_eq!(procs_only.cookie_for(&ips), None, "no process in it yet");
