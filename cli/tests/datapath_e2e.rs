@@ -760,6 +760,19 @@ fn unload_leaves_nothing_attached_and_reload_swaps_in_place() {
         c.loaded.pin(),
     ]);
     assert!(out.contains("(replaced)"), "{out}");
+    // No --splice: the run-time probe of the splice hazard decides, and the summary says so.
+    let hazard = mb_loader::splice_hazard::probe_splice_hazard();
+    let first = out.lines().next().unwrap_or_default();
+    match hazard {
+        mb_loader::splice_hazard::SpliceHazard::Absent => assert!(
+            first.contains("splice all (auto: this kernel has no splice hazard)"),
+            "{out}"
+        ),
+        _ => {
+            assert!(first.contains("splice sidecars (auto: "), "{out}");
+            assert!(out.contains("sidecars must be event-driven"), "{out}");
+        }
+    }
     assert_eq!(attached(&c).len(), before.len(), "no duplicate attachments");
     assert_ne!(
         status,
