@@ -45,6 +45,31 @@ impl SpliceHazard {
     pub fn is_absent(&self) -> bool {
         matches!(self, SpliceHazard::Absent)
     }
+
+    /// What `--splice auto` (the default) chooses: every leg (`SPLICE_ALL`) only where the
+    /// hazard is known to be absent; sidecar-to-sidecar legs otherwise.
+    pub fn auto_splice_mode(&self) -> u32 {
+        if self.is_absent() {
+            mb_maps::datapath::SPLICE_ALL
+        } else {
+            mb_maps::datapath::SPLICE_SIDECARS
+        }
+    }
+
+    /// One line for summaries: the status and, where there is one, the reason.
+    pub fn summary(&self) -> String {
+        match self {
+            SpliceHazard::Absent => "absent".into(),
+            SpliceHazard::Present(why) => format!("present ({why})"),
+            SpliceHazard::Unknown(why) => format!("unknown ({why})"),
+        }
+    }
+}
+
+/// The probe, run once per process (`--splice auto` may ask several times).
+pub fn probed_splice_hazard() -> &'static SpliceHazard {
+    static PROBED: std::sync::OnceLock<SpliceHazard> = std::sync::OnceLock::new();
+    PROBED.get_or_init(probe_splice_hazard)
 }
 
 /// How one blocked read ended.

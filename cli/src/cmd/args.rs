@@ -97,9 +97,7 @@ impl MeshArgs {
     /// `--splice` resolved: an explicit mode as given; `auto` runs the run-time probe of the
     /// splice hazard (mb_loader::splice_hazard) once per process.
     pub fn splice_choice(&self) -> Result<SpliceChoice, String> {
-        use mb_loader::splice_hazard::{probe_splice_hazard, SpliceHazard};
-        static PROBED: std::sync::OnceLock<SpliceHazard> = std::sync::OnceLock::new();
-        let probed = || PROBED.get_or_init(probe_splice_hazard);
+        use mb_loader::splice_hazard::{probed_splice_hazard as probed, SpliceHazard};
         let given = |mode| SpliceChoice {
             mode,
             why: "--splice".into(),
@@ -110,8 +108,8 @@ impl MeshArgs {
             "sidecars" => given(SPLICE_SIDECARS),
             "all" => given(SPLICE_ALL),
             "auto" => match probed() {
-                SpliceHazard::Absent => SpliceChoice {
-                    mode: SPLICE_ALL,
+                h @ SpliceHazard::Absent => SpliceChoice {
+                    mode: h.auto_splice_mode(),
                     why: "auto: this kernel has no splice hazard".into(),
                     hazard_present: false,
                 },
