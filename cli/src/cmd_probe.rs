@@ -3,6 +3,7 @@
 //! root would let it check.
 use clap::Args;
 use mb_loader::probe::{probe_all, verdict, Need, Probed, Support, Verdict};
+use mb_loader::splice_hazard::{probe_splice_hazard, SpliceHazard};
 use std::process::ExitCode;
 
 #[derive(Args)]
@@ -21,6 +22,12 @@ pub fn run(args: ProbeArgs) -> Result<ExitCode, String> {
         root: mb_sys::testing::is_root(),
         probes,
         verdict: verdict(probes),
+        // Needs root (a sockhash and a private netns); unprivileged it stays unknown.
+        splice: if mb_sys::testing::is_root() {
+            probe_splice_hazard()
+        } else {
+            SpliceHazard::Unknown("needs root (a sockhash and a private network namespace)".into())
+        },
     };
     let text = if args.json {
         report.json()
@@ -46,6 +53,7 @@ struct Report<'a> {
     root: bool,
     probes: &'a [Probed],
     verdict: Verdict,
+    splice: SpliceHazard,
 }
 
 fn status(s: &Support) -> &'static str {
@@ -126,6 +134,15 @@ impl Report<'_> {
         }
     }
 
+    /// The splice hazard's status word, its detail, and what `load --splice auto` picks.
+    fn splice_hazard(&self) -> (&'static str, Option<&str>, &'static str) {
+        match &self.splice {
+            SpliceHazard::Absent => ("absent", None, "all"),
+            SpliceHazard::Present(d) => ("present", Some(d), "sidecars"),
+            SpliceHazard::Unknown(d) => ("unknown", Some(d), "sidecars"),
+        }
+    }
+
     fn table(&self) -> String {
         let mut out = format!(
             "merbridge probe: Linux {}, {}\n\n",
@@ -164,6 +181,22 @@ impl Report<'_> {
                 out.push_str(&format!("{:name_w$}    why: {r}\n", ""));
             }
         }
+        let (hazard, detail, auto) = self.splice_hazard();
+        out.push_str(&format!(
+            "\nsplice hazard (blocking recv() on a spliced socket gets a spurious EAGAIN): \
+             {hazard}\n"
+        ));
+        if let Some(d) = detail {
+            out.push_str(&format!("  why: {d}\n"));
+        }
+        out.push_str(&format!(
+            "  `merbridge load` (--splice auto) splices: {auto}{}\n",
+            if auto == "all" {
+                ""
+            } else {
+                " (application legs stay on the loopback TCP path; sidecars must be event-driven)"
+            }
+        ));
         out.push_str(&format!(
             "\nverdict: {} — {}",
             self.verdict_word(),
@@ -199,6 +232,11 @@ impl Report<'_> {
             "verdict_details": details,
             "upgrade_to": self.upgrade_to(),
             "items": items,
+            "splice_hazard": {
+                "status": self.splice_hazard().0,
+                "detail": self.splice_hazard().1,
+                "auto_splice": self.splice_hazard().2,
+            },
         }))
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }

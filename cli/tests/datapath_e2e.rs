@@ -760,6 +760,19 @@ fn unload_leaves_nothing_attached_and_reload_swaps_in_place() {
         c.loaded.pin(),
     ]);
     assert!(out.contains("(replaced)"), "{out}");
+    // No --splice: the run-time probe of the splice hazard decides, and the summary says so.
+    let hazard = mb_loader::splice_hazard::probe_splice_hazard();
+    let first = out.lines().next().unwrap_or_default();
+    match hazard {
+        mb_loader::splice_hazard::SpliceHazard::Absent => assert!(
+            first.contains("splice all (auto: this kernel has no splice hazard)"),
+            "{out}"
+        ),
+        _ => {
+            assert!(first.contains("splice sidecars (auto: "), "{out}");
+            assert!(out.contains("sidecars must be event-driven"), "{out}");
+        }
+    }
     assert_eq!(attached(&c).len(), before.len(), "no duplicate attachments");
     assert_ne!(
         status,
@@ -853,6 +866,101 @@ fn spliced_bulk_and_rr(kind: SidecarKind) {
     // The sidecar-to-sidecar leg moved every byte socket to socket.
     let spliced = c.loaded.counter("spliced_bytes");
     assert!(spliced >= bytes, "spliced {spliced} bytes of {bytes}");
+    for pod in [client, server] {
+        let records = c.records(pod);
+        assert!(records.iter().all(|r| r.error.is_none()), "{records:#?}");
+    }
+}
+
+/// The safety suite's blocking Python client: `sendall`/`recv` on the echo server, then a
+/// 100 MB upload to the bulk server and a blocking `recv` of its reply, once plain and once
+/// with `SO_RCVTIMEO`. Every socket is a plain blocking one (no Python timeout, which would
+/// make it non-blocking underneath).
+const PYTHON_BLOCKING_CLIENT: &str = r#"
+import socket, struct, sys
+host = sys.argv[1]
+s = socket.create_connection((host, 8080))
+for i in range(200):
+    msg = bytes([i % 251]) * 16384
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        chunk = s.recv(len(msg) - len(got))
+        if not chunk:
+            sys.exit("echo closed early after %d rounds" % i)
+        got += chunk
+    if got != msg:
+        sys.exit("echo mismatch in round %d" % i)
+s.close()
+for rcvtimeo in (0, 20):
+    s = socket.create_connection((host, 8081))
+    if rcvtimeo:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", rcvtimeo, 0))
+    block = b"\x5a" * (1 << 20)
+    for _ in range(100):
+        s.sendall(block)
+    s.shutdown(socket.SHUT_WR)
+    reply = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    if b"count=104857600" not in reply:
+        sys.exit("bulk reply %r (SO_RCVTIMEO %d)" % (reply, rcvtimeo))
+    s.close()
+print("python-blocking ok")
+"#;
+
+with_both_sidecars!(
+    /// Safety suite (issue 15): under the default mode (`--splice auto`: whatever the kernel
+    /// probe allows, `sidecars` on a kernel with the splice hazard), same-node topology,
+    /// clients and servers with BLOCKING sockets complete every request: the test bed's bulk
+    /// client (blocking reads with SO_RCVTIMEO) reading the reply to a 100 MB upload, a
+    /// Python client (sendall/recv, then 100 MB uploads, plain and with SO_RCVTIMEO), against
+    /// the test bed's blocking thread-per-connection servers. The sidecar-to-sidecar leg is
+    /// spliced meanwhile (the sidecars are event-driven). The same clients fail under
+    /// `--splice all` on such a kernel (checked by hand: both sidecars, exit status 1).
+    safety_suite_blocking_apps_complete_under_the_default_mode,
+    "safety_suite_blocking_apps",
+    safety_suite_blocking_apps
+);
+
+fn safety_suite_blocking_apps(kind: SidecarKind) {
+    let mut c = Cluster::with(kind, "safety", ("istio", MeshPorts::istio()), &[]);
+    let client = c.pod("client", Some(&[]));
+    let server = c.pod("server", Some(&[]));
+    let bytes: u64 = 100 * 1024 * 1024;
+    c.bulk(
+        client,
+        server,
+        bytes,
+        false,
+        "blocking bulk client: 100 MB upload, then a blocking read of the reply",
+    );
+    let mut python = Command::new("python3");
+    python.args([
+        "-c",
+        PYTHON_BLOCKING_CLIENT,
+        &c.ip(server, false).to_string(),
+    ]);
+    python.stdout(std::process::Stdio::piped());
+    let out = c.pods[client]
+        .spawn(python, APP_UID)
+        .and_then(|p| p.finish(Duration::from_secs(180)))
+        .unwrap_or_else(|e| {
+            panic!(
+                "python blocking client: {e}\nclient sidecar: {:#?}",
+                c.records(client)
+            )
+        });
+    assert!(out.contains("python-blocking ok"), "{out}");
+    // The default mode spliced the sidecar-to-sidecar leg of these uploads.
+    let spliced = c.loaded.counter("spliced_bytes");
+    assert!(
+        spliced >= 3 * bytes,
+        "spliced {spliced} bytes of 3 x {bytes}"
+    );
     for pod in [client, server] {
         let records = c.records(pod);
         assert!(records.iter().all(|r| r.error.is_none()), "{records:#?}");

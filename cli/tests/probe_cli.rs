@@ -93,6 +93,13 @@ fn probe_json_lists_every_item_with_status_and_needs() {
     assert!(items
         .iter()
         .any(|i| i["name"] == "cgroup bpf_link" && i["required"] == false));
+    // As root the splice-hazard probe decides, and `--splice auto` follows it.
+    let hazard = &v["splice_hazard"];
+    match hazard["status"].as_str() {
+        Some("present") => assert_eq!(hazard["auto_splice"], "sidecars", "{hazard}"),
+        Some("absent") => assert_eq!(hazard["auto_splice"], "all", "{hazard}"),
+        _ => panic!("the splice-hazard probe did not decide: {hazard}"),
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod map_sizes;
 pub mod memlock;
 pub mod netns_cookie;
 pub mod probe;
+pub mod splice_hazard;
 
 pub use attach::{
     detach_by_name, detach_pinned_link, query_cgroup, AttachError, AttachMode, AttachedProgram,

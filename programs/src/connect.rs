@@ -19,12 +19,42 @@
 
 use crate::ctx::{abi, sock_addr};
 use crate::emit::*;
+use crate::frame::Frame;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Label, Program, Size};
 use mb_maps::layout::{
     Counter, OrigDst, PodEntry, ORIG_DNS, ORIG_INBOUND, ORIG_OUTBOUND, ORIG_SIDECAR_CALLER,
     ORIG_SPLICE_APP, POD_DNS_CAPTURE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL,
     POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP,
     RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
+};
+
+/// The stack of `connect4`/`connect6`.
+pub const CONNECT_FRAME: Frame = Frame {
+    slots: &[
+        slot::CALLER,
+        slot::ORIG,
+        slot::COOKIE,
+        slot::COUNTER_IDX,
+        slot::NETNS_KEY,
+        slot::CIDR_KEY,
+        slot::DST_ADDR,
+        slot::PORT_KEY,
+        slot::SOCKADDR,
+    ],
+    unions: &[("CIDR_KEY", "DST_ADDR")],
+};
+
+/// The stack of `sendmsg4`/`sendmsg6`.
+pub const SENDMSG_FRAME: Frame = Frame {
+    slots: &[
+        slot::ORIG,
+        slot::COOKIE,
+        slot::COUNTER_IDX,
+        slot::NETNS_KEY,
+        slot::CIDR_KEY,
+        slot::DST_ADDR,
+    ],
+    unions: &[("CIDR_KEY", "DST_ADDR")],
 };
 
 /// `cgroup/connect4` or `cgroup/connect6`.
@@ -36,8 +66,8 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     let inbound = a.label();
     let udp = a.label();
 
-    a.mov64_reg(R6, R1);
-    a.ldx(Size::W, R1, R6, sock_addr::PROTOCOL)
+    a.mov64_reg(CTX, R1);
+    a.ldx(Size::W, R1, CTX, sock_addr::PROTOCOL)
         .jmp_imm(JmpOp::Eq, R1, abi::IPPROTO_UDP, udp)
         .jmp_imm(JmpOp::Ne, R1, abi::IPPROTO_TCP, allow);
 
@@ -48,22 +78,22 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
         sock_addr::USER_IP4,
         sock_addr::USER_IP6,
     );
-    a.ldx(Size::W, R9, R6, sock_addr::USER_PORT);
-    // Who is calling: r7 = the caller's pod (0: not a meshed pod); CALLER = the ORIG_* bits
+    a.ldx(Size::W, PORT, CTX, sock_addr::USER_PORT);
+    // Who is calling: POD = the caller's pod (0: not a meshed pod); CALLER = the ORIG_* bits
     // a redirect records about the caller.
-    a.mov64_imm(R7, 0).st_imm(Size::DW, FP, CALLER, 0);
+    a.mov64_imm(POD, 0).st_imm(Size::DW, FP, CALLER, 0);
     caller_pod(&mut a, inbound);
-    jmp_if_proxy(&mut a, R7, sidecar);
+    jmp_if_proxy(&mut a, POD, sidecar);
 
     // Application of a meshed pod: loopback stays local, then the pod's outbound policy;
     // what it does not send to its own sidecar may still enter the destination's.
     jmp_if_loopback(&mut a, DST_ADDR, bypass);
     tcp_dns_redirect(&mut a, family, variant, allow);
     outbound_policy(&mut a, inbound);
-    store_orig(&mut a, R9, family, ORIG_OUTBOUND);
+    store_orig(&mut a, PORT, family, ORIG_OUTBOUND);
     // A pod whose application is event-driven may have its own leg spliced too (sockops).
     let plain = a.label();
-    a.ldx(Size::W, R2, R7, PodEntry::OFF_FLAGS as i16);
+    a.ldx(Size::W, R2, POD, PodEntry::OFF_FLAGS as i16);
     jmp_unless_flag(&mut a, R2, POD_SPLICE_APP, plain);
     a.st_imm(
         Size::W,
@@ -94,14 +124,14 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     let no_local_dst = a.label();
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, no_local_dst)
-        .jmp_imm(JmpOp::Eq, R7, 0, not_own)
+        .jmp_imm(JmpOp::Eq, POD, 0, not_own)
         .ldx(Size::W, R1, R0, PodEntry::OFF_POD_ID as i16)
-        .ldx(Size::W, R2, R7, PodEntry::OFF_POD_ID as i16)
+        .ldx(Size::W, R2, POD, PodEntry::OFF_POD_ID as i16)
         .jmp_reg(JmpOp::Eq, R1, R2, bypass)
         .bind(not_own)
-        .mov64_reg(R7, R0);
+        .mov64_reg(POD, R0);
     inbound_policy(&mut a, bypass);
-    store_orig(&mut a, R9, family, ORIG_INBOUND);
+    store_orig(&mut a, PORT, family, ORIG_INBOUND);
     a.ldx(Size::W, R1, FP, ORIG + OrigDst::OFF_FLAGS as i16)
         .ldx(Size::W, R2, FP, CALLER)
         .alu64_reg(AluOp::Or, R1, R2)
@@ -114,7 +144,7 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     // Not a local meshed pod: a bypass only for a meshed pod's application (its policy
     // kept the connect from its sidecar); the sidecar's own upstream calls are routine.
     a.bind(no_local_dst)
-        .jmp_imm(JmpOp::Eq, R7, 0, allow)
+        .jmp_imm(JmpOp::Eq, POD, 0, allow)
         .ldx(Size::DW, R1, FP, CALLER)
         .jmp_imm(JmpOp::Ne, R1, 0, allow);
     a.bind(bypass);
@@ -128,7 +158,7 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     a.finish()
 }
 
-/// Binds the socket to the caller's pod address (pod entry in r7) so that its 4-tuple to the
+/// Binds the socket to the caller's pod address (pod entry in POD) so that its 4-tuple to the
 /// loopback sidecar is unique on the node without a netns cookie in the key. An IPv6 socket
 /// calling a v4-mapped destination is bound to the pod's v4-mapped address. Jumps to `failed`
 /// (after counting) when the kernel refuses. Clobbers r0–r5.
@@ -138,10 +168,10 @@ fn bind_to_pod_address(a: &mut Asm, family: Family, failed: Label) {
         Family::V4 => {
             a.st_imm(Size::H, FP, SOCKADDR, abi::AF_INET)
                 .st_imm(Size::H, FP, SOCKADDR + 2, 0)
-                .ldx(Size::W, R1, R7, PodEntry::OFF_IPV4 as i16 + 12)
+                .ldx(Size::W, R1, POD, PodEntry::OFF_IPV4 as i16 + 12)
                 .stx(Size::W, FP, SOCKADDR + 4, R1)
                 .st_imm(Size::DW, FP, SOCKADDR + 8, 0);
-            a.mov64_reg(R1, R6);
+            a.mov64_reg(R1, CTX);
             stack_ptr(a, R2, SOCKADDR);
             a.mov64_imm(R3, abi::SOCKADDR_IN_SIZE);
         }
@@ -153,10 +183,10 @@ fn bind_to_pod_address(a: &mut Asm, family: Family, failed: Label) {
                 .st_imm(Size::W, FP, SOCKADDR + 4, 0)
                 .st_imm(Size::W, FP, SOCKADDR + 24, 0);
             jmp_if_v4_mapped(a, DST_ADDR, mapped);
-            copy_words(a, FP, SOCKADDR + 8, R7, PodEntry::OFF_IPV6 as i16, 4, R1);
+            copy_words(a, FP, SOCKADDR + 8, POD, PodEntry::OFF_IPV6 as i16, 4, R1);
             a.ja(copied).bind(mapped);
-            copy_words(a, FP, SOCKADDR + 8, R7, PodEntry::OFF_IPV4 as i16, 4, R1);
-            a.bind(copied).mov64_reg(R1, R6);
+            copy_words(a, FP, SOCKADDR + 8, POD, PodEntry::OFF_IPV4 as i16, 4, R1);
+            a.bind(copied).mov64_reg(R1, CTX);
             stack_ptr(a, R2, SOCKADDR);
             a.mov64_imm(R3, abi::SOCKADDR_IN6_SIZE);
         }
@@ -166,19 +196,19 @@ fn bind_to_pod_address(a: &mut Asm, family: Family, failed: Label) {
     a.ja(failed).bind(ok);
 }
 
-/// TCP to port 53 (port in r9) from the application of a pod that captures DNS (entry in r7)
+/// TCP to port 53 (port in PORT) from the application of a pod that captures DNS (entry in POD)
 /// goes to the DNS proxy, not to the outbound port (istio-iptables does the same); jumps to
-/// `done` when redirected (or failed), falls through otherwise. Clobbers r0–r5, r8.
+/// `done` when redirected (or failed), falls through otherwise. Clobbers r0–r5, FLAGS.
 fn tcp_dns_redirect(a: &mut Asm, family: Family, variant: Variant, done: Label) {
     let not_dns = a.label();
-    a.jmp32_imm(JmpOp::Ne, R9, DNS_PORT_53_BE, not_dns).ldx(
+    a.jmp32_imm(JmpOp::Ne, PORT, DNS_PORT_53_BE, not_dns).ldx(
         Size::W,
-        R8,
-        R7,
+        FLAGS,
+        POD,
         PodEntry::OFF_FLAGS as i16,
     );
-    jmp_unless_flag(a, R8, POD_DNS_CAPTURE, not_dns);
-    store_orig(a, R9, family, ORIG_DNS);
+    jmp_unless_flag(a, FLAGS, POD_DNS_CAPTURE, not_dns);
+    store_orig(a, PORT, family, ORIG_DNS);
     if !variant.netns_keys {
         bind_to_pod_address(a, family, done);
     }
@@ -193,7 +223,7 @@ fn tcp_dns_redirect(a: &mut Asm, family: Family, variant: Variant, done: Label) 
 pub fn sendmsg(family: Family) -> Result<Program, AsmError> {
     let mut a = Asm::new();
     let allow = a.label();
-    a.mov64_reg(R6, R1);
+    a.mov64_reg(CTX, R1);
     dns_redirect(&mut a, family, allow);
     a.bind(allow).mov64_imm(R0, 1).exit();
     a.finish()
@@ -202,12 +232,16 @@ pub fn sendmsg(family: Family) -> Result<Program, AsmError> {
 /// UDP to port 53 from an application whose pod captures DNS: remember the server, send the
 /// query to the DNS proxy on loopback. Ends with a jump to `done` in every case.
 fn dns_redirect(a: &mut Asm, family: Family, done: Label) {
-    a.ldx(Size::W, R9, R6, sock_addr::USER_PORT)
-        .jmp32_imm(JmpOp::Ne, R9, DNS_PORT_53_BE, done);
+    a.ldx(Size::W, PORT, CTX, sock_addr::USER_PORT).jmp32_imm(
+        JmpOp::Ne,
+        PORT,
+        DNS_PORT_53_BE,
+        done,
+    );
     caller_pod(a, done);
-    a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
-    jmp_unless_flag(a, R8, POD_DNS_CAPTURE, done);
-    jmp_if_proxy(a, R7, done);
+    a.ldx(Size::W, FLAGS, POD, PodEntry::OFF_FLAGS as i16);
+    jmp_unless_flag(a, FLAGS, POD_DNS_CAPTURE, done);
+    jmp_if_proxy(a, POD, done);
     store_ctx_addr(
         a,
         family,
@@ -215,7 +249,7 @@ fn dns_redirect(a: &mut Asm, family: Family, done: Label) {
         sock_addr::USER_IP4,
         sock_addr::USER_IP6,
     );
-    store_orig(a, R9, family, ORIG_DNS);
+    store_orig(a, PORT, family, ORIG_DNS);
     remember_orig(a, done);
     write_loopback_dst(a, family, sock_addr::USER_IP4, sock_addr::USER_IP6);
     write_port_const(a, sock_addr::USER_PORT, CONST_DNS_PORT);
@@ -223,47 +257,47 @@ fn dns_redirect(a: &mut Asm, family: Family, done: Label) {
     a.ja(done);
 }
 
-/// Jumps to `bypass` unless the outbound policy of the pod in r7 redirects the destination at
-/// `DST_ADDR`, port r9. The order is the meshes' (Istio's `istio-iptables`): an excluded port
+/// Jumps to `bypass` unless the outbound policy of the pod in POD redirects the destination at
+/// `DST_ADDR`, port PORT. The order is the meshes' (Istio's `istio-iptables`): an excluded port
 /// never goes; an included port always goes, whatever the address; then excluded prefixes
-/// stay out and the included prefixes decide. Clobbers r0–r5, r8.
+/// stay out and the included prefixes decide. Clobbers r0–r5, FLAGS.
 fn outbound_policy(a: &mut Asm, bypass: Label) {
     let redirect = a.label();
-    a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
+    a.ldx(Size::W, FLAGS, POD, PodEntry::OFF_FLAGS as i16);
 
     let skip = a.label();
-    jmp_unless_flag(a, R8, POD_OUT_PORTS_EXCLUDE, skip);
-    lookup_port_rule(a, R7, RULE_EXCLUDE, R9);
+    jmp_unless_flag(a, FLAGS, POD_OUT_PORTS_EXCLUDE, skip);
+    lookup_port_rule(a, POD, RULE_EXCLUDE, PORT);
     a.jmp_imm(JmpOp::Ne, R0, 0, bypass).bind(skip);
 
     let skip = a.label();
-    jmp_unless_flag(a, R8, POD_OUT_PORTS_INCLUDE, skip);
-    lookup_port_rule(a, R7, RULE_INCLUDE, R9);
+    jmp_unless_flag(a, FLAGS, POD_OUT_PORTS_INCLUDE, skip);
+    lookup_port_rule(a, POD, RULE_INCLUDE, PORT);
     a.jmp_imm(JmpOp::Ne, R0, 0, redirect).bind(skip);
 
     let skip = a.label();
-    jmp_unless_flag(a, R8, POD_OUT_CIDRS_EXCLUDE, skip);
-    lookup_cidr_rule(a, R7, RULE_EXCLUDE);
+    jmp_unless_flag(a, FLAGS, POD_OUT_CIDRS_EXCLUDE, skip);
+    lookup_cidr_rule(a, POD, RULE_EXCLUDE);
     a.jmp_imm(JmpOp::Ne, R0, 0, bypass).bind(skip);
 
-    a.jmp_imm(JmpOp::Set, R8, POD_OUT_CIDRS_ALL as i32, redirect);
-    lookup_cidr_rule(a, R7, RULE_INCLUDE);
+    a.jmp_imm(JmpOp::Set, FLAGS, POD_OUT_CIDRS_ALL as i32, redirect);
+    lookup_cidr_rule(a, POD, RULE_INCLUDE);
     a.jmp_imm(JmpOp::Eq, R0, 0, bypass);
     a.bind(redirect);
 }
 
-/// Jumps to `bypass` unless the inbound policy of the destination pod in r7 redirects port r9.
-/// Clobbers r0–r5, r8.
+/// Jumps to `bypass` unless the inbound policy of the destination pod in POD redirects port PORT.
+/// Clobbers r0–r5, FLAGS.
 pub(crate) fn inbound_policy(a: &mut Asm, bypass: Label) {
-    a.ldx(Size::W, R8, R7, PodEntry::OFF_FLAGS as i16);
+    a.ldx(Size::W, FLAGS, POD, PodEntry::OFF_FLAGS as i16);
 
     let skip = a.label();
-    jmp_unless_flag(a, R8, POD_IN_PORTS_EXCLUDE, skip);
-    lookup_port_rule(a, R7, RULE_INBOUND | RULE_EXCLUDE, R9);
+    jmp_unless_flag(a, FLAGS, POD_IN_PORTS_EXCLUDE, skip);
+    lookup_port_rule(a, POD, RULE_INBOUND | RULE_EXCLUDE, PORT);
     a.jmp_imm(JmpOp::Ne, R0, 0, bypass).bind(skip);
 
     let skip = a.label();
-    a.jmp_imm(JmpOp::Set, R8, POD_IN_PORTS_ALL as i32, skip);
-    lookup_port_rule(a, R7, RULE_INBOUND | RULE_INCLUDE, R9);
+    a.jmp_imm(JmpOp::Set, FLAGS, POD_IN_PORTS_ALL as i32, skip);
+    lookup_port_rule(a, POD, RULE_INBOUND | RULE_INCLUDE, PORT);
     a.jmp_imm(JmpOp::Eq, R0, 0, bypass).bind(skip);
 }

@@ -1,6 +1,10 @@
 //! Building blocks shared by the programs: the stack layout, counters, address handling,
 //! policy lookups. Every block documents the registers it clobbers; all programs keep the
-//! context in `r6` (callee-saved, so helper calls never clobber it).
+//! context in [`CTX`] (r6, callee-saved, so helper calls never clobber it).
+//!
+//! Callee-saved registers are named by role ([`CTX`], [`POD`], [`FLAGS`], [`PORT`]); a
+//! program that gives r7–r9 another role names it locally (e.g. `SK` in getsockopt). The
+//! stack areas are [`Slot`]s; each program lists the ones it uses in one [`Frame`] table.
 
 use crate::ctx::abi;
 use mb_asm::{AluOp, Asm, Helper, JmpOp, Label, Reg, Size};
@@ -14,19 +18,31 @@ pub const R1: Reg = Reg::R1;
 pub const R2: Reg = Reg::R2;
 pub const R3: Reg = Reg::R3;
 pub const R4: Reg = Reg::R4;
-pub const R6: Reg = Reg::R6;
-pub const R7: Reg = Reg::R7;
-pub const R8: Reg = Reg::R8;
-pub const R9: Reg = Reg::R9;
 pub const FP: Reg = Reg::FP;
 
-// Stack layout (offsets from the frame pointer). Every area is 8-byte aligned.
+// Callee-saved registers by role (helper calls keep r6–r9).
+/// The program's context (`r6`), in every program.
+pub const CTX: Reg = Reg::R6;
+/// A pod entry (`netns_pods` or `pod_ips` value): the caller's, or the destination's pod
+/// (`r7`), in connect, sendmsg, sockops (listen) and sk_lookup.
+pub const POD: Reg = Reg::R7;
+/// Flags: the pod's policy flags (`PodEntry::flags`), or in sockops the original
+/// destination's `ORIG_*` bits (`r8`).
+pub const FLAGS: Reg = Reg::R8;
+/// The destination port in network order (`r9`), in connect, sendmsg and sk_lookup.
+pub const PORT: Reg = Reg::R9;
+
+// Stack areas (offsets from the frame pointer), shared by the programs' building blocks.
+// Each program lists the ones it uses, and their unions, in its `Frame` table; the sizes are
+// in [`slot`].
 /// A [`SockPairKey`] (48 bytes).
 pub const PAIR_KEY: i16 = -48;
 /// An [`OrigDst`] (24 bytes).
 pub const ORIG: i16 = -72;
 /// A socket cookie (u64).
 pub const COOKIE: i16 = -80;
+/// A [`ListenerKey`] (8 bytes): the cookie's area, in a different callback.
+pub const LISTENER_KEY: i16 = COOKIE;
 /// A counter index (u32).
 pub const COUNTER_IDX: i16 = -88;
 /// A network-namespace cookie (u64), the key of `netns_pods`.
@@ -38,14 +54,38 @@ pub const CIDR_KEY: i16 = -120;
 pub const DST_ADDR: i16 = CIDR_KEY + CidrRuleKey::OFF_ADDR as i16;
 /// A [`PortRuleKey`] (12 bytes, 16 reserved).
 pub const PORT_KEY: i16 = -136;
-/// connect programs only (overlaps `PAIR_KEY`, which they do not use): the `ORIG_*` bits a
-/// redirect records about its caller (u64).
+/// connect programs only: the `ORIG_*` bits a redirect records about its caller (u64). In
+/// the pair key's area, which connect programs do not use.
 pub const CALLER: i16 = -8;
-/// A second [`SockPairKey`], for the peer's view of a connection; in connect programs the
-/// socket address `bpf_bind` takes.
+/// connect programs only: the socket address `bpf_bind` takes (a `sockaddr_in6` at most).
+/// In the peer key's area, which connect programs do not use.
 pub const SOCKADDR: i16 = -184;
 /// A second [`SockPairKey`], for the peer's view of a connection.
 pub const PEER_KEY: i16 = -184;
+
+/// The stack areas above as [`Slot`]s (name, offset, size), for the programs' `Frame` tables.
+pub mod slot {
+    use super::*;
+    use crate::frame::Slot;
+    use mb_maps::layout::ListenerKey;
+
+    /// `struct sockaddr_in6`, the larger of the two addresses `bpf_bind` takes.
+    const SOCKADDR_IN6_SIZE: usize = 28;
+
+    pub const PAIR_KEY: Slot = Slot::new("PAIR_KEY", super::PAIR_KEY, SockPairKey::SIZE);
+    pub const ORIG: Slot = Slot::new("ORIG", super::ORIG, OrigDst::SIZE);
+    pub const COOKIE: Slot = Slot::new("COOKIE", super::COOKIE, 8);
+    pub const LISTENER_KEY: Slot =
+        Slot::new("LISTENER_KEY", super::LISTENER_KEY, ListenerKey::SIZE);
+    pub const COUNTER_IDX: Slot = Slot::new("COUNTER_IDX", super::COUNTER_IDX, 4);
+    pub const NETNS_KEY: Slot = Slot::new("NETNS_KEY", super::NETNS_KEY, 8);
+    pub const CIDR_KEY: Slot = Slot::new("CIDR_KEY", super::CIDR_KEY, CidrRuleKey::SIZE);
+    pub const DST_ADDR: Slot = Slot::new("DST_ADDR", super::DST_ADDR, 16);
+    pub const PORT_KEY: Slot = Slot::new("PORT_KEY", super::PORT_KEY, PortRuleKey::SIZE);
+    pub const CALLER: Slot = Slot::new("CALLER", super::CALLER, 8);
+    pub const SOCKADDR: Slot = Slot::new("SOCKADDR", super::SOCKADDR, SOCKADDR_IN6_SIZE);
+    pub const PEER_KEY: Slot = Slot::new("PEER_KEY", super::PEER_KEY, SockPairKey::SIZE);
+}
 
 pub use mb_maps::datapath::*;
 
@@ -69,7 +109,8 @@ pub fn count(a: &mut Asm, counter: Counter) {
     count_impl(a, counter, None);
 }
 
-/// Adds the value of `amount` (a callee-saved register, r6–r9) to a counter. Clobbers r0–r5.
+/// Adds the value of `amount` (a callee-saved register) to a counter.
+/// Clobbers r0–r5.
 pub fn count_by(a: &mut Asm, counter: Counter, amount: Reg) {
     count_impl(a, counter, Some(amount));
 }
@@ -124,10 +165,10 @@ pub fn copy_words(
 pub fn store_ctx_addr(a: &mut Asm, family: Family, off: i16, v4_field: i16, v6_field: i16) {
     match family {
         Family::V4 => {
-            a.ldx(Size::W, R1, R6, v4_field);
+            a.ldx(Size::W, R1, CTX, v4_field);
             store_v4_mapped(a, off, R1);
         }
-        Family::V6 => copy_words(a, FP, off, R6, v6_field, 4, R1),
+        Family::V6 => copy_words(a, FP, off, CTX, v6_field, 4, R1),
     }
 }
 
@@ -199,16 +240,16 @@ pub fn jmp_if_v4_mapped(a: &mut Asm, off: i16, yes: Label) {
         .bind(no);
 }
 
-/// The calling socket's pod: `r7 = netns_pods[netns cookie]`, or a jump to `not_meshed`.
+/// The calling socket's pod: `POD = netns_pods[netns cookie]`, or a jump to `not_meshed`.
 /// Clobbers r0–r5.
 pub fn caller_pod(a: &mut Asm, not_meshed: Label) {
-    a.mov64_reg(R1, R6).call(Helper::GetNetnsCookie);
+    a.mov64_reg(R1, CTX).call(Helper::GetNetnsCookie);
     a.stx(Size::DW, FP, NETNS_KEY, R0);
     a.ld_map_fd(R1, MAP_NETNS_PODS);
     stack_ptr(a, R2, NETNS_KEY);
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, not_meshed)
-        .mov64_reg(R7, R0);
+        .mov64_reg(POD, R0);
 }
 
 /// Jumps to `yes` if the current task is the sidecar of the pod whose entry `pod` points to:
@@ -273,7 +314,7 @@ pub fn store_orig(a: &mut Asm, port: Reg, family: Family, flags: u32) {
 /// fails. Clobbers r0–r5.
 pub fn remember_orig(a: &mut Asm, failed: Label) {
     let ok = a.label();
-    a.mov64_reg(R1, R6).call(Helper::GetSocketCookie);
+    a.mov64_reg(R1, CTX).call(Helper::GetSocketCookie);
     a.stx(Size::DW, FP, COOKIE, R0);
     a.ld_map_fd(R1, MAP_COOKIE_ORIG);
     stack_ptr(a, R2, COOKIE);
@@ -292,27 +333,27 @@ pub fn write_loopback_dst(a: &mut Asm, family: Family, v4_field: i16, v6_field: 
     match family {
         Family::V4 => {
             a.mov32_imm(R1, LOOPBACK_V4_LE)
-                .stx(Size::W, R6, v4_field, R1);
+                .stx(Size::W, CTX, v4_field, R1);
         }
         Family::V6 => {
             let mapped = a.label();
             let done = a.label();
             jmp_if_v4_mapped(a, DST_ADDR, mapped);
             a.mov32_imm(R1, 0)
-                .stx(Size::W, R6, v6_field, R1)
-                .stx(Size::W, R6, v6_field + 4, R1)
-                .stx(Size::W, R6, v6_field + 8, R1)
+                .stx(Size::W, CTX, v6_field, R1)
+                .stx(Size::W, CTX, v6_field + 4, R1)
+                .stx(Size::W, CTX, v6_field + 8, R1)
                 .mov32_imm(R1, LOOPBACK_V6_WORD3_LE)
-                .stx(Size::W, R6, v6_field + 12, R1)
+                .stx(Size::W, CTX, v6_field + 12, R1)
                 .ja(done)
                 .bind(mapped)
                 .mov32_imm(R1, 0)
-                .stx(Size::W, R6, v6_field, R1)
-                .stx(Size::W, R6, v6_field + 4, R1)
+                .stx(Size::W, CTX, v6_field, R1)
+                .stx(Size::W, CTX, v6_field + 4, R1)
                 .mov32_imm(R1, V4_MAPPED_WORD2_LE as i32)
-                .stx(Size::W, R6, v6_field + 8, R1)
+                .stx(Size::W, CTX, v6_field + 8, R1)
                 .mov32_imm(R1, LOOPBACK_V4_LE)
-                .stx(Size::W, R6, v6_field + 12, R1)
+                .stx(Size::W, CTX, v6_field + 12, R1)
                 .bind(done);
         }
     }
@@ -323,7 +364,7 @@ pub fn write_loopback_dst(a: &mut Asm, family: Family, v4_field: i16, v6_field: 
 pub fn write_port_const(a: &mut Asm, field: i16, name: &str) {
     a.mov32_const(R1, name)
         .to_be(R1, 16)
-        .stx(Size::W, R6, field, R1);
+        .stx(Size::W, CTX, field, R1);
 }
 
 /// How the programs keep connection keys unique across pods.
@@ -356,7 +397,7 @@ pub fn scope_pair_key(a: &mut Asm, key: i16, variant: Variant) {
     a.st_imm(Size::DW, FP, key + SockPairKey::OFF_NETNS as i16, 0)
         .ja(done)
         .bind(scoped)
-        .mov64_reg(R1, R6)
+        .mov64_reg(R1, CTX)
         .call(Helper::GetNetnsCookie)
         .stx(Size::DW, FP, key + SockPairKey::OFF_NETNS as i16, R0)
         .bind(done);

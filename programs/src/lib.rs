@@ -7,6 +7,7 @@
 pub mod connect;
 pub mod ctx;
 pub mod emit;
+pub mod frame;
 pub mod sklookup;
 pub mod sockmap;
 pub mod sockopt;
@@ -14,6 +15,7 @@ pub mod udp;
 
 use emit::Family;
 pub use emit::Variant;
+use frame::Frame;
 use mb_asm::{AsmError, Program};
 
 pub use mb_maps::datapath::{Hook, MapDecl, MapKind, CONSTANTS, MAPS};
@@ -40,6 +42,20 @@ pub fn build(hook: Hook, variant: Variant) -> Result<Program, AsmError> {
         Hook::Recvmsg6 => udp::recvmsg(Family::V6),
         Hook::Bind4 => udp::bind4(),
         Hook::SkLookup => sklookup::sk_lookup(),
+    }
+}
+
+/// `hook`'s stack layout: the one table of the slots its program uses (all variants).
+pub fn frame(hook: Hook) -> Frame {
+    match hook {
+        Hook::Connect4 | Hook::Connect6 => connect::CONNECT_FRAME,
+        Hook::SockOps => sockmap::SOCKOPS_FRAME,
+        Hook::SkMsg => sockmap::SK_MSG_FRAME,
+        Hook::GetSockopt => sockopt::FRAME,
+        Hook::Sendmsg4 | Hook::Sendmsg6 => connect::SENDMSG_FRAME,
+        Hook::Recvmsg4 | Hook::Recvmsg6 => udp::RECVMSG_FRAME,
+        Hook::Bind4 => udp::BIND_FRAME,
+        Hook::SkLookup => sklookup::FRAME,
     }
 }
 
@@ -76,6 +92,78 @@ pub fn programs() -> Result<Vec<ProgramDef>, (Hook, AsmError)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stack accesses of a program: `(offset, length)` of each load/store through the frame
+    /// pointer, and `(offset, 1)` for each pointer into the stack (`rX = fp; rX += off`, the
+    /// keys and values handed to helpers).
+    fn stack_accesses(program: &mb_asm::Program) -> Vec<(i16, i16)> {
+        const FP: u8 = 10;
+        let insns = &program.insns;
+        let mut out = Vec::new();
+        for (i, insn) in insns.iter().enumerate() {
+            let len = match insn.code & 0x18 {
+                0x00 => 4,
+                0x08 => 2,
+                0x10 => 1,
+                _ => 8,
+            };
+            match insn.code & 0x07 {
+                0x01 if insn.src == FP => out.push((insn.off, len)),
+                0x02 | 0x03 if insn.dst == FP => out.push((insn.off, len)),
+                // mov64 rX, fp: the next instruction must add the slot's offset.
+                0x07 if insn.code == 0xbf && insn.src == FP => match insns.get(i + 1) {
+                    Some(add) if add.code == 0x07 && add.dst == insn.dst => {
+                        out.push((add.imm as i16, 1))
+                    }
+                    _ => out.push((0, 1)),
+                },
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_frame_table_is_sound() {
+        for hook in Hook::ALL {
+            frame(hook)
+                .check()
+                .unwrap_or_else(|e| panic!("{hook:?}: {e}"));
+        }
+    }
+
+    /// The tables are the truth: every stack byte a program touches lies in a slot of its
+    /// table, and every slot of the table is touched (by one of the hook's variants).
+    #[test]
+    fn every_stack_access_lies_in_a_declared_slot_and_every_slot_is_used() {
+        let all = programs().unwrap_or_else(|(hook, e)| panic!("{hook:?}: {e}"));
+        let mut problems = Vec::new();
+        for hook in Hook::ALL {
+            let table = frame(hook);
+            let mut used = std::collections::BTreeSet::new();
+            for def in all.iter().filter(|d| d.hook == hook) {
+                for (off, len) in stack_accesses(&def.program) {
+                    if table.slot_holding(off, len).is_none() {
+                        problems.push(format!(
+                            "{hook:?} {:?}: fp{off:+} ({len} bytes) is in no declared slot",
+                            def.variant
+                        ));
+                    }
+                    // Every slot holding the bytes is used (the slots of a union share them).
+                    for s in table.slots.iter().filter(|s| s.holds(off, len)) {
+                        used.insert(s.name);
+                    }
+                }
+            }
+            for s in table.slots.iter().filter(|s| !used.contains(s.name)) {
+                problems.push(format!(
+                    "{hook:?}: slot {} is declared but never used",
+                    s.name
+                ));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
 
     #[test]
     fn every_program_assembles_and_uses_only_declared_maps_and_constants() {

@@ -23,15 +23,34 @@
 use crate::connect::inbound_policy;
 use crate::ctx::{abi, sk_lookup};
 use crate::emit::*;
+use crate::frame::{Frame, Slot};
 use mb_asm::{Asm, AsmError, Helper, JmpOp, Program, Reg, Size};
 use mb_maps::layout::{
     Counter, ListenerKey, PodEntry, POD_IN_CIDRS_EXCLUDE, RULE_EXCLUDE, RULE_INBOUND,
 };
 
+/// The SYN's address family, until the policy reuses r8 as [`FLAGS`].
+const FAMILY: Reg = Reg::R8;
+/// The listener socket found (a reference, released on every path), reusing r8.
+const LISTENER: Reg = Reg::R8;
+/// What `bpf_sk_assign` returned, reusing r9 after [`PORT`].
+const ASSIGN_RET: Reg = Reg::R9;
+
 /// The caller's address, 16 bytes v4-mapped (the pair-key area, unused here).
 const REMOTE_ADDR: i16 = PAIR_KEY;
-/// A [`ListenerKey`] (8 bytes).
-const LISTENER_KEY: i16 = COOKIE;
+
+/// The stack of `sk_lookup`.
+pub const FRAME: Frame = Frame {
+    slots: &[
+        Slot::new("REMOTE_ADDR", REMOTE_ADDR, 16),
+        slot::LISTENER_KEY,
+        slot::COUNTER_IDX,
+        slot::CIDR_KEY,
+        slot::DST_ADDR,
+        slot::PORT_KEY,
+    ],
+    unions: &[("CIDR_KEY", "DST_ADDR")],
+};
 
 /// `sk_lookup`, attached to each meshed pod's network namespace.
 pub fn sk_lookup() -> Result<Program, AsmError> {
@@ -42,19 +61,19 @@ pub fn sk_lookup() -> Result<Program, AsmError> {
     let refuse = a.label();
     let assign = a.label();
 
-    a.mov64_reg(R6, R1);
-    a.ldx(Size::W, R1, R6, sk_lookup::PROTOCOL)
+    a.mov64_reg(CTX, R1);
+    a.ldx(Size::W, R1, CTX, sk_lookup::PROTOCOL)
         .jmp_imm(JmpOp::Ne, R1, abi::IPPROTO_TCP, pass)
-        .ldx(Size::W, R8, R6, sk_lookup::FAMILY)
-        .jmp_imm(JmpOp::Eq, R8, abi::AF_INET6, v6)
-        .jmp_imm(JmpOp::Ne, R8, abi::AF_INET, pass);
-    a.ldx(Size::W, R1, R6, sk_lookup::LOCAL_IP4);
+        .ldx(Size::W, FAMILY, CTX, sk_lookup::FAMILY)
+        .jmp_imm(JmpOp::Eq, FAMILY, abi::AF_INET6, v6)
+        .jmp_imm(JmpOp::Ne, FAMILY, abi::AF_INET, pass);
+    a.ldx(Size::W, R1, CTX, sk_lookup::LOCAL_IP4);
     store_v4_mapped(&mut a, DST_ADDR, R1);
-    a.ldx(Size::W, R1, R6, sk_lookup::REMOTE_IP4);
+    a.ldx(Size::W, R1, CTX, sk_lookup::REMOTE_IP4);
     store_v4_mapped(&mut a, REMOTE_ADDR, R1);
     a.ja(addresses_done).bind(v6);
-    copy_words(&mut a, FP, DST_ADDR, R6, sk_lookup::LOCAL_IP6, 4, R1);
-    copy_words(&mut a, FP, REMOTE_ADDR, R6, sk_lookup::REMOTE_IP6, 4, R1);
+    copy_words(&mut a, FP, DST_ADDR, CTX, sk_lookup::LOCAL_IP6, 4, R1);
+    copy_words(&mut a, FP, REMOTE_ADDR, CTX, sk_lookup::REMOTE_IP6, 4, R1);
     a.bind(addresses_done);
 
     // Loopback and the sidecar's passthrough are in-pod traffic: never steered.
@@ -63,22 +82,22 @@ pub fn sk_lookup() -> Result<Program, AsmError> {
     jmp_if_loopback(&mut a, DST_ADDR, pass);
 
     // The sidecar's own listeners are reached as they are.
-    a.ldx(Size::W, R9, R6, sk_lookup::LOCAL_PORT)
-        .jmp32_const(JmpOp::Eq, R9, CONST_INBOUND_PORT, pass)
-        .jmp32_const(JmpOp::Eq, R9, CONST_OUTBOUND_PORT, pass)
-        .to_be(R9, 16);
+    a.ldx(Size::W, PORT, CTX, sk_lookup::LOCAL_PORT)
+        .jmp32_const(JmpOp::Eq, PORT, CONST_INBOUND_PORT, pass)
+        .jmp32_const(JmpOp::Eq, PORT, CONST_OUTBOUND_PORT, pass)
+        .to_be(PORT, 16);
 
     a.ld_map_fd(R1, MAP_POD_IPS);
     stack_ptr(&mut a, R2, DST_ADDR);
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, pass)
-        .mov64_reg(R7, R0);
+        .mov64_reg(POD, R0);
     // The pod calling its own address: connect4 decided that one already.
-    jmp_if_same_addr(&mut a, REMOTE_ADDR, R7, PodEntry::OFF_IPV4 as i16, pass);
-    jmp_if_same_addr(&mut a, REMOTE_ADDR, R7, PodEntry::OFF_IPV6 as i16, pass);
+    jmp_if_same_addr(&mut a, REMOTE_ADDR, POD, PodEntry::OFF_IPV4 as i16, pass);
+    jmp_if_same_addr(&mut a, REMOTE_ADDR, POD, PodEntry::OFF_IPV6 as i16, pass);
 
-    // r8 (family) is clobbered by the policy; keep it on the stack in the listener key.
-    a.ldx(Size::W, R1, R7, PodEntry::OFF_POD_ID as i16)
+    // FAMILY (r8) becomes FLAGS in the policy; keep it on the stack in the listener key.
+    a.ldx(Size::W, R1, POD, PodEntry::OFF_POD_ID as i16)
         .stx(
             Size::W,
             FP,
@@ -89,14 +108,14 @@ pub fn sk_lookup() -> Result<Program, AsmError> {
             Size::W,
             FP,
             LISTENER_KEY + ListenerKey::OFF_FAMILY as i16,
-            R8,
+            FAMILY,
         );
     inbound_policy(&mut a, pass);
     // Excluded callers (Kuma's exclude-inbound-ips): the CIDR key's address is DST_ADDR.
     let sources_ok = a.label();
-    jmp_unless_flag(&mut a, R8, POD_IN_CIDRS_EXCLUDE, sources_ok);
+    jmp_unless_flag(&mut a, FLAGS, POD_IN_CIDRS_EXCLUDE, sources_ok);
     copy_words(&mut a, FP, DST_ADDR, FP, REMOTE_ADDR, 4, R1);
-    lookup_cidr_rule(&mut a, R7, RULE_INBOUND | RULE_EXCLUDE);
+    lookup_cidr_rule(&mut a, POD, RULE_INBOUND | RULE_EXCLUDE);
     a.jmp_imm(JmpOp::Ne, R0, 0, pass).bind(sources_ok);
 
     // The pod's listener: its own family first; an IPv4 SYN may also go to a dual-stack
@@ -119,17 +138,17 @@ pub fn sk_lookup() -> Result<Program, AsmError> {
     lookup_listener(&mut a);
     a.jmp_imm(JmpOp::Eq, R0, 0, refuse);
 
-    // r8 = the listener (a reference: released on every path).
+    // LISTENER = the listener (a reference: released on every path).
     a.bind(assign)
-        .mov64_reg(R8, R0)
-        .mov64_reg(R1, R6)
-        .mov64_reg(R2, R8)
+        .mov64_reg(LISTENER, R0)
+        .mov64_reg(R1, CTX)
+        .mov64_reg(R2, LISTENER)
         .mov64_imm(R3, 0)
         .call(Helper::SkAssign)
-        .mov64_reg(R9, R0)
-        .mov64_reg(R1, R8)
+        .mov64_reg(ASSIGN_RET, R0)
+        .mov64_reg(R1, LISTENER)
         .call(Helper::SkRelease)
-        .jmp_imm(JmpOp::Ne, R9, 0, refuse);
+        .jmp_imm(JmpOp::Ne, ASSIGN_RET, 0, refuse);
     count(&mut a, Counter::InboundSteered);
     a.ja(pass);
 

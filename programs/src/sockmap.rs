@@ -29,16 +29,41 @@
 
 use crate::ctx::{abi, sk_msg, sock_ops};
 use crate::emit::*;
-use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
+use crate::frame::Frame;
+use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Reg, Size};
 use mb_maps::layout::{
     Counter, ListenerKey, OrigDst, PodEntry, SockPairKey, ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP,
     POD_SPLICE_APP,
 };
 
+/// The sock_ops callback (`op`) being handled.
+const SOCK_OP: Reg = Reg::R9;
+/// sk_msg: the message's size in bytes, for the spliced-bytes counter.
+const MSG_SIZE: Reg = Reg::R7;
+
 const LOCAL_IP: i16 = SockPairKey::OFF_LOCAL_IP as i16;
 const REMOTE_IP: i16 = SockPairKey::OFF_REMOTE_IP as i16;
 const LOCAL_PORT: i16 = SockPairKey::OFF_LOCAL_PORT as i16;
 const REMOTE_PORT: i16 = SockPairKey::OFF_REMOTE_PORT as i16;
+
+/// The stack of `sockops`.
+pub const SOCKOPS_FRAME: Frame = Frame {
+    slots: &[
+        slot::PAIR_KEY,
+        slot::PEER_KEY,
+        slot::COOKIE,
+        slot::LISTENER_KEY,
+        slot::COUNTER_IDX,
+        slot::NETNS_KEY,
+    ],
+    unions: &[("COOKIE", "LISTENER_KEY")],
+};
+
+/// The stack of `sk_msg`.
+pub const SK_MSG_FRAME: Frame = Frame {
+    slots: &[slot::PAIR_KEY, slot::COUNTER_IDX],
+    unions: &[],
+};
 
 /// Context fields holding a connection's addresses and ports (sock_ops and sk_msg agree on
 /// their meaning, not their offsets).
@@ -72,7 +97,7 @@ const SK_MSG_FIELDS: TupleFields = TupleFields {
     remote_port: sk_msg::REMOTE_PORT,
 };
 
-/// Builds the pair key at `fp + key` from the context in r6. With `reversed`, the key is the
+/// Builds the pair key at `fp + key` from the context in CTX. With `reversed`, the key is the
 /// peer's view (local and remote swapped). Jumps to `other` for families other than IPv4/IPv6.
 /// Clobbers r0–r5.
 fn build_pair_key(
@@ -90,22 +115,22 @@ fn build_pair_key(
     };
     let v6 = a.label();
     let addresses_done = a.label();
-    a.ldx(Size::W, R1, R6, f.family)
+    a.ldx(Size::W, R1, CTX, f.family)
         .jmp_imm(JmpOp::Eq, R1, abi::AF_INET6, v6)
         .jmp_imm(JmpOp::Ne, R1, abi::AF_INET, other);
-    a.ldx(Size::W, R1, R6, f.local_ip4);
+    a.ldx(Size::W, R1, CTX, f.local_ip4);
     store_v4_mapped(a, key + me_ip, R1);
-    a.ldx(Size::W, R1, R6, f.remote_ip4);
+    a.ldx(Size::W, R1, CTX, f.remote_ip4);
     store_v4_mapped(a, key + peer_ip, R1);
     a.ja(addresses_done).bind(v6);
-    copy_words(a, FP, key + me_ip, R6, f.local_ip6, 4, R1);
-    copy_words(a, FP, key + peer_ip, R6, f.remote_ip6, 4, R1);
+    copy_words(a, FP, key + me_ip, CTX, f.local_ip6, 4, R1);
+    copy_words(a, FP, key + peer_ip, CTX, f.remote_ip6, 4, R1);
     a.bind(addresses_done);
     // local_port is host order; remote_port is network order in the upper half.
-    a.ldx(Size::W, R1, R6, f.local_port)
+    a.ldx(Size::W, R1, CTX, f.local_port)
         .to_be(R1, 16)
         .stx(Size::H, FP, key + me_port, R1)
-        .ldx(Size::W, R1, R6, f.remote_port)
+        .ldx(Size::W, R1, CTX, f.remote_port)
         .alu64_imm(AluOp::Rsh, R1, 16)
         .stx(Size::H, FP, key + peer_port, R1)
         .st_imm(Size::W, FP, key + REMOTE_PORT + 2, 0);
@@ -124,38 +149,43 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     let failed = a.label();
 
     let state = a.label();
-    a.mov64_reg(R6, R1);
-    a.ldx(Size::W, R9, R6, sock_ops::OP)
+    a.mov64_reg(CTX, R1);
+    a.ldx(Size::W, SOCK_OP, CTX, sock_ops::OP)
         .jmp_imm(
             JmpOp::Eq,
-            R9,
+            SOCK_OP,
             abi::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
             established,
         )
-        .jmp_imm(JmpOp::Eq, R9, abi::BPF_SOCK_OPS_STATE_CB, state);
+        .jmp_imm(JmpOp::Eq, SOCK_OP, abi::BPF_SOCK_OPS_STATE_CB, state);
     let listen = a.label();
     if variant.netns_keys {
-        a.jmp_imm(JmpOp::Eq, R9, abi::BPF_SOCK_OPS_TCP_LISTEN_CB, listen);
+        a.jmp_imm(JmpOp::Eq, SOCK_OP, abi::BPF_SOCK_OPS_TCP_LISTEN_CB, listen);
     }
-    a.jmp_imm(JmpOp::Ne, R9, abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, out)
-        .bind(established);
+    a.jmp_imm(
+        JmpOp::Ne,
+        SOCK_OP,
+        abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        out,
+    )
+    .bind(established);
     build_pair_key(&mut a, &SOCK_OPS_FIELDS, PAIR_KEY, false, out, variant);
     a.jmp_imm(
         JmpOp::Eq,
-        R9,
+        SOCK_OP,
         abi::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         passive,
     );
 
-    // Active side: move the original destination from the cookie to the 4-tuple. r8 keeps
+    // Active side: move the original destination from the cookie to the 4-tuple. FLAGS keeps
     // its flags: they tell whose socket this is (ORIG_SIDECAR_CALLER: a sidecar's).
-    a.mov64_reg(R1, R6).call(Helper::GetSocketCookie);
+    a.mov64_reg(R1, CTX).call(Helper::GetSocketCookie);
     a.stx(Size::DW, FP, COOKIE, R0);
     a.ld_map_fd(R1, MAP_COOKIE_ORIG);
     stack_ptr(&mut a, R2, COOKIE);
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, no_orig)
-        .ldx(Size::W, R8, R0, OrigDst::OFF_FLAGS as i16)
+        .ldx(Size::W, FLAGS, R0, OrigDst::OFF_FLAGS as i16)
         .mov64_reg(R3, R0);
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
     stack_ptr(&mut a, R2, PAIR_KEY);
@@ -169,26 +199,26 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     // is at one end, the pod's address at the other (the remote end here).
     let passthrough_active = a.label();
     let passthrough_passive = a.label();
-    a.bind(no_orig).mov64_imm(R8, 0);
+    a.bind(no_orig).mov64_imm(FLAGS, 0);
     jmp_if_passthrough(&mut a, PAIR_KEY + LOCAL_IP, passthrough_active);
     a.ja(out);
     a.bind(passthrough_active);
     pod_splice_app_flag(&mut a, PAIR_KEY + REMOTE_IP, decide);
 
     // Passive side: only when the active side is in the map.
-    a.bind(passive).mov64_imm(R8, 0);
+    a.bind(passive).mov64_imm(FLAGS, 0);
     jmp_if_passthrough(&mut a, PAIR_KEY + REMOTE_IP, passthrough_passive);
     reverse_pair_key(&mut a, PAIR_KEY, PEER_KEY);
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
     stack_ptr(&mut a, R2, PEER_KEY);
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, out)
-        .ldx(Size::W, R8, R0, OrigDst::OFF_FLAGS as i16);
+        .ldx(Size::W, FLAGS, R0, OrigDst::OFF_FLAGS as i16);
     // Tell us when this socket closes: the entry goes then, so a later connection reusing
     // the 4-tuple cannot find it. The passive end (the sidecar's accepted socket) closes
     // only after the sidecar asked for the original destination; the active end may close
     // first (an orphan is done as soon as its FIN is acked, maybe before the accept).
-    a.mov64_reg(R1, R6)
+    a.mov64_reg(R1, CTX)
         .mov64_imm(R2, abi::BPF_SOCK_OPS_STATE_CB_FLAG)
         .call(Helper::SockOpsCbFlagsSet);
 
@@ -203,13 +233,13 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
         .jmp_imm(JmpOp::Ne, R1, SPLICE_SIDECARS as i32, out)
         .jmp_imm(
             JmpOp::Set,
-            R8,
+            FLAGS,
             (ORIG_SIDECAR_CALLER | ORIG_SPLICE_APP) as i32,
             insert,
         )
         .ja(out);
 
-    a.bind(insert).mov64_reg(R1, R6);
+    a.bind(insert).mov64_reg(R1, CTX);
     a.ld_map_fd(R2, MAP_SOCK_PAIRS);
     stack_ptr(&mut a, R3, PAIR_KEY);
     a.mov64_imm(R4, abi::BPF_ANY)
@@ -221,7 +251,7 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     // The passive end of a redirected connection closed: forget its original destination
     // (kept under the active end's 4-tuple).
     a.bind(state)
-        .ldx(Size::W, R1, R6, sock_ops::ARGS + 4)
+        .ldx(Size::W, R1, CTX, sock_ops::ARGS + 4)
         .jmp_imm(JmpOp::Ne, R1, abi::BPF_TCP_CLOSE, out);
     build_pair_key(&mut a, &SOCK_OPS_FIELDS, PAIR_KEY, false, out, variant);
     reverse_pair_key(&mut a, PAIR_KEY, PEER_KEY);
@@ -232,16 +262,26 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     if variant.netns_keys {
         // A listener on the inbound port in a meshed pod: the pod's sk_lookup steers to it.
         a.bind(listen)
-            .ldx(Size::W, R1, R6, sock_ops::LOCAL_PORT)
+            .ldx(Size::W, R1, CTX, sock_ops::LOCAL_PORT)
             .jmp32_const(JmpOp::Ne, R1, CONST_INBOUND_PORT, out);
         caller_pod(&mut a, out);
-        a.ldx(Size::W, R1, R7, PodEntry::OFF_POD_ID as i16)
-            .stx(Size::W, FP, COOKIE + ListenerKey::OFF_POD_ID as i16, R1)
-            .ldx(Size::W, R1, R6, sock_ops::FAMILY)
-            .stx(Size::W, FP, COOKIE + ListenerKey::OFF_FAMILY as i16, R1)
-            .mov64_reg(R1, R6);
+        a.ldx(Size::W, R1, POD, PodEntry::OFF_POD_ID as i16)
+            .stx(
+                Size::W,
+                FP,
+                LISTENER_KEY + ListenerKey::OFF_POD_ID as i16,
+                R1,
+            )
+            .ldx(Size::W, R1, CTX, sock_ops::FAMILY)
+            .stx(
+                Size::W,
+                FP,
+                LISTENER_KEY + ListenerKey::OFF_FAMILY as i16,
+                R1,
+            )
+            .mov64_reg(R1, CTX);
         a.ld_map_fd(R2, MAP_INBOUND_LISTENERS);
-        stack_ptr(&mut a, R3, COOKIE);
+        stack_ptr(&mut a, R3, LISTENER_KEY);
         a.mov64_imm(R4, abi::BPF_ANY)
             .call(Helper::SockHashUpdate)
             .jmp_imm(JmpOp::Ne, R0, 0, failed);
@@ -257,7 +297,7 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     a.finish()
 }
 
-/// Sets r8 to `ORIG_SPLICE_APP` if the pod whose address is at `fp + addr` asked for its
+/// Sets FLAGS to `ORIG_SPLICE_APP` if the pod whose address is at `fp + addr` asked for its
 /// application legs to be spliced (`POD_SPLICE_APP`), else leaves it; then jumps to `next`.
 /// Only `--splice sidecars` looks at the flag, so the lookup is skipped in the other modes.
 /// Clobbers r0–r5.
@@ -270,7 +310,7 @@ fn pod_splice_app_flag(a: &mut Asm, addr: i16, next: mb_asm::Label) {
         .jmp_imm(JmpOp::Eq, R0, 0, next)
         .ldx(Size::W, R1, R0, PodEntry::OFF_FLAGS as i16);
     jmp_unless_flag(a, R1, POD_SPLICE_APP, next);
-    a.mov64_imm(R8, ORIG_SPLICE_APP as i32).ja(next);
+    a.mov64_imm(FLAGS, ORIG_SPLICE_APP as i32).ja(next);
 }
 
 /// Writes at `fp + to` the pair key at `fp + from` seen from the other end. Clobbers r1.
@@ -293,17 +333,17 @@ fn reverse_pair_key(a: &mut Asm, from: i16, to: i16) {
 pub fn msg_redirect(variant: Variant) -> Result<Program, AsmError> {
     let mut a = Asm::new();
     let out = a.label();
-    a.mov64_reg(R6, R1);
+    a.mov64_reg(CTX, R1);
     build_pair_key(&mut a, &SK_MSG_FIELDS, PAIR_KEY, true, out, variant);
-    a.ldx(Size::W, R7, R6, sk_msg::SIZE);
-    a.mov64_reg(R1, R6);
+    a.ldx(Size::W, MSG_SIZE, CTX, sk_msg::SIZE);
+    a.mov64_reg(R1, CTX);
     a.ld_map_fd(R2, MAP_SOCK_PAIRS);
     stack_ptr(&mut a, R3, PAIR_KEY);
     a.mov64_imm(R4, abi::BPF_F_INGRESS)
         .call(Helper::MsgRedirectHash)
         .jmp_imm(JmpOp::Ne, R0, abi::SK_PASS, out);
     count(&mut a, Counter::SplicedMessages);
-    count_by(&mut a, Counter::SplicedBytes, R7);
+    count_by(&mut a, Counter::SplicedBytes, MSG_SIZE);
     // SK_PASS whatever happened: a message with no peer in the map takes the normal path.
     a.bind(out).mov64_imm(R0, abi::SK_PASS).exit();
     a.finish()

@@ -9,8 +9,22 @@
 
 use crate::ctx::{abi, sock, sockopt};
 use crate::emit::*;
-use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Size};
+use crate::frame::Frame;
+use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Reg, Size};
 use mb_maps::layout::{Counter, OrigDst, SockPairKey, ORIG_INBOUND};
+
+/// The caller's socket (`struct bpf_sock *`, from the context).
+const SK: Reg = Reg::R7;
+/// The option level asked for: `SOL_IP` or `SOL_IPV6`.
+const LEVEL: Reg = Reg::R8;
+/// A pointer to the [`OrigDst`] that answers (a map value or the `ORIG` slot).
+const ORIG_PTR: Reg = Reg::R9;
+
+/// The stack of `getsockopt`.
+pub const FRAME: Frame = Frame {
+    slots: &[slot::PAIR_KEY, slot::ORIG, slot::COUNTER_IDX],
+    unions: &[],
+};
 
 pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     let mut a = Asm::new();
@@ -24,34 +38,34 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     let local_ip = key + SockPairKey::OFF_LOCAL_IP as i16;
     let remote_ip = key + SockPairKey::OFF_REMOTE_IP as i16;
 
-    a.mov64_reg(R6, R1);
-    a.ldx(Size::W, R1, R6, sockopt::OPTNAME)
+    a.mov64_reg(CTX, R1);
+    a.ldx(Size::W, R1, CTX, sockopt::OPTNAME)
         .jmp_imm(JmpOp::Ne, R1, abi::SO_ORIGINAL_DST, out)
-        .ldx(Size::W, R8, R6, sockopt::LEVEL)
-        .jmp_imm(JmpOp::Eq, R8, abi::SOL_IP, level_ok)
-        .jmp_imm(JmpOp::Ne, R8, abi::SOL_IPV6, out)
+        .ldx(Size::W, LEVEL, CTX, sockopt::LEVEL)
+        .jmp_imm(JmpOp::Eq, LEVEL, abi::SOL_IP, level_ok)
+        .jmp_imm(JmpOp::Ne, LEVEL, abi::SOL_IPV6, out)
         .bind(level_ok)
-        .ldx(Size::DW, R7, R6, sockopt::SK)
-        .jmp_imm(JmpOp::Eq, R7, 0, out);
+        .ldx(Size::DW, SK, CTX, sockopt::SK)
+        .jmp_imm(JmpOp::Eq, SK, 0, out);
 
     // The key of the connection as its active (application) side stored it: the accepted
     // socket's remote end is that side's local end.
-    a.ldx(Size::W, R1, R7, sock::FAMILY)
+    a.ldx(Size::W, R1, SK, sock::FAMILY)
         .jmp_imm(JmpOp::Eq, R1, abi::AF_INET6, v6)
         .jmp_imm(JmpOp::Ne, R1, abi::AF_INET, out);
-    a.ldx(Size::W, R1, R7, sock::DST_IP4);
+    a.ldx(Size::W, R1, SK, sock::DST_IP4);
     store_v4_mapped(&mut a, local_ip, R1);
-    a.ldx(Size::W, R1, R7, sock::SRC_IP4);
+    a.ldx(Size::W, R1, SK, sock::SRC_IP4);
     store_v4_mapped(&mut a, remote_ip, R1);
     a.ja(addresses_done).bind(v6);
-    copy_words(&mut a, FP, local_ip, R7, sock::DST_IP6, 4, R1);
-    copy_words(&mut a, FP, remote_ip, R7, sock::SRC_IP6, 4, R1);
+    copy_words(&mut a, FP, local_ip, SK, sock::DST_IP6, 4, R1);
+    copy_words(&mut a, FP, remote_ip, SK, sock::SRC_IP6, 4, R1);
     a.bind(addresses_done);
     // dst_port: network order in the low 16 bits (older kernels: of a 32-bit field).
-    a.ldx(Size::W, R1, R7, sock::DST_PORT)
+    a.ldx(Size::W, R1, SK, sock::DST_PORT)
         .alu64_imm(AluOp::And, R1, 0xffff)
         .stx(Size::H, FP, key + SockPairKey::OFF_LOCAL_PORT as i16, R1)
-        .ldx(Size::W, R1, R7, sock::SRC_PORT)
+        .ldx(Size::W, R1, SK, sock::SRC_PORT)
         .to_be(R1, 16)
         .stx(Size::H, FP, key + SockPairKey::OFF_REMOTE_PORT as i16, R1)
         .st_imm(
@@ -68,13 +82,13 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     stack_ptr(&mut a, R2, key);
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, steered)
-        .mov64_reg(R9, R0)
+        .mov64_reg(ORIG_PTR, R0)
         .ja(found);
 
     // No entry: steered by sk_lookup? Then the socket's own address (the key's remote end)
     // answers, as an OrigDst built at ORIG.
     a.bind(steered)
-        .ldx(Size::W, R1, R7, sock::SRC_PORT)
+        .ldx(Size::W, R1, SK, sock::SRC_PORT)
         .jmp32_const(JmpOp::Eq, R1, CONST_INBOUND_PORT, out)
         .jmp32_const(JmpOp::Eq, R1, CONST_OUTBOUND_PORT, out);
     a.ld_map_fd(R1, MAP_POD_IPS);
@@ -102,29 +116,29 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     .bind(mapped)
     .st_imm(Size::H, FP, ORIG + OrigDst::OFF_FAMILY as i16, abi::AF_INET)
     .bind(family_done);
-    stack_ptr(&mut a, R9, ORIG);
+    stack_ptr(&mut a, ORIG_PTR, ORIG);
 
     a.bind(found)
-        .ldx(Size::DW, R2, R6, sockopt::OPTVAL)
-        .ldx(Size::DW, R3, R6, sockopt::OPTVAL_END)
-        .jmp_imm(JmpOp::Eq, R8, abi::SOL_IPV6, answer_v6);
+        .ldx(Size::DW, R2, CTX, sockopt::OPTVAL)
+        .ldx(Size::DW, R3, CTX, sockopt::OPTVAL_END)
+        .jmp_imm(JmpOp::Eq, LEVEL, abi::SOL_IPV6, answer_v6);
 
     // struct sockaddr_in: family, port, address, 8 bytes of zero. Only for IPv4 originals.
-    a.ldx(Size::H, R1, R9, OrigDst::OFF_FAMILY as i16)
+    a.ldx(Size::H, R1, ORIG_PTR, OrigDst::OFF_FAMILY as i16)
         .jmp_imm(JmpOp::Ne, R1, abi::AF_INET, out)
         .mov64_reg(R1, R2)
         .alu64_imm(AluOp::Add, R1, abi::SOCKADDR_IN_SIZE)
         .jmp_reg(JmpOp::Gt, R1, R3, out)
         .mov64_imm(R1, abi::AF_INET)
         .stx(Size::H, R2, 0, R1)
-        .ldx(Size::H, R1, R9, OrigDst::OFF_PORT as i16)
+        .ldx(Size::H, R1, ORIG_PTR, OrigDst::OFF_PORT as i16)
         .stx(Size::H, R2, 2, R1)
-        .ldx(Size::W, R1, R9, OrigDst::OFF_IP as i16 + 12)
+        .ldx(Size::W, R1, ORIG_PTR, OrigDst::OFF_IP as i16 + 12)
         .stx(Size::W, R2, 4, R1)
         .mov64_imm(R1, 0)
         .stx(Size::DW, R2, 8, R1)
         .mov64_imm(R1, abi::SOCKADDR_IN_SIZE)
-        .stx(Size::W, R6, sockopt::OPTLEN, R1)
+        .stx(Size::W, CTX, sockopt::OPTLEN, R1)
         .ja(answered);
 
     // struct sockaddr_in6: family, port, flowinfo, address (v4-mapped for IPv4), scope id.
@@ -134,18 +148,18 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
         .jmp_reg(JmpOp::Gt, R1, R3, out)
         .mov64_imm(R1, abi::AF_INET6)
         .stx(Size::H, R2, 0, R1)
-        .ldx(Size::H, R1, R9, OrigDst::OFF_PORT as i16)
+        .ldx(Size::H, R1, ORIG_PTR, OrigDst::OFF_PORT as i16)
         .stx(Size::H, R2, 2, R1)
         .mov64_imm(R1, 0)
         .stx(Size::W, R2, 4, R1)
         .stx(Size::W, R2, 24, R1);
-    copy_words(&mut a, R2, 8, R9, OrigDst::OFF_IP as i16, 4, R1);
+    copy_words(&mut a, R2, 8, ORIG_PTR, OrigDst::OFF_IP as i16, 4, R1);
     a.mov64_imm(R1, abi::SOCKADDR_IN6_SIZE)
-        .stx(Size::W, R6, sockopt::OPTLEN, R1);
+        .stx(Size::W, CTX, sockopt::OPTLEN, R1);
 
     a.bind(answered)
         .mov64_imm(R1, 0)
-        .stx(Size::W, R6, sockopt::RETVAL, R1);
+        .stx(Size::W, CTX, sockopt::RETVAL, R1);
     count(&mut a, Counter::OrigDstAnswers);
     a.bind(out).mov64_imm(R0, 1).exit();
     a.finish()

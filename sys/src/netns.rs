@@ -153,6 +153,52 @@ pub fn run_in_netns<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> io
     })
 }
 
+/// Runs `work` on a helper thread inside a fresh, anonymous network namespace whose loopback
+/// is up, and returns its result. Nothing outside sees the namespace, and the kernel frees it
+/// when the thread ends and the sockets opened in it are closed. Threads `work` spawns start
+/// in the same namespace.
+pub fn run_in_private_netns<T: Send>(work: impl FnOnce() -> T + Send) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || -> io::Result<T> {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("unshare(CLONE_NEWNET): {e} (needs CAP_SYS_ADMIN: run as root)"),
+                )
+            })?;
+            loopback_up()?;
+            Ok(work())
+        });
+        match handle.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Sets `lo` of the calling thread's network namespace up (`SIOCSIFFLAGS`, `IFF_UP`).
+fn loopback_up() -> io::Result<()> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")
+        .or_else(|_| std::net::UdpSocket::bind("[::]:0"))
+        .map_err(|e| io::Error::other(format!("socket for SIOCSIFFLAGS: {e}")))?;
+    // SAFETY: an all-zero ifreq is a valid value (a C struct of integers and arrays).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: `req` is a live ifreq naming "lo" for the duration of the call; SIOCSIFFLAGS
+    // only reads it.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    if rc != 0 {
+        return Err(io::Error::other(format!(
+            "setting lo up in a private netns: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
 /// The cookie the kernel gives the network namespace at `path` (what `bpf_get_netns_cookie`
 /// returns for sockets in it): read with `SO_NETNS_COOKIE` from a socket opened inside.
 pub fn netns_cookie(path: &Path) -> io::Result<u64> {

@@ -10,3 +10,63 @@ pub fn default_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
+
+/// A do-nothing handler for one signal, installed with `SA_RESTART` so that a blocking call
+/// the signal interrupts is restarted by the kernel (the way an application with handlers —
+/// a Go runtime's preemption signal, a JVM, Python's — expects). The previous disposition is
+/// restored on drop. Used to knock a blocked reader out of its wait without data arriving.
+pub struct RestartingNoopHandler {
+    signal: nix::sys::signal::Signal,
+    previous: nix::sys::signal::SigAction,
+}
+
+extern "C" fn noop_handler(_: libc::c_int) {}
+
+impl RestartingNoopHandler {
+    pub fn install(signal: nix::sys::signal::Signal) -> std::io::Result<Self> {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+        let action = SigAction::new(
+            SigHandler::Handler(noop_handler),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing (async-signal-safe by construction) and the
+        // previous action is kept to be restored on drop.
+        let previous = unsafe { sigaction(signal, &action) }
+            .map_err(|e| std::io::Error::other(format!("sigaction({signal}): {e}")))?;
+        Ok(RestartingNoopHandler { signal, previous })
+    }
+}
+
+impl Drop for RestartingNoopHandler {
+    fn drop(&mut self) {
+        // SAFETY: restores the disposition that was in place before `install`.
+        if let Err(e) = unsafe { nix::sys::signal::sigaction(self.signal, &self.previous) } {
+            eprintln!("mb-sys: restoring the action of {}: {e}", self.signal);
+        }
+    }
+}
+
+/// A thread of this process that [`signal_thread`] can reach.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadId(libc::pthread_t);
+
+/// The calling thread.
+pub fn current_thread() -> ThreadId {
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    ThreadId(unsafe { libc::pthread_self() })
+}
+
+/// Sends `signal` to `thread`, which must still be running: callers keep it alive (a scoped
+/// thread not yet joined). Returns the errno on failure (`ESRCH`: it has exited).
+pub fn signal_thread(thread: ThreadId, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+    // SAFETY: the caller keeps `thread` alive (not joined or detached-and-exited), so the
+    // pthread_t is valid; pthread_kill reports ESRCH rather than faulting for an exited one
+    // that is not yet joined.
+    let rc = unsafe { libc::pthread_kill(thread.0, signal as libc::c_int) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}

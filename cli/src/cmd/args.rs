@@ -68,12 +68,70 @@ pub struct MeshArgs {
     pub dns_port: Option<u16>,
     /// Which redirected connections skip the loopback TCP stack: `sidecars` (sidecar to
     /// sidecar), `all` (also application to sidecar: fastest, but applications that block in
-    /// recv() can see spurious EAGAIN on kernels up to at least 6.18), or `none`.
-    #[arg(long, default_value = "sidecars")]
+    /// recv() can see spurious EAGAIN on kernels with the splice hazard), `none`, or `auto`
+    /// (the default: probe the hazard; `all` where this kernel is free of it, else `sidecars`).
+    #[arg(long, default_value = "auto")]
     pub splice: String,
 }
 
+/// The splice mode chosen and why, for `load`'s summary line.
+#[derive(Clone, Debug)]
+pub struct SpliceChoice {
+    pub mode: u32,
+    pub why: String,
+    /// The probe ran and found the hazard: blocking readers on spliced sockets can fail.
+    pub hazard_present: bool,
+}
+
+impl SpliceChoice {
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            SPLICE_NONE => "none",
+            SPLICE_ALL => "all",
+            _ => "sidecars",
+        }
+    }
+}
+
 impl MeshArgs {
+    /// `--splice` resolved: an explicit mode as given; `auto` runs the run-time probe of the
+    /// splice hazard (mb_loader::splice_hazard) once per process.
+    pub fn splice_choice(&self) -> Result<SpliceChoice, String> {
+        use mb_loader::splice_hazard::{probed_splice_hazard as probed, SpliceHazard};
+        let given = |mode| SpliceChoice {
+            mode,
+            why: "--splice".into(),
+            hazard_present: mode != SPLICE_NONE && matches!(probed(), SpliceHazard::Present(_)),
+        };
+        Ok(match self.splice.as_str() {
+            "none" => given(SPLICE_NONE),
+            "sidecars" => given(SPLICE_SIDECARS),
+            "all" => given(SPLICE_ALL),
+            "auto" => match probed() {
+                h @ SpliceHazard::Absent => SpliceChoice {
+                    mode: h.auto_splice_mode(),
+                    why: "auto: this kernel has no splice hazard".into(),
+                    hazard_present: false,
+                },
+                SpliceHazard::Present(_) => SpliceChoice {
+                    mode: SPLICE_SIDECARS,
+                    why: "auto: this kernel has the splice hazard, see `merbridge probe`".into(),
+                    hazard_present: true,
+                },
+                SpliceHazard::Unknown(e) => SpliceChoice {
+                    mode: SPLICE_SIDECARS,
+                    why: format!("auto: the splice-hazard probe could not decide ({e})"),
+                    hazard_present: false,
+                },
+            },
+            other => {
+                return Err(format!(
+                    "--splice {other:?}: use auto (the default), sidecars, all or none"
+                ))
+            }
+        })
+    }
+
     pub fn mesh(&self) -> Result<Mesh, String> {
         self.mesh.parse()
     }
@@ -85,16 +143,7 @@ impl MeshArgs {
             inbound_port: self.inbound_port.unwrap_or(d.inbound_port),
             proxy_uid: self.proxy_uid.unwrap_or(d.proxy_uid),
             dns_port: self.dns_port.or(d.dns_port).unwrap_or(15053),
-            splice_mode: match self.splice.as_str() {
-                "none" => SPLICE_NONE,
-                "sidecars" => SPLICE_SIDECARS,
-                "all" => SPLICE_ALL,
-                other => {
-                    return Err(format!(
-                        "--splice {other:?}: use sidecars (the default), all or none"
-                    ))
-                }
-            },
+            splice_mode: self.splice_choice()?.mode,
         };
         if c.outbound_port == 0 || c.inbound_port == 0 || c.dns_port == 0 {
             return Err("ports must be between 1 and 65535".into());

@@ -1,7 +1,7 @@
 //! `merbridge load`: load the data path and attach it to a cgroup; it stays attached through
 //! its pins.
 
-use super::args::{cgroup_or_root, MapSizeArgs, MeshArgs, PinArgs};
+use super::args::{cgroup_or_root, MapSizeArgs, MeshArgs, PinArgs, SpliceChoice};
 use clap::Args;
 use mb_agent::mesh::Mesh;
 use mb_loader::attach::AttachMode;
@@ -41,7 +41,7 @@ pub fn run(args: LoadArgs) -> Result<ExitCode, String> {
     let sizes = args.sizes.sizes()?;
     args.pin.prepare()?;
     let report = load_datapath_sized(&opts, &sizes).map_err(|e| e.to_string())?;
-    print_report(mesh, &opts, &report);
+    print_report(mesh, &opts, &report, &args.mesh.splice_choice()?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -71,13 +71,15 @@ fn load_options(args: &LoadArgs, mesh: Mesh) -> Result<LoadOptions, String> {
 }
 
 /// What was attached where, and the notes a user needs about it.
-fn print_report(mesh: Mesh, opts: &LoadOptions, report: &LoadReport) {
+fn print_report(mesh: Mesh, opts: &LoadOptions, report: &LoadReport, splice: &SpliceChoice) {
     println!(
-        "merbridge: {} data path attached to {} in {:.1} ms (pins in {})",
+        "merbridge: {} data path attached to {} in {:.1} ms (pins in {}), splice {} ({})",
         mesh,
         opts.cgroup.display(),
         report.elapsed.as_secs_f64() * 1000.0,
-        opts.pin_dir.display()
+        opts.pin_dir.display(),
+        splice.mode_name(),
+        splice.why
     );
     for h in &report.hooks {
         println!(
@@ -90,6 +92,14 @@ fn print_report(mesh: Mesh, opts: &LoadOptions, report: &LoadReport) {
         );
     }
     print_notes(&opts.cgroup, report);
+    if splice.hazard_present && splice.mode != mb_maps::datapath::SPLICE_NONE {
+        println!(
+            "  note: sidecar legs are spliced and this kernel answers a blocking recv() on a \
+             spliced socket with a spurious EAGAIN: sidecars must be event-driven (non-blocking \
+             sockets), as Envoy and linkerd2-proxy are; a sidecar that blocks in recv() needs \
+             --splice none"
+        );
+    }
 }
 
 fn print_notes(cgroup: &Path, report: &LoadReport) {

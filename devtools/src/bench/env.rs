@@ -31,7 +31,8 @@ pub enum Setup {
     ExplicitProxy,
     /// Istio's nat rules in each meshed pod, the reference sidecar.
     Iptables,
-    /// merbridge (`--splice sidecars`, the default), the same sidecar, no iptables.
+    /// merbridge as loaded by default (`--splice auto`: the hazard probe decides), the same
+    /// sidecar, no iptables.
     Merbridge,
     /// merbridge with `--splice all` (application legs spliced too).
     MerbridgeSpliceAll,

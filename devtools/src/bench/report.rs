@@ -247,6 +247,15 @@ pub fn table(results: &Results) -> String {
                  itself adds; \"mesh tax\" = what the mesh adds over direct. Ratio columns: merbridge / iptables."
             );
         }
+        if setups.contains(&Setup::Merbridge) {
+            let hazard = mb_loader::splice_hazard::probed_splice_hazard();
+            let _ = writeln!(
+                out,
+                "  merbridge: the default (`--splice auto`): splice {}, because the splice hazard is {}",
+                if hazard.is_absent() { "all (application legs too)" } else { "sidecars (sidecar-to-sidecar legs only)" },
+                hazard.summary()
+            );
+        }
         if setups.contains(&Setup::MerbridgeSpliceAll) {
             let _ = writeln!(
                 out,

@@ -7,7 +7,7 @@
 use super::env::{add_real_pod, fake_pod, Datapath, Pinning, Setup, Topology};
 use mb_agent::pods::PodMaps;
 use mb_loader::datapath::PinLayout;
-use mb_maps::datapath::{MAP_COUNTERS, SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
+use mb_maps::datapath::{MAP_COUNTERS, SPLICE_ALL, SPLICE_NONE};
 use mb_maps::layout::Counter;
 use mb_maps::PerCpuArray;
 use mb_testbed::scenarios::Binaries;
@@ -60,7 +60,10 @@ pub struct Checkpoint {
 
 fn splice_mode(setup: Setup) -> Option<u32> {
     match setup {
-        Setup::Merbridge | Setup::MerbridgeManyPods => Some(SPLICE_SIDECARS),
+        // The default, `--splice auto`: what the run-time hazard probe allows on this kernel.
+        Setup::Merbridge | Setup::MerbridgeManyPods => {
+            Some(mb_loader::splice_hazard::probed_splice_hazard().auto_splice_mode())
+        }
         Setup::MerbridgeSpliceAll => Some(SPLICE_ALL),
         Setup::MerbridgeSpliceNone => Some(SPLICE_NONE),
         Setup::Direct | Setup::ExplicitProxy | Setup::Iptables => None,
