@@ -5,52 +5,10 @@
 //! Needs `kubectl` and `kubernetes-validate` on PATH. Without them the test is skipped with
 //! a message, except under CI (`CI` set), where a missing tool is a failure.
 
+mod deploy_support;
+
+use deploy_support::{deploy_dir, deploy_tools_available, documents, render_and_validate};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn tool_available(program: &str, args: &[&str]) -> bool {
-    let found = Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-        assert!(
-            !in_ci,
-            "{program} is not installed: CI must install it (see deploy/README.md)"
-        );
-        eprintln!("skipping: {program} not found");
-    }
-    found
-}
-
-fn render(overlay: &Path) -> String {
-    let output = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(overlay)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        output.status.success(),
-        "kubectl kustomize {} failed: {}",
-        overlay.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(yaml)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     docs.iter()
@@ -77,9 +35,7 @@ const TAKEN_ON_A_NODE: &[std::ops::RangeInclusive<u16>] = &[
 
 #[test]
 fn every_overlay_renders_and_validates_strictly() {
-    if !tool_available("kubectl", &["version", "--client"])
-        || !tool_available("kubernetes-validate", &["--version"])
-    {
+    if !deploy_tools_available() {
         return;
     }
     let scratch = std::env::temp_dir().join(format!("mb-deploy-{}", std::process::id()));
@@ -90,21 +46,7 @@ fn every_overlay_renders_and_validates_strictly() {
         ("kuma", "kuma-system"),
         ("osm", "osm-system"),
     ] {
-        let rendered = render(&deploy_dir().join("overlays").join(mesh));
-        let file = scratch.join(format!("{mesh}.yaml"));
-        std::fs::write(&file, &rendered).unwrap();
-        let validate = Command::new("kubernetes-validate")
-            .arg("--strict")
-            .arg(&file)
-            .output()
-            .expect("run kubernetes-validate");
-        assert!(
-            validate.status.success(),
-            "{mesh}: kubernetes-validate --strict failed:\n{}{}",
-            String::from_utf8_lossy(&validate.stdout),
-            String::from_utf8_lossy(&validate.stderr)
-        );
-
+        let rendered = render_and_validate(mesh, &scratch);
         let docs = documents(&rendered);
         let mut kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
         kinds.sort();

@@ -11,13 +11,12 @@ mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
+use common::fixture::PrivatePins;
 use common::{wait_until, Agent, AgentOptions};
 use k8s_support::server::FakeApiServer;
 use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
 use mb_agent::run::BpfPodStore;
-use mb_sys::bpffs::PrivateBpffs;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const NODE: &str = "mb-full-node";
@@ -27,17 +26,6 @@ fn pod(n: u8) -> serde_json::Value {
     let v4 = format!("10.252.0.{n}");
     let v6 = format!("fd77::{n}");
     synthesize_running(template, &format!("uid-{n}"), NODE, &[&v4, &v6], "1")
-}
-
-struct UnloadOnDrop {
-    pin_dir: PathBuf,
-    cgroup: PathBuf,
-}
-
-impl Drop for UnloadOnDrop {
-    fn drop(&mut self) {
-        let _ = mb_loader::datapath::unload_datapath(&self.pin_dir, Some(&self.cgroup));
-    }
 }
 
 fn not_intercepted(agent: &Agent) -> Option<u64> {
@@ -58,12 +46,8 @@ fn a_full_pod_map_warns_counts_and_keeps_the_others_working() {
         return;
     }
     let cgroup = mb_sys::cgroup::OwnedCgroup::create_private("mb-test-full").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-full").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
+    let pins = PrivatePins::new("mb-full", cgroup.path());
+    let pin_dir = pins.pin_dir.clone();
     let api = FakeApiServer::start(None);
     // Three pods of two addresses each at the first list: pod_ips holds 4 addresses.
     for n in 1..=3 {

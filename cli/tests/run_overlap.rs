@@ -9,14 +9,14 @@ mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
+use common::fixture::PrivatePins;
 use common::{wait_until, Agent, AgentOptions};
 use k8s_support::server::FakeApiServer;
 use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
 use mb_agent::run::BpfPodStore;
 use mb_loader::datapath::hook_status;
-use mb_sys::bpffs::PrivateBpffs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const NODE: &str = "mb-overlap-node";
@@ -24,17 +24,6 @@ const NODE: &str = "mb-overlap-node";
 fn pod(uid: &str, ip: &str) -> serde_json::Value {
     let template = fixture_pod_value("istio/istio-master__pod.yaml.injected");
     synthesize_running(template, uid, NODE, &[ip], "1")
-}
-
-struct UnloadOnDrop {
-    pin_dir: PathBuf,
-    cgroup: PathBuf,
-}
-
-impl Drop for UnloadOnDrop {
-    fn drop(&mut self) {
-        let _ = mb_loader::datapath::unload_datapath(&self.pin_dir, Some(&self.cgroup));
-    }
 }
 
 /// The program id behind each pinned link: changes exactly when some agent (re)loads.
@@ -54,12 +43,8 @@ fn a_second_agent_waits_for_the_first_and_then_takes_over() {
     }
     let cgroup =
         mb_sys::cgroup::OwnedCgroup::create_private("mb-test-run-overlap").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-run-overlap").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
+    let pins = PrivatePins::new("mb-run-overlap", cgroup.path());
+    let pin_dir = pins.pin_dir.clone();
     let api = FakeApiServer::start(None);
     api.add_pod(pod("uid-one", "10.251.0.1"));
     let dir = TempDir::new("run-overlap");
@@ -150,12 +135,8 @@ fn a_waiting_agent_dies_of_sigterm_without_touching_the_data_path() {
     }
     let cgroup =
         mb_sys::cgroup::OwnedCgroup::create_private("mb-test-run-overlap2").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-run-overlap2").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
+    let pins = PrivatePins::new("mb-run-overlap2", cgroup.path());
+    let pin_dir = pins.pin_dir.clone();
     let api = FakeApiServer::start(None);
     let dir = TempDir::new("run-overlap2");
     let options = AgentOptions {

@@ -17,17 +17,28 @@ use std::time::Duration;
 pub struct PrivatePins {
     pub pin_dir: PathBuf,
     cgroup: PathBuf,
-    _bpffs: PrivateBpffs,
+    bpffs: PrivateBpffs,
 }
 
 impl PrivatePins {
+    /// Pins in `merbridge/` of a fresh private bpffs.
     pub fn new(prefix: &str, cgroup: &Path) -> PrivatePins {
+        PrivatePins::in_subdir(prefix, cgroup, "merbridge")
+    }
+
+    /// Pins in `subdir` of a fresh private bpffs.
+    pub fn in_subdir(prefix: &str, cgroup: &Path, subdir: &str) -> PrivatePins {
         let bpffs = PrivateBpffs::new(prefix).expect("private bpffs");
         PrivatePins {
-            pin_dir: bpffs.path().join("merbridge"),
+            pin_dir: bpffs.path().join(subdir),
             cgroup: cgroup.to_path_buf(),
-            _bpffs: bpffs,
+            bpffs,
         }
+    }
+
+    /// The private bpffs mount the pin directory is in.
+    pub fn bpffs(&self) -> &Path {
+        self.bpffs.path()
     }
 }
 
