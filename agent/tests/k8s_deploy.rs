@@ -7,7 +7,10 @@
 
 mod deploy_support;
 
-use deploy_support::{deploy_dir, deploy_tools_available, documents, render_and_validate};
+use deploy_support::{
+    deploy_dir, deploy_tools_available, documents, render_and_validate, scratch_dir,
+    MESH_NAMESPACES,
+};
 use serde_json::Value;
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -38,14 +41,8 @@ fn every_overlay_renders_and_validates_strictly() {
     if !deploy_tools_available() {
         return;
     }
-    let scratch = std::env::temp_dir().join(format!("mb-deploy-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
-    for (mesh, namespace) in [
-        ("istio", "istio-system"),
-        ("linkerd", "linkerd"),
-        ("kuma", "kuma-system"),
-        ("osm", "osm-system"),
-    ] {
+    let scratch = scratch_dir("mb-deploy");
+    for (mesh, namespace) in MESH_NAMESPACES {
         let rendered = render_and_validate(mesh, &scratch);
         let docs = documents(&rendered);
         let mut kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();

@@ -6,7 +6,10 @@
 
 mod deploy_support;
 
-use deploy_support::{deploy_dir, deploy_tools_available, documents, render_and_validate};
+use deploy_support::{
+    deploy_dir, deploy_tools_available, documents, render_and_validate, scratch_dir,
+    MESH_NAMESPACES,
+};
 use serde_json::Value;
 
 fn strings(v: &Value) -> Vec<&str> {
@@ -22,14 +25,8 @@ fn every_cni_overlay_renders_validates_and_installs_the_plugin() {
     if !deploy_tools_available() {
         return;
     }
-    let scratch = std::env::temp_dir().join(format!("mb-deploy-cni-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
-    for (mesh, namespace) in [
-        ("istio", "istio-system"),
-        ("linkerd", "linkerd"),
-        ("kuma", "kuma-system"),
-        ("osm", "osm-system"),
-    ] {
+    let scratch = scratch_dir("mb-deploy-cni");
+    for (mesh, namespace) in MESH_NAMESPACES {
         let rendered = render_and_validate(&format!("{mesh}-cni"), &scratch);
         let docs = documents(&rendered);
         let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();

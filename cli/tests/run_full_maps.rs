@@ -11,10 +11,9 @@ mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
-use common::fixture::PrivatePins;
-use common::{wait_until, Agent, AgentOptions};
-use k8s_support::server::FakeApiServer;
-use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
+use common::fixture::AgentBed;
+use common::{wait_until, Agent};
+use k8s_support::{fixture_pod_value, synthesize_running};
 use mb_agent::run::BpfPodStore;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -45,23 +44,13 @@ fn a_full_pod_map_warns_counts_and_keeps_the_others_working() {
     ) {
         return;
     }
-    let cgroup = mb_sys::cgroup::OwnedCgroup::create_private("mb-test-full").expect("cgroup");
-    let pins = PrivatePins::new("mb-full", cgroup.path());
-    let pin_dir = pins.pin_dir.clone();
-    let api = FakeApiServer::start(None);
+    let bed = AgentBed::new("full");
+    let (api, pin_dir) = (&bed.api, bed.pins.pin_dir.clone());
     // Three pods of two addresses each at the first list: pod_ips holds 4 addresses.
     for n in 1..=3 {
         api.add_pod(pod(n));
     }
-    let dir = TempDir::new("run-full");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: cgroup.path(),
-        pin_dir: &pin_dir,
-        extra: &["--on-exit", "keep", "--max-pods", "2"],
-    };
+    let options = bed.agent_options(NODE, &["--on-exit", "keep", "--max-pods", "2"]);
     let mut agent = Agent::start(&options);
     agent.wait_ready(Duration::from_secs(30));
     let maps = BpfPodStore::open(&pin_dir).expect("maps");
@@ -108,7 +97,7 @@ fn a_full_pod_map_warns_counts_and_keeps_the_others_working() {
     // The pins keep their size: another --max-pods over them is refused, saying what to do.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_merbridge"))
         .args(["load", "--mesh", "istio", "--max-pods", "3", "--cgroup"])
-        .arg(cgroup.path())
+        .arg(bed.cgroup.path())
         .arg("--pin-dir")
         .arg(&pin_dir)
         .output()

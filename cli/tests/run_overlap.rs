@@ -9,10 +9,9 @@ mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
-use common::fixture::PrivatePins;
-use common::{wait_until, Agent, AgentOptions};
-use k8s_support::server::FakeApiServer;
-use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
+use common::fixture::AgentBed;
+use common::{wait_until, Agent};
+use k8s_support::{fixture_pod_value, synthesize_running};
 use mb_agent::run::BpfPodStore;
 use mb_loader::datapath::hook_status;
 use std::net::IpAddr;
@@ -41,21 +40,10 @@ fn a_second_agent_waits_for_the_first_and_then_takes_over() {
     ) {
         return;
     }
-    let cgroup =
-        mb_sys::cgroup::OwnedCgroup::create_private("mb-test-run-overlap").expect("cgroup");
-    let pins = PrivatePins::new("mb-run-overlap", cgroup.path());
-    let pin_dir = pins.pin_dir.clone();
-    let api = FakeApiServer::start(None);
+    let bed = AgentBed::new("run-overlap");
+    let (api, pin_dir) = (&bed.api, bed.pins.pin_dir.clone());
     api.add_pod(pod("uid-one", "10.251.0.1"));
-    let dir = TempDir::new("run-overlap");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: cgroup.path(),
-        pin_dir: &pin_dir,
-        extra: &["--on-exit", "keep"],
-    };
+    let options = bed.agent_options(NODE, &["--on-exit", "keep"]);
     let in_maps = |ip: &str| {
         let ip: IpAddr = ip.parse().unwrap();
         BpfPodStore::open(&pin_dir)
@@ -133,20 +121,9 @@ fn a_waiting_agent_dies_of_sigterm_without_touching_the_data_path() {
     ) {
         return;
     }
-    let cgroup =
-        mb_sys::cgroup::OwnedCgroup::create_private("mb-test-run-overlap2").expect("cgroup");
-    let pins = PrivatePins::new("mb-run-overlap2", cgroup.path());
-    let pin_dir = pins.pin_dir.clone();
-    let api = FakeApiServer::start(None);
-    let dir = TempDir::new("run-overlap2");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: cgroup.path(),
-        pin_dir: &pin_dir,
-        extra: &["--on-exit", "unload"],
-    };
+    let bed = AgentBed::new("run-overlap2");
+    let pin_dir = bed.pins.pin_dir.clone();
+    let options = bed.agent_options(NODE, &["--on-exit", "unload"]);
     let mut first = Agent::start(&options);
     first.wait_ready(Duration::from_secs(30));
     let progs = link_prog_ids(&pin_dir);

@@ -7,6 +7,21 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Every mesh with an overlay, and the namespace its overlay deploys into.
+pub const MESH_NAMESPACES: [(&str, &str); 4] = [
+    ("istio", "istio-system"),
+    ("linkerd", "linkerd"),
+    ("kuma", "kuma-system"),
+    ("osm", "osm-system"),
+];
+
+/// A fresh scratch directory for rendered overlays (removed by the test).
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }

@@ -7,6 +7,7 @@ use crate::k8s_support::server::FakeApiServer;
 use crate::k8s_support::{fixture_pod_value, synthesize_running, TempDir};
 use mb_agent::pods::PodMaps;
 use mb_sys::bpffs::PrivateBpffs;
+use mb_sys::cgroup::OwnedCgroup;
 use mb_testbed::scenarios::{start_app, Binaries};
 use mb_testbed::{Node, Pod, PodSpec, Sidecar, Spawned};
 use std::path::{Path, PathBuf};
@@ -67,6 +68,41 @@ impl<'a> AgentOptions<'a> {
             pin_dir,
             extra,
         }
+    }
+}
+
+/// What an agent test without test-bed pods needs: a private cgroup (`mb-test-NAME`), private
+/// pins (`mb-NAME`), a fake API server and a scratch directory. Fields drop in declaration
+/// order: the API first, the pins (unloaded) before the cgroup they are attached to.
+pub struct AgentBed {
+    pub api: FakeApiServer,
+    pub dir: TempDir,
+    pub pins: PrivatePins,
+    pub cgroup: OwnedCgroup,
+}
+
+impl AgentBed {
+    pub fn new(name: &str) -> AgentBed {
+        let cgroup = OwnedCgroup::create_private(&format!("mb-test-{name}")).expect("cgroup");
+        let pins = PrivatePins::new(&format!("mb-{name}"), cgroup.path());
+        AgentBed {
+            api: FakeApiServer::start(None),
+            dir: TempDir::new(name),
+            pins,
+            cgroup,
+        }
+    }
+
+    /// Options for an agent on node `node` with `extra` flags.
+    pub fn agent_options<'a>(&'a self, node: &'a str, extra: &'a [&'a str]) -> AgentOptions<'a> {
+        AgentOptions::new(
+            &self.api,
+            &self.dir,
+            node,
+            self.cgroup.path(),
+            &self.pins.pin_dir,
+            extra,
+        )
     }
 }
 
