@@ -52,6 +52,20 @@ fn peer_connects(cgroup: &std::path::Path, port: u16, n: u32) -> String {
     Peer::start(cgroup, &["connect", &port.to_string(), &n.to_string()]).result()
 }
 
+/// A peer in `cgroup` connects `n` times to `port`, every connect succeeding, and `acceptor`
+/// then has `total` connections in all within 5 s.
+fn connects_reach(cgroup: &std::path::Path, port: u16, n: u32, acceptor: &Acceptor, total: usize) {
+    assert_eq!(
+        peer_connects(cgroup, port, n),
+        format!("connected={n} failed=0")
+    );
+    assert!(
+        acceptor.wait_for(total, Duration::from_secs(5)),
+        "{} of {total} connections arrived",
+        acceptor.count()
+    );
+}
+
 #[test]
 fn connect4_rewrites_inside_the_cgroup_only_and_stops_after_detach() {
     let Some(TestCgroup { cg, app }) = start(
@@ -66,22 +80,14 @@ fn connect4_rewrites_inside_the_cgroup_only_and_stops_after_detach() {
     assert!(att.is_link(), "this kernel has cgroup bpf_link");
 
     // Inside (a child cgroup of the attached one): rewritten to the sidecar port.
-    assert_eq!(
-        peer_connects(&app, original.port, 3),
-        "connected=3 failed=0"
-    );
-    assert!(sidecar.wait_for(3, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 3, &sidecar, 3);
     // Outside (this test process): untouched.
     std::net::TcpStream::connect(("127.0.0.1", original.port)).unwrap();
     assert!(original.wait_for(1, Duration::from_secs(5)));
     assert_eq!((original.count(), sidecar.count()), (1, 3));
 
     att.detach().unwrap();
-    assert_eq!(
-        peer_connects(&app, original.port, 2),
-        "connected=2 failed=0"
-    );
-    assert!(original.wait_for(3, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 2, &original, 3);
     assert_eq!(sidecar.count(), 3, "nothing rewritten after detach");
 }
 
@@ -113,17 +119,9 @@ fn legacy_attach_is_multi_listed_replaceable_and_detachable() {
         "coexists with other programs"
     );
 
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(first.wait_for(1, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 1, &first, 1);
     att.replace(&p2).unwrap();
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(second.wait_for(1, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 1, &second, 1);
     let listed = query_cgroup(cg.path(), CONNECT4, false).unwrap();
     assert_eq!(listed.len(), 1, "replaced, not added");
     assert_eq!(listed[0].name, "mb_t_legacy2");
@@ -207,14 +205,8 @@ fn pinned_link_survives_its_fd_is_updated_in_place_and_unloads() {
         assert!(att.is_link());
         // Program and link fds close here; the pin keeps the attachment.
     }
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(
-        first.wait_for(1, Duration::from_secs(5)),
-        "still attached via the pin"
-    );
+    // Still attached via the pin.
+    connects_reach(&app, original.port, 1, &first, 1);
     // A "restarted agent": same pin, new program → updated in place, not attached twice.
     let p2 = load_rewrite("mb_t_pin2", original.port, second.port);
     let att =
@@ -223,20 +215,12 @@ fn pinned_link_survives_its_fd_is_updated_in_place_and_unloads() {
     let listed = query_cgroup(cg.path(), CONNECT4, false).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "mb_t_pin2");
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(second.wait_for(1, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 1, &second, 1);
     // Unload: detach through the pin and remove it.
     detach_pinned_link(&pin).unwrap();
     assert!(!pin.exists());
     assert!(query_cgroup(cg.path(), CONNECT4, false).unwrap().is_empty());
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(original.wait_for(1, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 1, &original, 1);
     detach_pinned_link(&pin).unwrap(); // absent: nothing to do
 }
 
