@@ -52,6 +52,32 @@ fn peer_connects(cgroup: &std::path::Path, port: u16, n: u32) -> String {
     Peer::start(cgroup, &["connect", &port.to_string(), &n.to_string()]).result()
 }
 
+/// The setup of the tests that swap programs: acceptors for the original port and two
+/// rewrite targets, a program for each target, and the first attached to `cg` in `mode`.
+struct TwoRewrites {
+    original: Acceptor,
+    first: Acceptor,
+    second: Acceptor,
+    p1: LoadedProgram,
+    p2: LoadedProgram,
+    att: CgroupAttachment,
+}
+
+fn two_rewrites(cg: &OwnedCgroup, names: [&str; 2], mode: AttachMode) -> TwoRewrites {
+    let (original, first, second) = (Acceptor::new(), Acceptor::new(), Acceptor::new());
+    let p1 = load_rewrite(names[0], original.port, first.port);
+    let p2 = load_rewrite(names[1], original.port, second.port);
+    let att = CgroupAttachment::attach(&p1, cg.path(), CONNECT4, None, mode).unwrap();
+    TwoRewrites {
+        original,
+        first,
+        second,
+        p1,
+        p2,
+        att,
+    }
+}
+
 /// A peer in `cgroup` connects `n` times to `port`, every connect succeeding, and `acceptor`
 /// then has `total` connections in all within 5 s.
 fn connects_reach(cgroup: &std::path::Path, port: u16, n: u32, acceptor: &Acceptor, total: usize) {
@@ -99,11 +125,18 @@ fn legacy_attach_is_multi_listed_replaceable_and_detachable() {
     ) else {
         return;
     };
-    let (original, first, second) = (Acceptor::new(), Acceptor::new(), Acceptor::new());
-    let p1 = load_rewrite("mb_t_legacy1", original.port, first.port);
-    let p2 = load_rewrite("mb_t_legacy2", original.port, second.port);
-    let mut att =
-        CgroupAttachment::attach(&p1, cg.path(), CONNECT4, None, AttachMode::LegacyOnly).unwrap();
+    let TwoRewrites {
+        original,
+        first,
+        second,
+        p1,
+        p2,
+        mut att,
+    } = two_rewrites(
+        &cg,
+        ["mb_t_legacy1", "mb_t_legacy2"],
+        AttachMode::LegacyOnly,
+    );
     assert!(!att.is_link());
     let listed = query_cgroup(cg.path(), CONNECT4, false).unwrap();
     assert_eq!(listed.len(), 1);
@@ -139,11 +172,18 @@ fn link_update_swaps_programs_with_no_unrewritten_connect() {
     ) else {
         return;
     };
-    let (original, old_side, new_side) = (Acceptor::new(), Acceptor::new(), Acceptor::new());
-    let p1 = load_rewrite("mb_t_swap_old", original.port, old_side.port);
-    let p2 = load_rewrite("mb_t_swap_new", original.port, new_side.port);
-    let mut att =
-        CgroupAttachment::attach(&p1, cg.path(), CONNECT4, None, AttachMode::LinkOnly).unwrap();
+    let TwoRewrites {
+        original,
+        first: old_side,
+        second: new_side,
+        p1: _p1,
+        p2,
+        mut att,
+    } = two_rewrites(
+        &cg,
+        ["mb_t_swap_old", "mb_t_swap_new"],
+        AttachMode::LinkOnly,
+    );
     let stop = std::env::temp_dir().join(format!("mb-test-swap-stop-{}", std::process::id()));
     let _ = std::fs::remove_file(&stop);
     let peer = Peer::start(
