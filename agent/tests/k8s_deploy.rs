@@ -7,10 +7,7 @@
 
 mod deploy_support;
 
-use deploy_support::{
-    deploy_dir, deploy_tools_available, documents, render_and_validate, scratch_dir,
-    MESH_NAMESPACES,
-};
+use deploy_support::{check_every_overlay, deploy_dir};
 use serde_json::Value;
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -38,13 +35,7 @@ const TAKEN_ON_A_NODE: &[std::ops::RangeInclusive<u16>] = &[
 
 #[test]
 fn every_overlay_renders_and_validates_strictly() {
-    if !deploy_tools_available() {
-        return;
-    }
-    let scratch = scratch_dir("mb-deploy");
-    for (mesh, namespace) in MESH_NAMESPACES {
-        let rendered = render_and_validate(mesh, &scratch);
-        let docs = documents(&rendered);
+    check_every_overlay("", |mesh, namespace, docs| {
         let mut kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
         kinds.sort();
         assert_eq!(
@@ -59,7 +50,7 @@ fn every_overlay_renders_and_validates_strictly() {
             ],
             "{mesh}"
         );
-        for doc in &docs {
+        for doc in docs {
             let kind = doc["kind"].as_str().unwrap();
             if !kind.starts_with("Cluster") {
                 assert_eq!(doc["metadata"]["namespace"], namespace, "{mesh}: {kind}");
@@ -68,11 +59,11 @@ fn every_overlay_renders_and_validates_strictly() {
                 assert_eq!(subject["namespace"], namespace, "{mesh}: {kind} subject");
             }
         }
-        let rules = &find(&docs, "ClusterRole")["rules"][0];
+        let rules = &find(docs, "ClusterRole")["rules"][0];
         assert_eq!(rules["resources"], serde_json::json!(["pods"]));
         assert_eq!(rules["verbs"], serde_json::json!(["get", "list", "watch"]));
 
-        let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+        let pod = &find(docs, "DaemonSet")["spec"]["template"]["spec"];
         assert_eq!(pod["hostNetwork"], true);
         assert_eq!(pod["hostPID"], true);
         assert_eq!(pod["serviceAccountName"], "merbridge");
@@ -125,8 +116,7 @@ fn every_overlay_renders_and_validates_strictly() {
             .collect();
         assert!(host_paths.contains(&"/sys/fs/bpf"));
         assert!(host_paths.contains(&"/sys/fs/cgroup"));
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
+    });
 }
 
 #[test]

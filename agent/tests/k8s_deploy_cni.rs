@@ -6,10 +6,7 @@
 
 mod deploy_support;
 
-use deploy_support::{
-    deploy_dir, deploy_tools_available, documents, render_and_validate, scratch_dir,
-    MESH_NAMESPACES,
-};
+use deploy_support::{check_every_overlay, deploy_dir, documents};
 use serde_json::Value;
 
 fn strings(v: &Value) -> Vec<&str> {
@@ -22,13 +19,7 @@ fn strings(v: &Value) -> Vec<&str> {
 
 #[test]
 fn every_cni_overlay_renders_validates_and_installs_the_plugin() {
-    if !deploy_tools_available() {
-        return;
-    }
-    let scratch = scratch_dir("mb-deploy-cni");
-    for (mesh, namespace) in MESH_NAMESPACES {
-        let rendered = render_and_validate(&format!("{mesh}-cni"), &scratch);
-        let docs = documents(&rendered);
+    check_every_overlay("-cni", |mesh, namespace, docs| {
         let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
         assert_eq!(ds["metadata"]["namespace"], namespace);
         let pod = &ds["spec"]["template"]["spec"];
@@ -68,8 +59,7 @@ fn every_cni_overlay_renders_validates_and_installs_the_plugin() {
         // The plugin reads pods with the agent's account: get on pods.
         let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
         assert!(strings(&role["rules"][0]["verbs"]).contains(&"get"));
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
+    });
 }
 
 #[test]

@@ -93,3 +93,18 @@ pub fn documents(yaml: &str) -> Vec<Value> {
         .filter(|v: &Value| !v.is_null())
         .collect()
 }
+
+/// For every mesh: renders and validates overlay `MESH{suffix}` and hands `check` the mesh,
+/// its namespace and the rendered documents. Does nothing (the test is skipped) when the
+/// tools are missing outside CI.
+pub fn check_every_overlay(suffix: &str, mut check: impl FnMut(&str, &str, &[Value])) {
+    if !deploy_tools_available() {
+        return;
+    }
+    let scratch = scratch_dir(&format!("mb-deploy{suffix}"));
+    for (mesh, namespace) in MESH_NAMESPACES {
+        let rendered = render_and_validate(&format!("{mesh}{suffix}"), &scratch);
+        check(mesh, namespace, &documents(&rendered));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
