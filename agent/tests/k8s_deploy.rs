@@ -7,7 +7,7 @@
 
 mod deploy_support;
 
-use deploy_support::{check_every_overlay, deploy_dir};
+use deploy_support::{check_every_overlay, deploy_dir, host_paths};
 use serde_json::Value;
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -108,12 +108,7 @@ fn every_overlay_renders_and_validates_strictly() {
         assert_eq!(container["ports"][0]["containerPort"], port);
         assert_eq!(container["readinessProbe"]["httpGet"]["port"], port);
         assert_eq!(container["livenessProbe"]["httpGet"]["port"], port);
-        let host_paths: Vec<&str> = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v["hostPath"]["path"].as_str())
-            .collect();
+        let host_paths = host_paths(pod);
         assert!(host_paths.contains(&"/sys/fs/bpf"));
         assert!(host_paths.contains(&"/sys/fs/cgroup"));
     });

@@ -6,7 +6,7 @@
 
 mod deploy_support;
 
-use deploy_support::{check_every_overlay, deploy_dir, documents};
+use deploy_support::{check_every_overlay, deploy_dir, documents, host_paths};
 use serde_json::Value;
 
 fn strings(v: &Value) -> Vec<&str> {
@@ -47,12 +47,7 @@ fn every_cni_overlay_renders_validates_and_installs_the_plugin() {
             "{args:?}"
         );
         assert_eq!(install["securityContext"]["privileged"], false);
-        let host_paths: Vec<&str> = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v["hostPath"]["path"].as_str())
-            .collect();
+        let host_paths = host_paths(pod);
         for p in ["/etc/cni/net.d", "/opt/cni/bin", "/sys/fs/bpf"] {
             assert!(host_paths.contains(&p), "{mesh}: hostPath {p}");
         }

@@ -108,3 +108,13 @@ pub fn check_every_overlay(suffix: &str, mut check: impl FnMut(&str, &str, &[Val
     }
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// The host paths a pod spec mounts.
+pub fn host_paths(pod: &Value) -> Vec<&str> {
+    pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect()
+}
