@@ -303,6 +303,25 @@ fn pinned_link_of_a_removed_cgroup_is_replaced_and_another_cgroups_pin_refused()
     assert!(!pin.exists());
 }
 
+/// Program `name` (sockops putting every socket into `socks`), loaded and attached to `cg`.
+fn attach_sockops_insert(
+    name: &str,
+    socks: &SockHash<u32>,
+    cg: &OwnedCgroup,
+) -> (LoadedProgram, CgroupAttachment) {
+    let sockops = load(&sockops_insert(name), &[("socks", socks.as_fd())], &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let att = CgroupAttachment::attach(
+        &sockops,
+        cg.path(),
+        AttachType::CGROUP_SOCK_OPS,
+        None,
+        AttachMode::Auto,
+    )
+    .unwrap();
+    (sockops, att)
+}
+
 #[test]
 fn sockops_and_sk_msg_redirect_a_message_into_another_socket() {
     let Some(TestCgroup { cg, app }) = start(
@@ -313,12 +332,6 @@ fn sockops_and_sk_msg_redirect_a_message_into_another_socket() {
     };
     let socks: SockHash<u32> = SockHash::create("mb_t_socks", 64).unwrap();
     let (p1, p2) = (free_port(), free_port());
-    let sockops = load(
-        &sockops_insert("mb_t_sockops"),
-        &[("socks", socks.as_fd())],
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
     let sk_msg = load(
         &sk_msg_redirect("mb_t_skmsg"),
         &[("socks", socks.as_fd())],
@@ -326,14 +339,7 @@ fn sockops_and_sk_msg_redirect_a_message_into_another_socket() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let msg_att = SkMsgAttachment::attach(&sk_msg, socks.as_fd()).unwrap();
-    let ops_att = CgroupAttachment::attach(
-        &sockops,
-        cg.path(),
-        AttachType::CGROUP_SOCK_OPS,
-        None,
-        AttachMode::Auto,
-    )
-    .unwrap();
+    let (_sockops, ops_att) = attach_sockops_insert("mb_t_sockops", &socks, &cg);
     let result = Peer::start(&app, &["sockmap", &p1.to_string(), &p2.to_string()]).result();
     // The message written on connection 1 arrived on connection 2's server socket, and not on
     // its own peer: only the sk_msg redirect can do that.
@@ -350,20 +356,7 @@ fn sockops_fills_the_sockhash_with_both_ends() {
         return;
     };
     let socks: SockHash<u32> = SockHash::create("mb_t_socks2", 64).unwrap();
-    let sockops = load(
-        &sockops_insert("mb_t_sockops2"),
-        &[("socks", socks.as_fd())],
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let _att = CgroupAttachment::attach(
-        &sockops,
-        cg.path(),
-        AttachType::CGROUP_SOCK_OPS,
-        None,
-        AttachMode::Auto,
-    )
-    .unwrap();
+    let (_sockops, _att) = attach_sockops_insert("mb_t_sockops2", &socks, &cg);
     let (p1, p2) = (free_port(), free_port());
     let mut peer = Peer::start(&app, &["hold", &p1.to_string(), &p2.to_string()]);
     assert_eq!(peer.read_line(), "READY");
