@@ -144,18 +144,7 @@ impl TwoPodNode {
         // on a real node).
         let unique_pod = |name: &str, host: u16| {
             let mut spec = PodSpec::named(name);
-            let base = node.gateway_v6().segments();
-            let pid = std::process::id();
-            spec.ipv6 = Some(std::net::Ipv6Addr::new(
-                base[0],
-                base[1],
-                base[2],
-                0,
-                v6_tag,
-                (pid >> 16) as u16,
-                pid as u16,
-                host,
-            ));
+            spec.ipv6 = Some(node.process_unique_v6(v6_tag, host));
             node.add_pod(spec).expect("pod")
         };
         let client = unique_pod("client", 2);
