@@ -5,52 +5,10 @@
 //! Needs `kubectl` and `kubernetes-validate` on PATH. Without them the test is skipped with
 //! a message, except under CI (`CI` set), where a missing tool is a failure.
 
+mod deploy_support;
+
+use deploy_support::{check_every_overlay, deploy_dir, host_paths};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn tool_available(program: &str, args: &[&str]) -> bool {
-    let found = Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-        assert!(
-            !in_ci,
-            "{program} is not installed: CI must install it (see deploy/README.md)"
-        );
-        eprintln!("skipping: {program} not found");
-    }
-    found
-}
-
-fn render(overlay: &Path) -> String {
-    let output = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(overlay)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        output.status.success(),
-        "kubectl kustomize {} failed: {}",
-        overlay.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(yaml)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     docs.iter()
@@ -77,35 +35,7 @@ const TAKEN_ON_A_NODE: &[std::ops::RangeInclusive<u16>] = &[
 
 #[test]
 fn every_overlay_renders_and_validates_strictly() {
-    if !tool_available("kubectl", &["version", "--client"])
-        || !tool_available("kubernetes-validate", &["--version"])
-    {
-        return;
-    }
-    let scratch = std::env::temp_dir().join(format!("mb-deploy-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
-    for (mesh, namespace) in [
-        ("istio", "istio-system"),
-        ("linkerd", "linkerd"),
-        ("kuma", "kuma-system"),
-        ("osm", "osm-system"),
-    ] {
-        let rendered = render(&deploy_dir().join("overlays").join(mesh));
-        let file = scratch.join(format!("{mesh}.yaml"));
-        std::fs::write(&file, &rendered).unwrap();
-        let validate = Command::new("kubernetes-validate")
-            .arg("--strict")
-            .arg(&file)
-            .output()
-            .expect("run kubernetes-validate");
-        assert!(
-            validate.status.success(),
-            "{mesh}: kubernetes-validate --strict failed:\n{}{}",
-            String::from_utf8_lossy(&validate.stdout),
-            String::from_utf8_lossy(&validate.stderr)
-        );
-
-        let docs = documents(&rendered);
+    check_every_overlay("", |mesh, namespace, docs| {
         let mut kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
         kinds.sort();
         assert_eq!(
@@ -120,7 +50,7 @@ fn every_overlay_renders_and_validates_strictly() {
             ],
             "{mesh}"
         );
-        for doc in &docs {
+        for doc in docs {
             let kind = doc["kind"].as_str().unwrap();
             if !kind.starts_with("Cluster") {
                 assert_eq!(doc["metadata"]["namespace"], namespace, "{mesh}: {kind}");
@@ -129,11 +59,11 @@ fn every_overlay_renders_and_validates_strictly() {
                 assert_eq!(subject["namespace"], namespace, "{mesh}: {kind} subject");
             }
         }
-        let rules = &find(&docs, "ClusterRole")["rules"][0];
+        let rules = &find(docs, "ClusterRole")["rules"][0];
         assert_eq!(rules["resources"], serde_json::json!(["pods"]));
         assert_eq!(rules["verbs"], serde_json::json!(["get", "list", "watch"]));
 
-        let pod = &find(&docs, "DaemonSet")["spec"]["template"]["spec"];
+        let pod = &find(docs, "DaemonSet")["spec"]["template"]["spec"];
         assert_eq!(pod["hostNetwork"], true);
         assert_eq!(pod["hostPID"], true);
         assert_eq!(pod["serviceAccountName"], "merbridge");
@@ -178,16 +108,10 @@ fn every_overlay_renders_and_validates_strictly() {
         assert_eq!(container["ports"][0]["containerPort"], port);
         assert_eq!(container["readinessProbe"]["httpGet"]["port"], port);
         assert_eq!(container["livenessProbe"]["httpGet"]["port"], port);
-        let host_paths: Vec<&str> = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v["hostPath"]["path"].as_str())
-            .collect();
+        let host_paths = host_paths(pod);
         assert!(host_paths.contains(&"/sys/fs/bpf"));
         assert!(host_paths.contains(&"/sys/fs/cgroup"));
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
+    });
 }
 
 #[test]

@@ -4,34 +4,10 @@
 //! (Istio operator values, Linkerd and Kuma values, Kuma ContainerPatch) parse and set the
 //! knobs deploy/README.md cites. Tools as in k8s_deploy: skipped without them, except in CI.
 
+mod deploy_support;
+
+use deploy_support::{check_every_overlay, deploy_dir, documents, host_paths};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::Command;
-
-fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn tool_available(program: &str, args: &[&str]) -> bool {
-    let found = Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-        assert!(!in_ci, "{program} is not installed: CI must install it");
-        eprintln!("skipping: {program} not found");
-    }
-    found
-}
-
-fn yaml_docs(text: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
 
 fn strings(v: &Value) -> Vec<&str> {
     v.as_array()
@@ -43,45 +19,7 @@ fn strings(v: &Value) -> Vec<&str> {
 
 #[test]
 fn every_cni_overlay_renders_validates_and_installs_the_plugin() {
-    if !tool_available("kubectl", &["version", "--client"])
-        || !tool_available("kubernetes-validate", &["--version"])
-    {
-        return;
-    }
-    let scratch = std::env::temp_dir().join(format!("mb-deploy-cni-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
-    for (mesh, namespace) in [
-        ("istio", "istio-system"),
-        ("linkerd", "linkerd"),
-        ("kuma", "kuma-system"),
-        ("osm", "osm-system"),
-    ] {
-        let overlay = deploy_dir().join("overlays").join(format!("{mesh}-cni"));
-        let out = Command::new("kubectl")
-            .arg("kustomize")
-            .arg(&overlay)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{mesh}-cni: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rendered = String::from_utf8(out.stdout).unwrap();
-        let file = scratch.join(format!("{mesh}-cni.yaml"));
-        std::fs::write(&file, &rendered).unwrap();
-        let validate = Command::new("kubernetes-validate")
-            .arg("--strict")
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            validate.status.success(),
-            "{mesh}-cni: kubernetes-validate --strict failed:\n{}{}",
-            String::from_utf8_lossy(&validate.stdout),
-            String::from_utf8_lossy(&validate.stderr)
-        );
-        let docs = yaml_docs(&rendered);
+    check_every_overlay("-cni", |mesh, namespace, docs| {
         let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
         assert_eq!(ds["metadata"]["namespace"], namespace);
         let pod = &ds["spec"]["template"]["spec"];
@@ -109,27 +47,21 @@ fn every_cni_overlay_renders_validates_and_installs_the_plugin() {
             "{args:?}"
         );
         assert_eq!(install["securityContext"]["privileged"], false);
-        let host_paths: Vec<&str> = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v["hostPath"]["path"].as_str())
-            .collect();
+        let host_paths = host_paths(pod);
         for p in ["/etc/cni/net.d", "/opt/cni/bin", "/sys/fs/bpf"] {
             assert!(host_paths.contains(&p), "{mesh}: hostPath {p}");
         }
         // The plugin reads pods with the agent's account: get on pods.
         let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
         assert!(strings(&role["rules"][0]["verbs"]).contains(&"get"));
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
+    });
 }
 
 #[test]
 fn mesh_side_files_set_the_cited_knobs() {
     let read = |rel: &str| -> Value {
         let text = std::fs::read_to_string(deploy_dir().join(rel)).unwrap();
-        yaml_docs(&text).remove(0)
+        documents(&text).remove(0)
     };
     let istio = read("overlays/istio-cni/istio-operator.yaml");
     assert_eq!(istio["kind"], "IstioOperator");

@@ -5,7 +5,7 @@
 
 use mb_agent::run::NetnsScanner;
 use mb_testbed::{Node, PodSpec};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::process::Command;
 
 #[test]
@@ -15,19 +15,7 @@ fn scanner_finds_a_pod_namespace_by_its_addresses() {
     }
     let node = Node::new("scan").expect("node");
     let mut spec = PodSpec::named("lonely");
-    let base = node.gateway_v6().segments();
-    let pid = std::process::id();
-    // Unique to this process: other test beds reuse the IPv4 subnets.
-    let v6 = Ipv6Addr::new(
-        base[0],
-        base[1],
-        base[2],
-        0,
-        0x79,
-        (pid >> 16) as u16,
-        pid as u16,
-        9,
-    );
+    let v6 = node.process_unique_v6(0x79, 9);
     spec.ipv6 = Some(v6);
     let pod = node.add_pod(spec).expect("pod");
     let ips = [IpAddr::V4(pod.ipv4()), IpAddr::V6(v6)];

@@ -490,6 +490,16 @@ impl Op {
         let one = |code: u8, dst: Reg, src: u8, off: i16, imm: i32| {
             (Insn::new(code, dst.index(), src, off, imm), None)
         };
+        // Every BPF_ATOMIC instruction: the operation is in imm.
+        let atomic = |size: Size, dst: Reg, src: Reg, off: i16, imm: i32| {
+            one(
+                BPF_STX | BPF_ATOMIC | size.code(),
+                dst,
+                src.index(),
+                off,
+                imm,
+            )
+        };
         let z = Reg::R0;
         match *self {
             Op::Alu {
@@ -567,37 +577,19 @@ impl Op {
                 dst,
                 src,
                 off,
-            } => one(
-                BPF_STX | BPF_ATOMIC | size.code(),
-                dst,
-                src.index(),
-                off,
-                op.imm(),
-            ),
+            } => atomic(size, dst, src, off, op.imm()),
             Op::LoadAcquire {
                 size,
                 dst,
                 src,
                 off,
-            } => one(
-                BPF_STX | BPF_ATOMIC | size.code(),
-                dst,
-                src.index(),
-                off,
-                BPF_LOAD_ACQ,
-            ),
+            } => atomic(size, dst, src, off, BPF_LOAD_ACQ),
             Op::StoreRelease {
                 size,
                 dst,
                 off,
                 src,
-            } => one(
-                BPF_STX | BPF_ATOMIC | size.code(),
-                dst,
-                src.index(),
-                off,
-                BPF_STORE_REL,
-            ),
+            } => atomic(size, dst, src, off, BPF_STORE_REL),
             Op::AddrSpaceCast {
                 dst,
                 src,

@@ -1,6 +1,6 @@
 //! `merbridge run`: the node agent (what the DaemonSet runs).
 
-use crate::cmd::args::{MapSizeArgs, MeshArgs, PinArgs};
+use crate::cmd::args::{MeshArgs, TargetArgs};
 use clap::Args;
 use mb_agent::k8s::node_name;
 use mb_agent::mesh::Mesh;
@@ -25,13 +25,8 @@ pub struct RunArgs {
     /// The kubeconfig context to use.
     #[arg(long)]
     pub context: Option<String>,
-    /// The cgroup (v2) whose processes are intercepted: the node's root cgroup by default.
-    #[arg(long)]
-    pub cgroup: Option<PathBuf>,
     #[command(flatten)]
-    pub pin: PinArgs,
-    #[command(flatten)]
-    pub sizes: MapSizeArgs,
+    pub target: TargetArgs,
     /// Where /metrics, /healthz and /readyz are served (none when omitted). deploy/ uses
     /// 0.0.0.0:9476, a port no mesh uses (the agent shares the node's network).
     #[arg(long)]
@@ -90,8 +85,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     // Every flag is checked before anything on the host changes (the bpffs mount below).
     let on_exit = args.on_exit.parse::<OnExit>()?;
-    let map_sizes = args.sizes.sizes()?;
-    let cgroup = match &args.cgroup {
+    let map_sizes = args.target.sizes.sizes()?;
+    let cgroup = match &args.target.cgroup {
         Some(p) => p.clone(),
         None => mb_sys::cgroup::cgroup2_root().map_err(|e| e.to_string())?,
     };
@@ -115,10 +110,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             cgroup.display()
         ));
     }
-    if args.pin.pin_dir == std::path::Path::new(crate::cmd::args::DEFAULT_PIN_DIR) {
-        mb_sys::bpffs::ensure_bpffs(std::path::Path::new(mb_sys::bpffs::DEFAULT_BPFFS))
-            .map_err(|e| e.to_string())?;
-    }
+    args.target.pin.prepare()?;
     let daemonset = match (
         args.daemonset_namespace
             .or_else(|| env("POD_NAMESPACE"))
@@ -131,7 +123,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let config = AgentConfig {
         load: LoadOptions {
             cgroup,
-            pin_dir: args.pin.pin_dir.clone(),
+            pin_dir: args.target.pin.pin_dir.clone(),
             constants,
             ipv6: args.ipv6,
             dns_capture: args.dns_capture || mesh.defaults().dns_port.is_some(),

@@ -1,24 +1,10 @@
 //! Bad input to the data-path commands: a clear message naming what was wrong, a non-zero
 //! exit, and nothing left attached.
 
-use std::process::Command;
+#[path = "common/cli.rs"]
+mod cli;
 
-fn merbridge(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
-        .args(args)
-        .output()
-        .expect("run merbridge");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !text.contains("panicked"),
-        "merbridge {args:?} panicked: {text}"
-    );
-    (out.status.success(), text)
-}
+use cli::merbridge;
 
 fn fails_with(args: &[&str], needle: &str) {
     let (ok, text) = merbridge(args);

@@ -2,26 +2,15 @@
 //! added with the annotations of a real injected Istio workload (../shared/fixtures/k8s),
 //! every decoded field checked against what those annotations say.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
+use cli::merbridge;
 use mb_sys::bpffs::PrivateBpffs;
 use mb_testbed::{Node, PodSpec};
-use std::process::Command;
-
-fn merbridge(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
-        .args(args)
-        .output()
-        .expect("run merbridge");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains("panicked"), "merbridge {args:?}: {text}");
-    (out.status.success(), text)
-}
 
 fn ok(args: &[&str]) -> String {
     let (success, text) = merbridge(args);

@@ -11,13 +11,11 @@ mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
-use common::{wait_until, Agent, AgentOptions};
-use k8s_support::server::FakeApiServer;
-use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
+use common::fixture::AgentBed;
+use common::{wait_until, Agent};
+use k8s_support::{fixture_pod_value, synthesize_running};
 use mb_agent::run::BpfPodStore;
-use mb_sys::bpffs::PrivateBpffs;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const NODE: &str = "mb-full-node";
@@ -27,17 +25,6 @@ fn pod(n: u8) -> serde_json::Value {
     let v4 = format!("10.252.0.{n}");
     let v6 = format!("fd77::{n}");
     synthesize_running(template, &format!("uid-{n}"), NODE, &[&v4, &v6], "1")
-}
-
-struct UnloadOnDrop {
-    pin_dir: PathBuf,
-    cgroup: PathBuf,
-}
-
-impl Drop for UnloadOnDrop {
-    fn drop(&mut self) {
-        let _ = mb_loader::datapath::unload_datapath(&self.pin_dir, Some(&self.cgroup));
-    }
 }
 
 fn not_intercepted(agent: &Agent) -> Option<u64> {
@@ -57,27 +44,13 @@ fn a_full_pod_map_warns_counts_and_keeps_the_others_working() {
     ) {
         return;
     }
-    let cgroup = mb_sys::cgroup::OwnedCgroup::create_private("mb-test-full").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-full").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
-    let api = FakeApiServer::start(None);
+    let bed = AgentBed::new("full");
+    let (api, pin_dir) = (&bed.api, bed.pins.pin_dir.clone());
     // Three pods of two addresses each at the first list: pod_ips holds 4 addresses.
     for n in 1..=3 {
         api.add_pod(pod(n));
     }
-    let dir = TempDir::new("run-full");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: cgroup.path(),
-        pin_dir: &pin_dir,
-        extra: &["--on-exit", "keep", "--max-pods", "2"],
-    };
+    let options = bed.agent_options(NODE, &["--on-exit", "keep", "--max-pods", "2"]);
     let mut agent = Agent::start(&options);
     agent.wait_ready(Duration::from_secs(30));
     let maps = BpfPodStore::open(&pin_dir).expect("maps");
@@ -124,7 +97,7 @@ fn a_full_pod_map_warns_counts_and_keeps_the_others_working() {
     // The pins keep their size: another --max-pods over them is refused, saying what to do.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_merbridge"))
         .args(["load", "--mesh", "istio", "--max-pods", "3", "--cgroup"])
-        .arg(cgroup.path())
+        .arg(bed.cgroup.path())
         .arg("--pin-dir")
         .arg(&pin_dir)
         .output()

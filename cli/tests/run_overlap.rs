@@ -9,14 +9,13 @@ mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
-use common::{wait_until, Agent, AgentOptions};
-use k8s_support::server::FakeApiServer;
-use k8s_support::{fixture_pod_value, synthesize_running, TempDir};
+use common::fixture::AgentBed;
+use common::{wait_until, Agent};
+use k8s_support::{fixture_pod_value, synthesize_running};
 use mb_agent::run::BpfPodStore;
 use mb_loader::datapath::hook_status;
-use mb_sys::bpffs::PrivateBpffs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const NODE: &str = "mb-overlap-node";
@@ -24,17 +23,6 @@ const NODE: &str = "mb-overlap-node";
 fn pod(uid: &str, ip: &str) -> serde_json::Value {
     let template = fixture_pod_value("istio/istio-master__pod.yaml.injected");
     synthesize_running(template, uid, NODE, &[ip], "1")
-}
-
-struct UnloadOnDrop {
-    pin_dir: PathBuf,
-    cgroup: PathBuf,
-}
-
-impl Drop for UnloadOnDrop {
-    fn drop(&mut self) {
-        let _ = mb_loader::datapath::unload_datapath(&self.pin_dir, Some(&self.cgroup));
-    }
 }
 
 /// The program id behind each pinned link: changes exactly when some agent (re)loads.
@@ -52,25 +40,10 @@ fn a_second_agent_waits_for_the_first_and_then_takes_over() {
     ) {
         return;
     }
-    let cgroup =
-        mb_sys::cgroup::OwnedCgroup::create_private("mb-test-run-overlap").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-run-overlap").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
-    let api = FakeApiServer::start(None);
+    let bed = AgentBed::new("run-overlap");
+    let (api, pin_dir) = (&bed.api, bed.pins.pin_dir.clone());
     api.add_pod(pod("uid-one", "10.251.0.1"));
-    let dir = TempDir::new("run-overlap");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: cgroup.path(),
-        pin_dir: &pin_dir,
-        extra: &["--on-exit", "keep"],
-    };
+    let options = bed.agent_options(NODE, &["--on-exit", "keep"]);
     let in_maps = |ip: &str| {
         let ip: IpAddr = ip.parse().unwrap();
         BpfPodStore::open(&pin_dir)
@@ -148,24 +121,9 @@ fn a_waiting_agent_dies_of_sigterm_without_touching_the_data_path() {
     ) {
         return;
     }
-    let cgroup =
-        mb_sys::cgroup::OwnedCgroup::create_private("mb-test-run-overlap2").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-run-overlap2").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
-    let api = FakeApiServer::start(None);
-    let dir = TempDir::new("run-overlap2");
-    let options = AgentOptions {
-        api: &api,
-        dir: &dir.0,
-        node: NODE,
-        cgroup: cgroup.path(),
-        pin_dir: &pin_dir,
-        extra: &["--on-exit", "unload"],
-    };
+    let bed = AgentBed::new("run-overlap2");
+    let pin_dir = bed.pins.pin_dir.clone();
+    let options = bed.agent_options(NODE, &["--on-exit", "unload"]);
     let mut first = Agent::start(&options);
     first.wait_ready(Duration::from_secs(30));
     let progs = link_prog_ids(&pin_dir);

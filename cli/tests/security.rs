@@ -12,44 +12,16 @@ mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
+use common::cli::{merbridge, merbridge_with};
+use common::fixture::PrivatePins;
 use k8s_support::server::FakeApiServer;
 use k8s_support::{kubeconfig_text, TempDir};
 use mb_loader::datapath::hook_status;
-use mb_sys::bpffs::PrivateBpffs;
 use mb_sys::cgroup::OwnedCgroup;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn merbridge(prefix: &[&str], args: &[&str]) -> (bool, String) {
-    let mut command = if prefix.is_empty() {
-        Command::new(env!("CARGO_BIN_EXE_merbridge"))
-    } else {
-        let mut c = Command::new(prefix[0]);
-        c.args(&prefix[1..]).arg(env!("CARGO_BIN_EXE_merbridge"));
-        c
-    };
-    let out = command.args(args).output().expect("run merbridge");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains("panicked"), "merbridge {args:?}: {text}");
-    (out.status.success(), text)
-}
-
-struct UnloadOnDrop {
-    pin_dir: PathBuf,
-    cgroup: PathBuf,
-}
-
-impl Drop for UnloadOnDrop {
-    fn drop(&mut self) {
-        let _ = mb_loader::datapath::unload_datapath(&self.pin_dir, Some(&self.cgroup));
-    }
-}
 
 fn load_args<'a>(cgroup: &'a Path, pin_dir: &'a Path) -> Vec<&'a str> {
     vec![
@@ -69,14 +41,10 @@ fn pins_are_private_to_root() {
         return;
     }
     let cgroup = OwnedCgroup::create_private("mb-test-pin-modes").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-pin-modes").expect("bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
+    let pins = PrivatePins::new("mb-pin-modes", cgroup.path());
+    let pin_dir = pins.pin_dir.clone();
     // A permissive umask must not widen anything (the loader sets modes itself).
-    let (ok, text) = merbridge(
+    let (ok, text) = merbridge_with(
         &["sh", "-c", "umask 000; exec \"$0\" \"$@\""],
         &load_args(cgroup.path(), &pin_dir),
     );
@@ -109,17 +77,13 @@ fn a_symlinked_or_foreign_pin_dir_is_refused() {
         return;
     }
     let cgroup = OwnedCgroup::create_private("mb-test-pin-symlink").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-pin-symlink").expect("bpffs");
-    let real = bpffs.path().join("real");
+    let pins = PrivatePins::in_subdir("mb-pin-symlink", cgroup.path(), "real");
+    let real = pins.pin_dir.clone();
     std::fs::create_dir(&real).unwrap();
-    let _cleanup = UnloadOnDrop {
-        pin_dir: real.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
     // On bpffs, pointing at bpffs: still refused (a writer of the parent could redirect it).
-    let link = bpffs.path().join("merbridge");
+    let link = pins.bpffs().join("merbridge");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let (ok, text) = merbridge(&[], &load_args(cgroup.path(), &link));
+    let (ok, text) = merbridge(&load_args(cgroup.path(), &link));
     assert!(!ok, "{text}");
     assert!(text.contains("is a symlink"), "{text}");
     assert!(hook_status(&real).is_empty(), "nothing attached: {text}");
@@ -128,12 +92,12 @@ fn a_symlinked_or_foreign_pin_dir_is_refused() {
     let dir = TempDir::new("pin-symlink");
     let outside = dir.0.join("pins");
     std::os::unix::fs::symlink(&real, &outside).unwrap();
-    let (ok, text) = merbridge(&[], &load_args(cgroup.path(), &outside));
+    let (ok, text) = merbridge(&load_args(cgroup.path(), &outside));
     assert!(!ok && text.contains("is a symlink"), "{text}");
     // A plain directory that is not bpffs.
     let plain = dir.0.join("plain");
     std::fs::create_dir(&plain).unwrap();
-    let (ok, text) = merbridge(&[], &load_args(cgroup.path(), &plain));
+    let (ok, text) = merbridge(&load_args(cgroup.path(), &plain));
     assert!(!ok && text.contains("bpf filesystem"), "{text}");
     assert!(hook_status(&real).is_empty());
     // The agent refuses it before loading anything, too.
@@ -168,12 +132,8 @@ fn the_api_token_is_never_logged() {
     const GOOD: &str = "mb-test-token-GOOD-5f1d7c0e9a";
     const BAD: &str = "mb-test-token-REFUSED-77aa31";
     let cgroup = OwnedCgroup::create_private("mb-test-token").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-token").expect("bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
+    let pins = PrivatePins::new("mb-token", cgroup.path());
+    let pin_dir = pins.pin_dir.clone();
     let api = FakeApiServer::start(None);
     api.require_tokens(&[GOOD]);
     let dir = TempDir::new("token");
@@ -298,12 +258,8 @@ fn each_daemonset_capability_is_needed() {
         return;
     }
     let cgroup = OwnedCgroup::create_private("mb-test-caps").expect("cgroup");
-    let bpffs = PrivateBpffs::new("mb-caps").expect("bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let _cleanup = UnloadOnDrop {
-        pin_dir: pin_dir.clone(),
-        cgroup: cgroup.path().to_path_buf(),
-    };
+    let pins = PrivatePins::new("mb-caps", cgroup.path());
+    let pin_dir = pins.pin_dir.clone();
     let netns = NamedNetns(format!("mb-test-caps-{}", std::process::id()));
     assert!(Command::new("ip")
         .args(["netns", "add", &netns.0])
@@ -339,8 +295,8 @@ fn each_daemonset_capability_is_needed() {
     let run = |caps: &[&str]| {
         let prefix = setpriv_with(caps);
         let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
-        let load = merbridge(&prefix, &load_args(cgroup.path(), &pin_dir));
-        let add = merbridge(
+        let load = merbridge_with(&prefix, &load_args(cgroup.path(), &pin_dir));
+        let add = merbridge_with(
             &prefix,
             &[
                 "pod",

@@ -4,11 +4,55 @@
 //! shows no figure for them and exits non-zero. (The bench itself is not a test: this only
 //! checks that it runs and reports honestly.)
 
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
 /// One bench at a time: two at once would only slow each other down.
 static BENCH: Mutex<()> = Mutex::new(());
+
+/// A fresh scratch directory for one test's JSON and SVG.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mb-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("JSON written"))
+        .expect("well-formed JSON")
+}
+
+/// Runs `merbridge-dev bench --quick --topology same-node --pods 100 EXTRA...` with the pods
+/// left out of merbridge's maps, and asserts that it exits non-zero and names the merbridge
+/// setup's first round as not intercepted. Its stdout and stderr.
+fn bench_without_interception(extra: &[&OsStr]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_merbridge-dev"))
+        .args([
+            "bench",
+            "--quick",
+            "--topology",
+            "same-node",
+            "--pods",
+            "100",
+        ])
+        .args(extra)
+        .env("MB_BENCH_BREAK_INTERCEPTION", "1")
+        .output()
+        .expect("run merbridge-dev bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "exit 0 despite no interception:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("same-node / merbridge FAILED: round 1: not intercepted"),
+        "{stderr}"
+    );
+    (stdout, stderr)
+}
 
 #[test]
 fn quick_bench_completes_with_every_measure() {
@@ -16,8 +60,7 @@ fn quick_bench_completes_with_every_measure() {
         return;
     }
     let _one = BENCH.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("mb-bench-smoke-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = scratch_dir("smoke");
     let (json_path, svg_path) = (dir.join("bench.json"), dir.join("bench.svg"));
     let out = Command::new(env!("CARGO_BIN_EXE_merbridge-dev"))
         .args(["bench", "--quick", "--json"])
@@ -50,8 +93,7 @@ fn quick_bench_completes_with_every_measure() {
     );
     assert!(stderr.contains("round 1/1"), "no progress lines: {stderr}");
 
-    let text = std::fs::read_to_string(&json_path).expect("JSON written");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("well-formed JSON");
+    let json = read_json(&json_path);
     let metrics: Vec<&str> = json["metrics"]
         .as_array()
         .expect("metrics list")
@@ -183,35 +225,14 @@ fn quick_bench_reports_a_setup_that_did_not_intercept() {
         return;
     }
     let _one = BENCH.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("mb-bench-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = scratch_dir("broken");
     let (json_path, svg_path) = (dir.join("bench.json"), dir.join("bench.svg"));
-    let out = Command::new(env!("CARGO_BIN_EXE_merbridge-dev"))
-        .args([
-            "bench",
-            "--quick",
-            "--topology",
-            "same-node",
-            "--pods",
-            "100",
-        ])
-        .arg("--json")
-        .arg(&json_path)
-        .arg("--svg")
-        .arg(&svg_path)
-        .env("MB_BENCH_BREAK_INTERCEPTION", "1")
-        .output()
-        .expect("run merbridge-dev bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "exit 0 despite no interception:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stderr.contains("same-node / merbridge FAILED: round 1: not intercepted"),
-        "{stderr}"
-    );
+    let (stdout, _) = bench_without_interception(&[
+        "--json".as_ref(),
+        json_path.as_os_str(),
+        "--svg".as_ref(),
+        svg_path.as_os_str(),
+    ]);
     // The p50 row, cell by cell under the header's column names.
     let header = stdout
         .lines()
@@ -233,9 +254,7 @@ fn quick_bench_reports_a_setup_that_did_not_intercept() {
     }
     assert_eq!((cell("mb/ipt"), cell("mb/direct")), ("-", "-"), "no ratio");
 
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
-            .expect("well-formed JSON");
+    let json = read_json(&json_path);
     for entry in json["data_path"].as_array().expect("data_path list") {
         let setup = entry["setup"].as_str().unwrap();
         let meshed_by_merbridge = setup.starts_with("merbridge");
@@ -275,39 +294,16 @@ fn quick_bench_with_haproxy_catches_a_setup_that_did_not_intercept() {
         return;
     }
     let _one = BENCH.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("mb-bench-haproxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = scratch_dir("haproxy");
     let json_path = dir.join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_merbridge-dev"))
-        .args([
-            "bench",
-            "--quick",
-            "--sidecar",
-            "haproxy",
-            "--topology",
-            "same-node",
-            "--pods",
-            "100",
-        ])
-        .arg("--json")
-        .arg(&json_path)
-        .env("MB_BENCH_BREAK_INTERCEPTION", "1")
-        .output()
-        .expect("run merbridge-dev bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "exit 0 despite no interception:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stderr.contains("same-node / merbridge FAILED: round 1: not intercepted"),
-        "{stderr}"
-    );
+    let (stdout, _) = bench_without_interception(&[
+        "--sidecar".as_ref(),
+        "haproxy".as_ref(),
+        "--json".as_ref(),
+        json_path.as_os_str(),
+    ]);
     assert!(stdout.contains("sidecar: haproxy"), "{stdout}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
-            .expect("well-formed JSON");
+    let json = read_json(&json_path);
     assert_eq!(json["sidecar"], "haproxy");
     for entry in json["data_path"].as_array().expect("data_path list") {
         let setup = entry["setup"].as_str().unwrap();

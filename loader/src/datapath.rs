@@ -22,9 +22,10 @@ use crate::memlock::{raise_memlock_if_needed, Memlock};
 use mb_asm::{Insn, Program, RelocKind, Relocation};
 use mb_maps::datapath::{
     Hook, MapDecl, CONST_DNS_PORT, CONST_INBOUND_PORT, CONST_OUTBOUND_PORT, CONST_PROXY_UID,
-    CONST_SPLICE, MAPS, MAP_SOCK_PAIRS,
+    CONST_SPLICE, MAPS, MAP_COUNTERS, MAP_SOCK_PAIRS,
 };
-use mb_maps::{Map, MapError};
+use mb_maps::layout::Counter;
+use mb_maps::{Map, MapError, PerCpuArray};
 use mb_sys::bpf::{link_info, obj_get, prog_detach, AttachType, BpfError, LinkInfo};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -205,6 +206,17 @@ impl LoadOptions {
         }
         hooks
     }
+}
+
+/// Every data-path counter pinned under `pin_dir`, summed over the CPUs (`merbridge status`
+/// and the bench read them).
+pub fn read_counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>, MapError> {
+    let map: PerCpuArray<u64> =
+        PerCpuArray::open_pinned(&PinLayout::new(pin_dir).map(MAP_COUNTERS))?;
+    Counter::ALL
+        .iter()
+        .map(|&c| Ok((c, map.get_sum(c as u32)?.unwrap_or(0))))
+        .collect()
 }
 
 /// Paths under the pin directory.

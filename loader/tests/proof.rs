@@ -52,6 +52,46 @@ fn peer_connects(cgroup: &std::path::Path, port: u16, n: u32) -> String {
     Peer::start(cgroup, &["connect", &port.to_string(), &n.to_string()]).result()
 }
 
+/// The setup of the tests that swap programs: acceptors for the original port and two
+/// rewrite targets, a program for each target, and the first attached to `cg` in `mode`.
+struct TwoRewrites {
+    original: Acceptor,
+    first: Acceptor,
+    second: Acceptor,
+    p1: LoadedProgram,
+    p2: LoadedProgram,
+    att: CgroupAttachment,
+}
+
+fn two_rewrites(cg: &OwnedCgroup, names: [&str; 2], mode: AttachMode) -> TwoRewrites {
+    let (original, first, second) = (Acceptor::new(), Acceptor::new(), Acceptor::new());
+    let p1 = load_rewrite(names[0], original.port, first.port);
+    let p2 = load_rewrite(names[1], original.port, second.port);
+    let att = CgroupAttachment::attach(&p1, cg.path(), CONNECT4, None, mode).unwrap();
+    TwoRewrites {
+        original,
+        first,
+        second,
+        p1,
+        p2,
+        att,
+    }
+}
+
+/// A peer in `cgroup` connects `n` times to `port`, every connect succeeding, and `acceptor`
+/// then has `total` connections in all within 5 s.
+fn connects_reach(cgroup: &std::path::Path, port: u16, n: u32, acceptor: &Acceptor, total: usize) {
+    assert_eq!(
+        peer_connects(cgroup, port, n),
+        format!("connected={n} failed=0")
+    );
+    assert!(
+        acceptor.wait_for(total, Duration::from_secs(5)),
+        "{} of {total} connections arrived",
+        acceptor.count()
+    );
+}
+
 #[test]
 fn connect4_rewrites_inside_the_cgroup_only_and_stops_after_detach() {
     let Some(TestCgroup { cg, app }) = start(
@@ -66,22 +106,14 @@ fn connect4_rewrites_inside_the_cgroup_only_and_stops_after_detach() {
     assert!(att.is_link(), "this kernel has cgroup bpf_link");
 
     // Inside (a child cgroup of the attached one): rewritten to the sidecar port.
-    assert_eq!(
-        peer_connects(&app, original.port, 3),
-        "connected=3 failed=0"
-    );
-    assert!(sidecar.wait_for(3, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 3, &sidecar, 3);
     // Outside (this test process): untouched.
     std::net::TcpStream::connect(("127.0.0.1", original.port)).unwrap();
     assert!(original.wait_for(1, Duration::from_secs(5)));
     assert_eq!((original.count(), sidecar.count()), (1, 3));
 
     att.detach().unwrap();
-    assert_eq!(
-        peer_connects(&app, original.port, 2),
-        "connected=2 failed=0"
-    );
-    assert!(original.wait_for(3, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 2, &original, 3);
     assert_eq!(sidecar.count(), 3, "nothing rewritten after detach");
 }
 
@@ -93,11 +125,18 @@ fn legacy_attach_is_multi_listed_replaceable_and_detachable() {
     ) else {
         return;
     };
-    let (original, first, second) = (Acceptor::new(), Acceptor::new(), Acceptor::new());
-    let p1 = load_rewrite("mb_t_legacy1", original.port, first.port);
-    let p2 = load_rewrite("mb_t_legacy2", original.port, second.port);
-    let mut att =
-        CgroupAttachment::attach(&p1, cg.path(), CONNECT4, None, AttachMode::LegacyOnly).unwrap();
+    let TwoRewrites {
+        original,
+        first,
+        second,
+        p1,
+        p2,
+        mut att,
+    } = two_rewrites(
+        &cg,
+        ["mb_t_legacy1", "mb_t_legacy2"],
+        AttachMode::LegacyOnly,
+    );
     assert!(!att.is_link());
     let listed = query_cgroup(cg.path(), CONNECT4, false).unwrap();
     assert_eq!(listed.len(), 1);
@@ -113,17 +152,9 @@ fn legacy_attach_is_multi_listed_replaceable_and_detachable() {
         "coexists with other programs"
     );
 
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(first.wait_for(1, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 1, &first, 1);
     att.replace(&p2).unwrap();
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(second.wait_for(1, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 1, &second, 1);
     let listed = query_cgroup(cg.path(), CONNECT4, false).unwrap();
     assert_eq!(listed.len(), 1, "replaced, not added");
     assert_eq!(listed[0].name, "mb_t_legacy2");
@@ -141,11 +172,18 @@ fn link_update_swaps_programs_with_no_unrewritten_connect() {
     ) else {
         return;
     };
-    let (original, old_side, new_side) = (Acceptor::new(), Acceptor::new(), Acceptor::new());
-    let p1 = load_rewrite("mb_t_swap_old", original.port, old_side.port);
-    let p2 = load_rewrite("mb_t_swap_new", original.port, new_side.port);
-    let mut att =
-        CgroupAttachment::attach(&p1, cg.path(), CONNECT4, None, AttachMode::LinkOnly).unwrap();
+    let TwoRewrites {
+        original,
+        first: old_side,
+        second: new_side,
+        p1: _p1,
+        p2,
+        mut att,
+    } = two_rewrites(
+        &cg,
+        ["mb_t_swap_old", "mb_t_swap_new"],
+        AttachMode::LinkOnly,
+    );
     let stop = std::env::temp_dir().join(format!("mb-test-swap-stop-{}", std::process::id()));
     let _ = std::fs::remove_file(&stop);
     let peer = Peer::start(
@@ -207,14 +245,8 @@ fn pinned_link_survives_its_fd_is_updated_in_place_and_unloads() {
         assert!(att.is_link());
         // Program and link fds close here; the pin keeps the attachment.
     }
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(
-        first.wait_for(1, Duration::from_secs(5)),
-        "still attached via the pin"
-    );
+    // Still attached via the pin.
+    connects_reach(&app, original.port, 1, &first, 1);
     // A "restarted agent": same pin, new program → updated in place, not attached twice.
     let p2 = load_rewrite("mb_t_pin2", original.port, second.port);
     let att =
@@ -223,20 +255,12 @@ fn pinned_link_survives_its_fd_is_updated_in_place_and_unloads() {
     let listed = query_cgroup(cg.path(), CONNECT4, false).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "mb_t_pin2");
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(second.wait_for(1, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 1, &second, 1);
     // Unload: detach through the pin and remove it.
     detach_pinned_link(&pin).unwrap();
     assert!(!pin.exists());
     assert!(query_cgroup(cg.path(), CONNECT4, false).unwrap().is_empty());
-    assert_eq!(
-        peer_connects(&app, original.port, 1),
-        "connected=1 failed=0"
-    );
-    assert!(original.wait_for(1, Duration::from_secs(5)));
+    connects_reach(&app, original.port, 1, &original, 1);
     detach_pinned_link(&pin).unwrap(); // absent: nothing to do
 }
 
@@ -279,6 +303,25 @@ fn pinned_link_of_a_removed_cgroup_is_replaced_and_another_cgroups_pin_refused()
     assert!(!pin.exists());
 }
 
+/// Program `name` (sockops putting every socket into `socks`), loaded and attached to `cg`.
+fn attach_sockops_insert(
+    name: &str,
+    socks: &SockHash<u32>,
+    cg: &OwnedCgroup,
+) -> (LoadedProgram, CgroupAttachment) {
+    let sockops = load(&sockops_insert(name), &[("socks", socks.as_fd())], &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let att = CgroupAttachment::attach(
+        &sockops,
+        cg.path(),
+        AttachType::CGROUP_SOCK_OPS,
+        None,
+        AttachMode::Auto,
+    )
+    .unwrap();
+    (sockops, att)
+}
+
 #[test]
 fn sockops_and_sk_msg_redirect_a_message_into_another_socket() {
     let Some(TestCgroup { cg, app }) = start(
@@ -289,12 +332,6 @@ fn sockops_and_sk_msg_redirect_a_message_into_another_socket() {
     };
     let socks: SockHash<u32> = SockHash::create("mb_t_socks", 64).unwrap();
     let (p1, p2) = (free_port(), free_port());
-    let sockops = load(
-        &sockops_insert("mb_t_sockops"),
-        &[("socks", socks.as_fd())],
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
     let sk_msg = load(
         &sk_msg_redirect("mb_t_skmsg"),
         &[("socks", socks.as_fd())],
@@ -302,14 +339,7 @@ fn sockops_and_sk_msg_redirect_a_message_into_another_socket() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let msg_att = SkMsgAttachment::attach(&sk_msg, socks.as_fd()).unwrap();
-    let ops_att = CgroupAttachment::attach(
-        &sockops,
-        cg.path(),
-        AttachType::CGROUP_SOCK_OPS,
-        None,
-        AttachMode::Auto,
-    )
-    .unwrap();
+    let (_sockops, ops_att) = attach_sockops_insert("mb_t_sockops", &socks, &cg);
     let result = Peer::start(&app, &["sockmap", &p1.to_string(), &p2.to_string()]).result();
     // The message written on connection 1 arrived on connection 2's server socket, and not on
     // its own peer: only the sk_msg redirect can do that.
@@ -326,20 +356,7 @@ fn sockops_fills_the_sockhash_with_both_ends() {
         return;
     };
     let socks: SockHash<u32> = SockHash::create("mb_t_socks2", 64).unwrap();
-    let sockops = load(
-        &sockops_insert("mb_t_sockops2"),
-        &[("socks", socks.as_fd())],
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let _att = CgroupAttachment::attach(
-        &sockops,
-        cg.path(),
-        AttachType::CGROUP_SOCK_OPS,
-        None,
-        AttachMode::Auto,
-    )
-    .unwrap();
+    let (_sockops, _att) = attach_sockops_insert("mb_t_sockops2", &socks, &cg);
     let (p1, p2) = (free_port(), free_port());
     let mut peer = Peer::start(&app, &["hold", &p1.to_string(), &p2.to_string()]);
     assert_eq!(peer.read_line(), "READY");

@@ -166,6 +166,25 @@ impl Node {
         Ipv6Addr::new(0xfd00, 0x10, self.subnet_index.into(), 0, 0, 0, 0, 1)
     }
 
+    /// An IPv6 address in this node's subnet that no other process's test bed uses (they
+    /// reuse the IPv4 subnets): `tag` keeps one test's addresses apart from another's, this
+    /// process's pid is in the middle, `host` last. A scanner finding a pod by its addresses
+    /// then finds ours, as pod IPs are unique on a real node.
+    pub fn process_unique_v6(&self, tag: u16, host: u16) -> Ipv6Addr {
+        let base = self.gateway_v6().segments();
+        let pid = std::process::id();
+        Ipv6Addr::new(
+            base[0],
+            base[1],
+            base[2],
+            0,
+            tag,
+            (pid >> 16) as u16,
+            pid as u16,
+            host,
+        )
+    }
+
     /// Creates a pod on this node. The pod may outlive the node value (its namespace then has
     /// no network); drop pods first for an orderly teardown.
     pub fn add_pod(&self, spec: PodSpec) -> io::Result<Pod> {

@@ -347,6 +347,19 @@ impl<'a> Parser<'a> {
         self.annotations.get(name).map(String::as_str)
     }
 
+    /// Annotation `name` parsed as YAML; `None` if absent, or (with a warning) not YAML.
+    fn yaml(&mut self, name: &str) -> Option<serde_norway::Value> {
+        let text = self.get(name)?;
+        match serde_norway::from_str(text) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let first_line = text.lines().next().unwrap_or("");
+                self.warn(name, first_line, format!("not YAML: {e}"));
+                None
+            }
+        }
+    }
+
     fn warn(&mut self, annotation: &str, element: &str, problem: impl Into<String>) {
         self.warnings.push(PolicyWarning {
             annotation: annotation.to_string(),
@@ -814,18 +827,7 @@ fn parse(
 /// `proxy.istio.io/config` annotation (YAML). The proxy container's environment is not read.
 fn istio_dns_capture(p: &mut Parser<'_>, policy: &mut PodPolicy) {
     let name = "proxy.istio.io/config";
-    let Some(text) = p.get(name) else { return };
-    let config: serde_norway::Value = match serde_norway::from_str(text) {
-        Ok(value) => value,
-        Err(e) => {
-            p.warn(
-                name,
-                text.lines().next().unwrap_or(""),
-                format!("not YAML: {e}"),
-            );
-            return;
-        }
-    };
+    let Some(config) = p.yaml(name) else { return };
     let Some(value) = config
         .get("proxyMetadata")
         .and_then(|m| m.get("ISTIO_META_DNS_CAPTURE"))
@@ -851,18 +853,7 @@ fn istio_dns_capture(p: &mut Parser<'_>, policy: &mut PodPolicy) {
 /// Kuma's consolidated `traffic.kuma.io/transparent-proxy-config` (YAML), when present.
 fn kuma_proxy_config(p: &mut Parser<'_>, policy: &mut PodPolicy, uid_set: &mut bool) {
     let name = "traffic.kuma.io/transparent-proxy-config";
-    let Some(text) = p.get(name) else { return };
-    let config: serde_norway::Value = match serde_norway::from_str(text) {
-        Ok(value) => value,
-        Err(e) => {
-            p.warn(
-                name,
-                text.lines().next().unwrap_or(""),
-                format!("not YAML: {e}"),
-            );
-            return;
-        }
-    };
+    let Some(config) = p.yaml(name) else { return };
     let as_u64 = |v: &serde_norway::Value| -> Option<u64> {
         v.as_u64()
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))

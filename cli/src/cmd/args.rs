@@ -48,6 +48,19 @@ impl MapSizeArgs {
     }
 }
 
+/// Where a data path goes: the cgroup it intercepts, the pin directory and the map sizes
+/// (`load` and `run`).
+#[derive(Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// The cgroup (v2) whose processes are intercepted: the node's root cgroup by default.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub pin: PinArgs,
+    #[command(flatten)]
+    pub sizes: MapSizeArgs,
+}
+
 /// The mesh and its numbers, each overridable.
 #[derive(Args, Clone, Debug)]
 pub struct MeshArgs {

@@ -1,25 +1,20 @@
 //! `merbridge load`: load the data path and attach it to a cgroup; it stays attached through
 //! its pins.
 
-use super::args::{cgroup_or_root, MapSizeArgs, MeshArgs, PinArgs, SpliceChoice};
+use super::args::{cgroup_or_root, MeshArgs, SpliceChoice, TargetArgs};
 use clap::Args;
 use mb_agent::mesh::Mesh;
 use mb_loader::attach::AttachMode;
 use mb_loader::datapath::{load_datapath_sized, LoadOptions, LoadReport};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(Args)]
 pub struct LoadArgs {
     #[command(flatten)]
     pub mesh: MeshArgs,
-    /// The cgroup (v2) whose processes are intercepted: the node's root cgroup by default.
-    #[arg(long)]
-    pub cgroup: Option<PathBuf>,
     #[command(flatten)]
-    pub pin: PinArgs,
-    #[command(flatten)]
-    pub sizes: MapSizeArgs,
+    pub target: TargetArgs,
     /// Intercept IPv6 too (connect6).
     #[arg(long)]
     pub ipv6: bool,
@@ -38,8 +33,8 @@ pub struct LoadArgs {
 pub fn run(args: LoadArgs) -> Result<ExitCode, String> {
     let mesh = args.mesh.mesh()?;
     let opts = load_options(&args, mesh)?;
-    let sizes = args.sizes.sizes()?;
-    args.pin.prepare()?;
+    let sizes = args.target.sizes.sizes()?;
+    args.target.pin.prepare()?;
     let report = load_datapath_sized(&opts, &sizes).map_err(|e| e.to_string())?;
     print_report(mesh, &opts, &report, &args.mesh.splice_choice()?);
     Ok(ExitCode::SUCCESS)
@@ -48,10 +43,10 @@ pub fn run(args: LoadArgs) -> Result<ExitCode, String> {
 /// The loader's options from the command line, every value checked.
 fn load_options(args: &LoadArgs, mesh: Mesh) -> Result<LoadOptions, String> {
     let constants = args.mesh.constants()?;
-    let cgroup = cgroup_or_root(&args.cgroup)?;
+    let cgroup = cgroup_or_root(&args.target.cgroup)?;
     Ok(LoadOptions {
         cgroup,
-        pin_dir: args.pin.pin_dir.clone(),
+        pin_dir: args.target.pin.pin_dir.clone(),
         constants,
         ipv6: args.ipv6,
         dns_capture: args.dns_capture,

@@ -5,10 +5,10 @@
 use super::args::PinArgs;
 use clap::Args;
 use mb_agent::pods::PodMaps;
-use mb_loader::datapath::{hook_status, HookStatus, PinLayout};
-use mb_maps::datapath::{Hook, MapDecl, MAPS, MAP_COUNTERS};
+use mb_loader::datapath::{hook_status, read_counters, HookStatus, PinLayout};
+use mb_maps::datapath::{Hook, MapDecl, MAPS};
 use mb_maps::layout::Counter;
-use mb_maps::{Map, PerCpuArray};
+use mb_maps::Map;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::path::Path;
 use std::process::ExitCode;
@@ -173,17 +173,7 @@ fn map_fill(pin_dir: &Path, decl: &'static MapDecl) -> Result<MapFill, String> {
 
 /// Every counter, summed over the CPUs.
 fn counters(pin_dir: &Path) -> Result<Vec<(Counter, u64)>, String> {
-    let layout = PinLayout::new(pin_dir);
-    let map: PerCpuArray<u64> = PerCpuArray::open_pinned(&layout.map(MAP_COUNTERS))
-        .map_err(|e| format!("counters: {e}"))?;
-    Counter::ALL
-        .iter()
-        .map(|&c| {
-            map.get_sum(c as u32)
-                .map(|v| (c, v.unwrap_or(0)))
-                .map_err(|e| format!("counters: {e}"))
-        })
-        .collect()
+    read_counters(pin_dir).map_err(|e| format!("counters: {e}"))
 }
 
 fn print_text(report: &StatusReport) {

@@ -7,6 +7,7 @@ use crate::k8s_support::server::FakeApiServer;
 use crate::k8s_support::{fixture_pod_value, synthesize_running, TempDir};
 use mb_agent::pods::PodMaps;
 use mb_sys::bpffs::PrivateBpffs;
+use mb_sys::cgroup::OwnedCgroup;
 use mb_testbed::scenarios::{start_app, Binaries};
 use mb_testbed::{Node, Pod, PodSpec, Sidecar, Spawned};
 use std::path::{Path, PathBuf};
@@ -17,17 +18,28 @@ use std::time::Duration;
 pub struct PrivatePins {
     pub pin_dir: PathBuf,
     cgroup: PathBuf,
-    _bpffs: PrivateBpffs,
+    bpffs: PrivateBpffs,
 }
 
 impl PrivatePins {
+    /// Pins in `merbridge/` of a fresh private bpffs.
     pub fn new(prefix: &str, cgroup: &Path) -> PrivatePins {
+        PrivatePins::in_subdir(prefix, cgroup, "merbridge")
+    }
+
+    /// Pins in `subdir` of a fresh private bpffs.
+    pub fn in_subdir(prefix: &str, cgroup: &Path, subdir: &str) -> PrivatePins {
         let bpffs = PrivateBpffs::new(prefix).expect("private bpffs");
         PrivatePins {
-            pin_dir: bpffs.path().join("merbridge"),
+            pin_dir: bpffs.path().join(subdir),
             cgroup: cgroup.to_path_buf(),
-            _bpffs: bpffs,
+            bpffs,
         }
+    }
+
+    /// The private bpffs mount the pin directory is in.
+    pub fn bpffs(&self) -> &Path {
+        self.bpffs.path()
     }
 }
 
@@ -56,6 +68,41 @@ impl<'a> AgentOptions<'a> {
             pin_dir,
             extra,
         }
+    }
+}
+
+/// What an agent test without test-bed pods needs: a private cgroup (`mb-test-NAME`), private
+/// pins (`mb-NAME`), a fake API server and a scratch directory. Fields drop in declaration
+/// order: the API first, the pins (unloaded) before the cgroup they are attached to.
+pub struct AgentBed {
+    pub api: FakeApiServer,
+    pub dir: TempDir,
+    pub pins: PrivatePins,
+    pub cgroup: OwnedCgroup,
+}
+
+impl AgentBed {
+    pub fn new(name: &str) -> AgentBed {
+        let cgroup = OwnedCgroup::create_private(&format!("mb-test-{name}")).expect("cgroup");
+        let pins = PrivatePins::new(&format!("mb-{name}"), cgroup.path());
+        AgentBed {
+            api: FakeApiServer::start(None),
+            dir: TempDir::new(name),
+            pins,
+            cgroup,
+        }
+    }
+
+    /// Options for an agent on node `node` with `extra` flags.
+    pub fn agent_options<'a>(&'a self, node: &'a str, extra: &'a [&'a str]) -> AgentOptions<'a> {
+        AgentOptions::new(
+            &self.api,
+            &self.dir,
+            node,
+            self.cgroup.path(),
+            &self.pins.pin_dir,
+            extra,
+        )
     }
 }
 
@@ -97,18 +144,7 @@ impl TwoPodNode {
         // on a real node).
         let unique_pod = |name: &str, host: u16| {
             let mut spec = PodSpec::named(name);
-            let base = node.gateway_v6().segments();
-            let pid = std::process::id();
-            spec.ipv6 = Some(std::net::Ipv6Addr::new(
-                base[0],
-                base[1],
-                base[2],
-                0,
-                v6_tag,
-                (pid >> 16) as u16,
-                pid as u16,
-                host,
-            ));
+            spec.ipv6 = Some(node.process_unique_v6(v6_tag, host));
             node.add_pod(spec).expect("pod")
         };
         let client = unique_pod("client", 2);

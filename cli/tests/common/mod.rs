@@ -2,6 +2,7 @@
 //! HTTP endpoints, bounded waiting, and the node/pods/sidecar/API setups (`fixture`).
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod fixture;
 
 use crate::k8s_support::kubeconfig_text;

@@ -10,7 +10,7 @@ use mb_maps::layout::{
     addr_from_bytes, CidrRuleKey, PodEntry, PortRuleKey, POD_DNS_CAPTURE, POD_IN_PORTS_ALL,
     POD_OUT_CIDRS_ALL, POD_SPLICE_APP, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE, RULE_SCOPE_BITS,
 };
-use mb_maps::LpmTrie;
+use mb_maps::{LpmTrie, Pod};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -72,32 +72,20 @@ impl Rules {
     /// Reads both rule tries under `pin_dir`; a key that cannot be read is an error.
     pub fn read(pin_dir: &Path) -> Result<Rules, String> {
         let layout = PinLayout::new(pin_dir);
-        let port_trie: LpmTrie<PortRuleKey, u32> =
-            LpmTrie::open_pinned(&layout.map(MAP_PORT_RULES))
-                .map_err(|e| format!("map {MAP_PORT_RULES}: {e}"))?;
-        let cidr_trie: LpmTrie<CidrRuleKey, u32> =
-            LpmTrie::open_pinned(&layout.map(MAP_CIDR_RULES))
-                .map_err(|e| format!("map {MAP_CIDR_RULES}: {e}"))?;
         let mut rules = Rules {
-            ports: BTreeMap::new(),
-            cidrs: BTreeMap::new(),
+            ports: read_trie(
+                &layout,
+                MAP_PORT_RULES,
+                |k: &PortRuleKey| k.scope,
+                port_range,
+            )?,
+            cidrs: read_trie(
+                &layout,
+                MAP_CIDR_RULES,
+                |k: &CidrRuleKey| k.scope,
+                cidr_text,
+            )?,
         };
-        for key in port_trie.keys() {
-            let key = key.map_err(|e| format!("map {MAP_PORT_RULES}: {e}"))?;
-            rules
-                .ports
-                .entry(split_scope(key.scope))
-                .or_default()
-                .push(port_range(&key));
-        }
-        for key in cidr_trie.keys() {
-            let key = key.map_err(|e| format!("map {MAP_CIDR_RULES}: {e}"))?;
-            rules
-                .cidrs
-                .entry(split_scope(key.scope))
-                .or_default()
-                .push(cidr_text(&key));
-        }
         for list in rules.cidrs.values_mut() {
             list.sort();
         }
@@ -115,18 +103,8 @@ impl Rules {
 
     /// How many port and prefix keys pod `pod_id` has in the tries.
     pub fn key_counts(&self, pod_id: u32) -> (usize, usize) {
-        let ports = self
-            .ports
-            .iter()
-            .filter(|((id, _), _)| *id == pod_id)
-            .map(|(_, keys)| keys.len())
-            .sum();
-        let cidrs = self
-            .cidrs
-            .iter()
-            .filter(|((id, _), _)| *id == pod_id)
-            .map(|(_, keys)| keys.len())
-            .sum();
+        let ports = keys_of(&self.ports, pod_id);
+        let cidrs = keys_of(&self.cidrs, pod_id);
         (ports, cidrs)
     }
 
@@ -165,6 +143,36 @@ impl Rules {
             source: SOURCE_NOT_KEPT,
         }
     }
+}
+
+/// Every key of the pinned rule trie `name`, turned into `item` and grouped by the pod id
+/// and rule kind of its scope word.
+fn read_trie<K: Pod, T>(
+    layout: &PinLayout,
+    name: &str,
+    scope: impl Fn(&K) -> u32,
+    item: impl Fn(&K) -> T,
+) -> Result<BTreeMap<(u32, u32), Vec<T>>, String> {
+    let trie: LpmTrie<K, u32> =
+        LpmTrie::open_pinned(&layout.map(name)).map_err(|e| format!("map {name}: {e}"))?;
+    let mut grouped: BTreeMap<(u32, u32), Vec<T>> = BTreeMap::new();
+    for key in trie.keys() {
+        let key = key.map_err(|e| format!("map {name}: {e}"))?;
+        grouped
+            .entry(split_scope(scope(&key)))
+            .or_default()
+            .push(item(&key));
+    }
+    Ok(grouped)
+}
+
+/// How many keys of `grouped` belong to pod `pod_id`.
+fn keys_of<T>(grouped: &BTreeMap<(u32, u32), Vec<T>>, pod_id: u32) -> usize {
+    grouped
+        .iter()
+        .filter(|((id, _), _)| *id == pod_id)
+        .map(|(_, keys)| keys.len())
+        .sum()
 }
 
 /// The inclusive port range one prefix covers.
@@ -217,46 +225,36 @@ pub fn print_view(v: &PodView) {
         }
     };
     let yes_no = |b: bool| if b { "yes" } else { "no" };
+    // One line per field, values aligned in one column.
+    let field = |label: &str, value: &dyn std::fmt::Display| {
+        println!("  {:<26}{value}", format!("{label}:"));
+    };
     let addresses: Vec<String> = v.addresses.iter().map(|a| a.to_string()).collect();
     println!("pod {}", v.id);
-    println!("  addresses:                {}", addresses.join(","));
-    println!("  netns cookie:             {}", v.netns_cookie);
-    println!(
-        "  outbound include ports:   {}",
-        list(&v.outbound.include_ports)
-    );
-    println!(
-        "  outbound exclude ports:   {}",
-        list(&v.outbound.exclude_ports)
-    );
-    println!(
-        "  outbound include CIDRs:   {}",
-        list(&v.outbound.include_cidrs)
-    );
-    println!(
-        "  outbound exclude CIDRs:   {}",
-        list(&v.outbound.exclude_cidrs)
-    );
-    println!(
-        "  inbound include ports:    {}",
-        list(&v.inbound.include_ports)
-    );
-    println!(
-        "  inbound exclude ports:    {}",
-        list(&v.inbound.exclude_ports)
-    );
-    println!("  DNS capture:              {}", yes_no(v.dns_capture));
-    println!("  splice application legs:  {}", yes_no(v.splice_app));
+    field("addresses", &addresses.join(","));
+    field("netns cookie", &v.netns_cookie);
+    for (label, items) in [
+        ("outbound include ports", &v.outbound.include_ports),
+        ("outbound exclude ports", &v.outbound.exclude_ports),
+        ("outbound include CIDRs", &v.outbound.include_cidrs),
+        ("outbound exclude CIDRs", &v.outbound.exclude_cidrs),
+        ("inbound include ports", &v.inbound.include_ports),
+        ("inbound exclude ports", &v.inbound.exclude_ports),
+    ] {
+        field(label, &list(items));
+    }
+    field("DNS capture", &yes_no(v.dns_capture));
+    field("splice application legs", &yes_no(v.splice_app));
     match v.proxy_uid {
-        Some(uid) => println!("  sidecar UID:              {uid}"),
-        None => println!("  sidecar UID:              the load's --proxy-uid"),
+        Some(uid) => field("sidecar UID", &uid),
+        None => field("sidecar UID", &"the load's --proxy-uid"),
     }
     match v.proxy_gid {
-        Some(gid) => println!("  sidecar GID:              {gid}"),
-        None => println!("  sidecar GID:              (none)"),
+        Some(gid) => field("sidecar GID", &gid),
+        None => field("sidecar GID", &"(none)"),
     }
-    println!("  flags:                    {:#06x}", v.flags);
-    println!("  source:                   {}", v.source);
+    field("flags", &format!("{:#06x}", v.flags));
+    field("source", &v.source);
 }
 
 #[cfg(test)]
