@@ -22,8 +22,9 @@ use crate::memlock::{raise_memlock_if_needed, Memlock};
 use mb_asm::{Insn, Program, RelocKind, Relocation};
 use mb_maps::datapath::{
     Hook, MapDecl, CONST_DNS_PORT, CONST_INBOUND_PORT, CONST_OUTBOUND_PORT, CONST_PROXY_UID,
-    CONST_SPLICE, MAPS, MAP_SOCK_PAIRS,
+    CONST_SPLICE, MAPS, MAP_COUNTERS, MAP_SOCK_PAIRS,
 };
+use mb_maps::layout::Counter;
 use mb_maps::{Map, MapError};
 use mb_sys::bpf::{link_info, obj_get, prog_detach, AttachType, BpfError, LinkInfo};
 use std::fmt;
@@ -374,6 +375,27 @@ pub fn open_maps_sized(
         .map(|decl| {
             let path = layout.map(decl.name);
             Map::create_or_open_pinned(&path, &decl.spec_with(sizes.max_entries(decl)))
+                .or_else(|error| match &error {
+                    // Counters pinned by an older version with fewer entries: kept (the
+                    // programs' lookups past its end miss and count nothing).
+                    MapError::Mismatch { found, .. }
+                        if decl.name == MAP_COUNTERS && size_mismatch(decl, &error).is_some() =>
+                    {
+                        let size = found.max_entries;
+                        let result = Map::create_or_open_pinned(&path, &decl.spec_with(size));
+                        if result.is_ok() && size < Counter::COUNT {
+                            log::warn!(
+                                "counters map {} was pinned with {size} entries by an older \
+                                 version: counters from {} on are not counted until \
+                                 `merbridge unload` and a fresh load",
+                                path.display(),
+                                Counter::ALL[size as usize].name()
+                            );
+                        }
+                        result
+                    }
+                    _ => Err(error),
+                })
                 .map(|(map, created)| (decl, map, created))
                 .map_err(|error| match size_mismatch(decl, &error) {
                     Some(message) => DataPathError::PinDir { path, message },
