@@ -8,10 +8,6 @@ use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let _ = ClientConfig::from_kubeconfig_text(
-        &text,
-        Path::new("/nonexistent/mb-fuzz"),
-        None,
-        "fuzz",
-    );
+    let _ =
+        ClientConfig::from_kubeconfig_text(&text, Path::new("/nonexistent/mb-fuzz"), None, "fuzz");
 });
