@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// attached whenever the mesh has a DNS proxy.
     #[arg(long)]
     pub dns_capture: bool,
+    /// Seconds after which the API server ends each pod watch (drawn from [S, 2 S]); a watch
+    /// silent for that long plus S/5 is taken as stalled and replaced (logged "watch stalled").
+    #[arg(long, value_name = "S", default_value_t = 300)]
+    pub watch_timeout: u32,
     /// Seconds between full scans of the host's network namespaces.
     #[arg(long, default_value_t = 30)]
     pub rescan_secs: u64,
@@ -143,6 +147,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         rescan_interval: Duration::from_secs(args.rescan_secs.max(1)),
         retry_interval: Duration::from_secs(2),
         scan_spacing: Duration::from_millis(100),
+        watch_timeout_secs: args.watch_timeout,
     };
     mb_agent::run::run(config)?;
     Ok(ExitCode::SUCCESS)

@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// With --faults: seconds of load (default 30; 12 with --quick).
     #[arg(long, value_name = "S")]
     pub seconds: Option<u64>,
+    /// With --faults: seconds the API server stays down (default 60; 3 with --quick).
+    #[arg(long, value_name = "S")]
+    pub api_outage_secs: Option<u64>,
 }
 
 /// `--faults`: the fault suite's table (and JSON).
@@ -59,6 +62,9 @@ fn run_faults(args: &BenchArgs, bins: &Binaries, command: &str) -> Result<ExitCo
     let plan = bench::faults::FaultPlan {
         rate: args.rate.unwrap_or(if args.quick { 200 } else { 1000 }),
         seconds: args.seconds.unwrap_or(if args.quick { 12 } else { 30 }),
+        api_outage_secs: args
+            .api_outage_secs
+            .unwrap_or(if args.quick { 3 } else { 60 }),
     };
     if plan.rate == 0 || plan.seconds < 6 {
         return Err("--faults needs --rate of at least 1 and --seconds of at least 6".into());

@@ -386,6 +386,27 @@ pub fn open_maps_sized(
         .map(|decl| {
             let path = layout.map(decl.name);
             Map::create_or_open_pinned(&path, &decl.spec_with(sizes.max_entries(decl)))
+                .or_else(|error| match &error {
+                    // Counters pinned by an older version with fewer entries: kept (the
+                    // programs' lookups past its end miss and count nothing).
+                    MapError::Mismatch { found, .. }
+                        if decl.name == MAP_COUNTERS && size_mismatch(decl, &error).is_some() =>
+                    {
+                        let size = found.max_entries;
+                        let result = Map::create_or_open_pinned(&path, &decl.spec_with(size));
+                        if result.is_ok() && size < Counter::COUNT {
+                            log::warn!(
+                                "counters map {} was pinned with {size} entries by an older \
+                                 version: counters from {} on are not counted until \
+                                 `merbridge unload` and a fresh load",
+                                path.display(),
+                                Counter::ALL[size as usize].name()
+                            );
+                        }
+                        result
+                    }
+                    _ => Err(error),
+                })
                 .map(|(map, created)| (decl, map, created))
                 .map_err(|error| match size_mismatch(decl, &error) {
                     Some(message) => DataPathError::PinDir { path, message },

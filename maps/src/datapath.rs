@@ -267,7 +267,7 @@ pub const MAPS: &[MapDecl] = &[
         kind: MapKind::PerCpuArray,
         key_size: 4,
         value_size: 8,
-        max_entries: Counter::COUNT,
+        max_entries: Counter::CAPACITY,
         purpose: "data-path counters",
     },
 ];

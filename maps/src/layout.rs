@@ -443,10 +443,16 @@ pub enum Counter {
     InboundRefused = 11,
     /// Sidecar inbound listeners put into `inbound_listeners` by sock_ops.
     ListenerInserts = 12,
+    /// `SO_ORIGINAL_DST` asked on a socket accepted by the sidecar's own port with no entry
+    /// (evicted from the LRU `pair_orig`): the sidecar gets ENOENT.
+    OrigDstMisses = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
+    /// Entries of the counters map: headroom, so that the counters of a newer version fit a
+    /// map an older one pinned (a counter past a smaller pinned map is simply not counted).
+    pub const CAPACITY: u32 = 64;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::RedirectOutbound,
         Counter::RedirectInbound,
@@ -461,6 +467,7 @@ impl Counter {
         Counter::InboundSteered,
         Counter::InboundRefused,
         Counter::ListenerInserts,
+        Counter::OrigDstMisses,
     ];
 
     pub fn name(self) -> &'static str {
@@ -478,6 +485,7 @@ impl Counter {
             Counter::InboundSteered => "inbound_steered",
             Counter::InboundRefused => "inbound_refused",
             Counter::ListenerInserts => "listener_inserts",
+            Counter::OrigDstMisses => "orig_dst_misses",
         }
     }
 }

@@ -87,10 +87,11 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
 
     // No entry: steered by sk_lookup? Then the socket's own address (the key's remote end)
     // answers, as an OrigDst built at ORIG.
+    let missed = a.label();
     a.bind(steered)
         .ldx(Size::W, R1, SK, sock::SRC_PORT)
-        .jmp32_const(JmpOp::Eq, R1, CONST_INBOUND_PORT, out)
-        .jmp32_const(JmpOp::Eq, R1, CONST_OUTBOUND_PORT, out);
+        .jmp32_const(JmpOp::Eq, R1, CONST_INBOUND_PORT, missed)
+        .jmp32_const(JmpOp::Eq, R1, CONST_OUTBOUND_PORT, missed);
     a.ld_map_fd(R1, MAP_POD_IPS);
     stack_ptr(&mut a, R2, remote_ip);
     a.call(Helper::MapLookupElem).jmp_imm(JmpOp::Eq, R0, 0, out);
@@ -161,6 +162,11 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
         .mov64_imm(R1, 0)
         .stx(Size::W, CTX, sockopt::RETVAL, R1);
     count(&mut a, Counter::OrigDstAnswers);
+    a.ja(out);
+    // Accepted by the sidecar's own port, so redirected, yet no entry: evicted (LRU). The
+    // kernel's answer (ENOENT) stands; counted.
+    a.bind(missed);
+    count(&mut a, Counter::OrigDstMisses);
     a.bind(out).mov64_imm(R0, 1).exit();
     a.finish()
 }

@@ -146,4 +146,18 @@ fn evicted_original_destinations_are_refused_never_misrouted() {
     // The eviction happened and is what the sidecar saw: connections it could not route.
     assert!(no_orig > 0, "no eviction: {stats}");
     assert!(stats.closed + stats.errors >= no_orig, "{stats}");
+    // Each of those ENOENTs is counted by the getsockopt program (orig_dst_misses).
+    let status = Command::new(merbridge_binary().unwrap())
+        .args(["status", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    let misses: u64 = status
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("orig_dst_misses"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no orig_dst_misses counter in `merbridge status`:\n{status}"));
+    eprintln!("orig_dst_misses counter: {misses}");
+    assert!(misses >= no_orig as u64, "{misses} < {no_orig}:\n{status}");
 }

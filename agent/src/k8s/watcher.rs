@@ -63,6 +63,15 @@ impl WatchOptions {
             list_read_timeout: Duration::from_secs(60),
         }
     }
+
+    /// Watches the server ends after [secs, 2 secs]; one silent for its timeout plus a fifth
+    /// of `secs` (at least 1 s) is taken as stalled and replaced. `300` gives the defaults.
+    pub fn with_watch_timeout(mut self, secs: u32) -> WatchOptions {
+        let secs = secs.max(1);
+        self.watch_timeout_secs = (secs, secs.saturating_mul(2));
+        self.idle_timeout = Duration::from_secs(u64::from(secs / 5).max(1));
+        self
+    }
 }
 
 /// Counters for metrics and tests.
@@ -73,6 +82,8 @@ pub struct WatcherStats {
     pub watches: AtomicU64,
     pub events: AtomicU64,
     pub bookmarks: AtomicU64,
+    /// Watches given up because they went silent past their timeout.
+    pub stalled: AtomicU64,
     /// Relists because the server said the resource version expired (410).
     pub expired: AtomicU64,
     /// Requests or streams that failed (connection, HTTP status, decoding).
@@ -416,6 +427,11 @@ impl PodWatcher {
                     log::info!("pod watch: {message}; listing again");
                     bump(&self.stats.expired);
                     need_list = true;
+                    if started.elapsed() < Duration::from_secs(1) {
+                        // Expired at once, right after a list (a 410 storm): relisting
+                        // without a pause would hammer the server with full lists.
+                        self.pause();
+                    }
                 }
                 Err(Failure::Retryable(message)) => {
                     log::warn!("pod watch: {message}; retrying");
@@ -674,6 +690,19 @@ impl PodWatcher {
                 Err(e) => {
                     if self.stop.is_stopped() {
                         return Err(Failure::Stopped);
+                    }
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) {
+                        // The server neither sent anything (not even a bookmark) nor ended
+                        // the watch when it should have: a stalled watch, replaced.
+                        bump(&self.stats.stalled);
+                        return Err(Failure::Retryable(format!(
+                            "watch stalled: nothing received for {} s although the server \
+                             should have ended it after {timeout} s; reconnecting",
+                            read_timeout.as_secs()
+                        )));
                     }
                     return Err(Failure::Retryable(format!(
                         "watch connection broke after {events} events: {e}"

@@ -66,6 +66,8 @@ pub struct AgentConfig {
     pub retry_interval: Duration,
     /// Minimum time between two scans (bounds the cost of a burst of new pods).
     pub scan_spacing: Duration,
+    /// `--watch-timeout`: see [`WatchOptions::with_watch_timeout`].
+    pub watch_timeout_secs: u32,
 }
 
 enum Msg {
@@ -154,7 +156,10 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     // Pods with annotations we ignore (excludeInterfaces, ...), for the metric.
     let mut ignoring: std::collections::HashSet<String> = std::collections::HashSet::new();
 
-    let mut watcher = PodWatcher::new(client, WatchOptions::new(config.node_name.clone()));
+    let mut watcher = PodWatcher::new(
+        client,
+        WatchOptions::new(config.node_name.clone()).with_watch_timeout(config.watch_timeout_secs),
+    );
     *status.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher.stats());
     let stop = watcher.stop_handle();
     let (tx, rx) = mpsc::channel::<Msg>();

@@ -25,11 +25,48 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NODE: &str = "mb-bench-faults";
+/// The agents' `--watch-timeout`: a stalled watch is noticed within 2 × 4 + 1 s (the
+/// default, 300, gives 660 s).
+const WATCH_TIMEOUT_SECS: u32 = 4;
 
 /// What to run.
 pub struct FaultPlan {
     pub rate: u32,
     pub seconds: u64,
+    /// How long the API server stays down (60 s in the full run).
+    pub api_outage_secs: u64,
+}
+
+/// One API server fault (or SIGTERM with keep), under a load of its own.
+pub struct ApiFaultRow {
+    pub name: &'static str,
+    pub lasted_ms: u64,
+    /// From the fault's end until the maps equal the API's view (None: not within 60 s).
+    pub converged_ms: Option<u64>,
+    /// Pod lists the agent made meanwhile.
+    pub lists: u64,
+    pub load: LoadStats,
+    pub missed_client_sidecar: u64,
+}
+
+impl ApiFaultRow {
+    fn failures(&self) -> u64 {
+        let l = &self.load;
+        l.failed_connects
+            + l.failed_requests
+            + l.bypassed
+            + l.rr_failed
+            + self.missed_client_sidecar
+    }
+}
+
+/// SIGTERM with the DaemonSet gone.
+pub struct UnloadCheck {
+    pub took_ms: u64,
+    /// Programs still attached and pins left (should be none).
+    pub left: Vec<String>,
+    /// A short load afterwards: connections go direct (all bypass, none fail).
+    pub after: LoadStats,
 }
 
 /// One fault's row.
@@ -51,6 +88,8 @@ pub struct FaultReport {
     pub unmount_while_running: LoadStats,
     pub unmount_readyz: u16,
     pub unmount_after_exit: LoadStats,
+    pub api_rows: Vec<ApiFaultRow>,
+    pub unload: UnloadCheck,
 }
 
 impl FaultReport {
@@ -84,6 +123,33 @@ impl FaultReport {
             l.rr_requests,
             l.rr_failed
         );
+        out += "\nAPI server faults and SIGTERM, each under its own load (the API's view changes \
+                as the fault starts):\n\n\
+                | fault | lasted (ms) | maps converged (ms after its end) | lists | connects | \
+                failures (connect, request, RR, bypass) |\n|---|---:|---:|---:|---:|---:|\n";
+        for r in &self.api_rows {
+            out += &format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                r.name,
+                r.lasted_ms,
+                r.converged_ms
+                    .map_or_else(|| "not within 60 s".to_owned(), |ms| ms.to_string()),
+                r.lists,
+                r.load.connects,
+                r.failures()
+            );
+        }
+        let u = &self.unload;
+        out +=
+            &format!(
+            "SIGTERM, DaemonSet gone: unloaded in {} ms, left attached or pinned: {}; then {} of \
+             {} connections went direct, {} failed\n",
+            u.took_ms,
+            if u.left.is_empty() { "nothing".to_owned() } else { u.left.join(", ") },
+            u.after.bypassed,
+            u.after.connects,
+            u.after.failed_connects + u.after.failed_requests
+        );
         let (w, a) = (&self.unmount_while_running, &self.unmount_after_exit);
         out += &format!(
             "bpffs unmounted under the agent (named failure mode): while it runs {} of {} \
@@ -115,6 +181,17 @@ impl FaultReport {
             "faults": self.rows.iter().map(|r| serde_json::json!({
                 "fault": r.name, "at_ms": r.at_ms, "took_ms": r.took_ms, "failures": r.failures,
             })).collect::<Vec<_>>(),
+            "api_faults": self.api_rows.iter().map(|r| serde_json::json!({
+                "fault": r.name, "lasted_ms": r.lasted_ms, "converged_ms": r.converged_ms,
+                "lists": r.lists, "connects": r.load.connects,
+                "failed": r.load.failed_connects + r.load.failed_requests + r.load.rr_failed,
+                "bypassed": r.load.bypassed + r.missed_client_sidecar,
+            })).collect::<Vec<_>>(),
+            "sigterm_daemonset_gone": {"took_ms": self.unload.took_ms, "left": self.unload.left,
+                "after_connects": self.unload.after.connects,
+                "after_direct": self.unload.after.bypassed,
+                "after_failed": self.unload.after.failed_connects
+                    + self.unload.after.failed_requests},
             "bpffs_unmounted": {
                 "while_agent_runs": {"connects": self.unmount_while_running.connects,
                     "bypassed": self.unmount_while_running.bypassed,
@@ -136,81 +213,371 @@ impl FaultReport {
             + l.rr_failed
             + self.missed_client_sidecar
             == 0
+            && self
+                .api_rows
+                .iter()
+                .all(|r| r.failures() == 0 && r.converged_ms.is_some())
+            && self.unload.left.is_empty()
+            && self.unload.after.failed_connects + self.unload.after.failed_requests == 0
+            && self.unload.after.bypassed == self.unload.after.connects
     }
 }
 
-/// A list of fixed pods and watches that never send an event: all the agent needs here.
+/// What the built-in API server does to the agent right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ApiMode {
+    Up,
+    /// Listener closed, every open connection closed: connects are refused.
+    Down,
+    /// Every watch (open or new) ends with an ERROR 410 event: the agent must list again.
+    Gone,
+}
+
+/// The API's view of this node and what the server does; see [`ApiStub`].
+struct ApiState {
+    mode: ApiMode,
+    resource_version: u64,
+    pods: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Changes as watch events: (resource version, ADDED/DELETED, pod).
+    events: Vec<(u64, &'static str, serde_json::Value)>,
+    /// Bumped when the server goes down: connections of an older epoch close.
+    epoch: u64,
+    /// Bumped to stall: watches opened before go silent forever (and never end).
+    stall: u64,
+    /// Un-meshed pods listed besides `pods`, and how long a list takes to send.
+    filler: usize,
+    list_time: Duration,
+    /// Whether our DaemonSet exists (`--on-exit auto` asks on SIGTERM).
+    daemonset: bool,
+    lists: u64,
+    watches: u64,
+}
+
+/// A small API server: pods of one node listed and watched from a resource version (changes
+/// are ADDED/DELETED events), our DaemonSet, and faults on demand: down (connections
+/// refused), a 410 storm, a stalled watch, a slow list of many pods.
 struct ApiStub {
     addr: SocketAddr,
+    shared: Arc<(std::sync::Mutex<ApiState>, std::sync::Condvar)>,
     stop: Arc<AtomicBool>,
 }
 
 impl ApiStub {
-    fn start(pods: Vec<serde_json::Value>) -> std::io::Result<ApiStub> {
+    fn start(pods: Vec<(&str, serde_json::Value)>) -> std::io::Result<ApiStub> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let body = serde_json::json!({"kind": "PodList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": "1"}, "items": pods})
-        .to_string();
-        let flag = Arc::clone(&stop);
+        let state = ApiState {
+            mode: ApiMode::Up,
+            resource_version: 1,
+            pods: pods.into_iter().map(|(u, p)| (u.to_owned(), p)).collect(),
+            events: Vec::new(),
+            epoch: 0,
+            stall: 0,
+            filler: 0,
+            list_time: Duration::ZERO,
+            daemonset: true,
+            lists: 0,
+            watches: 0,
+        };
+        let shared = Arc::new((std::sync::Mutex::new(state), std::sync::Condvar::new()));
+        let (flag, server) = (Arc::clone(&stop), Arc::clone(&shared));
         std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if flag.load(Ordering::SeqCst) {
-                    break;
+            let mut listener = Some(listener);
+            while !flag.load(Ordering::SeqCst) {
+                if lock(&server).mode == ApiMode::Down {
+                    listener = None;
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
                 }
-                let (body, flag) = (body.clone(), Arc::clone(&flag));
-                std::thread::spawn(move || serve_api(conn, &body, &flag));
+                let Some(open) = &listener else {
+                    // Back up on the same port (SO_REUSEADDR: old connections do not block).
+                    listener = TcpListener::bind(addr)
+                        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                        .ok();
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                match open.accept() {
+                    Ok((conn, _)) => {
+                        let (server, flag) = (Arc::clone(&server), Arc::clone(&flag));
+                        std::thread::spawn(move || {
+                            let _ = conn.set_nonblocking(false);
+                            serve_api(conn, &server, &flag)
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
             }
         });
-        Ok(ApiStub { addr, stop })
+        Ok(ApiStub { addr, shared, stop })
+    }
+
+    fn change(&self, f: impl FnOnce(&mut ApiState)) {
+        f(&mut lock(&self.shared));
+        self.shared.1.notify_all();
+    }
+
+    fn set_mode(&self, mode: ApiMode) {
+        self.change(|s| {
+            if mode == ApiMode::Down {
+                s.epoch += 1;
+            }
+            s.mode = mode;
+        });
+    }
+
+    fn add_pod(&self, uid: &str, mut pod: serde_json::Value) {
+        self.change(|s| {
+            s.resource_version += 1;
+            pod["metadata"]["resourceVersion"] = s.resource_version.to_string().into();
+            s.events.push((s.resource_version, "ADDED", pod.clone()));
+            s.pods.insert(uid.to_owned(), pod);
+        });
+    }
+
+    fn remove_pod(&self, uid: &str) {
+        self.change(|s| {
+            if let Some(mut pod) = s.pods.remove(uid) {
+                s.resource_version += 1;
+                pod["metadata"]["resourceVersion"] = s.resource_version.to_string().into();
+                s.events.push((s.resource_version, "DELETED", pod));
+            }
+        });
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        let s = lock(&self.shared);
+        (s.lists, s.watches)
     }
 }
 
 impl Drop for ApiStub {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
+        self.shared.1.notify_all();
     }
 }
 
-fn serve_api(conn: TcpStream, list: &str, stop: &AtomicBool) {
+fn lock(
+    shared: &(std::sync::Mutex<ApiState>, std::sync::Condvar),
+) -> std::sync::MutexGuard<'_, ApiState> {
+    shared.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The value of `name=` in a request line's query.
+fn query_value<'a>(request: &'a str, name: &str) -> Option<&'a str> {
+    let query = request.split_whitespace().nth(1)?.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn chunk(conn: &mut TcpStream, line: &str) -> std::io::Result<()> {
+    write!(conn, "{:x}\r\n{line}\r\n", line.len())
+}
+
+/// An un-meshed pod of this node (the slow list's filler).
+fn filler_pod(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": format!("filler-{i}"), "namespace": "default",
+            "uid": format!("uid-filler-{i}"), "resourceVersion": "1"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app"}]},
+        "status": {"phase": "Running",
+            "podIP": format!("10.251.{}.{}", i / 250, i % 250 + 1)},
+    })
+}
+
+fn serve_api(
+    conn: TcpStream,
+    shared: &(std::sync::Mutex<ApiState>, std::sync::Condvar),
+    stop: &AtomicBool,
+) {
+    let epoch = lock(shared).epoch;
     let mut reader = BufReader::new(match conn.try_clone() {
         Ok(c) => c,
         Err(_) => return,
     });
     let mut conn = conn;
+    // Closed when the server "goes down" (the reads below would not notice).
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+    let gone = |conn: &TcpStream| {
+        let down = stop.load(Ordering::SeqCst) || lock(shared).epoch != epoch;
+        if down {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        down
+    };
     loop {
         let mut request = String::new();
-        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+        loop {
+            match reader.read_line(&mut request) {
+                Ok(0) => return,
+                Ok(_) => break,
+                Err(_) if !gone(&conn) => continue,
+                Err(_) => return,
+            }
+        }
+        let mut header = String::new();
+        loop {
+            header.clear();
+            match reader.read_line(&mut header) {
+                Ok(0) => return,
+                Ok(_) if header.trim().is_empty() => break,
+                Ok(_) => {}
+                Err(_) if !gone(&conn) => {}
+                Err(_) => return,
+            }
+        }
+        if gone(&conn) {
             return;
         }
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+        let path = request.split_whitespace().nth(1).unwrap_or("");
+        if path.starts_with("/apis/apps/v1/namespaces/") {
+            let body = if lock(shared).daemonset {
+                serde_json::json!({"kind": "DaemonSet", "apiVersion": "apps/v1",
+                    "metadata": {"name": "merbridge", "namespace": "merbridge"}})
+            } else {
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "NotFound", "code": 404})
+            }
+            .to_string();
+            let status = if body.contains("NotFound") {
+                "404 Not Found"
+            } else {
+                "200 OK"
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            if conn
+                .write_all(head.as_bytes())
+                .and_then(|()| conn.write_all(body.as_bytes()))
+                .is_err()
+            {
                 return;
             }
-            if header.trim().is_empty() {
-                break;
-            }
-        }
-        if request.contains("watch=true") {
-            let _ = conn.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                  Transfer-Encoding: chunked\r\n\r\n",
+        } else if request.contains("watch=true") {
+            serve_watch(conn, &request, shared, stop, epoch);
+            return;
+        } else {
+            let (body, list_time) = {
+                let mut s = lock(shared);
+                s.lists += 1;
+                // The filler first: a changed pod arrives only at the end of a slow list.
+                let items: Vec<serde_json::Value> = (0..s.filler)
+                    .map(filler_pod)
+                    .chain(s.pods.values().cloned())
+                    .collect();
+                let body = serde_json::json!({"kind": "PodList", "apiVersion": "v1",
+                    "metadata": {"resourceVersion": s.resource_version.to_string()},
+                    "items": items});
+                (body.to_string(), s.list_time)
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
             );
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(100));
+            if conn.write_all(head.as_bytes()).is_err() {
+                return;
             }
+            // A slow list: the body in 50 pieces spread over `list_time`.
+            let piece = body.len().div_ceil(50).max(1);
+            for part in body.as_bytes().chunks(piece) {
+                if gone(&conn) || conn.write_all(part).is_err() {
+                    return;
+                }
+                std::thread::sleep(list_time / 50);
+            }
+        }
+    }
+}
+
+fn serve_watch(
+    mut conn: TcpStream,
+    request: &str,
+    shared: &(std::sync::Mutex<ApiState>, std::sync::Condvar),
+    stop: &AtomicBool,
+    epoch: u64,
+) {
+    let mut since: u64 = query_value(request, "resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout: u64 = query_value(request, "timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let stall = {
+        let mut s = lock(shared);
+        s.watches += 1;
+        s.stall
+    };
+    if conn
+        .write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+        )
+        .is_err()
+    {
+        return;
+    }
+    let mut state = lock(shared);
+    loop {
+        if stop.load(Ordering::SeqCst) || state.epoch != epoch {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
             return;
         }
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            list.len()
-        );
-        if conn.write_all(head.as_bytes()).is_err() || conn.write_all(list.as_bytes()).is_err() {
+        if state.stall != stall {
+            // Stalled: silent and open until the server stops or goes down.
+            drop(state);
+            while !stop.load(Ordering::SeqCst) && lock(shared).epoch == epoch {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = conn.shutdown(std::net::Shutdown::Both);
             return;
         }
+        if state.mode == ApiMode::Gone {
+            drop(state);
+            let expired = serde_json::json!({"type": "ERROR", "object": {"kind": "Status",
+                "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410,
+                "message": "too old resource version"}});
+            let _ = chunk(&mut conn, &format!("{expired}\n"));
+            let _ = conn.write_all(b"0\r\n\r\n");
+            return;
+        }
+        let pending: Vec<String> = state
+            .events
+            .iter()
+            .filter(|e| e.0 > since)
+            .map(|(_, kind, pod)| serde_json::json!({"type": kind, "object": pod}).to_string())
+            .collect();
+        if let Some(last) = state.events.last() {
+            since = since.max(last.0);
+        }
+        if !pending.is_empty() {
+            drop(state);
+            for event in pending {
+                if chunk(&mut conn, &format!("{event}\n")).is_err() {
+                    return;
+                }
+            }
+            state = lock(shared);
+            continue;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            drop(state);
+            let _ = conn.write_all(b"0\r\n\r\n");
+            return;
+        }
+        let wait = (deadline - now).min(Duration::from_millis(100));
+        state = shared
+            .1
+            .wait_timeout(state, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
 }
 
@@ -250,7 +617,13 @@ impl AgentProcess {
                 "--node-name",
                 NODE,
                 "--on-exit",
-                "keep",
+                "auto",
+                "--daemonset-namespace",
+                "merbridge",
+                "--daemonset-name",
+                "merbridge",
+                "--watch-timeout",
+                &WATCH_TIMEOUT_SECS.to_string(),
             ])
             .arg("--kubeconfig")
             .arg(kubeconfig)
@@ -397,10 +770,11 @@ pub fn run(
     let client_sidecar = sidecar(&client).map_err(e("client sidecar"))?;
     let _server_sidecar = sidecar(&server).map_err(e("server sidecar"))?;
     let _app = start_app(&server, bins).map_err(e("server app"))?;
+    let late = unique_pod("late", 5).map_err(e("fourth pod"))?;
     let api = ApiStub::start(vec![
-        api_pod(&client, "uid-client"),
-        api_pod(&server, "uid-server"),
-        api_pod(&ghost, "uid-ghost"),
+        ("uid-client", api_pod(&client, "uid-client")),
+        ("uid-server", api_pod(&server, "uid-server")),
+        ("uid-ghost", api_pod(&ghost, "uid-ghost")),
     ])
     .map_err(e("API stub"))?;
     let kubeconfig = dir.join("kubeconfig");
@@ -546,6 +920,227 @@ pub fn run(
         })
         .collect();
 
+    // API server faults, each under a load of its own. The API's view changes as a fault
+    // starts (a fourth pod, `late`, added or removed); convergence is the time from the
+    // fault's end until the maps show it.
+    let late_ip: IpAddr = late.ipv4().into();
+    let late_cookie = late.netns_cookie().map_err(e("netns cookie"))?;
+    let wait_late = |maps: &mb_agent::run::BpfPodStore,
+                     present: bool,
+                     budget: Duration|
+     -> Result<Option<u64>, String> {
+        let t = Instant::now();
+        loop {
+            let entry = maps.find(late_ip)?;
+            let equal = match entry {
+                Some(entry) => present && entry.netns == late_cookie,
+                None => !present,
+            };
+            if equal {
+                return Ok(Some(t.elapsed().as_millis() as u64));
+            }
+            if t.elapsed() > budget {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    api.add_pod("uid-late", api_pod(&late, "uid-late"));
+    if wait_late(&maps, true, Duration::from_secs(10))?.is_none() {
+        return Err(format!("pod late not in the maps:\n{}", successor.log()));
+    }
+    let run_with_load = |secs: u64,
+                         fault: &mut dyn FnMut() -> Result<ApiOutcome, String>|
+     -> Result<(LoadStats, u64, ApiOutcome), String> {
+        let before = outbound_to(&client_sidecar, whoami);
+        let load = client
+            .spawn(load_cmd(plan.rate, 8, secs), APP_UID)
+            .map_err(e("load"))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let outcome = fault();
+        let line = load
+            .finish(Duration::from_secs(secs + 60))
+            .map_err(e("load"))?;
+        let outcome = outcome?;
+        let stats = LoadStats::parse(line.trim()).map_err(e("load output"))?;
+        std::thread::sleep(Duration::from_millis(300));
+        let answered = stats.connects - stats.failed_connects - stats.failed_requests;
+        let missed = answered.saturating_sub(outbound_to(&client_sidecar, whoami) - before);
+        Ok((stats, missed, outcome))
+    };
+    let mut api_rows = Vec::new();
+    let mut push = |name: &'static str, (load, missed, o): (LoadStats, u64, ApiOutcome)| {
+        api_rows.push(ApiFaultRow {
+            name,
+            lasted_ms: o.lasted_ms,
+            converged_ms: o.converged_ms,
+            lists: o.lists,
+            load,
+            missed_client_sidecar: missed,
+        })
+    };
+    let budget = Duration::from_secs(60);
+    let outage = plan.api_outage_secs;
+    progress(&format!("API server down for {outage} s"));
+    push(
+        "API server down, then back",
+        run_with_load(outage + 6, &mut || {
+            let (lists, _) = api.counts();
+            let t = Instant::now();
+            api.set_mode(ApiMode::Down);
+            api.remove_pod("uid-late");
+            std::thread::sleep(Duration::from_secs(outage));
+            api.set_mode(ApiMode::Up);
+            let lasted_ms = t.elapsed().as_millis() as u64;
+            Ok(ApiOutcome {
+                lasted_ms,
+                converged_ms: wait_late(&maps, false, budget)?,
+                lists: api.counts().0 - lists,
+            })
+        })?,
+    );
+    let storm = outage.clamp(2, 5);
+    progress(&format!("410 storm for {storm} s"));
+    push(
+        "410 storm (every watch expired)",
+        run_with_load(storm + 4, &mut || {
+            let (lists, _) = api.counts();
+            let t = Instant::now();
+            api.set_mode(ApiMode::Gone);
+            api.add_pod("uid-late", api_pod(&late, "uid-late"));
+            std::thread::sleep(Duration::from_secs(storm));
+            api.set_mode(ApiMode::Up);
+            Ok(ApiOutcome {
+                lasted_ms: t.elapsed().as_millis() as u64,
+                converged_ms: wait_late(&maps, true, budget)?,
+                lists: api.counts().0 - lists,
+            })
+        })?,
+    );
+    progress("a watch stalls without closing");
+    let stalled_before = successor.log().matches("watch stalled").count();
+    push(
+        "watch stalls without closing",
+        run_with_load(u64::from(WATCH_TIMEOUT_SECS) * 3 + 3, &mut || {
+            let (lists, _) = api.counts();
+            api.change(|s| s.stall += 1);
+            api.remove_pod("uid-late");
+            let converged_ms = wait_late(
+                &maps,
+                false,
+                Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS) * 4),
+            )?;
+            if successor.log().matches("watch stalled").count() == stalled_before {
+                return Err(format!(
+                    "the agent did not log the stalled watch:\n{}",
+                    successor.log()
+                ));
+            }
+            Ok(ApiOutcome {
+                lasted_ms: 0,
+                converged_ms,
+                lists: api.counts().0 - lists,
+            })
+        })?,
+    );
+    let list_secs = outage.clamp(2, 5);
+    progress(&format!("a slow list of 10,000 pods ({list_secs} s)"));
+    push(
+        "slow list of 10,000 pods (after a 410)",
+        run_with_load(list_secs + 6, &mut || {
+            let (lists, _) = api.counts();
+            let t = Instant::now();
+            api.change(|s| {
+                s.filler = 10_000 - 4;
+                s.list_time = Duration::from_secs(list_secs);
+                s.mode = ApiMode::Gone;
+            });
+            api.add_pod("uid-late", api_pod(&late, "uid-late"));
+            std::thread::sleep(Duration::from_millis(200));
+            api.set_mode(ApiMode::Up);
+            let converged = wait_late(&maps, true, budget)?.map(|_| t.elapsed().as_millis() as u64);
+            api.change(|s| {
+                s.filler = 0;
+                s.list_time = Duration::ZERO;
+            });
+            // "Lasted": the list's own time; converged: after that.
+            let lasted_ms = list_secs * 1000;
+            Ok(ApiOutcome {
+                lasted_ms,
+                converged_ms: converged.map(|ms| ms.saturating_sub(lasted_ms)),
+                lists: api.counts().0 - lists,
+            })
+        })?,
+    );
+
+    // SIGTERM: with the DaemonSet present (keep), nothing is lost while no agent runs; with it
+    // gone (unload), nothing is left attached or pinned and connections go direct.
+    progress("SIGTERM, DaemonSet present (keep)");
+    let mut next_agent = None;
+    push(
+        "SIGTERM, DaemonSet present: keep (1 s without agent)",
+        run_with_load(4, &mut || {
+            let t = Instant::now();
+            successor.signal(nix::sys::signal::Signal::SIGTERM);
+            let _ = successor.wait_exit();
+            if !successor.log().contains("still exists") {
+                return Err(format!("the agent did not keep:\n{}", successor.log()));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let mut agent = start_agent();
+            agent.wait_ready()?;
+            next_agent = Some(agent);
+            Ok(ApiOutcome {
+                lasted_ms: t.elapsed().as_millis() as u64,
+                converged_ms: Some(0),
+                lists: 0,
+            })
+        })?,
+    );
+    let mut successor = next_agent.ok_or("no agent after keep")?;
+    progress("SIGTERM, DaemonSet gone (unload)");
+    api.change(|s| s.daemonset = false);
+    let t = Instant::now();
+    successor.signal(nix::sys::signal::Signal::SIGTERM);
+    let _ = successor.wait_exit();
+    let unload_ms = t.elapsed().as_millis() as u64;
+    if !successor.log().contains("is gone: unloading") {
+        return Err(format!("the agent did not unload:\n{}", successor.log()));
+    }
+    let mut left: Vec<String> = mb_maps::datapath::Hook::ALL
+        .iter()
+        .filter(|h| h.attaches_to_cgroup())
+        .flat_map(|h| {
+            mb_loader::attach::query_cgroup(&cgroup, h.attach_type(), false).unwrap_or_default()
+        })
+        .map(|p| format!("attached {}", p.name))
+        .collect();
+    left.extend(
+        std::fs::read_dir(&pin_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| format!("pinned {}", entry.path().display())),
+    );
+    let after_unload = {
+        let line = client
+            .spawn(load_cmd(plan.rate.min(200), 1, 2), APP_UID)
+            .and_then(|l| l.finish(Duration::from_secs(30)))
+            .map_err(e("load after unload"))?;
+        LoadStats::parse(line.trim()).map_err(e("load after unload"))?
+    };
+    api.change(|s| s.daemonset = true);
+    let mut successor = start_agent();
+    successor.wait_ready()?;
+    let maps = mb_agent::run::BpfPodStore::open(&pin_dir)?;
+    let started_maps = Instant::now();
+    while maps.find(server.ipv4().into())?.is_none() || maps.find(client.ipv4().into())?.is_none() {
+        if started_maps.elapsed() > Duration::from_secs(10) {
+            return Err(format!("pods not back in the maps:\n{}", successor.log()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
     progress("bpffs unmounted under the agent");
     nix::mount::umount2(bpffs.path(), nix::mount::MntFlags::MNT_DETACH)
         .map_err(|err| format!("umount {}: {err}", bpffs.path().display()))?;
@@ -571,5 +1166,18 @@ pub fn run(
         unmount_while_running: while_running,
         unmount_readyz: readyz,
         unmount_after_exit: after_exit,
+        api_rows,
+        unload: UnloadCheck {
+            took_ms: unload_ms,
+            left,
+            after: after_unload,
+        },
     })
+}
+
+/// What one API fault did.
+struct ApiOutcome {
+    lasted_ms: u64,
+    converged_ms: Option<u64>,
+    lists: u64,
 }
