@@ -702,3 +702,133 @@ fn a_thousand_add_del_cycles_leave_nothing_behind() {
         "no pin, link or record left"
     );
 }
+
+/// The agent and the plugin allocate pod ids side by side and never give two pods one id:
+/// the real agent runs (with one pod of its own) while the plugin ADDs three sandboxes; then
+/// the API lists three pods only the agent writes, and finally the plugin's pods, whose ids
+/// and namespaces the agent adopts. Every address has its own id, the plugin's pods keep
+/// theirs, every pod has exactly its own rules, and the first one is still intercepted.
+#[test]
+fn agent_and_plugin_never_give_two_pods_one_id() {
+    if !mb_sys::testing::kernel_tests_enabled("agent_and_plugin_never_give_two_pods_one_id") {
+        return;
+    }
+    let rig = Rig::new();
+    let net = format!("10.77.{}", rig.subnet);
+    let agent_only = |i: u32| format!("{net}.{}", 200 + i);
+    let early = rig.api_pod("early-0", "uid-early", true, &[&agent_only(0)]);
+    rig.api.add_pod(early);
+    let agent_dir = TempDir::new("cni-ids");
+    let mut agent = Agent::start(&AgentOptions {
+        api: &rig.api,
+        dir: &agent_dir.0,
+        node: NODE,
+        cgroup: rig.cgroup.path(),
+        pin_dir: &rig.pin_dir,
+        extra: &["--on-exit", "keep"],
+    });
+    agent.wait_ready(Duration::from_secs(30));
+    let early_ip: IpAddr = agent_only(0).parse().unwrap();
+    common::wait_until(Duration::from_secs(10), "the agent's own pod", || {
+        rig.maps().find(early_ip).unwrap().is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
+
+    // The plugin registers three sandboxes while the agent runs.
+    let mut registered = Vec::new();
+    for i in 0..3 {
+        let sb = rig.sandbox(&format!("ids{i}"));
+        let (name, uid) = (format!("cni-{i}"), format!("uid-cni-{i}"));
+        rig.api_pod(&name, &uid, true, &[]);
+        let args = k8s_args(&name, &uid);
+        let (prev, add) = rig.chain_add(&sb, &args);
+        assert!(add.ok, "ADD {name}: {add:?}");
+        let ip = pod_ip(&prev);
+        let id = rig.maps().find(ip).unwrap().expect("registered").pod_id;
+        registered.push((sb, name, uid, args, prev, ip, id));
+    }
+    // Pods only the agent writes, then the plugin's pods as the API reports them.
+    for i in 1..=3 {
+        let pod = rig.api_pod(
+            &format!("agent-{i}"),
+            &format!("uid-agent-{i}"),
+            true,
+            &[&agent_only(i)],
+        );
+        rig.api.add_pod(pod);
+    }
+    for (_, name, uid, _, _, ip, _) in &registered {
+        let pod = rig.api_pod(name, uid, true, &[&ip.to_string()]);
+        rig.api.add_pod(pod);
+    }
+    let mut addresses: Vec<IpAddr> = (0..=3).map(|i| agent_only(i).parse().unwrap()).collect();
+    addresses.extend(registered.iter().map(|r| r.5));
+    common::wait_until(Duration::from_secs(10), "all seven pods", || {
+        addresses
+            .iter()
+            .all(|ip| rig.maps().find(*ip).unwrap().is_some())
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
+    // Let the agent handle every event it has (the plugin's pods are the last ones).
+    std::thread::sleep(Duration::from_millis(300));
+
+    let maps = rig.maps();
+    let ids: Vec<u32> = addresses
+        .iter()
+        .map(|ip| maps.find(*ip).unwrap().expect("still registered").pod_id)
+        .collect();
+    let distinct: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        ids.len(),
+        "two pods share an id: {addresses:?} -> {ids:?}; log:\n{}",
+        agent.log()
+    );
+    // Namespace entries too: each carries the id of the pod with its address.
+    for entry in rig.netns_map().iter() {
+        let (cookie, e) = entry.unwrap();
+        let at = ids.iter().position(|i| *i == e.pod_id);
+        let at = at.unwrap_or_else(|| panic!("netns {cookie}: id {} is no pod's", e.pod_id));
+        assert_eq!(
+            mb_maps::layout::addr_from_bytes(e.ipv4),
+            addresses[at],
+            "netns {cookie}: id {} is another pod's",
+            e.pod_id
+        );
+    }
+    for (i, (sb, name, ..)) in registered.iter().enumerate() {
+        let cookie = mb_sys::netns::netns_cookie(sb.netns.path()).unwrap();
+        let entry = maps.find(registered[i].5).unwrap().unwrap();
+        assert_eq!(
+            entry.pod_id, registered[i].6,
+            "{name}: the agent kept its id"
+        );
+        assert_eq!(entry.netns, cookie, "{name}: the agent kept its namespace");
+        let by_netns = rig.netns_map().get(&cookie).unwrap().expect("netns entry");
+        assert_eq!(by_netns.pod_id, entry.pod_id, "{name}");
+    }
+    // Every pod is the same injected Istio pod: each id has the same, non-empty rule set,
+    // and no rule belongs to an id that no pod has.
+    let per_pod = maps.rule_counts(ids[0]);
+    assert!(per_pod.0 > 0, "the pods have port rules");
+    for id in &ids {
+        assert_eq!(maps.rule_counts(*id), per_pod, "rules of pod id {id}");
+    }
+    let layout = PinLayout::new(&rig.pin_dir);
+    let ports: mb_maps::LpmTrie<PortRuleKey, u32> =
+        mb_maps::LpmTrie::open_pinned(&layout.map(MAP_PORT_RULES)).unwrap();
+    assert_eq!(
+        ports.keys().count(),
+        per_pod.0 * ids.len(),
+        "no stray rules"
+    );
+    let first = rig.validate(&registered[0].0);
+    assert!(first.ok, "the plugin's pod is still intercepted: {first:?}");
+
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", agent.log());
+    for (sb, _, _, args, prev, ..) in &registered {
+        let del = rig.chain_del(sb, args, prev);
+        assert!(del.ok, "{del:?}");
+    }
+}
