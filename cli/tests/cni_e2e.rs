@@ -832,3 +832,93 @@ fn agent_and_plugin_never_give_two_pods_one_id() {
         assert!(del.ok, "{del:?}");
     }
 }
+
+/// A server process in a sandbox (its netns and cgroup, as `uid`), once it says `ready`.
+fn serve_in(sb: &Sandbox, uid: u32, port: u16) -> std::process::Child {
+    use std::io::BufRead;
+    let mut cmd = Command::new(mb_testbed::workload_binary().expect("mb-workload"));
+    cmd.args(["serve", "--whoami", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    place(
+        &mut cmd,
+        &Placement {
+            netns: Some(sb.netns.path()),
+            cgroup: Some(&sb.cgroup),
+            uid: Some(uid),
+            gid: None,
+            die_with_parent: true,
+        },
+    )
+    .unwrap();
+    let mut child = cmd.spawn().expect("spawn mb-workload");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("ready"), "mb-workload: {line:?}");
+    child
+}
+
+/// Inbound right after ADD, from outside the pod (the node's namespace, across the bridge):
+/// refused while the sidecar does not listen — even though the application does (fail
+/// closed) — and steered to the sidecar's inbound port once it listens; DEL detaches the
+/// pod's sk_lookup link.
+#[test]
+fn inbound_right_after_add_meets_the_sidecar_or_is_refused() {
+    if !mb_sys::testing::kernel_tests_enabled(
+        "inbound_right_after_add_meets_the_sidecar_or_is_refused",
+    ) {
+        return;
+    }
+    let rig = Rig::new();
+    let sb = rig.sandbox("inbound");
+    rig.api_pod("in-0", "uid-in", true, &[]);
+    let args = k8s_args("in-0", "uid-in");
+    let (prev, add) = rig.chain_add(&sb, &args);
+    assert!(add.ok, "ADD: {add:?}");
+    let ip = pod_ip(&prev);
+    let id = rig.maps().find(ip).unwrap().expect("registered").pod_id;
+    let link = rig
+        .pin_dir
+        .join("links")
+        .join("inbound")
+        .join(format!("pod-{id}"));
+    assert!(link.exists(), "ADD pinned the pod's inbound link {link:?}");
+    let target = std::net::SocketAddr::new(ip, 8080);
+    let from_node = || {
+        mb_sys::netns::run_in_netns(rig.host.path(), || mb_testbed::workload::whoami(target))
+            .expect("enter the node namespace")
+    };
+
+    // The application listens, its sidecar not yet: the first caller is refused.
+    let mut app = serve_in(&sb, APP_UID, 8080);
+    let refused = from_node();
+    let _ = app.kill();
+    let _ = app.wait();
+    let err = refused.expect_err("no sidecar yet: refused, never delivered to the app");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "refused at once: {err}"
+    );
+
+    // The sidecar listens on its inbound port (nothing listens on 8080 now): the next
+    // caller reaches it, with the original destination as its local address.
+    let mut sidecar = serve_in(&sb, 1337, 15006);
+    let seen = from_node();
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    let (peer, local) = seen.expect("steered to the sidecar");
+    assert_eq!(local, target, "the sidecar sees the original destination");
+    assert_eq!(
+        peer.ip().to_string(),
+        rig.gateway(),
+        "the caller is the node"
+    );
+
+    let del = rig.chain_del(&sb, &args, &prev);
+    assert!(del.ok, "DEL: {del:?}");
+    assert!(!link.exists(), "DEL removed the inbound link");
+    assert_eq!(rig.map_keys(), 0, "no map entry left");
+}
