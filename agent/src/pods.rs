@@ -633,17 +633,13 @@ impl PodMaps {
 /// The agent's map sync writes through the same handle and the same error classification as
 /// `merbridge pod` (it keeps its own record of what it wrote, so it never uses the index).
 impl PodStore for PodMaps {
+    // Batched reads (`BPF_MAP_LOOKUP_BATCH`, 256 entries a call): allocating a new pod's id
+    // reads both hash maps, and must cost a few calls, not two per pod already there.
     fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, PodMapError> {
-        self.pod_ips
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(in_map(MAP_POD_IPS))
+        self.pod_ips.dump().map_err(in_map(MAP_POD_IPS))
     }
     fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, PodMapError> {
-        self.netns_pods
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(in_map(MAP_NETNS_PODS))
+        self.netns_pods.dump().map_err(in_map(MAP_NETNS_PODS))
     }
     fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, PodMapError> {
         self.port_rules
