@@ -255,6 +255,62 @@ pub trait PodStore {
     fn del_port_rule(&mut self, key: &PortRuleKey) -> Result<(), PodMapError>;
     fn add_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), PodMapError>;
     fn del_cidr_rule(&mut self, key: &CidrRuleKey) -> Result<(), PodMapError>;
+
+    /// The entry of address `addr` (a direct lookup).
+    fn pod_ip_entry(&self, addr: &Addr) -> Result<Option<PodEntry>, PodMapError> {
+        Ok(self
+            .pod_ip_entries()?
+            .into_iter()
+            .find(|(a, _)| a == addr)
+            .map(|(_, e)| e))
+    }
+    /// The entry of network namespace `cookie` (a direct lookup).
+    fn netns_entry(&self, cookie: u64) -> Result<Option<PodEntry>, PodMapError> {
+        Ok(self
+            .netns_entries()?
+            .into_iter()
+            .find(|(c, _)| *c == cookie)
+            .map(|(_, e)| e))
+    }
+    /// Every pod id some writer has in the maps (an entry in `pod_ips` or `netns_pods`).
+    fn used_pod_ids(&self) -> Result<BTreeSet<u32>, PodMapError> {
+        let mut ids: BTreeSet<u32> = self
+            .pod_ip_entries()?
+            .iter()
+            .map(|(_, e)| e.pod_id)
+            .collect();
+        ids.extend(self.netns_entries()?.iter().map(|(_, e)| e.pod_id));
+        Ok(ids)
+    }
+    /// The rule keys stored for `pod_id` (a scan of the rule maps: for adopting a pod another
+    /// writer registered, not for every event).
+    fn rule_keys_of(
+        &self,
+        pod_id: u32,
+    ) -> Result<(BTreeSet<PortRuleKey>, BTreeSet<CidrRuleKey>), PodMapError> {
+        let ports = self
+            .port_rule_keys()?
+            .into_iter()
+            .filter(|k| k.scope >> 2 == pod_id);
+        let cidrs = self
+            .cidr_rule_keys()?
+            .into_iter()
+            .filter(|k| k.scope >> 2 == pod_id);
+        Ok((ports.collect(), cidrs.collect()))
+    }
+}
+
+/// The lowest pod id not in `used` (ids share the rule keys' scope word with 2 bits of rule
+/// kind, so there are 2^30 - 1 of them; 0 means "no pod").
+pub fn lowest_unused_id(used: &BTreeSet<u32>) -> Option<u32> {
+    let mut id = 1;
+    for &u in used.range(1..) {
+        if u != id {
+            break;
+        }
+        id += 1;
+    }
+    (id < (1u32 << 30)).then_some(id)
 }
 
 /// The pod-related maps of a loaded data path: the one writer of these maps, for
@@ -270,32 +326,17 @@ pub struct PodMaps {
     index: Mutex<Option<Index>>,
 }
 
-/// Pod ids in use and the rule keys stored per pod id.
+/// The rule keys stored per pod id.
 #[derive(Default)]
 struct Index {
-    used_ids: BTreeSet<u32>,
-    /// Lowest id that may be free (every id below it is in use).
-    free_from: u32,
     port_rules: BTreeMap<u32, BTreeSet<PortRuleKey>>,
     cidr_rules: BTreeMap<u32, BTreeSet<CidrRuleKey>>,
 }
 
 impl Index {
-    /// The lowest unused id (ids share the rule keys' scope word with 2 bits of rule kind).
-    fn unused_id(&mut self) -> Option<u32> {
-        let mut id = self.free_from.max(1);
-        while self.used_ids.contains(&id) {
-            id += 1;
-        }
-        self.free_from = id;
-        (id < (1u32 << 30)).then_some(id)
-    }
-
     fn release(&mut self, id: u32) {
-        self.used_ids.remove(&id);
         self.port_rules.remove(&id);
         self.cidr_rules.remove(&id);
-        self.free_from = self.free_from.min(id);
     }
 }
 
@@ -352,10 +393,7 @@ impl PodMaps {
     fn index(&self) -> Result<MutexGuard<'_, Option<Index>>, PodMapError> {
         let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            let mut index = Index {
-                used_ids: self.pods()?.iter().map(|p| p.pod_id).collect(),
-                ..Index::default()
-            };
+            let mut index = Index::default();
             for key in PodStore::port_rule_keys(self)? {
                 index
                     .port_rules
@@ -402,32 +440,56 @@ impl PodMaps {
     /// index assumes this handle is the maps' only writer while it lives (the agent); a
     /// one-shot `merbridge pod add` builds it fresh, by one scan.
     pub fn upsert(&self, pod: &LocalPod) -> Result<(u32, CompiledPolicy), PodMapError> {
-        let existing = pod
-            .ips
-            .iter()
-            .map(|&ip| self.find(ip))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .next();
+        // The pod's own entry, by address or by namespace: direct lookups.
+        let mut existing = None;
+        for ip in &pod.ips {
+            existing = self.find(*ip)?;
+            if existing.is_some() {
+                break;
+            }
+        }
+        if existing.is_none() && pod.netns_cookie != 0 {
+            existing = PodStore::netns_entry(self, pod.netns_cookie)?;
+        }
+        let Some(previous) = existing else {
+            return self.insert_new(pod);
+        };
+        // An update: its stale rules come from the index (one scan per handle).
         let mut guard = self.index()?;
         let index = guard.as_mut().expect("index() builds the index");
-        let pod_id = match existing {
-            Some(e) => e.pod_id,
-            None => index.unused_id().ok_or_else(|| PodMapError::NoPodId {
+        let pod_id = previous.pod_id;
+        let compiled = compile(pod_id, &pod.policy, pod.dns_capture);
+        match self.write(pod_id, pod, &compiled, Some(&previous), Some(index)) {
+            Ok(()) => Ok((pod_id, compiled)),
+            Err(e) => {
+                // The maps may now differ from the index: rebuild it next time.
+                *guard = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// A pod none of whose keys is in the maps: it takes the lowest id that no writer has
+    /// in the maps right now. Read from the maps, not from this handle's memory: the agent,
+    /// `merbridge pod` and the CNI plugin all allocate this way, each under the maps' write
+    /// lock ([`crate::pin_lock`]), so two pods never get one id. A fresh id has no rules to
+    /// remove, so the rule maps are not scanned.
+    fn insert_new(&self, pod: &LocalPod) -> Result<(u32, CompiledPolicy), PodMapError> {
+        let pod_id = lowest_unused_id(&PodStore::used_pod_ids(self)?).ok_or_else(|| {
+            PodMapError::NoPodId {
                 pod: pod
                     .ips
                     .iter()
                     .map(IpAddr::to_string)
                     .collect::<Vec<_>>()
                     .join(","),
-            })?,
-        };
+            }
+        })?;
         let compiled = compile(pod_id, &pod.policy, pod.dns_capture);
-        match self.write(pod_id, pod, &compiled, existing.as_ref(), index) {
+        let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        match self.write(pod_id, pod, &compiled, None, guard.as_mut()) {
             Ok(()) => Ok((pod_id, compiled)),
             Err(e) => {
-                // The maps may now differ from the index: rebuild it next time.
                 *guard = None;
                 Err(e)
             }
@@ -440,7 +502,7 @@ impl PodMaps {
         pod: &LocalPod,
         compiled: &CompiledPolicy,
         previous: Option<&PodEntry>,
-        index: &mut Index,
+        index: Option<&mut Index>,
     ) -> Result<(), PodMapError> {
         let mut entry = PodEntry {
             pod_id,
@@ -479,8 +541,10 @@ impl PodMaps {
                 del(MAP_NETNS_PODS, &self.netns_pods, &prev.netns)?;
             }
         }
-        index.used_ids.insert(pod_id);
-        self.remove_rules(pod_id, Some(compiled), index)
+        match index {
+            Some(index) => self.remove_rules(pod_id, Some(compiled), index),
+            None => Ok(()),
+        }
     }
 
     /// Removes the rules of `pod_id` that `keep` does not have (all, without `keep`), as the
@@ -569,17 +633,13 @@ impl PodMaps {
 /// The agent's map sync writes through the same handle and the same error classification as
 /// `merbridge pod` (it keeps its own record of what it wrote, so it never uses the index).
 impl PodStore for PodMaps {
+    // Batched reads (`BPF_MAP_LOOKUP_BATCH`, 256 entries a call): allocating a new pod's id
+    // reads both hash maps, and must cost a few calls, not two per pod already there.
     fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, PodMapError> {
-        self.pod_ips
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(in_map(MAP_POD_IPS))
+        self.pod_ips.dump().map_err(in_map(MAP_POD_IPS))
     }
     fn netns_entries(&self) -> Result<Vec<(u64, PodEntry)>, PodMapError> {
-        self.netns_pods
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(in_map(MAP_NETNS_PODS))
+        self.netns_pods.dump().map_err(in_map(MAP_NETNS_PODS))
     }
     fn port_rule_keys(&self) -> Result<Vec<PortRuleKey>, PodMapError> {
         self.port_rules
@@ -592,6 +652,12 @@ impl PodStore for PodMaps {
             .keys()
             .collect::<Result<_, _>>()
             .map_err(in_map(MAP_CIDR_RULES))
+    }
+    fn pod_ip_entry(&self, addr: &Addr) -> Result<Option<PodEntry>, PodMapError> {
+        self.pod_ips.get(addr).map_err(in_map(MAP_POD_IPS))
+    }
+    fn netns_entry(&self, cookie: u64) -> Result<Option<PodEntry>, PodMapError> {
+        self.netns_pods.get(&cookie).map_err(in_map(MAP_NETNS_PODS))
     }
     fn set_pod_ip(&mut self, addr: &Addr, entry: &PodEntry) -> Result<(), PodMapError> {
         put(MAP_POD_IPS, &self.pod_ips, addr, entry)

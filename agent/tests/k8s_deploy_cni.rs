@@ -67,6 +67,8 @@ fn mesh_side_files_set_the_cited_knobs() {
     assert_eq!(istio["kind"], "IstioOperator");
     assert_eq!(istio["spec"]["components"]["cni"]["enabled"], false);
     assert_eq!(istio["spec"]["values"]["istio_cni"]["enabled"], true);
+    // Newer injection templates read pilot.cni.enabled instead of istio_cni.enabled.
+    assert_eq!(istio["spec"]["values"]["pilot"]["cni"]["enabled"], true);
     let webhook = &istio["spec"]["values"]["sidecarInjectorWebhook"];
     assert_eq!(
         strings(&webhook["defaultTemplates"]),

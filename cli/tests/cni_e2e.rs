@@ -702,3 +702,223 @@ fn a_thousand_add_del_cycles_leave_nothing_behind() {
         "no pin, link or record left"
     );
 }
+
+/// The agent and the plugin allocate pod ids side by side and never give two pods one id:
+/// the real agent runs (with one pod of its own) while the plugin ADDs three sandboxes; then
+/// the API lists three pods only the agent writes, and finally the plugin's pods, whose ids
+/// and namespaces the agent adopts. Every address has its own id, the plugin's pods keep
+/// theirs, every pod has exactly its own rules, and the first one is still intercepted.
+#[test]
+fn agent_and_plugin_never_give_two_pods_one_id() {
+    if !mb_sys::testing::kernel_tests_enabled("agent_and_plugin_never_give_two_pods_one_id") {
+        return;
+    }
+    let rig = Rig::new();
+    let net = format!("10.77.{}", rig.subnet);
+    let agent_only = |i: u32| format!("{net}.{}", 200 + i);
+    let early = rig.api_pod("early-0", "uid-early", true, &[&agent_only(0)]);
+    rig.api.add_pod(early);
+    let agent_dir = TempDir::new("cni-ids");
+    let mut agent = Agent::start(&AgentOptions {
+        api: &rig.api,
+        dir: &agent_dir.0,
+        node: NODE,
+        cgroup: rig.cgroup.path(),
+        pin_dir: &rig.pin_dir,
+        extra: &["--on-exit", "keep"],
+    });
+    agent.wait_ready(Duration::from_secs(30));
+    let early_ip: IpAddr = agent_only(0).parse().unwrap();
+    common::wait_until(Duration::from_secs(10), "the agent's own pod", || {
+        rig.maps().find(early_ip).unwrap().is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
+
+    // The plugin registers three sandboxes while the agent runs.
+    let mut registered = Vec::new();
+    for i in 0..3 {
+        let sb = rig.sandbox(&format!("ids{i}"));
+        let (name, uid) = (format!("cni-{i}"), format!("uid-cni-{i}"));
+        rig.api_pod(&name, &uid, true, &[]);
+        let args = k8s_args(&name, &uid);
+        let (prev, add) = rig.chain_add(&sb, &args);
+        assert!(add.ok, "ADD {name}: {add:?}");
+        let ip = pod_ip(&prev);
+        let id = rig.maps().find(ip).unwrap().expect("registered").pod_id;
+        registered.push((sb, name, uid, args, prev, ip, id));
+    }
+    // Pods only the agent writes, then the plugin's pods as the API reports them.
+    for i in 1..=3 {
+        let pod = rig.api_pod(
+            &format!("agent-{i}"),
+            &format!("uid-agent-{i}"),
+            true,
+            &[&agent_only(i)],
+        );
+        rig.api.add_pod(pod);
+    }
+    for (_, name, uid, _, _, ip, _) in &registered {
+        let pod = rig.api_pod(name, uid, true, &[&ip.to_string()]);
+        rig.api.add_pod(pod);
+    }
+    let mut addresses: Vec<IpAddr> = (0..=3).map(|i| agent_only(i).parse().unwrap()).collect();
+    addresses.extend(registered.iter().map(|r| r.5));
+    common::wait_until(Duration::from_secs(10), "all seven pods", || {
+        addresses
+            .iter()
+            .all(|ip| rig.maps().find(*ip).unwrap().is_some())
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", agent.log()));
+    // Let the agent handle every event it has (the plugin's pods are the last ones).
+    std::thread::sleep(Duration::from_millis(300));
+
+    let maps = rig.maps();
+    let ids: Vec<u32> = addresses
+        .iter()
+        .map(|ip| maps.find(*ip).unwrap().expect("still registered").pod_id)
+        .collect();
+    let distinct: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        ids.len(),
+        "two pods share an id: {addresses:?} -> {ids:?}; log:\n{}",
+        agent.log()
+    );
+    // Namespace entries too: each carries the id of the pod with its address.
+    for entry in rig.netns_map().iter() {
+        let (cookie, e) = entry.unwrap();
+        let at = ids.iter().position(|i| *i == e.pod_id);
+        let at = at.unwrap_or_else(|| panic!("netns {cookie}: id {} is no pod's", e.pod_id));
+        assert_eq!(
+            mb_maps::layout::addr_from_bytes(e.ipv4),
+            addresses[at],
+            "netns {cookie}: id {} is another pod's",
+            e.pod_id
+        );
+    }
+    for (i, (sb, name, ..)) in registered.iter().enumerate() {
+        let cookie = mb_sys::netns::netns_cookie(sb.netns.path()).unwrap();
+        let entry = maps.find(registered[i].5).unwrap().unwrap();
+        assert_eq!(
+            entry.pod_id, registered[i].6,
+            "{name}: the agent kept its id"
+        );
+        assert_eq!(entry.netns, cookie, "{name}: the agent kept its namespace");
+        let by_netns = rig.netns_map().get(&cookie).unwrap().expect("netns entry");
+        assert_eq!(by_netns.pod_id, entry.pod_id, "{name}");
+    }
+    // Every pod is the same injected Istio pod: each id has the same, non-empty rule set,
+    // and no rule belongs to an id that no pod has.
+    let per_pod = maps.rule_counts(ids[0]);
+    assert!(per_pod.0 > 0, "the pods have port rules");
+    for id in &ids {
+        assert_eq!(maps.rule_counts(*id), per_pod, "rules of pod id {id}");
+    }
+    let layout = PinLayout::new(&rig.pin_dir);
+    let ports: mb_maps::LpmTrie<PortRuleKey, u32> =
+        mb_maps::LpmTrie::open_pinned(&layout.map(MAP_PORT_RULES)).unwrap();
+    assert_eq!(
+        ports.keys().count(),
+        per_pod.0 * ids.len(),
+        "no stray rules"
+    );
+    let first = rig.validate(&registered[0].0);
+    assert!(first.ok, "the plugin's pod is still intercepted: {first:?}");
+
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", agent.log());
+    for (sb, _, _, args, prev, ..) in &registered {
+        let del = rig.chain_del(sb, args, prev);
+        assert!(del.ok, "{del:?}");
+    }
+}
+
+/// A server process in a sandbox (its netns and cgroup, as `uid`), once it says `ready`.
+fn serve_in(sb: &Sandbox, uid: u32, port: u16) -> std::process::Child {
+    use std::io::BufRead;
+    let mut cmd = Command::new(mb_testbed::workload_binary().expect("mb-workload"));
+    cmd.args(["serve", "--whoami", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    place(
+        &mut cmd,
+        &Placement {
+            netns: Some(sb.netns.path()),
+            cgroup: Some(&sb.cgroup),
+            uid: Some(uid),
+            gid: None,
+            die_with_parent: true,
+        },
+    )
+    .unwrap();
+    let mut child = cmd.spawn().expect("spawn mb-workload");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("ready"), "mb-workload: {line:?}");
+    child
+}
+
+/// Inbound right after ADD, from outside the pod (the node's namespace, across the bridge):
+/// refused while the sidecar does not listen — even though the application does (fail
+/// closed) — and steered to the sidecar's inbound port once it listens; DEL detaches the
+/// pod's sk_lookup link.
+#[test]
+fn inbound_right_after_add_meets_the_sidecar_or_is_refused() {
+    if !mb_sys::testing::kernel_tests_enabled(
+        "inbound_right_after_add_meets_the_sidecar_or_is_refused",
+    ) {
+        return;
+    }
+    let rig = Rig::new();
+    let sb = rig.sandbox("inbound");
+    rig.api_pod("in-0", "uid-in", true, &[]);
+    let args = k8s_args("in-0", "uid-in");
+    let (prev, add) = rig.chain_add(&sb, &args);
+    assert!(add.ok, "ADD: {add:?}");
+    let ip = pod_ip(&prev);
+    let id = rig.maps().find(ip).unwrap().expect("registered").pod_id;
+    let link = rig
+        .pin_dir
+        .join("links")
+        .join("inbound")
+        .join(format!("pod-{id}"));
+    assert!(link.exists(), "ADD pinned the pod's inbound link {link:?}");
+    let target = std::net::SocketAddr::new(ip, 8080);
+    let from_node = || {
+        mb_sys::netns::run_in_netns(rig.host.path(), || mb_testbed::workload::whoami(target))
+            .expect("enter the node namespace")
+    };
+
+    // The application listens, its sidecar not yet: the first caller is refused.
+    let mut app = serve_in(&sb, APP_UID, 8080);
+    let refused = from_node();
+    let _ = app.kill();
+    let _ = app.wait();
+    let err = refused.expect_err("no sidecar yet: refused, never delivered to the app");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "refused at once: {err}"
+    );
+
+    // The sidecar listens on its inbound port (nothing listens on 8080 now): the next
+    // caller reaches it, with the original destination as its local address.
+    let mut sidecar = serve_in(&sb, 1337, 15006);
+    let seen = from_node();
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    let (peer, local) = seen.expect("steered to the sidecar");
+    assert_eq!(local, target, "the sidecar sees the original destination");
+    assert_eq!(
+        peer.ip().to_string(),
+        rig.gateway(),
+        "the caller is the node"
+    );
+
+    let del = rig.chain_del(&sb, &args, &prev);
+    assert!(del.ok, "DEL: {del:?}");
+    assert!(!link.exists(), "DEL removed the inbound link");
+    assert_eq!(rig.map_keys(), 0, "no map entry left");
+}

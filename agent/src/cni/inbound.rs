@@ -6,14 +6,13 @@
 use super::error::{code, CniError};
 use std::path::Path;
 
-/// Attaches (or adopts) the pod's sk_lookup link and adopts any listener already there.
-pub fn attach_pod_inbound(
-    pin_dir: &Path,
-    netns: &Path,
-    pod_id: u32,
-    inbound_port: u16,
-) -> Result<(), CniError> {
-    crate::inbound::attach_pod(pin_dir, pod_id, netns, inbound_port)
+/// Attaches (or adopts) the pod's sk_lookup link. No listener is looked for: at sandbox
+/// creation no container of the pod runs yet, so nothing can listen, and the search walks
+/// every process of the node (`/proc`). The sidecar's `listen()` inserts its listener
+/// (sock_ops, 6.1+); on older kernels the agent adopts it at its next scan.
+pub fn attach_pod_inbound(pin_dir: &Path, netns: &Path, pod_id: u32) -> Result<(), CniError> {
+    let layout = mb_loader::datapath::PinLayout::new(pin_dir);
+    mb_loader::inbound::attach(&layout, &crate::inbound::link_name(pod_id), netns)
         .map(|_| ())
         .map_err(|e| {
             CniError::new(

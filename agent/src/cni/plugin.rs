@@ -105,7 +105,6 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<AddOutcome, CniError> {
     })?;
     let maps = PodMaps::open(&conf.pin_dir)
         .map_err(|e| data_path_missing(&pod, &conf.pin_dir, e.to_string()))?;
-    let inbound_port = policy.inbound_port;
     let local = LocalPod {
         ips: ips.clone(),
         netns_cookie,
@@ -147,7 +146,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<AddOutcome, CniError> {
     };
     let finish = state::write(&record_path, &record)
         .map_err(|e| io_error(format!("pod {pod}: cannot write its sandbox record"), e))
-        .and_then(|()| attach_pod_inbound(&conf.pin_dir, netns, pod_id, inbound_port));
+        .and_then(|()| attach_pod_inbound(&conf.pin_dir, netns, pod_id));
     if let Err(e) = finish {
         remove_written(
             &maps,

@@ -71,8 +71,9 @@ pub struct PodSync<S: PodStore> {
     cookies: HashMap<String, u64>,
     written: HashMap<String, Written>,
     ids: HashMap<String, u32>,
-    free_ids: Vec<u32>,
-    next_id: u32,
+    /// Ids in the maps, read once per event (the caller holds the maps' write lock for the
+    /// event, so no other writer adds one meanwhile); `None` until an allocation needs it.
+    ids_in_maps: Option<BTreeSet<u32>>,
     /// Which pod wrote each address / namespace key: an address reused by a new pod is not
     /// removed when the old one goes.
     ip_owner: HashMap<Addr, String>,
@@ -81,9 +82,6 @@ pub struct PodSync<S: PodStore> {
     /// a pod leaves.
     unwritten: BTreeSet<String>,
 }
-
-/// Ids share the rule keys' scope word with 2 bits of rule kind.
-const MAX_POD_ID: u32 = (1 << 30) - 1;
 
 impl<S: PodStore> PodSync<S> {
     pub fn new(store: S, mesh: Mesh, dns_capture: bool) -> PodSync<S> {
@@ -96,8 +94,7 @@ impl<S: PodStore> PodSync<S> {
             cookies: HashMap::new(),
             written: HashMap::new(),
             ids: HashMap::new(),
-            free_ids: Vec::new(),
-            next_id: 1,
+            ids_in_maps: None,
             ip_owner: HashMap::new(),
             netns_owner: HashMap::new(),
             unwritten: BTreeSet::new(),
@@ -163,6 +160,7 @@ impl<S: PodStore> PodSync<S> {
 
     /// A pod as the API reports it. Logs its annotation warnings.
     pub fn upsert(&mut self, pod: &PodInfo) -> Result<Change, PodMapError> {
+        self.ids_in_maps = None;
         let Some(decision) = intercepted(pod, self.mesh) else {
             return self.delete(&pod.uid);
         };
@@ -198,13 +196,12 @@ impl<S: PodStore> PodSync<S> {
 
     /// A pod is gone (deleted, finished, moved off the node, no longer meshed).
     pub fn delete(&mut self, uid: &str) -> Result<Change, PodMapError> {
+        self.ids_in_maps = None;
         let was_desired = self.desired.remove(uid).is_some();
         self.cookies.remove(uid);
         self.unwritten.remove(uid);
         let removed = self.erase(uid)?;
-        if let Some(id) = self.ids.remove(uid) {
-            self.free_ids.push(id);
-        }
+        self.ids.remove(uid);
         if removed {
             self.retry_unwritten();
         }
@@ -217,6 +214,7 @@ impl<S: PodStore> PodSync<S> {
 
     /// The cookie of a pod's namespace, found by the scanner. Rewrites the pod if it changed.
     pub fn set_cookie(&mut self, uid: &str, cookie: u64) -> Result<bool, PodMapError> {
+        self.ids_in_maps = None;
         if !self.desired.contains_key(uid) || self.cookies.get(uid) == Some(&cookie) {
             return Ok(false);
         }
@@ -231,6 +229,7 @@ impl<S: PodStore> PodSync<S> {
     /// for pods that still exist, remove everything else, write the rest. Returns the number
     /// of stale pods removed.
     pub fn reconcile(&mut self) -> Result<usize, PodMapError> {
+        self.ids_in_maps = None;
         let ip_entries = self.store.pod_ip_entries()?;
         let netns_entries = self.store.netns_entries()?;
         let mut port_by_id: HashMap<u32, BTreeSet<PortRuleKey>> = HashMap::new();
@@ -316,7 +315,6 @@ impl<S: PodStore> PodSync<S> {
             }
             self.written.insert(uid, w);
         }
-        self.next_id = self.ids.values().max().map_or(1, |m| m + 1);
         self.synced = true;
         let uids: Vec<String> = self.desired.keys().cloned().collect();
         // One pod that does not fit must not keep the others out (or the agent unready).
@@ -341,22 +339,68 @@ impl<S: PodStore> PodSync<S> {
         }
     }
 
+    /// The pod's id: the one it has, else the one another writer gave it (the CNI plugin
+    /// at sandbox creation, `merbridge pod add`: an entry for its address or namespace is
+    /// adopted, rules included, so its id, rules and inbound link stay), else the lowest id
+    /// that neither this agent nor any entry in the maps uses — the same rule as
+    /// [`PodMaps::upsert`] follows, under the same write lock, so two pods never share one.
     fn allocate_id(&mut self, uid: &str) -> Result<u32, PodMapError> {
         if let Some(&id) = self.ids.get(uid) {
             return Ok(id);
         }
-        let id = match self.free_ids.pop() {
-            Some(id) => id,
-            None if self.next_id <= MAX_POD_ID => {
-                self.next_id += 1;
-                self.next_id - 1
-            }
-            None => {
-                return Err(PodMapError::NoPodId {
-                    pod: uid.to_string(),
-                })
-            }
+        let Some(desired) = self.desired.get(uid) else {
+            return Err(PodMapError::NoPodId {
+                pod: uid.to_string(),
+            });
         };
+        let addrs: Vec<Addr> = desired.ips.iter().map(|ip| addr_bytes(*ip)).collect();
+        let mut found = None;
+        for addr in &addrs {
+            found = self.store.pod_ip_entry(addr)?;
+            if found.is_some() {
+                break;
+            }
+        }
+        if found.is_none() {
+            if let Some(&cookie) = self.cookies.get(uid) {
+                found = self.store.netns_entry(cookie)?;
+            }
+        }
+        let taken = |id: u32, ids: &HashMap<String, u32>| ids.values().any(|&i| i == id);
+        if let Some(entry) = found.filter(|e| e.pod_id != 0 && !taken(e.pod_id, &self.ids)) {
+            let (port_rules, cidr_rules) = self.store.rule_keys_of(entry.pod_id)?;
+            for addr in [entry.ipv4, entry.ipv6] {
+                if addr != [0; 16] && addrs.contains(&addr) {
+                    self.ip_owner.insert(addr, uid.to_string());
+                }
+            }
+            if entry.netns != 0 {
+                self.netns_owner.insert(entry.netns, uid.to_string());
+                // Keep the namespace the other writer registered until a scan says otherwise.
+                self.cookies.entry(uid.to_string()).or_insert(entry.netns);
+            }
+            self.written.insert(
+                uid.to_string(),
+                Written {
+                    entry,
+                    port_rules,
+                    cidr_rules,
+                },
+            );
+            self.ids.insert(uid.to_string(), entry.pod_id);
+            return Ok(entry.pod_id);
+        }
+        if self.ids_in_maps.is_none() {
+            self.ids_in_maps = Some(self.store.used_pod_ids()?);
+        }
+        let used = self.ids_in_maps.as_mut().expect("read above");
+        used.extend(self.ids.values().copied());
+        let Some(id) = crate::pods::lowest_unused_id(used) else {
+            return Err(PodMapError::NoPodId {
+                pod: uid.to_string(),
+            });
+        };
+        used.insert(id);
         self.ids.insert(uid.to_string(), id);
         Ok(id)
     }
@@ -395,6 +439,11 @@ impl<S: PodStore> PodSync<S> {
                 }
                 self.written.insert(uid.to_string(), all);
                 let undone = self.erase(uid);
+                // Not in the maps, so not its id any more: another writer may take it, and
+                // the retry allocates afresh.
+                if undone.is_ok() {
+                    self.ids.remove(uid);
+                }
                 self.unwritten.insert(uid.to_string());
                 Err(PodMapError::NotWritten {
                     source: Box::new(e),
