@@ -299,6 +299,63 @@ fn istio_wildcards_empty_includes_status_port_and_uid() {
     assert_eq!(PodPolicy::for_pod(Mesh::Istio, &tproxy).0.proxy_uid, 1337);
 }
 
+/// The proxy GID: istio-init's `-g` first, else the proxy container's `runAsGroup` (never
+/// group 0), else none (the entry then falls back to the UID for Istio); no GID for the
+/// meshes without that rule.
+#[test]
+fn proxy_gid_from_init_args_or_run_as_group() {
+    use mb_agent::pods::compile;
+    // The TPROXY fixture's istio-proxy runs as uid 0, gid 1337 (its init has no -g).
+    let tproxy = fixture_pod("istio/istio-master__hello-tproxy.yaml.injected");
+    let proxy = tproxy.container("istio-proxy").expect("istio-proxy");
+    assert_eq!(
+        (proxy.run_as_user, proxy.run_as_group),
+        (Some(0), Some(1337))
+    );
+    assert_eq!(
+        PodPolicy::for_pod(Mesh::Istio, &tproxy).0.proxy_gid,
+        Some(1337)
+    );
+
+    let mut value = fixture_pod_value("istio/istio-1.26.0__traffic-annotations.yaml.injected");
+    let set_group = |value: &mut serde_json::Value, gid: u32| {
+        for c in value["spec"]["containers"].as_array_mut().unwrap() {
+            if c["name"] == "istio-proxy" {
+                c["securityContext"]["runAsGroup"] = gid.into();
+            }
+        }
+    };
+    set_group(&mut value, 4242);
+    let pod = PodInfo::from_value(&value).unwrap();
+    let (policy, _) = PodPolicy::for_pod(Mesh::Istio, &pod);
+    assert_eq!(policy.proxy_gid, Some(4242));
+    assert_eq!(compile(1, &policy, false).proxy_gid, 4242);
+    set_group(&mut value, 0);
+    let pod = PodInfo::from_value(&value).unwrap();
+    let (policy, _) = PodPolicy::for_pod(Mesh::Istio, &pod);
+    assert_eq!(policy.proxy_gid, None, "group 0 is never the sidecar's");
+    assert_eq!(
+        compile(1, &policy, false).proxy_gid,
+        policy.proxy_uid,
+        "falls back to the UID"
+    );
+
+    // istio-init's -g wins over runAsGroup.
+    set_group(&mut value, 4242);
+    for c in value["spec"]["initContainers"].as_array_mut().unwrap() {
+        if c["name"] == "istio-init" {
+            let args = c["args"].as_array_mut().unwrap();
+            args.push("-g".into());
+            args.push("5151".into());
+        }
+    }
+    let pod = PodInfo::from_value(&value).unwrap();
+    assert_eq!(
+        PodPolicy::for_pod(Mesh::Istio, &pod).0.proxy_gid,
+        Some(5151)
+    );
+}
+
 #[test]
 fn istio_semantics_of_absent_star_empty_and_mixed_families() {
     let (absent, _) = PodPolicy::from_annotations(Mesh::Istio, &BTreeMap::new());
@@ -739,4 +796,54 @@ fn dns_capture_is_per_pod() {
     assert!(!captures(Mesh::Kuma, &[("kuma.io/builtin-dns", "disabled")], true).0);
     // Linkerd has no DNS proxy: nothing to capture to, whatever the default.
     assert!(!captures(Mesh::Linkerd, &[], true).0);
+}
+
+/// Istio's DNS capture set in the istio-proxy container's environment (as the injector
+/// writes `proxyMetadata` there, or a user sets it): read when `proxy.istio.io/config` does
+/// not say; a malformed value is a warning naming the variable and the container.
+#[test]
+fn dns_capture_from_the_proxy_environment() {
+    use mb_agent::pods::compile;
+    use mb_maps::layout::POD_DNS_CAPTURE;
+    let base = fixture_pod_value("istio/istio-master__pod.yaml.injected");
+    let with_env = |value: &str, config: Option<&str>| {
+        let mut pod = base.clone();
+        // This fixture's istio-proxy is a native sidecar (an init container).
+        for c in pod["spec"]["initContainers"].as_array_mut().unwrap() {
+            if c["name"] == "istio-proxy" {
+                c["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({"name": "ISTIO_META_DNS_CAPTURE", "value": value}));
+            }
+        }
+        if let Some(config) = config {
+            pod["metadata"]["annotations"]["proxy.istio.io/config"] = config.into();
+        }
+        let pod = PodInfo::from_value(&pod).unwrap();
+        let (policy, warnings) = PodPolicy::for_pod(Mesh::Istio, &pod);
+        let flags = |default| compile(1, &policy, default).flags & POD_DNS_CAPTURE != 0;
+        (flags(false), flags(true), warnings)
+    };
+    let (off_default, on_default, warnings) = with_env("true", None);
+    assert!(off_default && on_default, "env true captures: {warnings:?}");
+    let (off_default, on_default, _) = with_env("false", None);
+    assert!(!off_default && !on_default, "env false never captures");
+    // The annotation, when present, says it.
+    let (off_default, _, _) = with_env(
+        "true",
+        Some("proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"false\"\n"),
+    );
+    assert!(!off_default);
+    let (off_default, on_default, warnings) = with_env("maybe", None);
+    assert!(!off_default && on_default, "malformed: the default applies");
+    let text = warnings
+        .iter()
+        .map(ToString::to_string)
+        .find(|w| w.contains("ISTIO_META_DNS_CAPTURE"))
+        .unwrap_or_else(|| panic!("no warning: {warnings:?}"));
+    assert!(
+        text.contains("istio-proxy") && text.contains("maybe"),
+        "{text}"
+    );
 }

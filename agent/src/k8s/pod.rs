@@ -39,13 +39,26 @@ pub struct ContainerInfo {
     pub ports: Vec<ContainerPort>,
     /// `securityContext.runAsUser` of the container, else of the pod.
     pub run_as_user: Option<u32>,
+    /// `securityContext.runAsGroup` of the container, else of the pod.
+    pub run_as_group: Option<u32>,
     pub args: Vec<String>,
+    /// The container's `env` entries with a literal `value` (`valueFrom` ones are left out:
+    /// they need other objects the agent does not read).
+    pub env: Vec<(String, String)>,
 }
 
 impl ContainerInfo {
     /// A native sidecar: an init container that keeps running beside the app.
     pub fn is_restartable(&self) -> bool {
         self.restart_policy.as_deref() == Some("Always")
+    }
+
+    /// The literal value of environment variable `name`, if the container sets one.
+    pub fn env_value(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -184,6 +197,16 @@ struct RawContainer {
     security_context: Option<RawSecurityContext>,
     #[serde(default)]
     args: Option<Vec<String>>,
+    #[serde(default)]
+    env: Option<Vec<RawEnvVar>>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+struct RawEnvVar {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -202,6 +225,8 @@ struct RawPort {
 struct RawSecurityContext {
     #[serde(default)]
     run_as_user: Option<i64>,
+    #[serde(default)]
+    run_as_group: Option<i64>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -234,7 +259,10 @@ fn user_id(value: Option<i64>) -> Option<u32> {
 }
 
 impl RawContainer {
-    fn into_info(self, pod_user: Option<u32>) -> ContainerInfo {
+    /// `pod_ids`: the pod-level `runAsUser` and `runAsGroup` (defaults for each container).
+    fn into_info(self, pod_ids: (Option<u32>, Option<u32>)) -> ContainerInfo {
+        let (pod_user, pod_group) = pod_ids;
+        let context = self.security_context.unwrap_or_default();
         ContainerInfo {
             name: self.name.unwrap_or_default(),
             restart_policy: self.restart_policy,
@@ -250,11 +278,15 @@ impl RawContainer {
                     })
                 })
                 .collect(),
-            run_as_user: self
-                .security_context
-                .and_then(|s| user_id(s.run_as_user))
-                .or(pod_user),
+            run_as_user: user_id(context.run_as_user).or(pod_user),
+            run_as_group: user_id(context.run_as_group).or(pod_group),
             args: self.args.unwrap_or_default(),
+            env: self
+                .env
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|e| Some((e.name?, e.value?)))
+                .collect(),
         }
     }
 }
@@ -271,7 +303,11 @@ impl RawObject {
             Some(RawStatusField::Pod(status)) => status,
             _ => RawPodStatus::default(),
         };
-        let pod_user = spec.security_context.and_then(|s| user_id(s.run_as_user));
+        let pod_context = spec.security_context.unwrap_or_default();
+        let pod_ids = (
+            user_id(pod_context.run_as_user),
+            user_id(pod_context.run_as_group),
+        );
         let mut pod_ips: Vec<IpAddr> = status
             .pod_ips
             .unwrap_or_default()
@@ -292,7 +328,7 @@ impl RawObject {
         let convert = |list: Option<Vec<RawContainer>>| -> Vec<ContainerInfo> {
             list.unwrap_or_default()
                 .into_iter()
-                .map(|c| c.into_info(pod_user))
+                .map(|c| c.into_info(pod_ids))
                 .collect()
         };
         PodInfo {
@@ -348,6 +384,33 @@ mod tests {
         );
         assert_eq!(pod.containers[0].ports[0].container_port, 8080);
         assert_eq!(pod.containers[0].ports[0].protocol, "TCP");
+    }
+
+    #[test]
+    fn run_as_group_and_literal_env_values() {
+        let pod = PodInfo::from_json(
+            br#"{"spec":{"securityContext":{"runAsGroup":2000},
+                "containers":[{"name":"istio-proxy",
+                  "securityContext":{"runAsUser":0,"runAsGroup":1337},
+                  "env":[{"name":"ISTIO_META_DNS_CAPTURE","value":"true"},
+                         {"name":"POD_NAME","valueFrom":{"fieldRef":{"fieldPath":"metadata.name"}}},
+                         {"name":"EMPTY","value":""}]},
+                  {"name":"app"}]}}"#,
+        )
+        .unwrap();
+        let proxy = &pod.containers[0];
+        assert_eq!(
+            (proxy.run_as_user, proxy.run_as_group),
+            (Some(0), Some(1337))
+        );
+        assert_eq!(proxy.env_value("ISTIO_META_DNS_CAPTURE"), Some("true"));
+        assert_eq!(proxy.env_value("POD_NAME"), None, "valueFrom is not read");
+        assert_eq!(proxy.env_value("EMPTY"), Some(""));
+        assert_eq!(
+            pod.containers[1].run_as_group,
+            Some(2000),
+            "pod-level default"
+        );
     }
 
     #[test]

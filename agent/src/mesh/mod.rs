@@ -206,7 +206,31 @@ pub struct InterceptedPod {
 /// Why merbridge refuses to intercept this pod at all, if it does (for a metric; the policy
 /// parser warns and disables the pod): Istio's `interceptionMode: TPROXY`.
 pub fn refusal(pod: &PodInfo, mesh: Mesh) -> Option<&'static str> {
-    let mode = pod.annotations.get("sidecar.istio.io/interceptionMode")?;
+    if mesh != Mesh::Istio {
+        return None;
+    }
+    // The annotation, else what the injector passed istio-init (`-m TPROXY`).
+    let from_init = || {
+        pod.init_containers
+            .iter()
+            .filter(|c| c.name == "istio-init" || c.name == "istio-validation")
+            .flat_map(|c| c.args.windows(2))
+            .find(|w| w[0] == "-m")
+            .map(|w| w[1].as_str())
+    };
+    let mode = match pod.annotations.get(INTERCEPTION_MODE_ANNOTATION) {
+        Some(mode) => mode.as_str(),
+        None => from_init()?,
+    };
+    annotations_refusal(mesh, mode)
+}
+
+/// Istio's interception mode annotation (REDIRECT, TPROXY or NONE).
+pub const INTERCEPTION_MODE_ANNOTATION: &str = "sidecar.istio.io/interceptionMode";
+
+/// Why a pod with interception mode `mode` is not intercepted at all (`Some("tproxy")`), for
+/// the agent and `merbridge pod add --annotations`.
+pub fn annotations_refusal(mesh: Mesh, mode: &str) -> Option<&'static str> {
     (mesh == Mesh::Istio && mode.trim() == "TPROXY").then_some("tproxy")
 }
 
@@ -226,6 +250,10 @@ pub fn intercepted(pod: &PodInfo, mesh: Mesh) -> Option<InterceptedPod> {
         return None;
     }
     let meshed = is_meshed(pod, mesh)?;
+    // Refused pods (TPROXY) get no entry and no inbound link at all: never half-intercepted.
+    if refusal(pod, mesh).is_some() {
+        return None;
+    }
     let (policy, warnings) = PodPolicy::for_pod(mesh, pod);
     Some(InterceptedPod {
         meshed,

@@ -251,9 +251,15 @@ pub struct PolicyWarning {
 
 impl fmt::Display for PolicyWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Annotation names have no spaces; other fields (a container's env) say what they are.
+        let kind = if self.annotation.contains(' ') {
+            ""
+        } else {
+            "annotation "
+        };
         write!(
             f,
-            "annotation {}: ignored {:?}: {}",
+            "{kind}{}: ignored {:?}: {}",
             self.annotation, self.element, self.problem
         )
     }
@@ -536,18 +542,42 @@ impl PodPolicy {
 
     /// The policy for a pod: its annotations, then what the injector left in the init
     /// container's arguments (mesh-wide defaults are only there), then the proxy
-    /// container's `runAsUser` for the proxy UID.
+    /// container's `runAsUser` for the proxy UID. Istio only: the GID from istio-init's `-g`,
+    /// else the proxy container's `runAsGroup`, and `ISTIO_META_DNS_CAPTURE` from the proxy
+    /// container's environment when `proxy.istio.io/config` does not say.
     pub fn for_pod(mesh: Mesh, pod: &PodInfo) -> (PodPolicy, Vec<PolicyWarning>) {
         let mut annotations = pod.annotations.clone();
-        let init_uid = merge_init_args(mesh, pod, &mut annotations);
-        let (mut policy, warnings, uid_from_annotation) = parse(mesh, &annotations);
+        let (init_uid, init_gid) = merge_init_args(mesh, pod, &mut annotations);
+        let (mut policy, mut warnings, uid_from_annotation) = parse(mesh, &annotations);
+        let proxy = pod.container(mesh.proxy_container());
         if !uid_from_annotation {
-            let from_container = pod
-                .container(mesh.proxy_container())
-                .and_then(|c| c.run_as_user)
-                .filter(|&uid| uid != 0);
+            let from_container = proxy.and_then(|c| c.run_as_user).filter(|&uid| uid != 0);
             if let Some(uid) = init_uid.or(from_container) {
                 policy.proxy_uid = uid;
+            }
+        }
+        if mesh == Mesh::Istio {
+            // Group 0 would make every root process the sidecar: never taken as the GID.
+            let from_container = proxy.and_then(|c| c.run_as_group).filter(|&gid| gid != 0);
+            if let Some(gid) = init_gid.or(from_container) {
+                policy.proxy_gid = Some(gid);
+            }
+            if let (None, Some(value)) = (
+                policy.dns_capture,
+                proxy.and_then(|c| c.env_value(ISTIO_DNS_CAPTURE_ENV)),
+            ) {
+                match value.trim().to_ascii_lowercase().as_str() {
+                    "true" => policy.dns_capture = Some(true),
+                    "false" => policy.dns_capture = Some(false),
+                    _ => warnings.push(PolicyWarning {
+                        annotation: format!(
+                            "env {ISTIO_DNS_CAPTURE_ENV} of container {}",
+                            mesh.proxy_container()
+                        ),
+                        element: value.to_owned(),
+                        problem: "expected \"true\" or \"false\"".into(),
+                    }),
+                }
             }
         }
         (policy, warnings)
@@ -823,14 +853,19 @@ fn parse(
     (policy, p.warnings, uid_set)
 }
 
+/// Istio's per-pod DNS capture switch, as the proxy's environment variable or a key of
+/// `proxyMetadata`.
+const ISTIO_DNS_CAPTURE_ENV: &str = "ISTIO_META_DNS_CAPTURE";
+
 /// Istio's per-pod DNS capture: `proxyMetadata.ISTIO_META_DNS_CAPTURE` in the
-/// `proxy.istio.io/config` annotation (YAML). The proxy container's environment is not read.
+/// `proxy.istio.io/config` annotation (YAML). ([`PodPolicy::for_pod`] also reads the proxy
+/// container's environment.)
 fn istio_dns_capture(p: &mut Parser<'_>, policy: &mut PodPolicy) {
     let name = "proxy.istio.io/config";
     let Some(config) = p.yaml(name) else { return };
     let Some(value) = config
         .get("proxyMetadata")
-        .and_then(|m| m.get("ISTIO_META_DNS_CAPTURE"))
+        .and_then(|m| m.get(ISTIO_DNS_CAPTURE_ENV))
     else {
         return;
     };
@@ -959,12 +994,12 @@ fn yaml_text(value: &serde_norway::Value) -> String {
 }
 
 /// Fills absent annotations from the injector's init-container arguments (where mesh-wide
-/// defaults end up); returns a proxy UID found there.
+/// defaults end up); returns the proxy UID and (istio-iptables `-g`) GID found there.
 fn merge_init_args(
     mesh: Mesh,
     pod: &PodInfo,
     annotations: &mut BTreeMap<String, String>,
-) -> Option<u32> {
+) -> (Option<u32>, Option<u32>) {
     let (init_names, flags): (&[&str], &[(&str, &str)]) = match mesh {
         Mesh::Istio => (
             &["istio-init", "istio-validation"],
@@ -994,17 +1029,24 @@ fn merge_init_args(
                 ("--outgoing-proxy-port", "config.linkerd.io/outbound-port"),
             ],
         ),
-        Mesh::Kuma | Mesh::Osm => return None,
+        Mesh::Kuma | Mesh::Osm => return (None, None),
     };
     let uid_flags: &[&str] = match mesh {
         Mesh::Istio => &["-u", "--proxy-uid"],
         _ => &["--proxy-uid"],
     };
-    let init = pod
+    let gid_flags: &[&str] = match mesh {
+        Mesh::Istio => &["-g", "--proxy-gid"],
+        _ => &[],
+    };
+    let Some(init) = pod
         .init_containers
         .iter()
-        .find(|c| init_names.contains(&c.name.as_str()))?;
-    let mut uid = None;
+        .find(|c| init_names.contains(&c.name.as_str()))
+    else {
+        return (None, None);
+    };
+    let (mut uid, mut gid) = (None, None);
     let args = &init.args;
     for (i, arg) in args.iter().enumerate() {
         let (flag, inline) = match arg.split_once('=') {
@@ -1017,13 +1059,16 @@ fn merge_init_args(
         if uid_flags.contains(&flag) {
             uid = value.trim().parse().ok();
         }
+        if gid_flags.contains(&flag) {
+            gid = value.trim().parse().ok();
+        }
         if let Some((_, annotation)) = flags.iter().find(|(f, _)| *f == flag) {
             if !annotations.contains_key(*annotation) {
                 annotations.insert(annotation.to_string(), value.to_string());
             }
         }
     }
-    uid
+    (uid, gid)
 }
 
 #[cfg(test)]

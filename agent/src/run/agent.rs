@@ -218,8 +218,17 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             .and_then(|lock| lock.map_err(|e| log::error!("{e}")).ok());
         match message {
             Ok(Unboxed::Pod(PodEvent::Upsert(pod), at)) => {
-                if crate::mesh::refusal(&pod, config.mesh).is_some() {
-                    refused.insert(pod.uid.clone());
+                if let Some(reason) = crate::mesh::refusal(&pod, config.mesh) {
+                    if refused.insert(pod.uid.clone()) {
+                        log::warn!(
+                            "pod {}/{}: annotation {}: {reason} interception is not supported: \
+                             the pod is not intercepted at all (no map entry, no inbound link; \
+                             keep istio-init for it)",
+                            pod.namespace,
+                            pod.name,
+                            crate::mesh::INTERCEPTION_MODE_ANNOTATION
+                        );
+                    }
                 } else {
                     refused.remove(&pod.uid);
                 }

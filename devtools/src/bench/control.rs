@@ -10,6 +10,10 @@
 //! - iptables, per pod namespace (what Istio's init container does today): restoring the
 //!   Istio rules (IPv4 and IPv6) into a new pod's own namespace; independent of N, but paid
 //!   per pod start with a process per table.
+//! - merbridge inbound capture: attaching, then detaching, the sk_lookup link of
+//!   [`INBOUND_PODS`] pods, each in its own real network namespace, the way the agent does it
+//!   (`mb_agent::inbound::attach_pod`: the link, then the scan for a listener to adopt).
+//!   Budget: [`INBOUND_ATTACH_BUDGET_US`] per pod.
 
 use super::env::{fake_pod, Datapath};
 use super::stats::median;
@@ -23,6 +27,35 @@ use mb_testbed::MeshPorts;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Instant;
+
+/// Pods (network namespaces) for the inbound attach series.
+pub const INBOUND_PODS: u32 = 50;
+/// Issue 12's budget for attaching one pod's inbound program.
+pub const INBOUND_ATTACH_BUDGET_US: f64 = 2_000.0;
+
+/// Attaching and detaching pods' sk_lookup links (microseconds, sorted).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InboundAttach {
+    /// `attach_pod` in all: the link plus the listener scan (the agent's cost per pod).
+    pub attach_us: Vec<f64>,
+    /// The link alone (`BPF_LINK_CREATE` on the namespace and its pin).
+    pub link_us: Vec<f64>,
+    /// `detach_pod`: the link's pin and the pod's listener entries removed.
+    pub detach_us: Vec<f64>,
+}
+
+impl InboundAttach {
+    /// Median and p99 (nearest rank) of sorted `samples`.
+    pub fn summary(samples: &[f64]) -> Option<(f64, f64)> {
+        if samples.is_empty() {
+            return None;
+        }
+        let rank = |q: f64| {
+            samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
+        };
+        Some((median(samples).unwrap_or(f64::NAN), rank(0.99)))
+    }
+}
 
 /// Time to add the N-th pod, for one N.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +81,7 @@ pub struct ControlPlane {
     pub merbridge_total_s: f64,
     /// Median time to install Istio's rules into a fresh pod namespace (IPv4 + IPv6).
     pub iptables_pod_netns_us: Option<f64>,
+    pub inbound: InboundAttach,
     pub errors: Vec<String>,
 }
 
@@ -136,7 +170,58 @@ pub fn run(max_pods: u32, progress: &dyn Fn(&str)) -> ControlPlane {
         Ok(us) => cp.iptables_pod_netns_us = Some(us),
         Err(e) => cp.errors.push(format!("iptables per pod namespace: {e}")),
     }
+    progress(&format!(
+        "merbridge inbound: attaching {INBOUND_PODS} pods' sk_lookup links"
+    ));
+    match inbound_attach(INBOUND_PODS) {
+        Ok(times) => cp.inbound = times,
+        Err(e) => cp.errors.push(format!("merbridge inbound attach: {e}")),
+    }
     cp
+}
+
+/// Attaches `n` pods' inbound programs into `n` fresh network namespaces, then detaches them,
+/// every call timed. Nothing listens there: the listener scan finds nothing, as for a pod
+/// whose sidecar has not started yet.
+fn inbound_attach(n: u32) -> Result<InboundAttach, String> {
+    let cgroup = OwnedCgroup::create_private("mb-bench-in")
+        .map_err(|e| format!("create a private cgroup: {e}"))?;
+    let datapath = Datapath::load(cgroup.path(), SPLICE_SIDECARS)?;
+    let pin_dir = datapath.pin_dir();
+    let inbound_port = MeshPorts::istio().inbound_port;
+    let mut namespaces = Vec::with_capacity(n as usize);
+    for i in 1..=n {
+        namespaces.push(
+            NamedNetns::create(&format!("mb-bench-in-{}-{i}", std::process::id()))
+                .map_err(|e| format!("create network namespace {i}: {e}"))?,
+        );
+    }
+    let mut out = InboundAttach::default();
+    for (pod_id, ns) in (1..).zip(&namespaces) {
+        let start = Instant::now();
+        let done = mb_agent::inbound::attach_pod(pin_dir, pod_id, ns.path(), inbound_port)
+            .map_err(|e| format!("attach pod {pod_id}: {e}"))?;
+        out.attach_us.push(start.elapsed().as_nanos() as f64 / 1e3);
+        out.link_us.push(done.attach_time.as_nanos() as f64 / 1e3);
+    }
+    let attached = mb_agent::inbound::list(pin_dir)?.len();
+    if attached != namespaces.len() {
+        return Err(format!(
+            "{attached} links pinned for {} pods",
+            namespaces.len()
+        ));
+    }
+    for pod_id in 1..=n {
+        let start = Instant::now();
+        if !mb_agent::inbound::detach_pod(pin_dir, pod_id)? {
+            return Err(format!("pod {pod_id} had no link to detach"));
+        }
+        out.detach_us.push(start.elapsed().as_nanos() as f64 / 1e3);
+    }
+    for v in [&mut out.attach_us, &mut out.link_us, &mut out.detach_us] {
+        v.sort_by(f64::total_cmp);
+    }
+    Ok(out)
 }
 
 /// Adds pods 1..=n to a fresh data path's maps; the time of each add in microseconds.

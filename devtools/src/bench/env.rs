@@ -75,7 +75,8 @@ pub enum Topology {
     Outbound,
     /// App -> sidecar -> sidecar -> app, both pods on one node.
     SameNode,
-    /// App -> its own sidecar -> a server pod without sidecar on another node.
+    /// App -> sidecar -> sidecar -> app, the server pod on another node: its sidecar gets
+    /// the connection from iptables' REDIRECT or merbridge's per-pod sk_lookup program.
     CrossNode,
 }
 
@@ -100,7 +101,7 @@ impl Topology {
             Topology::Outbound => "app -> own sidecar -> server pod without sidecar, one node",
             Topology::SameNode => "app -> sidecar -> sidecar -> app, one node",
             Topology::CrossNode => {
-                "app -> own sidecar -> server pod without sidecar on another node (routed veth)"
+                "app -> sidecar -> sidecar -> app, server pod on another node (routed veth)"
             }
         }
     }
@@ -115,7 +116,7 @@ impl Topology {
 
     /// Whether the server pod has a sidecar too.
     pub(super) fn server_meshed(self) -> bool {
-        self == Topology::SameNode
+        matches!(self, Topology::SameNode | Topology::CrossNode)
     }
 }
 
@@ -218,18 +219,18 @@ pub fn fake_pod(i: u32) -> LocalPod {
     }
 }
 
-/// Adds a real pod of the test bed to the maps with Istio's default policy.
-pub fn add_real_pod(maps: &PodMaps, pod: &Pod) -> Result<(), String> {
+/// Adds a real pod of the test bed to the maps with Istio's default policy; returns its pod id.
+pub fn add_real_pod(maps: &PodMaps, pod: &Pod) -> Result<u32, String> {
     let cookie = pod
         .netns_cookie()
         .map_err(|e| format!("netns cookie of pod {}: {e}", pod.name()))?;
-    maps.upsert(&LocalPod {
+    let (pod_id, _) = maps.upsert(&LocalPod {
         ips: vec![pod.ipv4().into(), pod.ipv6().into()],
         netns_cookie: cookie,
         policy: PodPolicy::defaults(Mesh::Istio),
         dns_capture: false,
     })?;
-    Ok(())
+    Ok(pod_id)
 }
 
 /// CPU time used, in microseconds, read from cgroup `cpu.stat` (hierarchical, includes

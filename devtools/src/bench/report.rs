@@ -1,6 +1,6 @@
 //! What a run measured, for people (terminal table, SVG chart) and machines (JSON).
 
-use super::control::ControlPlane;
+use super::control::{ControlPlane, InboundAttach, INBOUND_ATTACH_BUDGET_US, INBOUND_PODS};
 use super::env::{Setup, Topology};
 use super::stats::quantile;
 use super::{EnvResult, Results};
@@ -89,6 +89,7 @@ pub fn goals_of(results: &Results, topology: Topology, mb_setup: Setup) -> Vec<G
     let conntrack = figure(mb, "conntrack_entries");
     let last = results.control.checkpoints.last();
     let control = last.and_then(|c| ratio(c.iptables_node_us, Some(c.agent_window_median_us)));
+    let attach_p99 = InboundAttach::summary(&results.control.inbound.attach_us).map(|(_, p99)| p99);
     vec![
         Goal {
             name: "RR p50 mesh tax, merbridge / iptables",
@@ -119,6 +120,12 @@ pub fn goals_of(results: &Results, topology: Topology, mb_setup: Setup) -> Vec<G
             target: ">= 1000",
             measured: control,
             met: control.map(|r| r >= 1000.0),
+        },
+        Goal {
+            name: "attaching a pod's inbound program, p99 us",
+            target: "<= 2000",
+            measured: attach_p99,
+            met: attach_p99.map(|us| us <= INBOUND_ATTACH_BUDGET_US),
         },
     ]
 }
@@ -286,14 +293,19 @@ pub fn table(results: &Results) -> String {
         let _ = writeln!(out, "  ! control plane: {e}");
     }
     let headline = headline_topology(results);
-    let mut blocks = vec![(Setup::Merbridge, String::new())];
+    let mut blocks = vec![(headline, Setup::Merbridge, String::new())];
     if results.get(headline, Setup::MerbridgeSpliceAll).is_some() {
         blocks.push((
+            headline,
             Setup::MerbridgeSpliceAll,
             ", with --splice all (event-driven apps)".to_owned(),
         ));
     }
-    for (setup, label) in blocks {
+    // Cross-node: inbound through the server's sidecar by sk_lookup vs iptables.
+    if headline != Topology::CrossNode && results.plan.topologies.contains(&Topology::CrossNode) {
+        blocks.push((Topology::CrossNode, Setup::Merbridge, String::new()));
+    }
+    for (headline, setup, label) in blocks {
         let _ = writeln!(out, "\n== goals ({} topology{label}) ==", headline.name());
         for g in goals_of(results, headline, setup) {
             let _ = writeln!(
@@ -376,6 +388,35 @@ fn control_plane_table(out: &mut String, cp: &ControlPlane) {
         out,
         "  merbridge: all {n} pods added in {:.2} s (PodMaps)",
         cp.merbridge_total_s
+    );
+    let _ = writeln!(
+        out,
+        "\n== control plane, inbound capture: {INBOUND_PODS} pods' sk_lookup links, each in its own network namespace ==\n{:<52}{:>12}{:>12}",
+        "", "median us", "p99 us"
+    );
+    let rows = [
+        ("attach_pod (link + listener scan)", &cp.inbound.attach_us),
+        (
+            "  of which the link (BPF_LINK_CREATE + pin)",
+            &cp.inbound.link_us,
+        ),
+        (
+            "detach_pod (link + listener entries)",
+            &cp.inbound.detach_us,
+        ),
+    ];
+    for (label, samples) in rows {
+        let (p50, p99) = InboundAttach::summary(samples).unzip();
+        let _ = writeln!(
+            out,
+            "{label:<52}{:>12}{:>12}",
+            fmt_value(p50),
+            fmt_value(p99)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  budget (issue 12): attaching one pod's inbound program <= {INBOUND_ATTACH_BUDGET_US:.0} us"
     );
 }
 
@@ -568,6 +609,16 @@ pub fn to_json(results: &Results, command: &str) -> Value {
                 "meaning": PER_POD_MEANING,
             },
             "per_node_meaning": PER_NODE_MEANING,
+            "inbound_attach": {
+                "pods": INBOUND_PODS,
+                "attach_us": InboundAttach::summary(&cp.inbound.attach_us)
+                    .map(|(p50, p99)| json!({"median": p50, "p99": p99})),
+                "link_us": InboundAttach::summary(&cp.inbound.link_us)
+                    .map(|(p50, p99)| json!({"median": p50, "p99": p99})),
+                "detach_us": InboundAttach::summary(&cp.inbound.detach_us)
+                    .map(|(p50, p99)| json!({"median": p50, "p99": p99})),
+                "budget_us": INBOUND_ATTACH_BUDGET_US,
+            },
             "errors": cp.errors,
         },
         "goals": goals_json,

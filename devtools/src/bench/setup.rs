@@ -45,6 +45,9 @@ pub struct MeshSetup {
     pub client_pod: Pod,
     pub server_pod: Pod,
     pub datapath: Option<Datapath>,
+    /// Cross-node merbridge setups: the server node's own data path (merbridge runs on
+    /// every node), whose sk_lookup program steers inbound to the server's sidecar.
+    pub server_datapath: Option<Datapath>,
     _nodes: Vec<Node>,
 }
 
@@ -53,6 +56,8 @@ pub struct MeshSetup {
 pub struct Checkpoint {
     records: Vec<usize>,
     counters: Option<Vec<(Counter, u64)>>,
+    /// The server node's counters (cross-node merbridge setups).
+    server_counters: Option<Vec<(Counter, u64)>>,
     /// Iptables setups: REDIRECT packets (one per redirected connection) in the client pod
     /// (outbound) and, where meshed, the server pod (inbound).
     iptables: Option<(u64, u64)>,
@@ -94,7 +99,15 @@ impl MeshSetup {
             Some(mode) => Some(Datapath::load(nodes[0].cgroup_path(), mode)?),
             None => None,
         };
+        let server_datapath = match (splice_mode(setup), nodes.get(1)) {
+            (Some(mode), Some(node)) => Some(Datapath::load(node.cgroup_path(), mode)?),
+            _ => None,
+        };
         let maps = match &datapath {
+            Some(d) => Some(PodMaps::open(d.pin_dir())?),
+            None => None,
+        };
+        let server_maps = match &server_datapath {
             Some(d) => Some(PodMaps::open(d.pin_dir())?),
             None => None,
         };
@@ -122,13 +135,19 @@ impl MeshSetup {
         let mut sidecars = Vec::new();
         for (i, (name, pod)) in meshed.into_iter().enumerate() {
             let mut config = bins.sidecar_config(&mesh);
-            match &maps {
+            // The pod's own node's maps and pins: the server's node's in cross-node setups.
+            let (node_maps, node_datapath) = match (i, &server_maps) {
+                (1.., Some(_)) => (&server_maps, &server_datapath),
+                _ => (&maps, &datapath),
+            };
+            let mut inbound = None;
+            match (node_maps, node_datapath) {
                 _ if setup == Setup::ExplicitProxy => {
                     config.forward = explicit_forwards(i == 0, topology, &server_pod, app_ports)
                 }
-                Some(_) if sabotaged => {}
-                Some(maps) => add_real_pod(maps, pod)?,
-                None => Interception::Iptables(mesh.clone())
+                (Some(_), _) if sabotaged => {}
+                (Some(maps), Some(d)) => inbound = Some((add_real_pod(maps, pod)?, d.pin_dir())),
+                _ => Interception::Iptables(mesh.clone())
                     .install_pod(pod)
                     .map_err(|e| format!("install iptables rules in pod {name}: {e}"))?,
             }
@@ -136,6 +155,22 @@ impl MeshSetup {
                 Sidecar::start_binary(&bins.sidecar, pod, config, mesh.proxy_uid)
             })?
             .map_err(|e| format!("start the sidecar of pod {name}: {e}"))?;
+            // As `merbridge run` does for every meshed pod: its sk_lookup link (inbound from
+            // outside the pod), with the sidecar's listener in the map.
+            if let Some((pod_id, pin_dir)) = inbound {
+                let done = mb_agent::inbound::attach_pod(
+                    pin_dir,
+                    pod_id,
+                    pod.netns_path(),
+                    mesh.inbound_port,
+                )
+                .map_err(|e| format!("attach inbound capture to pod {name}: {e}"))?;
+                if !done.listeners.any() {
+                    return Err(format!(
+                        "pod {name}: its sidecar's inbound listener is not in the map after attaching"
+                    ));
+                }
+            }
             sidecars.push((name, sidecar));
         }
         Ok(MeshSetup {
@@ -145,6 +180,7 @@ impl MeshSetup {
             client_pod,
             server_pod,
             datapath,
+            server_datapath,
             _nodes: nodes,
         })
     }
@@ -168,6 +204,10 @@ impl MeshSetup {
                 .map(|(_, s)| s.records().len())
                 .collect(),
             counters: match &self.datapath {
+                Some(d) => Some(read_counters(d.pin_dir())?),
+                None => None,
+            },
+            server_counters: match &self.server_datapath {
                 Some(d) => Some(read_counters(d.pin_dir())?),
                 None => None,
             },
@@ -228,23 +268,28 @@ impl MeshSetup {
                 })?;
             seen.push(format!("{name} sidecar {through} {listener}"));
         }
+        // Same node: connect4 redirects both legs. Cross-node: the client node's connect4
+        // the outbound leg, the server node's sk_lookup the inbound one.
+        let mut wanted = Vec::new();
         if let (Some(d), Some(old)) = (&self.datapath, &before.counters) {
+            wanted.push((d, old, Counter::RedirectOutbound));
+            if self.topology.server_meshed() && self.server_datapath.is_none() {
+                wanted.push((d, old, Counter::RedirectInbound));
+            }
+        }
+        if let (Some(d), Some(old)) = (&self.server_datapath, &before.server_counters) {
+            wanted.push((d, old, Counter::InboundSteered));
+        }
+        for (d, old, c) in wanted {
             let now = read_counters(d.pin_dir())?;
-            let delta = |c: Counter| counter(&now, c).saturating_sub(counter(old, c));
-            let mut wanted = vec![Counter::RedirectOutbound];
-            if self.topology.server_meshed() {
-                wanted.push(Counter::RedirectInbound);
+            let delta = counter(&now, c).saturating_sub(counter(old, c));
+            if delta < expected as u64 {
+                return Err(format!(
+                    "merbridge counted {delta} {} for {expected} connections",
+                    c.name()
+                ));
             }
-            for c in wanted {
-                if delta(c) < expected as u64 {
-                    return Err(format!(
-                        "merbridge counted {} {} for {expected} connections",
-                        delta(c),
-                        c.name()
-                    ));
-                }
-                seen.push(format!("{}+{}", c.name(), delta(c)));
-            }
+            seen.push(format!("{}+{delta}", c.name()));
         }
         if let Some((out_before, in_before)) = before.iptables {
             let (out_now, in_now) = self.iptables_redirects()?;

@@ -101,6 +101,17 @@ fn policy_from_args(args: &PodAddArgs, mesh: Mesh) -> Result<PodPolicy, String> 
     let mut policy = match &args.annotations {
         Some(path) => {
             let annotations: BTreeMap<String, String> = annotations_from_file(path)?;
+            let field = mb_agent::mesh::INTERCEPTION_MODE_ANNOTATION;
+            if let Some(mode) = annotations.get(field) {
+                if let Some(reason) = mb_agent::mesh::annotations_refusal(mesh, mode) {
+                    return Err(format!(
+                        "pod {}: annotation {field}={}: {reason} interception is not supported: \
+                         the pod is refused and nothing of it is written (keep istio-init for it)",
+                        args.ips,
+                        mode.trim()
+                    ));
+                }
+            }
             let (policy, warnings) = PodPolicy::from_annotations(mesh, &annotations);
             for w in warnings {
                 eprintln!("merbridge: warning: {w} (the rest of the policy applies)");
@@ -166,7 +177,12 @@ pub fn run(args: PodAddArgs) -> Result<ExitCode, String> {
     let ips = pod_addresses(&args.ips)?;
     let policy = policy_from_args(&args, mesh)?;
     let netns_cookie = mb_loader::netns_cookie::netns_cookie(&args.netns).map_err(|e| {
-        format!("{e} (pass the pod's namespace, e.g. /run/netns/NAME or /proc/PID/ns/net)")
+        format!(
+            "pod {}: --netns {}: {e} (pass the pod's namespace, e.g. /run/netns/NAME or \
+             /proc/PID/ns/net)",
+            args.ips,
+            args.netns.display()
+        )
     })?;
     // Held until the pod is written: the agent and the CNI plugin write the same maps.
     let _write = write_lock(&args.pin.pin_dir, WRITE_LOCK_TIMEOUT)?;

@@ -1,0 +1,250 @@
+//! Pods merbridge refuses or cannot finish, end to end against the kernel: an Istio
+//! TPROXY-mode pod through `merbridge pod add --annotations` is refused with an error naming
+//! the pod and the field, leaves no map entry and no inbound link, and its traffic (made as
+//! uid 0, as TPROXY's Envoy runs) goes straight to its destination, never looped to a sidecar
+//! port; a pod whose network namespace vanished, one whose sidecar does not listen yet, a
+//! malformed UID annotation and an unknown interception mode are named the same way, and
+//! `pod del` leaves nothing behind.
+
+use mb_agent::pods::PodMaps;
+use mb_sys::bpffs::PrivateBpffs;
+use mb_testbed::{Node, PodSpec};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+
+fn merbridge(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
+        .args(args)
+        .output()
+        .expect("run merbridge");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("panicked"), "merbridge {args:?}: {text}");
+    (out.status.success(), text)
+}
+
+/// Unloads on drop, also when an assertion fails.
+struct Unload<'a>(&'a str, &'a str);
+
+impl Drop for Unload<'_> {
+    fn drop(&mut self) {
+        let _ = merbridge(&["unload", "--pin-dir", self.0, "--cgroup", self.1]);
+    }
+}
+
+/// Nothing of any pod in the maps and no inbound link.
+fn assert_nothing_written(pin_dir: &std::path::Path, what: &str) {
+    let pods = PodMaps::open(pin_dir)
+        .expect("open maps")
+        .pods()
+        .expect("pods");
+    assert!(pods.is_empty(), "{what}: map entries left: {pods:?}");
+    let links = mb_agent::inbound::list(pin_dir).expect("links");
+    assert!(links.is_empty(), "{what}: inbound links left: {links:?}");
+}
+
+#[test]
+fn tproxy_pod_is_refused_and_its_traffic_is_not_looped() {
+    if !mb_sys::testing::kernel_tests_enabled("tproxy_pod_is_refused_and_its_traffic_is_not_looped")
+    {
+        return;
+    }
+    let node = Node::new("tproxy").expect("node");
+    let tproxy = node.add_pod(PodSpec::named("tproxy")).expect("pod");
+    let server = node.add_pod(PodSpec::named("server")).expect("pod");
+    let bpffs = PrivateBpffs::new("mb-tproxy").expect("private bpffs");
+    let pin_dir = bpffs.path().join("merbridge");
+    let pin = pin_dir.to_str().unwrap();
+    let cgroup = node.cgroup_path().to_str().unwrap();
+    let (loaded, text) = merbridge(&[
+        "load",
+        "--mesh",
+        "istio",
+        "--ipv6",
+        "--cgroup",
+        cgroup,
+        "--pin-dir",
+        pin,
+    ]);
+    assert!(loaded, "{text}");
+    let _unload = Unload(pin, cgroup);
+
+    let dir = std::env::temp_dir().join(format!("mb-tproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let annotations = dir.join("annotations.json");
+    std::fs::write(
+        &annotations,
+        r#"{"sidecar.istio.io/interceptionMode": "TPROXY", "sidecar.istio.io/status": "{}"}"#,
+    )
+    .unwrap();
+    let ips = format!("{},{}", tproxy.ipv4(), tproxy.ipv6());
+    let (added, text) = merbridge(&[
+        "pod",
+        "add",
+        &ips,
+        "--netns",
+        tproxy.netns_path().to_str().unwrap(),
+        "--pin-dir",
+        pin,
+        "--annotations",
+        annotations.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!added, "a TPROXY pod must be refused: {text}");
+    assert!(
+        text.contains(&ips) && text.contains("sidecar.istio.io/interceptionMode=TPROXY"),
+        "the error names the pod and the field: {text}"
+    );
+    assert_nothing_written(&pin_dir, "TPROXY pod");
+
+    // Its traffic, as root (TPROXY's Envoy runs as uid 0), from the pod's cgroup where the
+    // data path is attached: reaches the server directly from the pod's own address.
+    let listener = server
+        .run_in_netns(|| TcpListener::bind(SocketAddr::new(server.ipv4().into(), 8080)))
+        .expect("enter the server pod")
+        .expect("listen in the server pod");
+    let accepter = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().expect("accept");
+        conn.write_all(b"direct\n").expect("write");
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+        peer
+    });
+    let mut client = Command::new("bash");
+    client.args([
+        "-c",
+        &format!("exec 3<>/dev/tcp/{}/8080 && head -n 1 <&3", server.ipv4()),
+    ]);
+    let got = tproxy.output(client).expect("connect from the TPROXY pod");
+    assert_eq!(
+        got.trim(),
+        "direct",
+        "the server answered, not a sidecar port"
+    );
+    let peer = accepter.join().expect("accepter");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::from(tproxy.ipv4()),
+        "straight from the pod, not through anything"
+    );
+    assert_nothing_written(&pin_dir, "after the traffic");
+}
+
+#[test]
+fn vanished_netns_and_malformed_uid_are_named_and_leave_nothing() {
+    if !mb_sys::testing::kernel_tests_enabled(
+        "vanished_netns_and_malformed_uid_are_named_and_leave_nothing",
+    ) {
+        return;
+    }
+    let node = Node::new("badpod").expect("node");
+    let gone = node.add_pod(PodSpec::named("gone")).expect("pod");
+    let bpffs = PrivateBpffs::new("mb-badpod").expect("private bpffs");
+    let pin_dir = bpffs.path().join("merbridge");
+    let pin = pin_dir.to_str().unwrap();
+    let cgroup = node.cgroup_path().to_str().unwrap();
+    let (loaded, text) = merbridge(&[
+        "load",
+        "--mesh",
+        "istio",
+        "--cgroup",
+        cgroup,
+        "--pin-dir",
+        pin,
+    ]);
+    assert!(loaded, "{text}");
+    let _unload = Unload(pin, cgroup);
+
+    // The namespace path of a pod that is gone.
+    let ip = gone.ipv4().to_string();
+    let netns = gone.netns_path().to_path_buf();
+    drop(gone);
+    let (added, text) = merbridge(&[
+        "pod",
+        "add",
+        &ip,
+        "--netns",
+        netns.to_str().unwrap(),
+        "--pin-dir",
+        pin,
+    ]);
+    assert!(!added, "a vanished namespace must be an error: {text}");
+    assert!(
+        text.contains(&format!("pod {ip}")) && text.contains(netns.to_str().unwrap()),
+        "the error names the pod and its namespace: {text}"
+    );
+    assert_nothing_written(&pin_dir, "vanished netns");
+
+    // A malformed UID annotation: a warning naming the annotation, the mesh's default applies.
+    let live = node.add_pod(PodSpec::named("baduid")).expect("pod");
+    let dir = std::env::temp_dir().join(format!("mb-baduid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let annotations = dir.join("annotations.json");
+    std::fs::write(&annotations, r#"{"kuma.io/sidecar-uid": "12x"}"#).unwrap();
+    let live_ip = live.ipv4().to_string();
+    let (added, text) = merbridge(&[
+        "pod",
+        "add",
+        &live_ip,
+        "--mesh",
+        "kuma",
+        "--netns",
+        live.netns_path().to_str().unwrap(),
+        "--pin-dir",
+        pin,
+        "--annotations",
+        annotations.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(added, "a malformed UID is a warning, not a refusal: {text}");
+    assert!(
+        text.contains("warning") && text.contains("kuma.io/sidecar-uid") && text.contains("12x"),
+        "the warning names the annotation and the value: {text}"
+    );
+    // No sidecar listens there yet: a note naming the pod; its link is attached (refusing).
+    assert!(
+        text.contains(&format!("pod {live_ip}: no sidecar listens on 15006 yet")),
+        "{text}"
+    );
+    let pods = PodMaps::open(&pin_dir).unwrap().pods().unwrap();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].proxy_uid, 5678, "Kuma's default UID");
+    assert_eq!(mb_agent::inbound::list(&pin_dir).unwrap().len(), 1);
+    let (removed, text) = merbridge(&["pod", "del", &live_ip, "--pin-dir", pin]);
+    assert!(removed, "{text}");
+    assert_nothing_written(&pin_dir, "after pod del");
+
+    // An unknown interception mode: a warning naming the annotation and the value.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        &annotations,
+        r#"{"sidecar.istio.io/interceptionMode": "SOMETIMES"}"#,
+    )
+    .unwrap();
+    let (added, text) = merbridge(&[
+        "pod",
+        "add",
+        &live_ip,
+        "--netns",
+        live.netns_path().to_str().unwrap(),
+        "--pin-dir",
+        pin,
+        "--annotations",
+        annotations.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(added, "{text}");
+    assert!(
+        text.contains("warning")
+            && text.contains("sidecar.istio.io/interceptionMode")
+            && text.contains("SOMETIMES"),
+        "{text}"
+    );
+    let (removed, text) = merbridge(&["pod", "del", &live_ip, "--pin-dir", pin]);
+    assert!(removed, "{text}");
+    assert_nothing_written(&pin_dir, "after the second pod del");
+}
