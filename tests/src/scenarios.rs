@@ -1093,18 +1093,36 @@ pub fn cross_node_conntrack(mode: &Interception, bins: &Binaries, connections: u
     if mode.mesh().is_some() {
         // A thousand records at once: HAProxy logs each session as it ends, some late on a
         // loaded machine, so give them longer than one call's records get.
-        let records = match &server.sidecar {
-            Some(s) => s.wait_for_records(connections as usize, Duration::from_secs(20)),
-            None => Vec::new(),
-        };
+        let sidecar = server
+            .sidecar
+            .as_ref()
+            .expect("a meshed server has a sidecar");
+        let records = sidecar.wait_for_records(connections as usize, Duration::from_secs(20));
         let inbound = records
             .iter()
             .filter(|r| r.listener == Listener::Inbound)
             .count() as u64;
-        assert_eq!(
-            inbound, connections,
-            "every call through the server's sidecar"
-        );
+        match sidecar.inbound_sessions() {
+            // HAProxy now and then loses one log line in a thousand (seen once per few runs,
+            // also on a quiet machine): its own session counter says whether every call went
+            // through it, and the records must miss no more than a few.
+            Some(sessions) => {
+                let sessions = sessions.expect("HAProxy's runtime API");
+                let state = sidecar.runtime_state().unwrap_or_default();
+                assert_eq!(
+                    sessions, connections,
+                    "every call through the server's sidecar ({inbound} records; {state})"
+                );
+                assert!(
+                    inbound + 3 >= connections,
+                    "{inbound} records for {connections} sessions: {state}"
+                );
+            }
+            None => assert_eq!(
+                inbound, connections,
+                "every call through the server's sidecar"
+            ),
+        }
     }
     mode.assert_no_iptables(&[
         n1.netns_path(),

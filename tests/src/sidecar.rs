@@ -694,6 +694,13 @@ impl Sidecar {
         )
     }
 
+    /// For HAProxy, the sessions its inbound frontend accepted (its own counter, which holds
+    /// even when a log line, and so a record, went missing); `None` for the reference sidecar.
+    pub fn inbound_sessions(&self) -> Option<std::io::Result<u64>> {
+        let dir = self._config_dir.as_ref()?;
+        Some(haproxy::frontend_sessions(&dir.stats_socket(), "inbound"))
+    }
+
     /// Sources of the DNS queries the DNS proxy answered so far.
     pub fn dns_peers(&self) -> Vec<SocketAddr> {
         self.seen

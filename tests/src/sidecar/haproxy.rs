@@ -253,6 +253,27 @@ pub fn runtime_state(stats_socket: &Path) -> io::Result<String> {
     ))
 }
 
+/// Sessions HAProxy's frontend `frontend` (`outbound` or `inbound`) has accepted so far (`stot`
+/// of its FRONTEND row in `show stat`): its own count, independent of log lines.
+pub fn frontend_sessions(stats_socket: &Path, frontend: &str) -> io::Result<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(stats_socket)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    s.write_all(b"show stat\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    out.lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|f| f.len() > 7 && f[0] == frontend && f[1] == "FRONTEND")
+        .and_then(|f| f[7].parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no FRONTEND row for {frontend} in HAProxy's show stat: {out}"),
+            )
+        })
+}
+
 impl Drop for ConfigDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
