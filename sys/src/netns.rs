@@ -187,9 +187,12 @@ fn loopback_up() -> io::Result<()> {
         *dst = src as libc::c_char;
     }
     req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // The request's type is c_ulong with glibc and c_int with musl (the static build).
+    #[allow(clippy::unnecessary_cast)]
+    let request = libc::SIOCSIFFLAGS as libc::Ioctl;
     // SAFETY: `req` is a live ifreq naming "lo" for the duration of the call; SIOCSIFFLAGS
     // only reads it.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), request, &req) };
     if rc != 0 {
         return Err(io::Error::other(format!(
             "setting lo up in a private netns: {}",
