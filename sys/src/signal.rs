@@ -51,6 +51,11 @@ impl Drop for RestartingNoopHandler {
 #[derive(Clone, Copy, Debug)]
 pub struct ThreadId(libc::pthread_t);
 
+// SAFETY: a pthread_t is an opaque handle (an integer with glibc, a pointer with musl) that
+// this type only passes to pthread_kill; it is never dereferenced here, and naming a thread
+// from another thread is what pthread_kill is for.
+unsafe impl Send for ThreadId {}
+
 /// The calling thread.
 pub fn current_thread() -> ThreadId {
     // SAFETY: pthread_self has no preconditions and cannot fail.
