@@ -20,10 +20,10 @@ mod k8s_support;
 use common::{Agent, AgentOptions};
 use k8s_support::server::FakeApiServer;
 use k8s_support::{fixture_pod_value, kubeconfig_text, synthesize_running, TempDir};
+use mb_agent::mesh::Mesh;
 use mb_agent::pods::PodMaps;
-use mb_loader::attach::AttachMode;
-use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants, PinLayout};
-use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_PORT_RULES};
+use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, PinLayout};
+use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_PORT_RULES, SPLICE_SIDECARS};
 use mb_maps::layout::{CidrRuleKey, PodEntry, PortRuleKey};
 use mb_sys::bpffs::PrivateBpffs;
 use mb_sys::cgroup::OwnedCgroup;
@@ -108,23 +108,9 @@ impl Rig {
         let host = NamedNetns::create(&unique("cnihost")).expect("host netns");
         let bpffs = PrivateBpffs::new("mb-cni").expect("bpffs");
         let pin_dir = bpffs.path().join("merbridge");
-        load_datapath(&LoadOptions {
-            cgroup: cgroup.path().to_path_buf(),
-            pin_dir: pin_dir.clone(),
-            constants: MeshConstants {
-                outbound_port: 15001,
-                inbound_port: 15006,
-                proxy_uid: 1337,
-                dns_port: 15053,
-                splice_mode: mb_maps::datapath::SPLICE_SIDECARS,
-            },
-            ipv6: false,
-            dns_capture: false,
-            bind4: false,
-            mode: AttachMode::Auto,
-            netns_keys: None,
-        })
-        .expect("load the data path");
+        let istio = Mesh::Istio.defaults().constants(SPLICE_SIDECARS);
+        load_datapath(&LoadOptions::for_mesh(cgroup.path(), &pin_dir, istio))
+            .expect("load the data path");
         let unload = UnloadOnDrop {
             pin_dir: pin_dir.clone(),
             cgroup: cgroup.path().to_path_buf(),

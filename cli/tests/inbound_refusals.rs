@@ -6,35 +6,15 @@
 //! malformed UID annotation and an unknown interception mode are named the same way, and
 //! `pod del` leaves nothing behind.
 
+#[path = "common/cli.rs"]
+mod cli;
+
+use cli::{merbridge, LoadedIstio};
 use mb_agent::pods::PodMaps;
-use mb_sys::bpffs::PrivateBpffs;
 use mb_testbed::{Node, PodSpec};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
-
-fn merbridge(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
-        .args(args)
-        .output()
-        .expect("run merbridge");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains("panicked"), "merbridge {args:?}: {text}");
-    (out.status.success(), text)
-}
-
-/// Unloads on drop, also when an assertion fails.
-struct Unload<'a>(&'a str, &'a str);
-
-impl Drop for Unload<'_> {
-    fn drop(&mut self) {
-        let _ = merbridge(&["unload", "--pin-dir", self.0, "--cgroup", self.1]);
-    }
-}
 
 /// Nothing of any pod in the maps and no inbound link.
 fn assert_nothing_written(pin_dir: &std::path::Path, what: &str) {
@@ -56,22 +36,8 @@ fn tproxy_pod_is_refused_and_its_traffic_is_not_looped() {
     let node = Node::new("tproxy").expect("node");
     let tproxy = node.add_pod(PodSpec::named("tproxy")).expect("pod");
     let server = node.add_pod(PodSpec::named("server")).expect("pod");
-    let bpffs = PrivateBpffs::new("mb-tproxy").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let pin = pin_dir.to_str().unwrap();
-    let cgroup = node.cgroup_path().to_str().unwrap();
-    let (loaded, text) = merbridge(&[
-        "load",
-        "--mesh",
-        "istio",
-        "--ipv6",
-        "--cgroup",
-        cgroup,
-        "--pin-dir",
-        pin,
-    ]);
-    assert!(loaded, "{text}");
-    let _unload = Unload(pin, cgroup);
+    let loaded = LoadedIstio::load("mb-tproxy", node.cgroup_path(), &["--ipv6"]);
+    let (pin, pin_dir) = (loaded.pin(), loaded.pin_dir());
 
     let dir = std::env::temp_dir().join(format!("mb-tproxy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -143,21 +109,8 @@ fn vanished_netns_and_malformed_uid_are_named_and_leave_nothing() {
     }
     let node = Node::new("badpod").expect("node");
     let gone = node.add_pod(PodSpec::named("gone")).expect("pod");
-    let bpffs = PrivateBpffs::new("mb-badpod").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let pin = pin_dir.to_str().unwrap();
-    let cgroup = node.cgroup_path().to_str().unwrap();
-    let (loaded, text) = merbridge(&[
-        "load",
-        "--mesh",
-        "istio",
-        "--cgroup",
-        cgroup,
-        "--pin-dir",
-        pin,
-    ]);
-    assert!(loaded, "{text}");
-    let _unload = Unload(pin, cgroup);
+    let loaded = LoadedIstio::load("mb-badpod", node.cgroup_path(), &[]);
+    let (pin, pin_dir) = (loaded.pin(), loaded.pin_dir());
 
     // The namespace path of a pod that is gone.
     let ip = gone.ipv4().to_string();

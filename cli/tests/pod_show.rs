@@ -8,23 +8,13 @@ mod cli;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
 mod k8s_support;
 
-use cli::merbridge;
-use mb_sys::bpffs::PrivateBpffs;
+use cli::{merbridge, LoadedIstio};
 use mb_testbed::{Node, PodSpec};
 
 fn ok(args: &[&str]) -> String {
     let (success, text) = merbridge(args);
     assert!(success, "merbridge {args:?} failed: {text}");
     text
-}
-
-/// Unloads on drop, also when an assertion fails.
-struct Unload<'a>(&'a str, &'a str);
-
-impl Drop for Unload<'_> {
-    fn drop(&mut self) {
-        let _ = merbridge(&["unload", "--pin-dir", self.0, "--cgroup", self.1]);
-    }
 }
 
 /// The fixture's annotations: excludeInboundPorts 4,5,6; excludeOutboundIPRanges
@@ -41,20 +31,8 @@ fn pod_show_decodes_every_field_of_an_annotated_pod() {
     let node = Node::new("podshow").expect("node");
     let pod = node.add_pod(PodSpec::named("annotated")).expect("pod");
     let plain = node.add_pod(PodSpec::named("plain")).expect("pod");
-    let bpffs = PrivateBpffs::new("mb-podshow").expect("private bpffs");
-    let pin_dir = bpffs.path().join("merbridge");
-    let pin = pin_dir.to_str().unwrap();
-    let cgroup = node.cgroup_path().to_str().unwrap();
-    ok(&[
-        "load",
-        "--mesh",
-        "istio",
-        "--cgroup",
-        cgroup,
-        "--pin-dir",
-        pin,
-    ]);
-    let _unload = Unload(pin, cgroup);
+    let loaded = LoadedIstio::load("mb-podshow", node.cgroup_path(), &[]);
+    let pin = loaded.pin();
     let ips = format!("{},{}", pod.ipv4(), pod.ipv6());
     let netns = pod.netns_path().to_str().unwrap();
     let added = ok(&[

@@ -11,9 +11,9 @@
 use crate::bench::stats::{mean, quantile};
 use clap::Args;
 use mb_agent::cni::{run_plugin, Env};
+use mb_agent::mesh::Mesh;
 use mb_agent::pods::PodMaps;
-use mb_loader::attach::AttachMode;
-use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions, MeshConstants};
+use mb_loader::datapath::{load_datapath, unload_datapath, LoadOptions};
 use mb_sys::bpffs::PrivateBpffs;
 use mb_sys::cgroup::OwnedCgroup;
 use mb_sys::netns::NamedNetns;
@@ -155,23 +155,11 @@ pub fn run(args: CniBenchArgs) -> Result<ExitCode, String> {
     let cgroup = OwnedCgroup::create_private("mb-cnibench").map_err(|e| e.to_string())?;
     let bpffs = PrivateBpffs::new("mb-cnibench").map_err(|e| e.to_string())?;
     let pin_dir = bpffs.path().join("merbridge");
-    load_datapath(&LoadOptions {
-        cgroup: cgroup.path().to_path_buf(),
-        pin_dir: pin_dir.clone(),
-        constants: MeshConstants {
-            outbound_port: 15001,
-            inbound_port: 15006,
-            proxy_uid: 1337,
-            dns_port: 15053,
-            splice_mode: mb_maps::datapath::SPLICE_SIDECARS,
-        },
-        ipv6: false,
-        dns_capture: false,
-        bind4: false,
-        mode: AttachMode::Auto,
-        netns_keys: None,
-    })
-    .map_err(|e| format!("load the data path: {e}"))?;
+    let istio = Mesh::Istio
+        .defaults()
+        .constants(mb_maps::datapath::SPLICE_SIDECARS);
+    load_datapath(&LoadOptions::for_mesh(cgroup.path(), &pin_dir, istio))
+        .map_err(|e| format!("load the data path: {e}"))?;
     let _unload = Unload(pin_dir.clone(), cgroup.path().to_path_buf());
     let netns = NamedNetns::create(&format!("mb-{}-cnibench", std::process::id()))
         .map_err(|e| e.to_string())?;

@@ -160,6 +160,30 @@ pub fn copy_words(
     }
 }
 
+/// One address to store as 16 bytes: its IPv4 and IPv6 fields (offsets from a base register)
+/// and the stack slot it goes to.
+pub struct AddrFields {
+    pub slot: i16,
+    pub ip4: i16,
+    pub ip6: i16,
+}
+
+/// Stores both ends of a connection, read from `base`, into their stack slots: the code from
+/// here on handles IPv4 (v4-mapped), the code at `v6` (where the caller's family test jumps)
+/// IPv6; the two paths join after. Clobbers r1.
+pub fn store_addresses(a: &mut Asm, base: Reg, v6: Label, ends: [AddrFields; 2]) {
+    let done = a.label();
+    for end in &ends {
+        a.ldx(Size::W, R1, base, end.ip4);
+        store_v4_mapped(a, end.slot, R1);
+    }
+    a.ja(done).bind(v6);
+    for end in &ends {
+        copy_words(a, FP, end.slot, base, end.ip6, 4, R1);
+    }
+    a.bind(done);
+}
+
 /// Stores a context address at `fp + off` as 16 bytes: the v4 field v4-mapped for IPv4,
 /// the v6 field as is otherwise. Clobbers r1.
 pub fn store_ctx_addr(a: &mut Asm, family: Family, off: i16, v4_field: i16, v6_field: i16) {
@@ -213,12 +237,8 @@ fn jmp_if_address(
 ) {
     let no = a.label();
     let not_v4 = a.label();
-    a.ldx(Size::W, R1, FP, off)
-        .jmp32_imm(JmpOp::Ne, R1, 0, no)
-        .ldx(Size::W, R1, FP, off + 4)
-        .jmp32_imm(JmpOp::Ne, R1, 0, no)
-        .ldx(Size::W, R1, FP, off + 8)
-        .jmp32_imm(JmpOp::Ne, R1, V4_MAPPED_WORD2_LE as i32, not_v4);
+    load_word2_if_zero_prefix(a, off, no);
+    a.jmp32_imm(JmpOp::Ne, R1, V4_MAPPED_WORD2_LE as i32, not_v4);
     v4_test(a, yes);
     a.ja(no)
         .bind(not_v4)
@@ -231,13 +251,19 @@ fn jmp_if_address(
 /// Jumps to `yes` if the 16-byte address at `fp + off` is v4-mapped. Clobbers r1.
 pub fn jmp_if_v4_mapped(a: &mut Asm, off: i16, yes: Label) {
     let no = a.label();
+    load_word2_if_zero_prefix(a, off, no);
+    a.jmp32_imm(JmpOp::Eq, R1, V4_MAPPED_WORD2_LE as i32, yes)
+        .bind(no);
+}
+
+/// Jumps to `no` unless words 0 and 1 of the 16-byte address at `fp + off` are zero (what
+/// v4-mapped, loopback and passthrough addresses share), then loads word 2 into r1.
+fn load_word2_if_zero_prefix(a: &mut Asm, off: i16, no: Label) {
     a.ldx(Size::W, R1, FP, off)
         .jmp32_imm(JmpOp::Ne, R1, 0, no)
         .ldx(Size::W, R1, FP, off + 4)
         .jmp32_imm(JmpOp::Ne, R1, 0, no)
-        .ldx(Size::W, R1, FP, off + 8)
-        .jmp32_imm(JmpOp::Eq, R1, V4_MAPPED_WORD2_LE as i32, yes)
-        .bind(no);
+        .ldx(Size::W, R1, FP, off + 8);
 }
 
 /// The calling socket's pod: `POD = netns_pods[netns cookie]`, or a jump to `not_meshed`.

@@ -57,7 +57,6 @@ pub fn sk_lookup() -> Result<Program, AsmError> {
     let mut a = Asm::new();
     let pass = a.label();
     let v6 = a.label();
-    let addresses_done = a.label();
     let refuse = a.label();
     let assign = a.label();
 
@@ -67,14 +66,23 @@ pub fn sk_lookup() -> Result<Program, AsmError> {
         .ldx(Size::W, FAMILY, CTX, sk_lookup::FAMILY)
         .jmp_imm(JmpOp::Eq, FAMILY, abi::AF_INET6, v6)
         .jmp_imm(JmpOp::Ne, FAMILY, abi::AF_INET, pass);
-    a.ldx(Size::W, R1, CTX, sk_lookup::LOCAL_IP4);
-    store_v4_mapped(&mut a, DST_ADDR, R1);
-    a.ldx(Size::W, R1, CTX, sk_lookup::REMOTE_IP4);
-    store_v4_mapped(&mut a, REMOTE_ADDR, R1);
-    a.ja(addresses_done).bind(v6);
-    copy_words(&mut a, FP, DST_ADDR, CTX, sk_lookup::LOCAL_IP6, 4, R1);
-    copy_words(&mut a, FP, REMOTE_ADDR, CTX, sk_lookup::REMOTE_IP6, 4, R1);
-    a.bind(addresses_done);
+    store_addresses(
+        &mut a,
+        CTX,
+        v6,
+        [
+            AddrFields {
+                slot: DST_ADDR,
+                ip4: sk_lookup::LOCAL_IP4,
+                ip6: sk_lookup::LOCAL_IP6,
+            },
+            AddrFields {
+                slot: REMOTE_ADDR,
+                ip4: sk_lookup::REMOTE_IP4,
+                ip6: sk_lookup::REMOTE_IP6,
+            },
+        ],
+    );
 
     // Loopback and the sidecar's passthrough are in-pod traffic: never steered.
     jmp_if_loopback(&mut a, REMOTE_ADDR, pass);

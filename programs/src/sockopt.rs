@@ -10,7 +10,7 @@
 use crate::ctx::{abi, sock, sockopt};
 use crate::emit::*;
 use crate::frame::Frame;
-use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Reg, Size};
+use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Label, Program, Reg, Size};
 use mb_maps::layout::{Counter, OrigDst, SockPairKey, ORIG_INBOUND};
 
 /// The caller's socket (`struct bpf_sock *`, from the context).
@@ -31,7 +31,6 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     let out = a.label();
     let level_ok = a.label();
     let v6 = a.label();
-    let addresses_done = a.label();
     let answer_v6 = a.label();
     let answered = a.label();
     let key = PAIR_KEY;
@@ -53,14 +52,23 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     a.ldx(Size::W, R1, SK, sock::FAMILY)
         .jmp_imm(JmpOp::Eq, R1, abi::AF_INET6, v6)
         .jmp_imm(JmpOp::Ne, R1, abi::AF_INET, out);
-    a.ldx(Size::W, R1, SK, sock::DST_IP4);
-    store_v4_mapped(&mut a, local_ip, R1);
-    a.ldx(Size::W, R1, SK, sock::SRC_IP4);
-    store_v4_mapped(&mut a, remote_ip, R1);
-    a.ja(addresses_done).bind(v6);
-    copy_words(&mut a, FP, local_ip, SK, sock::DST_IP6, 4, R1);
-    copy_words(&mut a, FP, remote_ip, SK, sock::SRC_IP6, 4, R1);
-    a.bind(addresses_done);
+    store_addresses(
+        &mut a,
+        SK,
+        v6,
+        [
+            AddrFields {
+                slot: local_ip,
+                ip4: sock::DST_IP4,
+                ip6: sock::DST_IP6,
+            },
+            AddrFields {
+                slot: remote_ip,
+                ip4: sock::SRC_IP4,
+                ip6: sock::SRC_IP6,
+            },
+        ],
+    );
     // dst_port: network order in the low 16 bits (older kernels: of a 32-bit field).
     a.ldx(Size::W, R1, SK, sock::DST_PORT)
         .alu64_imm(AluOp::And, R1, 0xffff)
@@ -126,15 +134,9 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
 
     // struct sockaddr_in: family, port, address, 8 bytes of zero. Only for IPv4 originals.
     a.ldx(Size::H, R1, ORIG_PTR, OrigDst::OFF_FAMILY as i16)
-        .jmp_imm(JmpOp::Ne, R1, abi::AF_INET, out)
-        .mov64_reg(R1, R2)
-        .alu64_imm(AluOp::Add, R1, abi::SOCKADDR_IN_SIZE)
-        .jmp_reg(JmpOp::Gt, R1, R3, out)
-        .mov64_imm(R1, abi::AF_INET)
-        .stx(Size::H, R2, 0, R1)
-        .ldx(Size::H, R1, ORIG_PTR, OrigDst::OFF_PORT as i16)
-        .stx(Size::H, R2, 2, R1)
-        .ldx(Size::W, R1, ORIG_PTR, OrigDst::OFF_IP as i16 + 12)
+        .jmp_imm(JmpOp::Ne, R1, abi::AF_INET, out);
+    write_sockaddr_head(&mut a, abi::SOCKADDR_IN_SIZE, abi::AF_INET, out);
+    a.ldx(Size::W, R1, ORIG_PTR, OrigDst::OFF_IP as i16 + 12)
         .stx(Size::W, R2, 4, R1)
         .mov64_imm(R1, 0)
         .stx(Size::DW, R2, 8, R1)
@@ -143,15 +145,9 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
         .ja(answered);
 
     // struct sockaddr_in6: family, port, flowinfo, address (v4-mapped for IPv4), scope id.
-    a.bind(answer_v6)
-        .mov64_reg(R1, R2)
-        .alu64_imm(AluOp::Add, R1, abi::SOCKADDR_IN6_SIZE)
-        .jmp_reg(JmpOp::Gt, R1, R3, out)
-        .mov64_imm(R1, abi::AF_INET6)
-        .stx(Size::H, R2, 0, R1)
-        .ldx(Size::H, R1, ORIG_PTR, OrigDst::OFF_PORT as i16)
-        .stx(Size::H, R2, 2, R1)
-        .mov64_imm(R1, 0)
+    a.bind(answer_v6);
+    write_sockaddr_head(&mut a, abi::SOCKADDR_IN6_SIZE, abi::AF_INET6, out);
+    a.mov64_imm(R1, 0)
         .stx(Size::W, R2, 4, R1)
         .stx(Size::W, R2, 24, R1);
     copy_words(&mut a, R2, 8, ORIG_PTR, OrigDst::OFF_IP as i16, 4, R1);
@@ -169,4 +165,16 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     count(&mut a, Counter::OrigDstMisses);
     a.bind(out).mov64_imm(R0, 1).exit();
     a.finish()
+}
+
+/// The start of the answer: jumps to `out` unless `size` bytes fit between r2 (`optval`) and
+/// r3 (`optval_end`), then writes the family and the original port. Clobbers r1.
+fn write_sockaddr_head(a: &mut Asm, size: i32, family: i32, out: Label) {
+    a.mov64_reg(R1, R2)
+        .alu64_imm(AluOp::Add, R1, size)
+        .jmp_reg(JmpOp::Gt, R1, R3, out)
+        .mov64_imm(R1, family)
+        .stx(Size::H, R2, 0, R1)
+        .ldx(Size::H, R1, ORIG_PTR, OrigDst::OFF_PORT as i16)
+        .stx(Size::H, R2, 2, R1);
 }

@@ -17,7 +17,7 @@ use mb_maps::datapath::MAP_NETNS_PODS;
 use mb_maps::layout::PodEntry;
 use std::io;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What ADD decided for a sandbox (tests and the bench look at it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,12 +203,19 @@ fn remove_written(
     errors
 }
 
-pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+/// Where ADD recorded this sandbox (container id and interface name from the environment), and
+/// the record, if there is one.
+fn sandbox_record(env: &Env, conf: &NetConf) -> Result<(PathBuf, Option<SandboxRecord>), CniError> {
     let container_id = env.required("CNI_CONTAINERID")?;
     let ifname = env.required("CNI_IFNAME")?;
     let record_path = state::record_path(&conf.state_dir, container_id, ifname);
     let record = state::read(&record_path)
         .map_err(|e| io_error("cannot read the sandbox record".into(), e))?;
+    Ok((record_path, record))
+}
+
+pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let (record_path, record) = sandbox_record(env, conf)?;
     let Some(record) = record else {
         // Not meshed at ADD, or deleted already: DEL is idempotent.
         return Ok(());
@@ -253,11 +260,7 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 }
 
 pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    let container_id = env.required("CNI_CONTAINERID")?;
-    let ifname = env.required("CNI_IFNAME")?;
-    let record_path = state::record_path(&conf.state_dir, container_id, ifname);
-    let record = state::read(&record_path)
-        .map_err(|e| io_error("cannot read the sandbox record".into(), e))?;
+    let (_, record) = sandbox_record(env, conf)?;
     let Some(record) = record else {
         return Ok(());
     };
