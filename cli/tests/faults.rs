@@ -26,7 +26,7 @@ use mb_sys::bpffs::PrivateBpffs;
 use mb_testbed::scenarios::{start_app, Binaries, APP_UID, ECHO_PORT, WHOAMI_PORT};
 use mb_testbed::sidecar::Listener;
 use mb_testbed::workload::LoadStats;
-use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
+use mb_testbed::{Node, Pod, PodSpec, Sidecar};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,6 +59,17 @@ struct Fault {
     took_ms: u64,
 }
 
+impl Fault {
+    /// The fault `name` whose step ran from `at_ms` to `now_ms` into the load.
+    fn since(name: &'static str, at_ms: u64, now_ms: u64) -> Fault {
+        Fault {
+            name,
+            at_ms,
+            took_ms: now_ms - at_ms,
+        }
+    }
+}
+
 #[test]
 fn faults_under_load_lose_nothing() {
     if !mb_sys::testing::kernel_tests_enabled("faults_under_load_lose_nothing") {
@@ -80,32 +91,13 @@ fn faults_under_load_lose_nothing() {
     // ours (other test beds reuse the IPv4 subnets).
     let unique_pod = |name: &str, host: u16| {
         let mut spec = PodSpec::named(name);
-        let base = node.gateway_v6().segments();
-        let pid = std::process::id();
-        spec.ipv6 = Some(std::net::Ipv6Addr::new(
-            base[0],
-            base[1],
-            base[2],
-            0,
-            0x78,
-            (pid >> 16) as u16,
-            pid as u16,
-            host,
-        ));
+        spec.ipv6 = Some(node.process_unique_v6(0x78, host));
         node.add_pod(spec).expect("pod")
     };
     let client = unique_pod("client", 2);
     let server = unique_pod("server", 3);
     let ghost = unique_pod("ghost", 4);
-    let sidecar = |pod: &Pod| {
-        Sidecar::start_binary(
-            &bins.sidecar,
-            pod,
-            SidecarConfig::for_mesh(&MeshPorts::istio()),
-            1337,
-        )
-        .expect("sidecar")
-    };
+    let sidecar = |pod: &Pod| Sidecar::start_istio(&bins.sidecar, pod).expect("sidecar");
     let client_sidecar = sidecar(&client);
     let server_sidecar = sidecar(&server);
     let _app = start_app(&server, &bins).expect("app");
@@ -164,11 +156,7 @@ fn faults_under_load_lose_nothing() {
     drop(agent);
     let mut agent = Agent::start(&options);
     agent.wait_ready(Duration::from_secs(30));
-    faults.push(Fault {
-        name: "agent SIGKILL + restart",
-        at_ms: t,
-        took_ms: at() - t,
-    });
+    faults.push(Fault::since("agent SIGKILL + restart", t, at()));
 
     // 2. A reload over the loaded data path: every program swapped in place.
     wait_to(5_000);
@@ -183,11 +171,7 @@ fn faults_under_load_lose_nothing() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.matches("(replaced)").count() >= 4, "{text}");
-    faults.push(Fault {
-        name: "reload, programs swapped",
-        at_ms: t,
-        took_ms: at() - t,
-    });
+    faults.push(Fault::since("reload, programs swapped", t, at()));
 
     // 3. A rolling update: the new agent waits for the old one's lock, then takes over.
     wait_to(8_000);
@@ -199,21 +183,13 @@ fn faults_under_load_lose_nothing() {
     .unwrap_or_else(|e| panic!("{e}:\n{}", successor.log()));
     assert!(agent.terminate(Duration::from_secs(10)).success());
     successor.wait_ready(Duration::from_secs(30));
-    faults.push(Fault {
-        name: "two agents, rolling update",
-        at_ms: t,
-        took_ms: at() - t,
-    });
+    faults.push(Fault::since("two agents, rolling update", t, at()));
 
     // 4. A meshed pod's namespace goes while the pod is in the maps.
     wait_to(11_000);
     let t = at();
     drop(ghost);
-    faults.push(Fault {
-        name: "pod netns + cgroup removed",
-        at_ms: t,
-        took_ms: at() - t,
-    });
+    faults.push(Fault::since("pod netns + cgroup removed", t, at()));
 
     let line = load
         .finish(Duration::from_secs(LOAD_SECS + 30))

@@ -15,7 +15,7 @@ use mb_testbed::merbridge::merbridge_binary;
 use mb_testbed::scenarios::{start_app, Binaries, APP_UID, ECHO_PORT, WHOAMI_PORT};
 use mb_testbed::sidecar::Listener;
 use mb_testbed::workload::LoadStats;
-use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
+use mb_testbed::{Node, Pod, PodSpec, Sidecar};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -51,13 +51,14 @@ pub struct ApiFaultRow {
 
 impl ApiFaultRow {
     fn failures(&self) -> u64 {
-        let l = &self.load;
-        l.failed_connects
-            + l.failed_requests
-            + l.bypassed
-            + l.rr_failed
-            + self.missed_client_sidecar
+        lost(&self.load, self.missed_client_sidecar)
     }
+}
+
+/// Connections and round trips a load lost: failed, or past a sidecar (seen by the server
+/// from another peer, or `missed` by the client's sidecar records).
+fn lost(load: &LoadStats, missed: u64) -> u64 {
+    load.failed_connects + load.failed_requests + load.bypassed + load.rr_failed + missed
 }
 
 /// SIGTERM with the DaemonSet gone.
@@ -206,13 +207,7 @@ impl FaultReport {
 
     /// Whether every absorbable fault lost nothing.
     pub fn clean(&self) -> bool {
-        let l = &self.load;
-        l.failed_connects
-            + l.failed_requests
-            + l.bypassed
-            + l.rr_failed
-            + self.missed_client_sidecar
-            == 0
+        lost(&self.load, self.missed_client_sidecar) == 0
             && self
                 .api_rows
                 .iter()
@@ -742,31 +737,13 @@ pub fn run(
     // ours (other test beds may use the same IPv4 subnets).
     let unique_pod = |name: &str, host: u16| {
         let mut spec = PodSpec::named(name);
-        let base = node.gateway_v6().segments();
-        let pid = std::process::id();
-        spec.ipv6 = Some(std::net::Ipv6Addr::new(
-            base[0],
-            base[1],
-            base[2],
-            0,
-            0x79,
-            (pid >> 16) as u16,
-            pid as u16,
-            host,
-        ));
+        spec.ipv6 = Some(node.process_unique_v6(0x79, host));
         node.add_pod(spec)
     };
     let client = unique_pod("client", 2).map_err(e("client pod"))?;
     let server = unique_pod("server", 3).map_err(e("server pod"))?;
     let ghost = unique_pod("ghost", 4).map_err(e("third pod"))?;
-    let sidecar = |pod: &Pod| {
-        Sidecar::start_binary(
-            &bins.sidecar,
-            pod,
-            SidecarConfig::for_mesh(&MeshPorts::istio()),
-            1337,
-        )
-    };
+    let sidecar = |pod: &Pod| Sidecar::start_istio(&bins.sidecar, pod);
     let client_sidecar = sidecar(&client).map_err(e("client sidecar"))?;
     let _server_sidecar = sidecar(&server).map_err(e("server sidecar"))?;
     let _app = start_app(&server, bins).map_err(e("server app"))?;
@@ -979,50 +956,53 @@ pub fn run(
             missed_client_sidecar: missed,
         })
     };
+    // An API fault under `secs` of load: its step returns how long the fault lasted and when
+    // the maps converged; the lists the agent made meanwhile are counted around it.
+    let run_api_fault =
+        |secs: u64, step: &mut dyn FnMut() -> Result<(u64, Option<u64>), String>| {
+            run_with_load(secs, &mut || {
+                let (lists, _) = api.counts();
+                let (lasted_ms, converged_ms) = step()?;
+                Ok(ApiOutcome {
+                    lasted_ms,
+                    converged_ms,
+                    lists: api.counts().0 - lists,
+                })
+            })
+        };
     let budget = Duration::from_secs(60);
+    // The API in `mode` for `secs` while the late pod is added (or removed) there: how long
+    // that lasted, and when the maps showed the change.
+    let api_away = |mode: ApiMode, late_added: bool, secs: u64| {
+        let t = Instant::now();
+        api.set_mode(mode);
+        if late_added {
+            api.add_pod("uid-late", api_pod(&late, "uid-late"));
+        } else {
+            api.remove_pod("uid-late");
+        }
+        std::thread::sleep(Duration::from_secs(secs));
+        api.set_mode(ApiMode::Up);
+        let lasted_ms = t.elapsed().as_millis() as u64;
+        Ok((lasted_ms, wait_late(&maps, late_added, budget)?))
+    };
     let outage = plan.api_outage_secs;
     progress(&format!("API server down for {outage} s"));
     push(
         "API server down, then back",
-        run_with_load(outage + 6, &mut || {
-            let (lists, _) = api.counts();
-            let t = Instant::now();
-            api.set_mode(ApiMode::Down);
-            api.remove_pod("uid-late");
-            std::thread::sleep(Duration::from_secs(outage));
-            api.set_mode(ApiMode::Up);
-            let lasted_ms = t.elapsed().as_millis() as u64;
-            Ok(ApiOutcome {
-                lasted_ms,
-                converged_ms: wait_late(&maps, false, budget)?,
-                lists: api.counts().0 - lists,
-            })
-        })?,
+        run_api_fault(outage + 6, &mut || api_away(ApiMode::Down, false, outage))?,
     );
     let storm = outage.clamp(2, 5);
     progress(&format!("410 storm for {storm} s"));
     push(
         "410 storm (every watch expired)",
-        run_with_load(storm + 4, &mut || {
-            let (lists, _) = api.counts();
-            let t = Instant::now();
-            api.set_mode(ApiMode::Gone);
-            api.add_pod("uid-late", api_pod(&late, "uid-late"));
-            std::thread::sleep(Duration::from_secs(storm));
-            api.set_mode(ApiMode::Up);
-            Ok(ApiOutcome {
-                lasted_ms: t.elapsed().as_millis() as u64,
-                converged_ms: wait_late(&maps, true, budget)?,
-                lists: api.counts().0 - lists,
-            })
-        })?,
+        run_api_fault(storm + 4, &mut || api_away(ApiMode::Gone, true, storm))?,
     );
     progress("a watch stalls without closing");
     let stalled_before = successor.log().matches("watch stalled").count();
     push(
         "watch stalls without closing",
-        run_with_load(u64::from(WATCH_TIMEOUT_SECS) * 3 + 3, &mut || {
-            let (lists, _) = api.counts();
+        run_api_fault(u64::from(WATCH_TIMEOUT_SECS) * 3 + 3, &mut || {
             api.change(|s| s.stall += 1);
             api.remove_pod("uid-late");
             let converged_ms = wait_late(
@@ -1036,19 +1016,14 @@ pub fn run(
                     successor.log()
                 ));
             }
-            Ok(ApiOutcome {
-                lasted_ms: 0,
-                converged_ms,
-                lists: api.counts().0 - lists,
-            })
+            Ok((0, converged_ms))
         })?,
     );
     let list_secs = outage.clamp(2, 5);
     progress(&format!("a slow list of 10,000 pods ({list_secs} s)"));
     push(
         "slow list of 10,000 pods (after a 410)",
-        run_with_load(list_secs + 6, &mut || {
-            let (lists, _) = api.counts();
+        run_api_fault(list_secs + 6, &mut || {
             let t = Instant::now();
             api.change(|s| {
                 s.filler = 10_000 - 4;
@@ -1065,11 +1040,7 @@ pub fn run(
             });
             // "Lasted": the list's own time; converged: after that.
             let lasted_ms = list_secs * 1000;
-            Ok(ApiOutcome {
-                lasted_ms,
-                converged_ms: converged.map(|ms| ms.saturating_sub(lasted_ms)),
-                lists: api.counts().0 - lists,
-            })
+            Ok((lasted_ms, converged.map(|ms| ms.saturating_sub(lasted_ms))))
         })?,
     );
 
