@@ -16,6 +16,34 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 
+/// `merbridge pod add IPS [EXTRA...] --netns POD'S --pin-dir PIN --annotations FILE`, the file
+/// holding the JSON `annotations` (removed again).
+fn pod_add_annotated(
+    ips: &str,
+    pod: &mb_testbed::Pod,
+    pin: &str,
+    extra: &[&str],
+    annotations: &str,
+) -> (bool, String) {
+    let dir =
+        std::env::temp_dir().join(format!("mb-refusals-{}-{}", std::process::id(), pod.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("annotations.json");
+    std::fs::write(&file, annotations).unwrap();
+    let mut args = vec!["pod", "add", ips];
+    args.extend(extra);
+    args.extend([
+        "--netns",
+        pod.netns_path().to_str().unwrap(),
+        "--pin-dir",
+        pin,
+    ]);
+    args.extend(["--annotations", file.to_str().unwrap()]);
+    let result = merbridge(&args);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Nothing of any pod in the maps and no inbound link.
 fn assert_nothing_written(pin_dir: &std::path::Path, what: &str) {
     let pods = PodMaps::open(pin_dir)
@@ -39,27 +67,14 @@ fn tproxy_pod_is_refused_and_its_traffic_is_not_looped() {
     let loaded = LoadedIstio::load("mb-tproxy", node.cgroup_path(), &["--ipv6"]);
     let (pin, pin_dir) = (loaded.pin(), loaded.pin_dir());
 
-    let dir = std::env::temp_dir().join(format!("mb-tproxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let annotations = dir.join("annotations.json");
-    std::fs::write(
-        &annotations,
-        r#"{"sidecar.istio.io/interceptionMode": "TPROXY", "sidecar.istio.io/status": "{}"}"#,
-    )
-    .unwrap();
     let ips = format!("{},{}", tproxy.ipv4(), tproxy.ipv6());
-    let (added, text) = merbridge(&[
-        "pod",
-        "add",
+    let (added, text) = pod_add_annotated(
         &ips,
-        "--netns",
-        tproxy.netns_path().to_str().unwrap(),
-        "--pin-dir",
+        &tproxy,
         pin,
-        "--annotations",
-        annotations.to_str().unwrap(),
-    ]);
-    let _ = std::fs::remove_dir_all(&dir);
+        &[],
+        r#"{"sidecar.istio.io/interceptionMode": "TPROXY", "sidecar.istio.io/status": "{}"}"#,
+    );
     assert!(!added, "a TPROXY pod must be refused: {text}");
     assert!(
         text.contains(&ips) && text.contains("sidecar.istio.io/interceptionMode=TPROXY"),
@@ -134,25 +149,14 @@ fn vanished_netns_and_malformed_uid_are_named_and_leave_nothing() {
 
     // A malformed UID annotation: a warning naming the annotation, the mesh's default applies.
     let live = node.add_pod(PodSpec::named("baduid")).expect("pod");
-    let dir = std::env::temp_dir().join(format!("mb-baduid-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let annotations = dir.join("annotations.json");
-    std::fs::write(&annotations, r#"{"kuma.io/sidecar-uid": "12x"}"#).unwrap();
     let live_ip = live.ipv4().to_string();
-    let (added, text) = merbridge(&[
-        "pod",
-        "add",
+    let (added, text) = pod_add_annotated(
         &live_ip,
-        "--mesh",
-        "kuma",
-        "--netns",
-        live.netns_path().to_str().unwrap(),
-        "--pin-dir",
+        &live,
         pin,
-        "--annotations",
-        annotations.to_str().unwrap(),
-    ]);
-    let _ = std::fs::remove_dir_all(&dir);
+        &["--mesh", "kuma"],
+        r#"{"kuma.io/sidecar-uid": "12x"}"#,
+    );
     assert!(added, "a malformed UID is a warning, not a refusal: {text}");
     assert!(
         text.contains("warning") && text.contains("kuma.io/sidecar-uid") && text.contains("12x"),
@@ -172,24 +176,13 @@ fn vanished_netns_and_malformed_uid_are_named_and_leave_nothing() {
     assert_nothing_written(&pin_dir, "after pod del");
 
     // An unknown interception mode: a warning naming the annotation and the value.
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        &annotations,
-        r#"{"sidecar.istio.io/interceptionMode": "SOMETIMES"}"#,
-    )
-    .unwrap();
-    let (added, text) = merbridge(&[
-        "pod",
-        "add",
+    let (added, text) = pod_add_annotated(
         &live_ip,
-        "--netns",
-        live.netns_path().to_str().unwrap(),
-        "--pin-dir",
+        &live,
         pin,
-        "--annotations",
-        annotations.to_str().unwrap(),
-    ]);
-    let _ = std::fs::remove_dir_all(&dir);
+        &[],
+        r#"{"sidecar.istio.io/interceptionMode": "SOMETIMES"}"#,
+    );
     assert!(added, "{text}");
     assert!(
         text.contains("warning")

@@ -244,15 +244,8 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
 #[test]
 fn run_refuses_bad_flags_with_a_hint() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_merbridge"))
-        .args([
-            "run",
-            "--mesh",
-            "istio",
-            "--node-name",
-            "n",
-            "--on-exit",
-            "sometimes",
-        ])
+        .args(["run", "--mesh", "istio", "--node-name", "n"])
+        .args(["--on-exit", "sometimes"])
         .env_remove("NODE_NAME")
         .output()
         .unwrap();

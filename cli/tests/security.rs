@@ -151,15 +151,8 @@ fn the_api_token_is_never_logged() {
             .local_addr()
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_merbridge"))
-            .args([
-                "run",
-                "--mesh",
-                "istio",
-                "--node-name",
-                "n",
-                "--log-level",
-                "debug",
-            ])
+            .args(["run", "--mesh", "istio", "--node-name", "n"])
+            .args(["--log-level", "debug"])
             .args(["--on-exit", "keep", "--metrics-addr", &metrics.to_string()])
             .arg("--kubeconfig")
             .arg(&kubeconfig)
