@@ -69,6 +69,23 @@ struct Sandbox {
     cgroup: PathBuf,
 }
 
+impl Sandbox {
+    /// Makes `cmd` start inside the sandbox (its netns and cgroup) as `uid`.
+    fn place(&self, cmd: &mut Command, uid: u32) {
+        place(
+            cmd,
+            &Placement {
+                netns: Some(self.netns.path()),
+                cgroup: Some(&self.cgroup),
+                uid: Some(uid),
+                gid: None,
+                die_with_parent: true,
+            },
+        )
+        .unwrap();
+    }
+}
+
 /// What a plugin printed and how it exited.
 #[derive(Debug)]
 struct Run {
@@ -325,11 +342,40 @@ impl Rig {
     fn chain_del(&self, sb: &Sandbox, args: &str, prev: &Value) -> Run {
         let conf = self.merbridge_conf(Some(prev)).to_string();
         let ours = self.exec(&self.plugin, "DEL", sb, args, &conf);
+        self.bridge_del(sb, args, prev);
+        ours
+    }
+
+    /// The bridge plugin's DEL (it must succeed), with the cached result as prevResult.
+    fn bridge_del(&self, sb: &Sandbox, args: &str, prev: &Value) {
         let mut bridge_conf = self.bridge_conf();
         bridge_conf["prevResult"] = prev.clone();
         let bridge = self.exec(&self.bridge(), "DEL", sb, args, &bridge_conf.to_string());
         assert!(bridge.ok, "bridge DEL: {bridge:?}");
-        ours
+    }
+
+    /// The real agent on this node (`--on-exit keep`), once it is ready; its files in `dir`.
+    fn start_agent(&self, dir: &TempDir) -> Agent {
+        let mut agent = Agent::start(&AgentOptions {
+            api: &self.api,
+            dir: &dir.0,
+            node: NODE,
+            cgroup: self.cgroup.path(),
+            pin_dir: &self.pin_dir,
+            extra: &["--on-exit", "keep"],
+        });
+        agent.wait_ready(Duration::from_secs(30));
+        agent
+    }
+
+    /// No map entry, and the same pins, links and sandbox records as `before`.
+    fn assert_left_nothing(&self, before: &[PathBuf], when: &str) {
+        assert_eq!(self.map_keys(), 0, "no map entry left {when}");
+        assert_eq!(
+            self.pins_and_state(),
+            before,
+            "no pin, link or record left {when}"
+        );
     }
 
     /// Serves pod `name` (meshed: the injected Istio fixture; else a plain pod).
@@ -414,17 +460,7 @@ impl Rig {
             .arg(format!("--target={}:9", self.gateway()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        place(
-            &mut cmd,
-            &Placement {
-                netns: Some(sb.netns.path()),
-                cgroup: Some(&sb.cgroup),
-                uid: Some(APP_UID),
-                gid: None,
-                die_with_parent: true,
-            },
-        )
-        .unwrap();
+        sb.place(&mut cmd, APP_UID);
         let out = cmd.output().unwrap();
         Run {
             ok: out.status.success(),
@@ -589,15 +625,7 @@ fn chained_after_bridge_meshed_pods_are_intercepted_from_their_first_connect() {
     let api_view = rig.api_pod("web-0", "uid-web", true, &[&node_ip]);
     rig.api.add_pod(api_view);
     let agent_dir = TempDir::new("cni-agent");
-    let mut agent = Agent::start(&AgentOptions {
-        api: &rig.api,
-        dir: &agent_dir.0,
-        node: NODE,
-        cgroup: rig.cgroup.path(),
-        pin_dir: &rig.pin_dir,
-        extra: &["--on-exit", "keep"],
-    });
-    agent.wait_ready(Duration::from_secs(30));
+    let mut agent = rig.start_agent(&agent_dir);
     let adopted = rig.maps().find(ip).unwrap().expect("still registered");
     assert_eq!(
         adopted.pod_id,
@@ -641,12 +669,7 @@ fn chained_after_bridge_meshed_pods_are_intercepted_from_their_first_connect() {
         &rig.merbridge_conf(Some(&gone_prev)).to_string(),
     );
     assert!(run.ok, "DEL without netns: {run:?}");
-    assert_eq!(rig.map_keys(), 0, "no map entry left");
-    assert_eq!(
-        rig.pins_and_state(),
-        pins_before,
-        "no pin, link or record left"
-    );
+    rig.assert_left_nothing(&pins_before, "after every DEL");
 }
 
 #[test]
@@ -677,16 +700,8 @@ fn a_thousand_add_del_cycles_leave_nothing_behind() {
         let del = rig.exec(&rig.plugin, "DEL", &sb, &args, &conf);
         assert!(del.ok, "cycle {i} DEL: {del:?}");
     }
-    let mut bridge_conf = rig.bridge_conf();
-    bridge_conf["prevResult"] = prev.clone();
-    let bridge = rig.exec(&rig.bridge(), "DEL", &sb, &args, &bridge_conf.to_string());
-    assert!(bridge.ok, "{bridge:?}");
-    assert_eq!(rig.map_keys(), 0, "no map entry left after 1,000 cycles");
-    assert_eq!(
-        rig.pins_and_state(),
-        pins_before,
-        "no pin, link or record left"
-    );
+    rig.bridge_del(&sb, &args, &prev);
+    rig.assert_left_nothing(&pins_before, "after 1,000 cycles");
 }
 
 /// The agent and the plugin allocate pod ids side by side and never give two pods one id:
@@ -705,15 +720,7 @@ fn agent_and_plugin_never_give_two_pods_one_id() {
     let early = rig.api_pod("early-0", "uid-early", true, &[&agent_only(0)]);
     rig.api.add_pod(early);
     let agent_dir = TempDir::new("cni-ids");
-    let mut agent = Agent::start(&AgentOptions {
-        api: &rig.api,
-        dir: &agent_dir.0,
-        node: NODE,
-        cgroup: rig.cgroup.path(),
-        pin_dir: &rig.pin_dir,
-        extra: &["--on-exit", "keep"],
-    });
-    agent.wait_ready(Duration::from_secs(30));
+    let mut agent = rig.start_agent(&agent_dir);
     let early_ip: IpAddr = agent_only(0).parse().unwrap();
     common::wait_until(Duration::from_secs(10), "the agent's own pod", || {
         rig.maps().find(early_ip).unwrap().is_some()
@@ -826,17 +833,7 @@ fn serve_in(sb: &Sandbox, uid: u32, port: u16) -> std::process::Child {
     cmd.args(["serve", "--whoami", &port.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    place(
-        &mut cmd,
-        &Placement {
-            netns: Some(sb.netns.path()),
-            cgroup: Some(&sb.cgroup),
-            uid: Some(uid),
-            gid: None,
-            die_with_parent: true,
-        },
-    )
-    .unwrap();
+    sb.place(&mut cmd, uid);
     let mut child = cmd.spawn().expect("spawn mb-workload");
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
