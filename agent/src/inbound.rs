@@ -13,6 +13,11 @@
 //!   is duplicated with `pidfd_getfd` and inserted from user space. The agent repeats this on
 //!   every resync, so on 5.10 a restarted sidecar is picked up within one resync interval
 //!   (until then its connections are refused, never delivered around it).
+//!
+//! Attaching stays within issue 12's 2 ms budget because the `/proc` walk (thousands of
+//! processes on a busy node) runs only when there is something to adopt: the map is asked
+//! first, then the pod's namespace itself (a `sock_diag` dump of its listeners, from a
+//! thread inside it).
 
 use mb_loader::datapath::PinLayout;
 use mb_loader::inbound::{self as links, AttachOutcome, InboundLink};
@@ -95,7 +100,18 @@ pub fn attach_pod(
     let (link, outcome) =
         links::attach(&layout, &link_name(pod_id), netns).map_err(|e| e.to_string())?;
     let attach_time = started.elapsed();
-    let adopted = adopt_listeners(pin_dir, pod_id, netns, inbound_port)?;
+    let adopted = match adopt_listeners(pin_dir, pod_id, netns, inbound_port) {
+        Ok(n) => n,
+        Err(e) => {
+            // The namespace went between the two steps: its link would stay pinned under a
+            // pod the caller does not record. Otherwise keep the link: it refuses (fail
+            // closed) until a later adoption succeeds.
+            if !netns.exists() {
+                detach_pod(pin_dir, pod_id)?;
+            }
+            return Err(e);
+        }
+    };
     Ok(PodInbound {
         link,
         outcome,
@@ -135,6 +151,12 @@ pub fn list(pin_dir: &Path) -> Result<Vec<(Option<u32>, InboundLink)>, String> {
 /// Puts the inbound listeners (TCP, LISTEN, local port `port`) that processes in the
 /// namespace `netns` hold into the map under `pod_id`, for each family the map lacks.
 /// Returns how many were adopted (0 when nothing listens yet: not an error).
+///
+/// Cheap unless there is something to adopt: the map is checked first, then the pod's
+/// namespace's listeners (a `sock_diag` dump from a thread inside it, no `/proc` walk). Only a listener
+/// that exists and is missing from the map (a sidecar that listened before the attach, or
+/// any sidecar on 5.10) costs the walk over `/proc` to find the process holding it, which
+/// stops at the first process that yields every missing listener.
 pub fn adopt_listeners(
     pin_dir: &Path,
     pod_id: u32,
@@ -145,30 +167,15 @@ pub fn adopt_listeners(
     if have.ipv4 && have.ipv6 {
         return Ok(0);
     }
-    let ino = mb_sys::netns::netns_inode(netns)
-        .map_err(|e| format!("network namespace {}: {e}", netns.display()))?;
-    let pids = pids_in_netns(ino);
-    let Some(&first) = pids.first() else {
-        return Ok(0);
-    };
-    // Socket inode -> family, for listeners on `port` the map lacks.
-    let mut wanted: BTreeMap<u64, u32> = BTreeMap::new();
-    for (file, family, present) in [("tcp", AF_INET, have.ipv4), ("tcp6", AF_INET6, have.ipv6)] {
-        if present {
-            continue;
-        }
-        let table =
-            std::fs::read_to_string(format!("/proc/{first}/net/{file}")).unwrap_or_default();
-        for inode in listening_inodes(&table, port) {
-            wanted.insert(inode, family);
-        }
-    }
+    let mut wanted = missing_listeners(netns, port, have)?;
     if wanted.is_empty() {
         return Ok(0);
     }
+    let ino = mb_sys::netns::netns_inode(netns)
+        .map_err(|e| format!("network namespace {}: {e}", netns.display()))?;
     let map = listener_map(pin_dir)?;
     let mut adopted = 0;
-    for pid in pids {
+    for pid in pids_in_netns(ino) {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
@@ -208,6 +215,66 @@ pub fn adopt_listeners(
         }
     }
     Ok(adopted)
+}
+
+/// Socket inode -> family of the listeners on `port` in the namespace at `netns` whose
+/// family `have` lacks: a `NETLINK_SOCK_DIAG` dump (the listening hash only) through a
+/// socket made in that namespace, or where the kernel has no `tcp_diag`, the namespace's own
+/// `/proc/thread-self/net/tcp{,6}` read on a helper thread inside it (slower: that table
+/// walks every TCP socket of the host).
+fn missing_listeners(
+    netns: &Path,
+    port: u16,
+    have: Listeners,
+) -> Result<BTreeMap<u64, u32>, String> {
+    let mut wanted = BTreeMap::new();
+    let dumped = mb_sys::netns::create_in_netns(netns, mb_sys::sockdiag::DiagSocket::open)
+        .map_err(|e| format!("network namespace {}: {e}", netns.display()))?
+        .and_then(|mut diag| {
+            let mut found = Vec::new();
+            for (family, present) in [(AF_INET, have.ipv4), (AF_INET6, have.ipv6)] {
+                if !present {
+                    for l in diag.tcp_listeners(family as u8)? {
+                        found.push((l, family));
+                    }
+                }
+            }
+            Ok(found)
+        });
+    match dumped {
+        Ok(found) => {
+            for (l, family) in found.into_iter().filter(|(l, _)| l.port == port) {
+                wanted.insert(l.inode, family);
+            }
+            Ok(wanted)
+        }
+        Err(_) => listeners_from_proc(netns, port, have),
+    }
+}
+
+/// [`missing_listeners`] where `sock_diag` fails: the `/proc` TCP tables of the namespace.
+fn listeners_from_proc(
+    netns: &Path,
+    port: u16,
+    have: Listeners,
+) -> Result<BTreeMap<u64, u32>, String> {
+    mb_sys::netns::run_in_netns(netns, || {
+        let mut wanted = BTreeMap::new();
+        for (family, file, present) in [(AF_INET, "tcp", have.ipv4), (AF_INET6, "tcp6", have.ipv6)]
+        {
+            if present {
+                continue;
+            }
+            // No IPv6 in the kernel: no tcp6 table, nothing to adopt there.
+            let table = std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))
+                .unwrap_or_default();
+            for inode in listening_inodes(&table, port) {
+                wanted.insert(inode, family);
+            }
+        }
+        wanted
+    })
+    .map_err(|e| format!("network namespace {}: {e}", netns.display()))
 }
 
 /// The agent's view of its pods' inbound links: attaches when a pod's namespace is known,
@@ -304,22 +371,19 @@ fn libc_enosys() -> i32 {
     nix::errno::Errno::ENOSYS as i32
 }
 
-/// Processes whose network namespace has inode `ino`.
-fn pids_in_netns(ino: u64) -> Vec<u32> {
+/// Processes whose network namespace has inode `ino`, found lazily (the caller stops at the
+/// first that holds what it looks for).
+fn pids_in_netns(ino: u64) -> impl Iterator<Item = u32> {
     let want = format!("net:[{ino}]");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = entries
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .filter(|pid: &u32| {
+        .filter(move |pid: &u32| {
             std::fs::read_link(format!("/proc/{pid}/ns/net"))
                 .is_ok_and(|t| t.to_string_lossy() == want)
         })
-        .collect();
-    pids.sort();
-    pids
 }
 
 /// `socket:[123]` -> 123.
@@ -350,6 +414,7 @@ fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn proc_net_tcp_tables_give_listener_inodes() {
@@ -364,5 +429,61 @@ mod tests {
         assert_eq!(socket_inode("socket:[77]"), Some(77));
         assert_eq!(socket_inode("pipe:[77]"), None);
         assert_eq!(link_name(7), "pod-7");
+    }
+
+    /// Against the kernel: the `sock_diag` dump and the `/proc` fallback find the same
+    /// listeners of a namespace on the port asked for, and only the families missing.
+    #[test]
+    fn sock_diag_and_proc_tables_find_the_same_listeners() {
+        if !mb_sys::testing::kernel_tests_enabled(
+            "sock_diag_and_proc_tables_find_the_same_listeners",
+        ) {
+            return;
+        }
+        let ns = mb_sys::netns::NamedNetns::create(&format!("mb-inlisten-{}", std::process::id()))
+            .expect("netns");
+        let _held = ns
+            .run(|| {
+                let v4 = std::net::TcpListener::bind("0.0.0.0:15006").unwrap();
+                // A v6-only listener beside the v4 one, as a sidecar with two sockets has.
+                use nix::sys::socket::{self as so, sockopt, SockaddrIn6};
+                let v6 = so::socket(
+                    so::AddressFamily::Inet6,
+                    so::SockType::Stream,
+                    so::SockFlag::SOCK_CLOEXEC,
+                    None,
+                )
+                .unwrap();
+                so::setsockopt(&v6, sockopt::Ipv6V6Only, &true).unwrap();
+                let any = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, 15006, 0, 0);
+                so::bind(v6.as_raw_fd(), &SockaddrIn6::from(any)).unwrap();
+                so::listen(&v6, so::Backlog::new(8).unwrap()).unwrap();
+                let other = std::net::TcpListener::bind("0.0.0.0:15001").unwrap();
+                (v4, v6, other)
+            })
+            .unwrap();
+        let none = Listeners::default();
+        let dumped = missing_listeners(ns.path(), 15006, none).unwrap();
+        let from_proc = listeners_from_proc(ns.path(), 15006, none).unwrap();
+        assert_eq!(dumped, from_proc);
+        let mut families: Vec<u32> = dumped.values().copied().collect();
+        families.sort();
+        assert_eq!(families, vec![AF_INET, AF_INET6]);
+        let v4_known = Listeners {
+            ipv4: true,
+            ipv6: false,
+        };
+        let only_v6 = missing_listeners(ns.path(), 15006, v4_known).unwrap();
+        assert_eq!(
+            only_v6,
+            listeners_from_proc(ns.path(), 15006, v4_known).unwrap()
+        );
+        assert_eq!(
+            only_v6.values().copied().collect::<Vec<_>>(),
+            vec![AF_INET6]
+        );
+        assert!(missing_listeners(ns.path(), 15020, none)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -11,10 +11,9 @@ mod cli;
 
 use cli::{merbridge, LoadedIstio};
 use mb_agent::pods::PodMaps;
+use mb_testbed::scenarios::{start_app, whoami, Binaries, WHOAMI_PORT};
 use mb_testbed::{Node, PodSpec};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::process::Command;
+use std::net::SocketAddr;
 
 /// `merbridge pod add IPS [EXTRA...] --netns POD'S --pin-dir PIN --annotations FILE`, the file
 /// holding the JSON `annotations` (removed again).
@@ -83,30 +82,13 @@ fn tproxy_pod_is_refused_and_its_traffic_is_not_looped() {
     assert_nothing_written(&pin_dir, "TPROXY pod");
 
     // Its traffic, as root (TPROXY's Envoy runs as uid 0), from the pod's cgroup where the
-    // data path is attached: reaches the server directly from the pod's own address.
-    let listener = server
-        .run_in_netns(|| TcpListener::bind(SocketAddr::new(server.ipv4().into(), 8080)))
-        .expect("enter the server pod")
-        .expect("listen in the server pod");
-    let accepter = std::thread::spawn(move || {
-        let (mut conn, peer) = listener.accept().expect("accept");
-        conn.write_all(b"direct\n").expect("write");
-        let mut rest = Vec::new();
-        let _ = conn.read_to_end(&mut rest);
-        peer
-    });
-    let mut client = Command::new("bash");
-    client.args([
-        "-c",
-        &format!("exec 3<>/dev/tcp/{}/8080 && head -n 1 <&3", server.ipv4()),
-    ]);
-    let got = tproxy.output(client).expect("connect from the TPROXY pod");
-    assert_eq!(
-        got.trim(),
-        "direct",
-        "the server answered, not a sidecar port"
-    );
-    let peer = accepter.join().expect("accepter");
+    // data path is attached: reaches the server's app directly from the pod's own address.
+    // (The test bed's own client and server: the kernel matrix's guests have no bash.)
+    let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
+    let _app = start_app(&server, &bins).expect("the server pod's app");
+    let to = SocketAddr::new(server.ipv4().into(), WHOAMI_PORT);
+    let (peer, local) = whoami(&tproxy, &bins, 0, to, None);
+    assert_eq!(local, to, "the server's app answered, not a sidecar port");
     assert_eq!(
         peer.ip(),
         std::net::IpAddr::from(tproxy.ipv4()),

@@ -9,5 +9,6 @@ pub mod netns;
 pub mod pidfd;
 pub mod process;
 pub mod signal;
+pub mod sockdiag;
 pub mod sockopt;
 pub mod testing;

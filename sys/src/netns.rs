@@ -5,6 +5,9 @@
 //! switch the caller's thread: work that must happen inside a namespace runs on a short-lived
 //! helper thread, so a test thread (or the agent's main thread) stays where it was. Sockets
 //! opened on the helper thread keep their namespace after it ends (fds are per process).
+//! One exception, [`create_in_netns`], makes a socket in a namespace on the calling thread
+//! and switches it straight back: a helper thread's start costs milliseconds of run-queue
+//! wait on a loaded node, more than the whole budget of attaching a pod.
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
@@ -151,6 +154,40 @@ pub fn run_in_netns<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> io
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// Runs `make` on the calling thread while that thread is in the namespace at `path`, and
+/// returns the thread to its own namespace before returning: for creating a socket there (a
+/// socket keeps the namespace it was made in) without a helper thread. `make` must be short
+/// and must not start threads or processes (they would start in that namespace).
+pub fn create_in_netns<T>(path: &Path, make: impl FnOnce() -> T) -> io::Result<T> {
+    let target = open_netns(path)?;
+    let home = File::open("/proc/thread-self/ns/net").map_err(|e| {
+        annotate(
+            e,
+            "open this thread's netns",
+            Path::new("/proc/thread-self"),
+        )
+    })?;
+    setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("setns into {}: {e} (needs CAP_SYS_ADMIN)", path.display()),
+        )
+    })?;
+    /// Switches the thread back, also when `make` panics.
+    struct Home(File);
+    impl Drop for Home {
+        fn drop(&mut self) {
+            if let Err(e) = setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET) {
+                // The thread would go on in a pod's namespace: stop rather than act there.
+                eprintln!("setns back to this thread's own network namespace failed: {e}");
+                std::process::abort();
+            }
+        }
+    }
+    let _home = Home(home);
+    Ok(make())
 }
 
 /// Runs `work` on a helper thread inside a fresh, anonymous network namespace whose loopback

@@ -130,6 +130,19 @@ impl Interception {
         }
     }
 
+    /// [`Self::source_seen_by_own_sidecar`] for a redirected TCP connection: where sock_ops
+    /// lacks the netns cookie (5.10), `merbridge load` picks its bind-keys variant, which binds
+    /// each redirected socket to its pod's address (a 4-tuple unique on the node), so the
+    /// sidecar sees the application's address there.
+    pub fn tcp_source_seen_by_own_sidecar(&self, app_ip: IpAddr) -> IpAddr {
+        if matches!(self, Interception::Merbridge(_))
+            && !mb_loader::datapath::kernel_has_netns_keys()
+        {
+            return app_ip;
+        }
+        self.source_seen_by_own_sidecar(app_ip)
+    }
+
     /// Whether connections arriving from another node, the node itself or a pod without
     /// sidecar reach the server pod's sidecar: Istio's rules catch inbound packets, merbridge
     /// steers them with its per-pod sk_lookup program. Both do.
@@ -385,7 +398,7 @@ pub fn app_to_service(mode: &Interception, bins: &Binaries, v6: bool, cross_node
     );
     assert_eq!(
         out.peer.ip(),
-        mode.source_seen_by_own_sidecar(client.ip(v6)),
+        mode.tcp_source_seen_by_own_sidecar(client.ip(v6)),
         "the source the client's sidecar sees"
     );
     assert!(out.bytes_down > 0, "no reply relayed: {out:?}");

@@ -11,12 +11,15 @@
 //!   Istio rules (IPv4 and IPv6) into a new pod's own namespace; independent of N, but paid
 //!   per pod start with a process per table.
 //! - merbridge inbound capture: attaching, then detaching, the sk_lookup link of
-//!   [`INBOUND_PODS`] pods, each in its own real network namespace, the way the agent does it
-//!   (`mb_agent::inbound::attach_pod`: the link, then the scan for a listener to adopt).
-//!   Budget: [`INBOUND_ATTACH_BUDGET_US`] per pod.
+//!   [`INBOUND_PODS`] pods, each in its own real network namespace, exactly the way the agent
+//!   does it (`mb_agent::inbound::InboundPods::ensure`: the link, then the check for a
+//!   listener to adopt). Budget: [`INBOUND_ATTACH_BUDGET_US`] per pod. Beside it, the rarer
+//!   case of [`INBOUND_ADOPT_PODS`] pods whose sidecar listened before the attach (a real
+//!   `mb-workload` listener in each namespace), adopted through `/proc` and `pidfd_getfd`.
 
 use super::env::{fake_pod, Datapath};
 use super::stats::median;
+use mb_agent::inbound::InboundPods;
 use mb_agent::pods::PodMaps;
 use mb_maps::datapath::SPLICE_SIDECARS;
 use mb_sys::cgroup::OwnedCgroup;
@@ -24,24 +27,32 @@ use mb_sys::netns::NamedNetns;
 use mb_sys::process::{place, Placement};
 use mb_testbed::cmd::run_with_input;
 use mb_testbed::MeshPorts;
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// Pods (network namespaces) for the inbound attach series.
-pub const INBOUND_PODS: u32 = 50;
+pub const INBOUND_PODS: u32 = 200;
 /// Issue 12's budget for attaching one pod's inbound program.
 pub const INBOUND_ATTACH_BUDGET_US: f64 = 2_000.0;
+/// Pods whose sidecar listens before the attach (the adoption series).
+pub const INBOUND_ADOPT_PODS: u32 = 10;
 
 /// Attaching and detaching pods' sk_lookup links (microseconds, sorted).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct InboundAttach {
-    /// `attach_pod` in all: the link plus the listener scan (the agent's cost per pod).
+    /// `InboundPods::ensure` in all, no sidecar listening yet: the link plus the check for a
+    /// listener to adopt (the agent's cost per pod).
     pub attach_us: Vec<f64>,
     /// The link alone (`BPF_LINK_CREATE` on the namespace and its pin).
     pub link_us: Vec<f64>,
     /// `detach_pod`: the link's pin and the pod's listener entries removed.
     pub detach_us: Vec<f64>,
+    /// `InboundPods::ensure` for a pod whose sidecar listened before the attach: the link
+    /// plus the adoption of its listener (the walk over `/proc`, `pidfd_getfd`).
+    pub adopt_us: Vec<f64>,
 }
 
 impl InboundAttach {
@@ -97,8 +108,9 @@ pub fn checkpoints(max_pods: u32) -> Vec<u32> {
     out
 }
 
-/// Measures both ways up to `max_pods`.
-pub fn run(max_pods: u32, progress: &dyn Fn(&str)) -> ControlPlane {
+/// Measures both ways up to `max_pods`; `workload` is the `mb-workload` binary (the
+/// listening sidecars of the adoption series).
+pub fn run(max_pods: u32, workload: &Path, progress: &dyn Fn(&str)) -> ControlPlane {
     let mut cp = ControlPlane::default();
     let points = checkpoints(max_pods);
     progress(&format!("merbridge maps: adding {max_pods} pods"));
@@ -177,12 +189,20 @@ pub fn run(max_pods: u32, progress: &dyn Fn(&str)) -> ControlPlane {
         Ok(times) => cp.inbound = times,
         Err(e) => cp.errors.push(format!("merbridge inbound attach: {e}")),
     }
+    progress(&format!(
+        "merbridge inbound: attaching {INBOUND_ADOPT_PODS} pods whose sidecar listens already"
+    ));
+    match inbound_adopt(INBOUND_ADOPT_PODS, workload) {
+        Ok(times) => cp.inbound.adopt_us = times,
+        Err(e) => cp.errors.push(format!("merbridge inbound adoption: {e}")),
+    }
     cp
 }
 
-/// Attaches `n` pods' inbound programs into `n` fresh network namespaces, then detaches them,
-/// every call timed. Nothing listens there: the listener scan finds nothing, as for a pod
-/// whose sidecar has not started yet.
+/// Attaches `n` pods' inbound programs into `n` fresh network namespaces as the agent does
+/// (`InboundPods::ensure`), then detaches them, every call timed. Nothing listens there, as
+/// for a pod whose namespace the agent learns before its sidecar starts (the sidecar's
+/// `listen()` then reaches the map through sock_ops on 6.1+, or the next resync's adoption).
 fn inbound_attach(n: u32) -> Result<InboundAttach, String> {
     let cgroup = OwnedCgroup::create_private("mb-bench-in")
         .map_err(|e| format!("create a private cgroup: {e}"))?;
@@ -197,12 +217,18 @@ fn inbound_attach(n: u32) -> Result<InboundAttach, String> {
         );
     }
     let mut out = InboundAttach::default();
+    let mut agent = InboundPods::new(pin_dir);
     for (pod_id, ns) in (1..).zip(&namespaces) {
         let start = Instant::now();
-        let done = mb_agent::inbound::attach_pod(pin_dir, pod_id, ns.path(), inbound_port)
-            .map_err(|e| format!("attach pod {pod_id}: {e}"))?;
+        let done = agent
+            .ensure(&format!("bench-{pod_id}"), pod_id, ns.path(), inbound_port)
+            .map_err(|e| format!("attach pod {pod_id}: {e}"))?
+            .ok_or_else(|| format!("pod {pod_id} was attached already"))?;
         out.attach_us.push(start.elapsed().as_nanos() as f64 / 1e3);
         out.link_us.push(done.attach_time.as_nanos() as f64 / 1e3);
+        if done.listeners.any() || done.adopted != 0 {
+            return Err(format!("pod {pod_id}: a listener where nothing listens"));
+        }
     }
     let attached = mb_agent::inbound::list(pin_dir)?.len();
     if attached != namespaces.len() {
@@ -222,6 +248,88 @@ fn inbound_attach(n: u32) -> Result<InboundAttach, String> {
         v.sort_by(f64::total_cmp);
     }
     Ok(out)
+}
+
+/// A sidecar stand-in listening on `port` in the namespace `ns`, killed when dropped.
+struct Listening(std::process::Child);
+
+impl Listening {
+    fn start(workload: &Path, ns: &NamedNetns, port: u16) -> Result<Listening, String> {
+        let mut cmd = Command::new(workload);
+        cmd.args(["serve", "--echo", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        place(
+            &mut cmd,
+            &Placement {
+                netns: Some(ns.path()),
+                die_with_parent: true,
+                ..Placement::default()
+            },
+        )
+        .map_err(|e| format!("prepare {}: {e}", workload.display()))?;
+        let mut child = Listening(
+            cmd.spawn()
+                .map_err(|e| format!("start {}: {e}", workload.display()))?,
+        );
+        let mut line = String::new();
+        let stdout = child.0.stdout.take().ok_or("no stdout")?;
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("{}: {e}", workload.display()))?;
+        if line.trim() != "ready" {
+            return Err(format!(
+                "{} serve --echo {port} did not get ready: {line:?}",
+                workload.display()
+            ));
+        }
+        Ok(child)
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Attaches `n` pods whose sidecar (a real process in the pod's namespace) listens on the
+/// inbound port already, as the agent does; every attach timed. Each must adopt a listener.
+fn inbound_adopt(n: u32, workload: &Path) -> Result<Vec<f64>, String> {
+    let cgroup = OwnedCgroup::create_private("mb-bench-adopt")
+        .map_err(|e| format!("create a private cgroup: {e}"))?;
+    let datapath = Datapath::load(cgroup.path(), SPLICE_SIDECARS)?;
+    let pin_dir = datapath.pin_dir();
+    let inbound_port = MeshPorts::istio().inbound_port;
+    let mut pods = Vec::with_capacity(n as usize);
+    for i in 1..=n {
+        let ns = NamedNetns::create(&format!("mb-bench-adopt-{}-{i}", std::process::id()))
+            .map_err(|e| format!("create network namespace {i}: {e}"))?;
+        let listening = Listening::start(workload, &ns, inbound_port)?;
+        // Tuple fields drop in order: the process goes first, then its namespace.
+        pods.push((listening, ns));
+    }
+    let mut agent = InboundPods::new(pin_dir);
+    let mut times = Vec::with_capacity(n as usize);
+    for (pod_id, (_, ns)) in (1..).zip(&pods) {
+        let start = Instant::now();
+        let done = agent
+            .ensure(&format!("bench-{pod_id}"), pod_id, ns.path(), inbound_port)
+            .map_err(|e| format!("attach pod {pod_id}: {e}"))?
+            .ok_or_else(|| format!("pod {pod_id} was attached already"))?;
+        times.push(start.elapsed().as_nanos() as f64 / 1e3);
+        if done.adopted == 0 || !done.listeners.any() {
+            return Err(format!(
+                "pod {pod_id}: its sidecar's listener was not adopted ({done:?})"
+            ));
+        }
+    }
+    for pod_id in 1..=n {
+        agent.remove(&format!("bench-{pod_id}"))?;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 /// Adds pods 1..=n to a fresh data path's maps; the time of each add in microseconds.

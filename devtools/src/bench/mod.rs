@@ -286,7 +286,7 @@ pub fn run(plan: &Plan, bins: &Binaries, progress: &dyn Fn(&str)) -> Results {
             .map(|(e, _)| e.take())
             .collect::<Vec<Option<Env>>>(),
     );
-    let control = control::run(plan.control_plane_pods, &|what| {
+    let control = control::run(plan.control_plane_pods, &bins.workload, &|what| {
         progress(&format!("control plane: {what}"))
     });
     Results {
