@@ -94,9 +94,12 @@ fn evicted_original_destinations_are_refused_never_misrouted() {
             .stdout(Stdio::piped());
         client.spawn(cmd, APP_UID).unwrap()
     };
-    // Unstressed: every connect answered by the right server.
-    let calm = StormStats::parse(storm(8).finish(Duration::from_secs(30)).unwrap().trim()).unwrap();
-    assert_eq!(calm.answered, 8, "{calm}");
+    // Unstressed: every connect answered by the right server. Four, not eight: the connects
+    // are all in flight at once, each holds entries in the 16-entry LRU maps, and the kernel's
+    // LRU moves free entries between CPUs in batches, so eight can already evict one (seen
+    // about once in ten runs on a loaded 2-CPU machine) — that is the storm's job, below.
+    let calm = StormStats::parse(storm(4).finish(Duration::from_secs(30)).unwrap().trim()).unwrap();
+    assert_eq!(calm.answered, 4, "{calm}");
     let before = client_sidecar.records().len();
 
     let sidecar_pid = nix::unistd::Pid::from_raw(client_sidecar.pid() as i32);
