@@ -11,6 +11,7 @@ mod cmd_asm;
 mod cmd_bench;
 mod cmd_cni_bench;
 mod cmd_demo;
+mod interrupt;
 
 #[derive(Parser)]
 #[command(
@@ -36,16 +37,30 @@ enum Command {
     Bench(cmd_bench::BenchArgs),
     /// `merbridge cni` ADD latency against its budgets (root).
     CniBench(cmd_cni_bench::CniBenchArgs),
+    /// Removes what a stopped demo or bench left (started by them when interrupted).
+    #[command(hide = true)]
+    CleanAfter {
+        /// The stopped process.
+        pid: u32,
+    },
 }
 
 fn main() -> ExitCode {
     mb_sys::signal::default_sigpipe();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(
+        command,
+        Command::Demo(_) | Command::Bench(_) | Command::CniBench(_)
+    ) {
+        interrupt::remove_test_bed_when_stopped();
+    }
+    let result = match command {
         Command::Asm(args) => cmd_asm::run_asm(args),
         Command::Disasm(args) => cmd_asm::run_disasm(args),
         Command::Demo(args) => cmd_demo::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::CniBench(args) => cmd_cni_bench::run(args),
+        Command::CleanAfter { pid } => interrupt::clean_after(pid),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,15 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Ignores `SIGPIPE` (the Rust runtime's own choice, undone by [`default_sigpipe`]): a write
+/// to a closed pipe then fails with `EPIPE` instead of ending the process on the spot.
+pub fn ignore_sigpipe() {
+    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE and installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// A do-nothing handler for one signal, installed with `SA_RESTART` so that a blocking call
 /// the signal interrupts is restarted by the kernel (the way an application with handlers —
 /// a Go runtime's preemption signal, a JVM, Python's — expects). The previous disposition is

@@ -15,11 +15,19 @@ use std::path::{Path, PathBuf};
 pub struct Leftovers {
     pub netns: Vec<PathBuf>,
     pub cgroups: Vec<PathBuf>,
+    /// Private bpffs mounts (`PrivateBpffs`) in the temporary directory: pinned maps live on
+    /// in them until they are unmounted.
+    pub bpffs: Vec<PathBuf>,
 }
 
 impl Leftovers {
     pub fn is_empty(&self) -> bool {
-        self.netns.is_empty() && self.cgroups.is_empty()
+        self.netns.is_empty() && self.cgroups.is_empty() && self.bpffs.is_empty()
+    }
+
+    /// Everything listed, namespaces first.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.netns.iter().chain(&self.cgroups).chain(&self.bpffs)
     }
 }
 
@@ -39,33 +47,52 @@ fn pid_alive(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn orphans_in(dir: &Path, want_dirs: bool) -> Vec<PathBuf> {
+fn orphans_in(dir: &Path, want_dirs: bool, alive: &impl Fn(u32) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut found: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() == want_dirs))
-        .filter(|e| is_orphan_name(&e.file_name().to_string_lossy(), pid_alive))
+        .filter(|e| is_orphan_name(&e.file_name().to_string_lossy(), alive))
         .map(|e| e.path())
         .collect();
     found.sort();
     found
 }
 
-/// Lists leftovers of dead test processes.
-pub fn find() -> Leftovers {
+fn find_where(alive: impl Fn(u32) -> bool) -> Leftovers {
     let cgroups = mb_sys::cgroup::cgroup2_root()
-        .map(|root| orphans_in(&root, true))
+        .map(|root| orphans_in(&root, true, &alive))
         .unwrap_or_default();
+    let bpffs = orphans_in(&std::env::temp_dir(), true, &alive)
+        .into_iter()
+        .filter(|dir| mb_sys::bpffs::is_bpffs(dir))
+        .collect();
     Leftovers {
-        netns: orphans_in(Path::new(mb_sys::netns::NETNS_RUN_DIR), false),
+        netns: orphans_in(Path::new(mb_sys::netns::NETNS_RUN_DIR), false, &alive),
         cgroups,
+        bpffs,
     }
 }
 
+/// Lists leftovers of dead test processes.
+pub fn find() -> Leftovers {
+    find_where(pid_alive)
+}
+
+/// Removes everything the test bed made for process `pid` (the caller's own, when it is
+/// interrupted and cannot unwind): its cgroups with the processes in them, its network
+/// namespaces and its private bpffs mounts in the temporary directory (its staged binaries go
+/// at exit, see [`crate::stage`]).
+pub fn remove_owned_by(pid: u32) -> io::Result<Leftovers> {
+    let owned = find_where(|p| p != pid);
+    remove_these(&owned)?;
+    Ok(owned)
+}
+
 /// Removes what [`find`] lists: ends processes in leftover cgroups, unmounts leftover
-/// namespaces. Returns what was removed.
+/// namespaces and bpffs mounts. Returns what was removed.
 pub fn remove() -> io::Result<Leftovers> {
     let found = find();
     remove_these(&found)?;
@@ -82,6 +109,11 @@ pub fn remove_these(found: &Leftovers) -> io::Result<()> {
         let _ = nix::mount::umount2(ns, nix::mount::MntFlags::MNT_DETACH);
         fs::remove_file(ns)
             .map_err(|e| io::Error::new(e.kind(), format!("remove {}: {e}", ns.display())))?;
+    }
+    for mount in &found.bpffs {
+        let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+        fs::remove_dir(mount)
+            .map_err(|e| io::Error::new(e.kind(), format!("remove {}: {e}", mount.display())))?;
     }
     Ok(())
 }

@@ -15,6 +15,8 @@ fn killed_test_process_leftovers_are_found_and_removed() {
         // Child: build a node with a pod, report the paths, then wait to be killed.
         let node = Node::new("crash").unwrap();
         let pod = node.add_pod(PodSpec::named("p")).unwrap();
+        let bpffs = mb_sys::bpffs::PrivateBpffs::new("mb-crash-bpffs").unwrap();
+        println!("path {}", bpffs.path().display());
         println!("path {}", node.netns_path().display());
         println!("path {}", node.cgroup_path().display());
         println!("path {}", pod.netns_path().display());
@@ -51,7 +53,7 @@ fn killed_test_process_leftovers_are_found_and_removed() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(paths.len(), 3);
+    assert_eq!(paths.len(), 4);
     assert!(
         paths.iter().all(|p| p.exists()),
         "SIGKILL should leave things behind"
@@ -60,7 +62,7 @@ fn killed_test_process_leftovers_are_found_and_removed() {
     let found = leftovers::find();
     for p in &paths {
         assert!(
-            found.netns.contains(p) || found.cgroups.contains(p),
+            found.paths().any(|f| f == p),
             "{} not found in {found:?}",
             p.display()
         );
@@ -78,6 +80,11 @@ fn killed_test_process_leftovers_are_found_and_removed() {
             .collect(),
         cgroups: found
             .cgroups
+            .into_iter()
+            .filter(|p| paths.contains(p))
+            .collect(),
+        bpffs: found
+            .bpffs
             .into_iter()
             .filter(|p| paths.contains(p))
             .collect(),

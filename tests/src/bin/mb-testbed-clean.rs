@@ -1,5 +1,5 @@
-//! `mb-testbed-clean`: lists (default) or removes (`--remove`) namespaces, cgroups and
-//! staged binary copies left by test processes that died without cleaning up. Exit status 1 when leftovers were found and
+//! `mb-testbed-clean`: lists (default) or removes (`--remove`) namespaces, cgroups, private
+//! bpffs mounts and staged binary copies left by test processes that died without cleaning up. Exit status 1 when leftovers were found and
 //! not removed, so CI can run it after `cargo test` as a check.
 #![forbid(unsafe_code)]
 
@@ -28,7 +28,7 @@ fn main() {
     } else {
         (mb_testbed::leftovers::find(), mb_testbed::stage::orphans())
     };
-    for p in found.netns.iter().chain(&found.cgroups).chain(&staged) {
+    for p in found.paths().chain(&staged) {
         println!(
             "{} {}",
             if cli.remove { "removed" } else { "leftover" },
