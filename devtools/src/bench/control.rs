@@ -204,9 +204,7 @@ pub fn run(max_pods: u32, workload: &Path, progress: &dyn Fn(&str)) -> ControlPl
 /// for a pod whose namespace the agent learns before its sidecar starts (the sidecar's
 /// `listen()` then reaches the map through sock_ops on 6.1+, or the next resync's adoption).
 fn inbound_attach(n: u32) -> Result<InboundAttach, String> {
-    let cgroup = OwnedCgroup::create_private("mb-bench-in")
-        .map_err(|e| format!("create a private cgroup: {e}"))?;
-    let datapath = Datapath::load(cgroup.path(), SPLICE_SIDECARS)?;
+    let (_cgroup, datapath) = fresh_datapath("mb-bench-in")?;
     let pin_dir = datapath.pin_dir();
     let inbound_port = MeshPorts::istio().inbound_port;
     let mut namespaces = Vec::with_capacity(n as usize);
@@ -297,9 +295,7 @@ impl Drop for Listening {
 /// Attaches `n` pods whose sidecar (a real process in the pod's namespace) listens on the
 /// inbound port already, as the agent does; every attach timed. Each must adopt a listener.
 fn inbound_adopt(n: u32, workload: &Path) -> Result<Vec<f64>, String> {
-    let cgroup = OwnedCgroup::create_private("mb-bench-adopt")
-        .map_err(|e| format!("create a private cgroup: {e}"))?;
-    let datapath = Datapath::load(cgroup.path(), SPLICE_SIDECARS)?;
+    let (_cgroup, datapath) = fresh_datapath("mb-bench-adopt")?;
     let pin_dir = datapath.pin_dir();
     let inbound_port = MeshPorts::istio().inbound_port;
     let mut pods = Vec::with_capacity(n as usize);
@@ -334,9 +330,7 @@ fn inbound_adopt(n: u32, workload: &Path) -> Result<Vec<f64>, String> {
 
 /// Adds pods 1..=n to a fresh data path's maps; the time of each add in microseconds.
 fn merbridge_adds(n: u32) -> Result<Vec<f64>, String> {
-    let cgroup = OwnedCgroup::create_private("mb-bench-cp")
-        .map_err(|e| format!("create a private cgroup: {e}"))?;
-    let datapath = Datapath::load(cgroup.path(), SPLICE_SIDECARS)?;
+    let (_cgroup, datapath) = fresh_datapath("mb-bench-cp")?;
     let maps = PodMaps::open(datapath.pin_dir())?;
     let mut times = Vec::with_capacity(n as usize);
     for i in 1..=n {
@@ -355,9 +349,7 @@ fn agent_adds(n: u32) -> Result<Vec<f64>, String> {
     use mb_agent::k8s::{ContainerInfo, PodInfo};
     use mb_agent::mesh::Mesh;
     use mb_agent::run::{BpfPodStore, PodSync};
-    let cgroup = OwnedCgroup::create_private("mb-bench-cp")
-        .map_err(|e| format!("create a private cgroup: {e}"))?;
-    let datapath = Datapath::load(cgroup.path(), SPLICE_SIDECARS)?;
+    let (_cgroup, datapath) = fresh_datapath("mb-bench-cp")?;
     let store = BpfPodStore::open(datapath.pin_dir())?;
     let mut sync = PodSync::new(store, Mesh::Istio, false);
     sync.reconcile()?;
@@ -504,6 +496,16 @@ fn iptables_pod_netns() -> Result<f64, String> {
         times.push(start.elapsed().as_nanos() as f64 / 1e3);
     }
     median(&times).ok_or_else(|| "no measurement".to_string())
+}
+
+/// A data path loaded (`--splice sidecars`) into a new private cgroup. Bind it as
+/// `let (_cgroup, datapath)`: locals drop in reverse, so the data path is detached before its
+/// cgroup is removed.
+fn fresh_datapath(cgroup_name: &str) -> Result<(OwnedCgroup, Datapath), String> {
+    let cgroup = OwnedCgroup::create_private(cgroup_name)
+        .map_err(|e| format!("create a private cgroup: {e}"))?;
+    let datapath = Datapath::load(cgroup.path(), SPLICE_SIDECARS)?;
+    Ok((cgroup, datapath))
 }
 
 #[cfg(test)]
