@@ -215,6 +215,20 @@ impl MeshedPod {
             None => Vec::new(),
         }
     }
+
+    /// Waits 100 ms for a stray record to show up, then asserts the sidecar has exactly `n`.
+    pub fn assert_settled_records(&self, n: usize, what: &str) {
+        std::thread::sleep(Duration::from_millis(100));
+        let records = self.records(0);
+        assert_eq!(records.len(), n, "{what}: {records:#?}");
+    }
+}
+
+/// A new node named `name` with `mode`'s node-wide interception installed.
+fn installed_node(name: &str, mode: &Interception) -> Node {
+    let node = Node::new(name).expect("node");
+    mode.install_node(&node).expect("install node");
+    node
 }
 
 /// Creates a pod on `node` running the app; with `meshed` and a mode that intercepts, also
@@ -436,21 +450,14 @@ pub fn app_to_service(mode: &Interception, bins: &Binaries, v6: bool, cross_node
 /// The sidecar's last hop: a connection as the proxy UID from the passthrough address to its
 /// own pod's IP reaches the app directly (no sidecar sees it), and the app sees that source.
 pub fn sidecar_to_own_app_passthrough(mode: &Interception, bins: &Binaries, v6: bool) {
-    let node = Node::new("pass").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("pass", mode);
     let p = start_pod(&node, "p", mode, true, bins).expect("pod");
     let uid = mode.mesh().map_or(APP_UID, |m| m.proxy_uid);
     let target = SocketAddr::new(p.ip(v6), WHOAMI_PORT);
     let (peer, local) = whoami(&p.pod, bins, uid, target, Some(passthrough(v6)));
     assert_eq!(peer.ip(), passthrough(v6));
     assert_eq!(local, target);
-    // Give a stray record time to show up before declaring there is none.
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        p.records(0).is_empty(),
-        "passthrough went through the sidecar: {:#?}",
-        p.records(0)
-    );
+    p.assert_settled_records(0, "passthrough went through the sidecar");
     mode.assert_no_iptables(&[node.netns_path(), p.pod.netns_path()]);
 }
 
@@ -462,8 +469,7 @@ pub fn excluded_ports_bypass(mode: &Interception, bins: &Binaries, v6: bool) {
         return;
     }
     let mode = mode.with_exclusions(&[EXCLUDED_INBOUND_PORT], &[EXCLUDED_OUTBOUND_PORT]);
-    let node = Node::new("excl").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("excl", &mode);
     let client = start_pod(&node, "client", &mode, true, bins).expect("client pod");
     let server = start_pod(&node, "server", &mode, true, bins).expect("server pod");
 
@@ -501,10 +507,8 @@ pub fn excluded_ports_bypass(mode: &Interception, bins: &Binaries, v6: bool) {
         Some(to_out),
         "only the outbound-excluded call is captured inbound"
     );
-    // Give a stray record time to show up before declaring there is none.
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(client.records(0).len(), 1, "{:#?}", client.records(0));
-    assert_eq!(server.records(0).len(), 1, "{:#?}", server.records(0));
+    client.assert_settled_records(1, "client sidecar");
+    server.assert_settled_records(1, "server sidecar");
     mode.assert_no_iptables(&[
         node.netns_path(),
         client.pod.netns_path(),
@@ -514,8 +518,7 @@ pub fn excluded_ports_bypass(mode: &Interception, bins: &Binaries, v6: bool) {
 
 /// App → its own pod's loopback is never intercepted.
 pub fn loopback_untouched(mode: &Interception, bins: &Binaries, v6: bool) {
-    let node = Node::new("lo").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("lo", mode);
     let p = start_pod(&node, "p", mode, true, bins).expect("pod");
     let lo: IpAddr = if v6 {
         Ipv6Addr::LOCALHOST.into()
@@ -526,12 +529,7 @@ pub fn loopback_untouched(mode: &Interception, bins: &Binaries, v6: bool) {
     let (peer, local) = whoami(&p.pod, bins, APP_UID, target, None);
     assert_eq!(peer.ip(), lo);
     assert_eq!(local, target);
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        p.records(0).is_empty(),
-        "loopback went through the sidecar: {:#?}",
-        p.records(0)
-    );
+    p.assert_settled_records(0, "loopback went through the sidecar");
     mode.assert_no_iptables(&[node.netns_path(), p.pod.netns_path()]);
 }
 
@@ -541,8 +539,7 @@ pub fn pod_without_sidecar_untouched(mode: &Interception, bins: &Binaries, v6: b
     if haproxy_ipv6_limit(mode, bins, v6) {
         return;
     }
-    let node = Node::new("plain").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("plain", mode);
     let plain = start_pod(&node, "plain", mode, false, bins).expect("plain pod");
     let meshed = start_pod(&node, "meshed", mode, true, bins).expect("meshed pod");
     assert!(plain.sidecar.is_none());
@@ -593,8 +590,7 @@ pub fn bulk_and_rr_through_sidecars(
     if haproxy_ipv6_limit(mode, bins, v6) {
         return;
     }
-    let node = Node::new("bulk").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("bulk", mode);
     let mut client = start_pod(&node, "client", mode, false, bins).expect("client pod");
     let mut server = start_pod(&node, "server", mode, false, bins).expect("server pod");
     if let Some(mesh) = mode.mesh() {
@@ -669,8 +665,7 @@ pub fn bulk_and_rr_through_sidecars(
 /// Conntrack entries created in the client pod by `connections` intercepted calls; asserts
 /// the mode's expectation (iptables: at least one per call; otherwise none) and returns it.
 pub fn conntrack_entries(mode: &Interception, bins: &Binaries, connections: u64) -> u64 {
-    let node = Node::new("ct").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("ct", mode);
     let client = start_pod(&node, "client", mode, true, bins).expect("client pod");
     let server = start_pod(&node, "server", mode, true, bins).expect("server pod");
     let before = client.pod.conntrack_count().expect("conntrack count");
@@ -716,8 +711,7 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
     if haproxy_has_no_dns_proxy(&mode, bins) {
         return;
     }
-    let node = Node::new("dns").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("dns", &mode);
     let dns_pod = node.add_pod(PodSpec::named("kube-dns")).expect("dns pod");
     let mut cmd = Command::new(&bins.workload);
     cmd.args(["serve", "--dns", "53", "--dns-answer", SERVER_ANSWER]);
@@ -803,8 +797,7 @@ pub fn dns_over_tcp(mode: &Interception, bins: &Binaries, v6: bool) {
     if haproxy_has_no_dns_proxy(&mode, bins) {
         return;
     }
-    let node = Node::new("tdns").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("tdns", &mode);
     let dns_pod = node.add_pod(PodSpec::named("kube-dns")).expect("dns pod");
     let _server = start_server(
         &dns_pod,
@@ -877,8 +870,7 @@ pub fn dns_over_tcp(mode: &Interception, bins: &Binaries, v6: bool) {
 /// goes through its sidecar exactly once (the sidecar's own upstream connect is not taken
 /// for an application's: no loop) and enters the server through the server's sidecar.
 pub fn sidecar_with_own_uid(mode: &Interception, bins: &Binaries, uid: u32) {
-    let node = Node::new("ownuid").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("ownuid", mode);
     let mut own = mode.mesh().expect("needs a mesh").clone();
     own.proxy_uid = uid;
     let own_mode = match mode {
@@ -895,13 +887,7 @@ pub fn sidecar_with_own_uid(mode: &Interception, bins: &Binaries, uid: u32) {
     let out = only(&client.records(1), Listener::Outbound, "client sidecar");
     assert_eq!(out.original_dst, Some(target));
     assert!(out.error.is_none(), "{out}");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        client.records(0).len(),
-        1,
-        "a loop: {:#?}",
-        client.records(0)
-    );
+    client.assert_settled_records(1, "a loop");
     let inbound = only(&server.records(1), Listener::Inbound, "server sidecar");
     assert_eq!(inbound.original_dst, Some(target));
     mode.assert_no_iptables(&[
@@ -989,8 +975,7 @@ pub fn inbound_from_outside_callers(mode: &Interception, bins: &Binaries, v6: bo
 /// sidecar's agent forwards it).
 pub fn kubelet_probes(mode: &Interception, bins: &Binaries) {
     const HEALTH_PORT: u16 = 15021;
-    let node = Node::new("probe").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("probe", mode);
     let pod = start_pod(&node, "p", mode, true, bins).expect("pod");
     let uid = mode.mesh().map_or(APP_UID, |m| m.proxy_uid);
     let _health = start_server(
@@ -1155,8 +1140,7 @@ pub fn haproxy_ipv6_limit(mode: &Interception, bins: &Binaries, v6: bool) -> boo
     if !(v6 && bins.sidecar_kind == SidecarKind::Haproxy && mode.mesh().is_some()) {
         return false;
     }
-    let node = Node::new("h6").expect("node");
-    mode.install_node(&node).expect("install node");
+    let node = installed_node("h6", mode);
     let client = start_pod(&node, "client", mode, true, bins).expect("client pod");
     let server = start_pod(&node, "server", mode, true, bins).expect("server pod");
     let target = SocketAddr::new(server.ip(true), WHOAMI_PORT);
