@@ -424,7 +424,13 @@ fn pod_rules(i: u32) -> Vec<String> {
 }
 
 fn restore(netns: &NamedNetns, args: &[&str], input: &str) -> Result<(), String> {
-    let mut cmd = Command::new("iptables-restore");
+    restore_with("iptables-restore", netns, args, input)
+}
+
+/// Runs `tool` (`iptables-restore` or `ip6tables-restore`) with `args` in `netns`, feeding it
+/// `input`.
+fn restore_with(tool: &str, netns: &NamedNetns, args: &[&str], input: &str) -> Result<(), String> {
+    let mut cmd = Command::new(tool);
     cmd.args(args);
     place(
         &mut cmd,
@@ -434,7 +440,7 @@ fn restore(netns: &NamedNetns, args: &[&str], input: &str) -> Result<(), String>
             ..Placement::default()
         },
     )
-    .map_err(|e| format!("prepare iptables-restore: {e}"))?;
+    .map_err(|e| format!("prepare {tool}: {e}"))?;
     run_with_input(cmd, input)
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -480,18 +486,7 @@ fn iptables_pod_netns() -> Result<f64, String> {
             .map_err(|e| format!("create a network namespace: {e}"))?;
         let start = Instant::now();
         for (tool, v6) in [("iptables-restore", false), ("ip6tables-restore", true)] {
-            let mut cmd = Command::new(tool);
-            cmd.arg("--wait");
-            place(
-                &mut cmd,
-                &Placement {
-                    netns: Some(ns.path()),
-                    die_with_parent: true,
-                    ..Placement::default()
-                },
-            )
-            .map_err(|e| format!("prepare {tool}: {e}"))?;
-            run_with_input(cmd, &mesh.nat_rules(v6)).map_err(|e| e.to_string())?;
+            restore_with(tool, &ns, &["--wait"], &mesh.nat_rules(v6))?;
         }
         times.push(start.elapsed().as_nanos() as f64 / 1e3);
     }
