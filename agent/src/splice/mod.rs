@@ -524,6 +524,90 @@ impl SpliceMaps {
     }
 }
 
+/// One classified process of a pod, as `pod show` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessEntry {
+    pub pid: u32,
+    pub comm: String,
+    pub verdict: &'static str,
+    pub reason: &'static str,
+}
+
+/// One application port of a pod with a verdict (the sidecar-to-application leg).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortEntry {
+    pub port: u16,
+    pub verdict: &'static str,
+    pub reason: &'static str,
+}
+
+/// The per-process splice decisions of one pod, read back from the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PodSplice {
+    /// Processes with a verdict; unknown ones (not spliced) have no entry and are not listed.
+    pub processes: Vec<ProcessEntry>,
+    pub ports: Vec<PortEntry>,
+}
+
+fn verdict_name(code: u32) -> &'static str {
+    match code {
+        SPLICE_VERDICT_YES => Verdict::Splice.name(),
+        SPLICE_VERDICT_NO => Verdict::Blocking.name(),
+        _ => "invalid",
+    }
+}
+
+fn reason_name(code: u32) -> &'static str {
+    Reason::from_code(code).map_or("invalid", Reason::name)
+}
+
+/// The verdicts the maps hold for pod `entry`: its ports from `splice_ports`, its processes
+/// from `splice_procs` (a process belongs to the pod when it is in the pod's network
+/// namespace, found from the pod's addresses like the agent does).
+pub fn pod_splice(pin_dir: &Path, entry: &PodEntry) -> Result<PodSplice, SpliceError> {
+    let maps = SpliceMaps::open(pin_dir)?;
+    let mut out = PodSplice::default();
+    for (key, value) in maps.port_entries()? {
+        if key.pod_id == entry.pod_id {
+            out.ports.push(PortEntry {
+                port: u16::from_be(key.port),
+                verdict: verdict_name(value.verdict),
+                reason: reason_name(value.reason),
+            });
+        }
+    }
+    out.ports.sort_by_key(|p| p.port);
+    let mut scanner = NetnsScanner::new();
+    scanner.scan();
+    let ips: Vec<IpAddr> = [entry.ipv4, entry.ipv6]
+        .into_iter()
+        .filter(|b| b.iter().any(|&x| x != 0))
+        .map(addr_from_bytes)
+        .collect();
+    let Some(netns) = scanner
+        .path_for(&ips)
+        .and_then(|p| fs::metadata(p).ok())
+        .map(|m| m.ino())
+    else {
+        return Ok(out);
+    };
+    let proc_root = Path::new("/proc");
+    for (key, value) in maps.proc_entries()? {
+        if procfs::netns_inode(proc_root, key.tgid) == Some(netns) {
+            out.processes.push(ProcessEntry {
+                pid: key.tgid,
+                comm: fs::read_to_string(proc_root.join(format!("{}/comm", key.tgid)))
+                    .map(|c| c.trim().to_owned())
+                    .unwrap_or_default(),
+                verdict: verdict_name(value.verdict),
+                reason: reason_name(value.reason),
+            });
+        }
+    }
+    out.processes.sort_by_key(|p| p.pid);
+    Ok(out)
+}
+
 fn sync_map<K: mb_maps::Pod + Copy + Eq + std::hash::Hash>(
     map: &BpfHashMap<K, SpliceVerdict>,
     name: &'static str,
@@ -559,6 +643,7 @@ pub struct SpliceAgent {
     pub maps: SpliceMaps,
     scanner: NetnsScanner,
     default_proxy_uid: u32,
+    last: Vec<ProcessVerdict>,
 }
 
 /// What one scan found and did.
@@ -587,7 +672,13 @@ impl SpliceAgent {
             maps: SpliceMaps::open(pin_dir)?,
             scanner: NetnsScanner::new(),
             default_proxy_uid,
+            last: Vec::new(),
         })
+    }
+
+    /// The verdicts of the last scan.
+    pub fn last_verdicts(&self) -> &[ProcessVerdict] {
+        &self.last
     }
 
     pub fn scan_once(&mut self) -> Result<SpliceReport, SpliceError> {
@@ -597,6 +688,7 @@ impl SpliceAgent {
             .pod_targets(&mut self.scanner, self.default_proxy_uid)?;
         let verdicts = self.classifier.scan(&pods);
         let applied = self.maps.apply(&verdicts)?;
+        self.last = verdicts.clone();
         Ok(SpliceReport {
             verdicts,
             pods: pods.len(),

@@ -13,6 +13,10 @@ struct Cli {
     /// apps do (needed with `merbridge load --splice all`; see `workload::wait_on_eagain`).
     #[arg(long, global = true)]
     wait_on_eagain: bool,
+    /// Event-driven clients and servers, as Go, Envoy or Node: every TCP socket non-blocking
+    /// from its creation, EAGAIN = wait for readiness (see `workload::event_driven`).
+    #[arg(long, global = true)]
+    event_driven: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -130,6 +134,7 @@ enum Cmd {
 
 fn run(cli: Cli) -> std::io::Result<()> {
     workload::wait_on_eagain(cli.wait_on_eagain);
+    workload::event_driven(cli.event_driven);
     match cli.command {
         Cmd::Serve {
             echo,
