@@ -37,6 +37,19 @@ pub fn event_driven(on: bool) {
     EVENT_DRIVEN.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// What a long-running event-driven application looks like before it gets to work: holds a
+/// non-blocking listening socket on loopback (created `SOCK_NONBLOCK`) for `ms` milliseconds,
+/// so that a per-process classifier (merbridge's agent) sees it event-driven before its first
+/// measured connection. Returns the socket; keep it for the life of the process.
+pub fn settle(ms: u64) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{listen, Backlog, SockFlag};
+    let any: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+    let fd = tcp_socket_from(Some(any), any, SockFlag::SOCK_NONBLOCK)?;
+    listen(&fd, Backlog::new(1).map_err(io::Error::from)?).map_err(io::Error::from)?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(fd)
+}
+
 fn is_event_driven() -> bool {
     EVENT_DRIVEN.load(std::sync::atomic::Ordering::Relaxed)
 }
