@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -272,13 +272,29 @@ pub fn bulk_pattern(offset: u64, buf: &mut [u8]) {
 
 /// Binds a TCP listener on all addresses (IPv4 and IPv6) at `port`.
 pub fn listen_any(port: u16) -> io::Result<TcpListener> {
-    let listener = TcpListener::bind(("::", port))
-        .or_else(|_| TcpListener::bind(("0.0.0.0", port)))
-        .map_err(|e| io::Error::new(e.kind(), format!("listen on port {port}: {e}")))?;
     if is_event_driven() {
-        listener.set_nonblocking(true)?;
+        return listen_non_blocking((Ipv6Addr::UNSPECIFIED, port).into())
+            .or_else(|_| listen_non_blocking((Ipv4Addr::UNSPECIFIED, port).into()))
+            .map_err(|e| io::Error::new(e.kind(), format!("listen on port {port}: {e}")));
     }
-    Ok(listener)
+    TcpListener::bind(("::", port))
+        .or_else(|_| TcpListener::bind(("0.0.0.0", port)))
+        .map_err(|e| io::Error::new(e.kind(), format!("listen on port {port}: {e}")))
+}
+
+/// A listening socket that is non-blocking from its creation (`SOCK_NONBLOCK`), as an
+/// event-driven server opens it: never seen blocking, even for an instant.
+fn listen_non_blocking(addr: SocketAddr) -> io::Result<TcpListener> {
+    use nix::sys::socket::{listen, setsockopt, sockopt, Backlog, SockFlag};
+    let fd = tcp_socket_from(None, addr, SockFlag::SOCK_NONBLOCK)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    {
+        use nix::sys::socket::{bind, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    }
+    listen(&fd, Backlog::new(1024).map_err(io::Error::from)?)?;
+    Ok(TcpListener::from(fd))
 }
 
 /// `accept4(SOCK_NONBLOCK)` in a readiness loop: the accepted socket is never blocking.

@@ -38,6 +38,8 @@ pub const CLASSIFIER_PERIOD: Duration = Duration::from_millis(250);
 pub struct Classifier {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// The last scan's verdicts, for the round check's error.
+    last: std::sync::Arc<std::sync::Mutex<Vec<mb_agent::splice::ProcessVerdict>>>,
 }
 
 impl Classifier {
@@ -46,13 +48,16 @@ impl Classifier {
             .map_err(|e| format!("per-process splice classifier: {e}"))?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = std::sync::Arc::clone(&stop);
+        let last = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = std::sync::Arc::clone(&last);
         let thread = std::thread::Builder::new()
             .name("bench-splice".into())
             .spawn(move || {
                 while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
-                    agent
+                    let report = agent
                         .scan_once()
                         .map_err(|e| format!("per-process splice scan: {e}"))?;
+                    *shared.lock().unwrap_or_else(|p| p.into_inner()) = report.verdicts;
                     std::thread::sleep(CLASSIFIER_PERIOD);
                 }
                 Ok(())
@@ -61,7 +66,26 @@ impl Classifier {
         Ok(Classifier {
             stop,
             thread: Some(thread),
+            last,
         })
+    }
+
+    /// The last scan's verdicts, one `pid comm: verdict (reason)` each.
+    fn verdicts(&self) -> String {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let all: Vec<String> = last
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {}: {} ({})",
+                    v.pid,
+                    v.comm,
+                    v.verdict.name(),
+                    v.reason.name()
+                )
+            })
+            .collect();
+        all.join(", ")
     }
 
     /// The thread's error if it stopped on one.
@@ -325,23 +349,32 @@ impl MeshSetup {
             "application legs spliced: {by_process} client legs (process verdicts), {by_port} \
              server-leg sockets (port verdicts)"
         );
+        let verdicts = || {
+            let all: Vec<String> = self.classifiers.iter().map(Classifier::verdicts).collect();
+            format!("last verdicts: {}", all.join("; "))
+        };
         let expected = expected as u64;
         if self.setup.event_driven_apps() {
             if by_process < expected {
                 return Err(format!(
                     "default mode with event-driven apps spliced {by_process} of {expected} \
-                     client legs ({seen})"
+                     client legs ({seen}; {})",
+                    verdicts()
                 ));
             }
             if self.topology.server_meshed() && by_port < 2 * expected {
                 return Err(format!(
                     "default mode with event-driven apps spliced {by_port} of {} server-leg \
-                     sockets ({seen})",
-                    2 * expected
+                     sockets ({seen}; {})",
+                    2 * expected,
+                    verdicts()
                 ));
             }
         } else if by_process + by_port > 0 {
-            return Err(format!("blocking apps had legs spliced ({seen})"));
+            return Err(format!(
+                "blocking apps had legs spliced ({seen}; {})",
+                verdicts()
+            ));
         }
         Ok(Some(seen))
     }
