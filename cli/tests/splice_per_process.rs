@@ -252,6 +252,22 @@ fn event_driven_apps_have_their_legs_spliced_by_default() {
         "{ports:?}"
     );
 
+    // `pod show` lists the verdicts of the pod's processes and ports.
+    let shown = merbridge(&[
+        "pod",
+        "show",
+        &s.pods[SERVER].ipv4().to_string(),
+        "--json",
+        "--pin-dir",
+        s.pin_dir.to_str().unwrap(),
+    ]);
+    let process = format!(
+        "{{\"pid\":{server_pid},\"comm\":\"mb-workload\",\"verdict\":\"splice\",\"reason\":\"non_blocking_sockets\"}}"
+    );
+    let port = format!(
+        "{{\"port\":{ECHO_PORT},\"verdict\":\"splice\",\"reason\":\"non_blocking_sockets\"}}"
+    );
+    assert!(shown.contains(&process) && shown.contains(&port), "{shown}");
     let (by_process, by_port) = (
         s.counter("splice_app_by_process"),
         s.counter("splice_app_by_port"),
