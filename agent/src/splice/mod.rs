@@ -561,51 +561,74 @@ fn reason_name(code: u32) -> &'static str {
     Reason::from_code(code).map_or("invalid", Reason::name)
 }
 
-/// The verdicts the maps hold for pod `entry`: its ports from `splice_ports`, its processes
-/// from `splice_procs` (a process belongs to the pod when it is in the pod's network
-/// namespace, found from the pod's addresses like the agent does).
+/// Reads the verdict maps once, and one pod's verdicts after another (`pod show`, `pod list`).
+pub struct PodSpliceReader {
+    procs: Vec<(SpliceProcKey, SpliceVerdict)>,
+    ports: Vec<(SplicePortKey, SpliceVerdict)>,
+    scanner: NetnsScanner,
+}
+
+impl PodSpliceReader {
+    pub fn open(pin_dir: &Path) -> Result<PodSpliceReader, SpliceError> {
+        let maps = SpliceMaps::open(pin_dir)?;
+        let mut scanner = NetnsScanner::new();
+        scanner.scan();
+        Ok(PodSpliceReader {
+            procs: maps.proc_entries()?,
+            ports: maps.port_entries()?,
+            scanner,
+        })
+    }
+
+    /// The verdicts the maps hold for pod `entry`: its ports from `splice_ports`, its
+    /// processes from `splice_procs` (a process belongs to the pod when it is in the pod's
+    /// network namespace, found from the pod's addresses as the agent finds it).
+    pub fn pod(&mut self, entry: &PodEntry) -> PodSplice {
+        let mut out = PodSplice::default();
+        for (key, value) in &self.ports {
+            if key.pod_id == entry.pod_id {
+                out.ports.push(PortEntry {
+                    port: u16::from_be(key.port),
+                    verdict: verdict_name(value.verdict),
+                    reason: reason_name(value.reason),
+                });
+            }
+        }
+        out.ports.sort_by_key(|p| p.port);
+        let ips: Vec<IpAddr> = [entry.ipv4, entry.ipv6]
+            .into_iter()
+            .filter(|b| b.iter().any(|&x| x != 0))
+            .map(addr_from_bytes)
+            .collect();
+        let Some(netns) = self
+            .scanner
+            .path_for(&ips)
+            .and_then(|p| fs::metadata(p).ok())
+            .map(|m| m.ino())
+        else {
+            return out;
+        };
+        let proc_root = Path::new("/proc");
+        for (key, value) in &self.procs {
+            if procfs::netns_inode(proc_root, key.tgid) == Some(netns) {
+                out.processes.push(ProcessEntry {
+                    pid: key.tgid,
+                    comm: fs::read_to_string(proc_root.join(format!("{}/comm", key.tgid)))
+                        .map(|c| c.trim().to_owned())
+                        .unwrap_or_default(),
+                    verdict: verdict_name(value.verdict),
+                    reason: reason_name(value.reason),
+                });
+            }
+        }
+        out.processes.sort_by_key(|p| p.pid);
+        out
+    }
+}
+
+/// One pod's verdicts (see [`PodSpliceReader::pod`]).
 pub fn pod_splice(pin_dir: &Path, entry: &PodEntry) -> Result<PodSplice, SpliceError> {
-    let maps = SpliceMaps::open(pin_dir)?;
-    let mut out = PodSplice::default();
-    for (key, value) in maps.port_entries()? {
-        if key.pod_id == entry.pod_id {
-            out.ports.push(PortEntry {
-                port: u16::from_be(key.port),
-                verdict: verdict_name(value.verdict),
-                reason: reason_name(value.reason),
-            });
-        }
-    }
-    out.ports.sort_by_key(|p| p.port);
-    let mut scanner = NetnsScanner::new();
-    scanner.scan();
-    let ips: Vec<IpAddr> = [entry.ipv4, entry.ipv6]
-        .into_iter()
-        .filter(|b| b.iter().any(|&x| x != 0))
-        .map(addr_from_bytes)
-        .collect();
-    let Some(netns) = scanner
-        .path_for(&ips)
-        .and_then(|p| fs::metadata(p).ok())
-        .map(|m| m.ino())
-    else {
-        return Ok(out);
-    };
-    let proc_root = Path::new("/proc");
-    for (key, value) in maps.proc_entries()? {
-        if procfs::netns_inode(proc_root, key.tgid) == Some(netns) {
-            out.processes.push(ProcessEntry {
-                pid: key.tgid,
-                comm: fs::read_to_string(proc_root.join(format!("{}/comm", key.tgid)))
-                    .map(|c| c.trim().to_owned())
-                    .unwrap_or_default(),
-                verdict: verdict_name(value.verdict),
-                reason: reason_name(value.reason),
-            });
-        }
-    }
-    out.processes.sort_by_key(|p| p.pid);
-    Ok(out)
+    Ok(PodSpliceReader::open(pin_dir)?.pod(entry))
 }
 
 fn sync_map<K: mb_maps::Pod + Copy + Eq + std::hash::Hash>(

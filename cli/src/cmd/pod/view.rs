@@ -261,7 +261,12 @@ pub fn print_view(v: &PodView) {
         "per process (below)"
     };
     field("splice application legs", &splice_app);
-    if let Some(splice) = &v.splice {
+    // The per-process verdicts decide only without the annotation.
+    if let Some(splice) = v
+        .splice
+        .as_ref()
+        .filter(|_| !v.splice_app && !v.splice_app_denied)
+    {
         for p in &splice.processes {
             field(
                 "  process",
