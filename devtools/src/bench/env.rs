@@ -697,8 +697,9 @@ fn parse_samples(out: &str) -> Result<Vec<u64>, String> {
 }
 
 /// How long a classified setup's client holds a non-blocking socket before its first
-/// connection: three classifier periods ([`super::setup::CLASSIFIER_PERIOD`]) and a margin.
-const CLIENT_SETTLE: Duration = Duration::from_millis(1000);
+/// connection: a few classifier periods ([`super::setup::CLASSIFIER_PERIOD`]), with a margin
+/// for a loaded machine.
+const CLIENT_SETTLE: Duration = Duration::from_millis(1500);
 
 /// Starts `mb-workload serve` (echo + bulk) in `pod`, in `cgroup`, and waits for `ready`.
 fn start_server(

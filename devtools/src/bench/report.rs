@@ -267,9 +267,10 @@ pub fn table(results: &Results) -> String {
             out,
             "  apps: event-driven in every setup but mb-blocking (mb-workload --event-driven: non-blocking\n  \
              sockets, EAGAIN = wait, as Go, Envoy, Node). In the default merbridge setups the agent's\n  \
-             per-process classifier runs and each client holds a non-blocking socket 1 s before its first\n  \
-             connection (classified first, as a long-running app is); every round checks the application\n  \
-             legs it spliced (splice_app_by_process / _by_port), none for mb-blocking."
+             per-process classifier runs and each client holds a non-blocking socket 1.5 s before its\n  \
+             first connection (classified first, as a long-running app is); every round checks the\n  \
+             application legs it spliced (splice_app_by_process / _by_port: >= 90% of them; none for\n  \
+             mb-blocking)."
         );
         if setups.contains(&Setup::MerbridgeSpliceAll) {
             let _ = writeln!(
