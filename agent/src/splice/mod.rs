@@ -37,7 +37,6 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Scans in a row that must find every TCP socket fd non-blocking before a process without
@@ -221,8 +220,11 @@ impl Classifier {
     }
 
     /// One scan of the host's processes: samples the application processes of `pods` and
-    /// returns a verdict for each; forgets processes that are gone.
-    pub fn scan(&mut self, pods: &[PodTarget]) -> Vec<ProcessVerdict> {
+    /// returns a verdict for each; forgets processes that are gone, and those of pods no
+    /// longer among `live_pods`. A process this scan could not read (or whose pod's namespace
+    /// was not found this time) keeps its state: a blocking verdict must never be lost to a
+    /// transient read error, nor an event-driven one flap.
+    pub fn scan(&mut self, pods: &[PodTarget], live_pods: &HashSet<u32>) -> Vec<ProcessVerdict> {
         let by_netns: HashMap<u64, &PodTarget> = pods.iter().map(|p| (p.netns_inode, p)).collect();
         let mut tcp_by_netns: HashMap<u64, HashMap<u64, procfs::TcpSocket>> = HashMap::new();
         let mut seen = HashSet::new();
@@ -295,7 +297,15 @@ impl Classifier {
                 }
             }
         }
-        self.procs.retain(|k, _| seen.contains(k));
+        let proc_root = self.proc_root.clone();
+        self.procs.retain(|&(pid, start), state| {
+            seen.contains(&(pid, start))
+                || (live_pods.contains(&state.pod_id)
+                    && fs::read_to_string(proc_root.join(format!("{pid}/stat")))
+                        .ok()
+                        .and_then(|s| procfs::parse_start_time(&s))
+                        == Some(start))
+        });
         let mut out: Vec<ProcessVerdict> = self
             .procs
             .iter()
@@ -440,15 +450,12 @@ impl SpliceMaps {
                 .filter(|b| b.iter().any(|&x| x != 0))
                 .map(addr_from_bytes)
                 .collect();
-            let Some(path) = scanner.path_for(&ips) else {
-                continue;
-            };
-            let Ok(meta) = fs::metadata(&path) else {
+            let Some(netns_inode) = scanner.inode_for(&ips) else {
                 continue;
             };
             out.push(PodTarget {
                 pod_id: entry.pod_id,
-                netns_inode: meta.ino(),
+                netns_inode,
                 proxy_uid: if entry.proxy_uid != 0 {
                     entry.proxy_uid
                 } else {
@@ -469,13 +476,15 @@ impl SpliceMaps {
                 continue;
             };
             if let Some(cgroup_id) = v.cgroup_id {
-                want_procs.insert(
-                    SpliceProcKey {
-                        cgroup_id,
-                        tgid: v.pid,
-                    },
-                    value,
-                );
+                let key = SpliceProcKey {
+                    cgroup_id,
+                    tgid: v.pid,
+                };
+                // An old process's state and a new one with its pid: a blocking one wins.
+                let slot = want_procs.entry(key).or_insert(value);
+                if value.verdict != SPLICE_VERDICT_YES {
+                    *slot = value;
+                }
             }
             for &port in &v.listen_ports {
                 let key = SplicePortKey {
@@ -505,6 +514,15 @@ impl SpliceMaps {
             &mut stats,
         )?;
         Ok(stats)
+    }
+
+    /// The ids of the pods in `pod_ips`.
+    pub fn pod_ids(&self) -> Result<HashSet<u32>, SpliceError> {
+        let entries = self.pod_ips.dump().map_err(|source| SpliceError::Map {
+            map: MAP_POD_IPS,
+            source,
+        })?;
+        Ok(entries.into_iter().map(|(_, e)| e.pod_id).collect())
     }
 
     /// The entries of `splice_procs` (for `pod show` and tests).
@@ -600,12 +618,7 @@ impl PodSpliceReader {
             .filter(|b| b.iter().any(|&x| x != 0))
             .map(addr_from_bytes)
             .collect();
-        let Some(netns) = self
-            .scanner
-            .path_for(&ips)
-            .and_then(|p| fs::metadata(p).ok())
-            .map(|m| m.ino())
-        else {
+        let Some(netns) = self.scanner.inode_for(&ips) else {
             return out;
         };
         let proc_root = Path::new("/proc");
@@ -709,7 +722,8 @@ impl SpliceAgent {
         let pods = self
             .maps
             .pod_targets(&mut self.scanner, self.default_proxy_uid)?;
-        let verdicts = self.classifier.scan(&pods);
+        let live: HashSet<u32> = self.maps.pod_ids()?;
+        let verdicts = self.classifier.scan(&pods, &live);
         let applied = self.maps.apply(&verdicts)?;
         self.last = verdicts.clone();
         Ok(SpliceReport {
@@ -800,13 +814,24 @@ mod tests {
             proxy_gid: 0,
         }];
         let mut classifier = Classifier::new(Path::new("/proc"), &default_cgroup_root());
-        let verdicts = classifier.scan(&pods);
+        let verdicts = classifier.scan(&pods, &HashSet::from([9]));
         let mine = verdicts.iter().find(|v| v.pid == me).expect("this process");
         assert_eq!(mine.pod_id, 9);
         // The listener is blocking (std's default).
         assert_eq!(mine.verdict, Verdict::Blocking, "{mine:?}");
         assert!(mine.listen_ports.contains(&port));
         assert!(mine.cgroup_id.is_some());
+
+        // A scan that misses the pod's namespace keeps the verdict (sticky blocking must
+        // survive a transient miss); a pod gone from the maps takes its processes along.
+        let kept = classifier.scan(&[], &HashSet::from([9]));
+        assert!(
+            kept.iter()
+                .any(|v| v.pid == me && v.verdict == Verdict::Blocking),
+            "{kept:?}"
+        );
+        let gone = classifier.scan(&[], &HashSet::new());
+        assert!(gone.iter().all(|v| v.pid != me), "{gone:?}");
         drop(listener);
     }
 }
