@@ -293,7 +293,8 @@ fn listen_non_blocking(addr: SocketAddr) -> io::Result<TcpListener> {
         use std::os::fd::AsRawFd;
         bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     }
-    listen(&fd, Backlog::new(1024).map_err(io::Error::from)?)?;
+    // The C library's SOMAXCONN (musl's is 128: nix refuses more there); the kernel caps it.
+    listen(&fd, Backlog::MAXCONN)?;
     Ok(TcpListener::from(fd))
 }
 
