@@ -8,6 +8,7 @@
 //! - [`pin_lock`]: who may write the pinned maps (one agent per node; short write locks).
 //! - [`pods`]: local pods in the pinned maps (what `merbridge pod` reads and writes).
 //! - [`run`]: the node agent's loop (`merbridge run`): watch, sync, netns scan, metrics.
+//! - [`splice`]: per-process splice verdicts (event-driven or blocking) for the data path.
 #![forbid(unsafe_code)]
 
 pub mod cni;
@@ -17,3 +18,4 @@ pub mod mesh;
 pub mod pin_lock;
 pub mod pods;
 pub mod run;
+pub mod splice;

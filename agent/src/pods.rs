@@ -15,7 +15,7 @@ use mb_maps::layout::{
     addr_bytes, addr_from_bytes, rule_scope, CidrRuleKey, PodEntry, PortRuleKey, POD_DNS_CAPTURE,
     POD_IN_CIDRS_EXCLUDE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL,
     POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP,
-    RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
+    POD_SPLICE_APP_DENY, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
 use mb_maps::{HashMap, KvMap, LpmTrie, MapError, MapKind, Pod};
 use mb_sys::bpf::BpfError;
@@ -105,8 +105,10 @@ pub fn compile(pod_id: u32, policy: &PodPolicy, dns_capture: bool) -> CompiledPo
     if policy.dns_capture.unwrap_or(dns_capture) && policy.dns_port.is_some() {
         c.flags |= POD_DNS_CAPTURE;
     }
-    if policy.splice_app {
-        c.flags |= POD_SPLICE_APP;
+    match policy.splice_app {
+        Some(true) => c.flags |= POD_SPLICE_APP,
+        Some(false) => c.flags |= POD_SPLICE_APP_DENY,
+        None => {}
     }
     c.proxy_uid = policy.proxy_uid;
     // istio-iptables' `-g` defaults to its `-u`: processes of that group are the proxy too.
@@ -729,7 +731,7 @@ mod tests {
         for mesh in [Mesh::Istio, Mesh::Linkerd, Mesh::Kuma, Mesh::Osm] {
             for (value, flag, warned) in [
                 ("true", POD_SPLICE_APP, false),
-                (" false ", 0, false),
+                (" false ", POD_SPLICE_APP_DENY, false),
                 ("yes", 0, true),
             ] {
                 let annotations = std::collections::BTreeMap::from([(
@@ -737,7 +739,8 @@ mod tests {
                     value.to_owned(),
                 )]);
                 let (policy, warnings) = PodPolicy::from_annotations(mesh, &annotations);
-                assert_eq!(compile(1, &policy, false).flags & POD_SPLICE_APP, flag);
+                let flags = compile(1, &policy, false).flags;
+                assert_eq!(flags & (POD_SPLICE_APP | POD_SPLICE_APP_DENY), flag);
                 assert_eq!(
                     !warnings.is_empty(),
                     warned,

@@ -148,6 +148,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         retry_interval: Duration::from_secs(2),
         scan_spacing: Duration::from_millis(100),
         watch_timeout_secs: args.watch_timeout,
+        // Two scans mark an event-driven process: about a second after its first socket.
+        splice_interval: Duration::from_millis(500),
     };
     mb_agent::run::run(config)?;
     Ok(ExitCode::SUCCESS)

@@ -134,6 +134,25 @@ fn run_follows_the_api_and_leaves_or_unloads_on_sigterm() {
         "{metrics}"
     );
     assert!(metrics.contains("merbridge_ready 1"), "{metrics}");
+    // The per-process splice classifier runs (default mode = sidecars on this kernel): the
+    // test bed's blocking app server is marked blocking, never spliced.
+    wait_until(Duration::from_secs(10), "blocking apps classified", || {
+        agent.get("/metrics").is_some_and(|(_, m)| {
+            m.lines().any(|l| {
+                l.strip_prefix(
+                    "merbridge_splice_processes{verdict=\"blocking\",reason=\"blocking_socket\"} ",
+                )
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= 1)
+            })
+        })
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}",
+            agent.get("/metrics").map(|m| m.1).unwrap_or_default()
+        )
+    });
 
     // The API deletes the client: its traffic is no longer redirected.
     api.delete_pod("uid-client");

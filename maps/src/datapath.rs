@@ -3,7 +3,8 @@
 //! hooks, maps with their sizes, and load-time constants.
 
 use crate::layout::{
-    CidrRuleKey, Counter, ListenerKey, OrigDst, PodEntry, PortRuleKey, SockPairKey,
+    CidrRuleKey, Counter, ListenerKey, OrigDst, PodEntry, PortRuleKey, SockPairKey, SplicePortKey,
+    SpliceProcKey, SpliceVerdict,
 };
 use mb_sys::bpf::{AttachType, MapType, ProgType, F_NO_PREALLOC};
 
@@ -17,6 +18,8 @@ pub const MAP_PAIR_ORIG: &str = "pair_orig";
 pub const MAP_SOCK_PAIRS: &str = "sock_pairs";
 pub const MAP_COUNTERS: &str = "counters";
 pub const MAP_INBOUND_LISTENERS: &str = "inbound_listeners";
+pub const MAP_SPLICE_PROCS: &str = "splice_procs";
+pub const MAP_SPLICE_PORTS: &str = "splice_ports";
 
 // The constants the loader patches in (see [`CONSTANTS`]).
 pub const CONST_OUTBOUND_PORT: &str = "outbound_port";
@@ -261,6 +264,22 @@ pub const MAPS: &[MapDecl] = &[
         value_size: 8,
         max_entries: 32768,
         purpose: "(pod, family) -> its sidecar's inbound listener, for sk_lookup",
+    },
+    MapDecl {
+        name: MAP_SPLICE_PROCS,
+        kind: MapKind::Hash,
+        key_size: SpliceProcKey::SIZE as u32,
+        value_size: SpliceVerdict::SIZE as u32,
+        max_entries: 65536,
+        purpose: "(cgroup, process) -> the agent's splice verdict on a meshed application",
+    },
+    MapDecl {
+        name: MAP_SPLICE_PORTS,
+        kind: MapKind::Hash,
+        key_size: SplicePortKey::SIZE as u32,
+        value_size: SpliceVerdict::SIZE as u32,
+        max_entries: 65536,
+        purpose: "(pod, listening port) -> the verdict on the application listening there",
     },
     MapDecl {
         name: MAP_COUNTERS,

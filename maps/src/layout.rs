@@ -233,6 +233,105 @@ pub const POD_SPLICE_APP: u32 = 1 << 7;
 /// `traffic.kuma.io/exclude-inbound-ips`): `cidr_rules` under scope
 /// `(pod, RULE_INBOUND | RULE_EXCLUDE)` keyed by the caller's address.
 pub const POD_IN_CIDRS_EXCLUDE: u32 = 1 << 8;
+/// `PodEntry.flags`: never splice the pod's application legs, whatever the agent's
+/// per-process verdicts say (annotation `merbridge.io/splice-app: "false"`).
+pub const POD_SPLICE_APP_DENY: u32 = 1 << 9;
+
+/// Key of `splice_procs`: one process, as `connect4`/`connect6` see their caller —
+/// `bpf_get_current_cgroup_id()` and the upper half of `bpf_get_current_pid_tgid()`. The
+/// cgroup id guards against a reused pid: a new process with an old pid in another cgroup
+/// misses the entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SpliceProcKey {
+    /// The cgroup v2 id of the process's cgroup (the inode number of its directory).
+    pub cgroup_id: u64,
+    /// The process id (thread-group id) in the host's pid namespace.
+    pub tgid: u32,
+}
+
+impl SpliceProcKey {
+    pub const SIZE: usize = 16;
+    pub const OFF_CGROUP_ID: usize = 0;
+    pub const OFF_TGID: usize = 8;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put(&mut b, Self::OFF_CGROUP_ID, &self.cgroup_id.to_ne_bytes());
+        put(&mut b, Self::OFF_TGID, &self.tgid.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        SpliceProcKey {
+            cgroup_id: u64::from_ne_bytes(take(b, Self::OFF_CGROUP_ID)),
+            tgid: u32::from_ne_bytes(take(b, Self::OFF_TGID)),
+        }
+    }
+}
+
+/// Key of `splice_ports`: a listening port of a meshed pod's application, for the passive
+/// side (the sidecar's connection to its application has no process context to look at).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SplicePortKey {
+    pub pod_id: u32,
+    /// Network byte order.
+    pub port: u16,
+}
+
+impl SplicePortKey {
+    pub const SIZE: usize = 8;
+    pub const OFF_POD_ID: usize = 0;
+    pub const OFF_PORT: usize = 4;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put(&mut b, Self::OFF_POD_ID, &self.pod_id.to_ne_bytes());
+        put(&mut b, Self::OFF_PORT, &self.port.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        SplicePortKey {
+            pod_id: u32::from_ne_bytes(take(b, Self::OFF_POD_ID)),
+            port: u16::from_ne_bytes(take(b, Self::OFF_PORT)),
+        }
+    }
+}
+
+/// Value of `splice_procs` and `splice_ports`: the agent's verdict on a process (or on the
+/// process listening on a port) and why. The data path reads only `verdict`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SpliceVerdict {
+    /// [`SPLICE_VERDICT_YES`] splices the application leg; anything else does not.
+    pub verdict: u32,
+    /// A `SPLICE_REASON_*` code, for `pod show` and `/metrics`.
+    pub reason: u32,
+}
+
+impl SpliceVerdict {
+    pub const SIZE: usize = 8;
+    pub const OFF_VERDICT: usize = 0;
+    pub const OFF_REASON: usize = 4;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put(&mut b, Self::OFF_VERDICT, &self.verdict.to_ne_bytes());
+        put(&mut b, Self::OFF_REASON, &self.reason.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        SpliceVerdict {
+            verdict: u32::from_ne_bytes(take(b, Self::OFF_VERDICT)),
+            reason: u32::from_ne_bytes(take(b, Self::OFF_REASON)),
+        }
+    }
+}
+
+/// `SpliceVerdict.verdict`: the process is event-driven, splice its application legs.
+pub const SPLICE_VERDICT_YES: u32 = 1;
+/// `SpliceVerdict.verdict`: the process was seen with a blocking TCP socket (sticky).
+pub const SPLICE_VERDICT_NO: u32 = 2;
 
 /// Rule kinds, the low two bits of a rule key's `scope` (`pod_id << 2 | rule`).
 pub const RULE_INCLUDE: u32 = 0;
@@ -446,10 +545,16 @@ pub enum Counter {
     /// `SO_ORIGINAL_DST` asked on a socket accepted by the sidecar's own port with no entry
     /// (evicted from the LRU `pair_orig`): the sidecar gets ENOENT.
     OrigDstMisses = 13,
+    /// Application connects whose leg to the sidecar is spliced because the agent found the
+    /// calling process event-driven (`splice_procs`).
+    SpliceAppByProcess = 14,
+    /// Sidecar-to-application sockets spliced because the agent found the listening process
+    /// event-driven (`splice_ports`).
+    SpliceAppByPort = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
     /// Entries of the counters map: headroom, so that the counters of a newer version fit a
     /// map an older one pinned (a counter past a smaller pinned map is simply not counted).
     pub const CAPACITY: u32 = 64;
@@ -468,6 +573,8 @@ impl Counter {
         Counter::InboundRefused,
         Counter::ListenerInserts,
         Counter::OrigDstMisses,
+        Counter::SpliceAppByProcess,
+        Counter::SpliceAppByPort,
     ];
 
     pub fn name(self) -> &'static str {
@@ -486,6 +593,8 @@ impl Counter {
             Counter::InboundRefused => "inbound_refused",
             Counter::ListenerInserts => "listener_inserts",
             Counter::OrigDstMisses => "orig_dst_misses",
+            Counter::SpliceAppByProcess => "splice_app_by_process",
+            Counter::SpliceAppByPort => "splice_app_by_port",
         }
     }
 }
@@ -555,6 +664,37 @@ mod tests {
         assert_eq!(ListenerKey::from_bytes(&b), listener);
         assert_eq!(&b[..4], &0x0102_0304u32.to_ne_bytes());
         assert_eq!(&b[4..], &10u32.to_ne_bytes());
+
+        let proc_key = SpliceProcKey {
+            cgroup_id: 0x0102_0304_0506_0708,
+            tgid: 4242,
+        };
+        let b = proc_key.to_bytes();
+        assert_eq!(SpliceProcKey::from_bytes(&b), proc_key);
+        assert_eq!(&b[..8], &0x0102_0304_0506_0708u64.to_ne_bytes());
+        assert_eq!(&b[8..12], &4242u32.to_ne_bytes());
+        assert_eq!(
+            &b[12..],
+            &[0; 4],
+            "padding must be zero: the kernel hashes it"
+        );
+
+        let port_key = SplicePortKey {
+            pod_id: 7,
+            port: 8080u16.to_be(),
+        };
+        let b = port_key.to_bytes();
+        assert_eq!(SplicePortKey::from_bytes(&b), port_key);
+        assert_eq!(&b[4..6], &8080u16.to_be_bytes());
+        assert_eq!(&b[6..], &[0; 2]);
+
+        let verdict = SpliceVerdict {
+            verdict: SPLICE_VERDICT_YES,
+            reason: 3,
+        };
+        let b = verdict.to_bytes();
+        assert_eq!(SpliceVerdict::from_bytes(&b), verdict);
+        assert_eq!(&b[..4], &SPLICE_VERDICT_YES.to_ne_bytes());
     }
 
     #[test]
@@ -569,6 +709,7 @@ mod tests {
             POD_DNS_CAPTURE,
             POD_SPLICE_APP,
             POD_IN_CIDRS_EXCLUDE,
+            POD_SPLICE_APP_DENY,
         ];
         let all = flags.iter().fold(0u32, |acc, f| {
             assert_eq!(f.count_ones(), 1);

@@ -73,6 +73,9 @@ impl_pod_via_bytes!(
     crate::layout::PortRuleKey,
     crate::layout::CidrRuleKey,
     crate::layout::ListenerKey,
+    crate::layout::SpliceProcKey,
+    crate::layout::SplicePortKey,
+    crate::layout::SpliceVerdict,
 );
 
 /// An LPM-trie key: a prefix length in bits (host order, as the kernel wants) and the data

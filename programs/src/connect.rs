@@ -22,10 +22,11 @@ use crate::emit::*;
 use crate::frame::Frame;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Label, Program, Size};
 use mb_maps::layout::{
-    Counter, OrigDst, PodEntry, ORIG_DNS, ORIG_INBOUND, ORIG_OUTBOUND, ORIG_SIDECAR_CALLER,
-    ORIG_SPLICE_APP, POD_DNS_CAPTURE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL,
-    POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP,
-    RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
+    Counter, OrigDst, PodEntry, SpliceProcKey, SpliceVerdict, ORIG_DNS, ORIG_INBOUND,
+    ORIG_OUTBOUND, ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP, POD_DNS_CAPTURE, POD_IN_PORTS_ALL,
+    POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE,
+    POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP, POD_SPLICE_APP_DENY, RULE_EXCLUDE, RULE_INBOUND,
+    RULE_INCLUDE, SPLICE_VERDICT_YES,
 };
 
 /// The stack of `connect4`/`connect6`.
@@ -40,8 +41,9 @@ pub const CONNECT_FRAME: Frame = Frame {
         slot::DST_ADDR,
         slot::PORT_KEY,
         slot::SOCKADDR,
+        slot::PROC_KEY,
     ],
-    unions: &[("CIDR_KEY", "DST_ADDR")],
+    unions: &[("CIDR_KEY", "DST_ADDR"), ("SOCKADDR", "PROC_KEY")],
 };
 
 /// The stack of `sendmsg4`/`sendmsg6`.
@@ -91,17 +93,7 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
     tcp_dns_redirect(&mut a, family, variant, allow);
     outbound_policy(&mut a, inbound);
     store_orig(&mut a, PORT, family, ORIG_OUTBOUND);
-    // A pod whose application is event-driven may have its own leg spliced too (sockops).
-    let plain = a.label();
-    a.ldx(Size::W, R2, POD, PodEntry::OFF_FLAGS as i16);
-    jmp_unless_flag(&mut a, R2, POD_SPLICE_APP, plain);
-    a.st_imm(
-        Size::W,
-        FP,
-        ORIG + OrigDst::OFF_FLAGS as i16,
-        (ORIG_OUTBOUND | ORIG_SPLICE_APP) as i32,
-    )
-    .bind(plain);
+    splice_app_decision(&mut a, variant);
     if !variant.netns_keys {
         bind_to_pod_address(&mut a, family, allow);
     }
@@ -156,6 +148,52 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
 
     a.bind(allow).mov64_imm(R0, 1).exit();
     a.finish()
+}
+
+/// Whether the leg from the calling application (its pod's entry in POD) to its sidecar is
+/// spliced too: sets `ORIG_SPLICE_APP` in the original destination at ORIG (its flags are
+/// `ORIG_OUTBOUND` here). Only `--splice sidecars` looks (`all` splices every leg, `none` none).
+/// The pod's annotation decides first (`POD_SPLICE_APP` forces, `POD_SPLICE_APP_DENY`
+/// forbids); otherwise the agent's verdict on the calling process in `splice_procs`, keyed by
+/// (cgroup id, tgid). The netns-keys variant only: the 5.10 variant does not ask the kernel
+/// for the caller's pid there, so only the annotation splices application legs.
+/// Clobbers r0–r5.
+fn splice_app_decision(a: &mut Asm, variant: Variant) {
+    let plain = a.label();
+    let splice = a.label();
+    a.mov64_const(R1, CONST_SPLICE)
+        .jmp_imm(JmpOp::Ne, R1, SPLICE_SIDECARS as i32, plain)
+        .ldx(Size::W, R2, POD, PodEntry::OFF_FLAGS as i16)
+        .jmp_imm(JmpOp::Set, R2, POD_SPLICE_APP as i32, splice)
+        .jmp_imm(JmpOp::Set, R2, POD_SPLICE_APP_DENY as i32, plain);
+    if variant.netns_keys {
+        a.call(Helper::GetCurrentCgroupId).stx(
+            Size::DW,
+            FP,
+            PROC_KEY + SpliceProcKey::OFF_CGROUP_ID as i16,
+            R0,
+        );
+        // The tgid is the upper half; the shift leaves the key's padding zero.
+        a.call(Helper::GetCurrentPidTgid)
+            .alu64_imm(AluOp::Rsh, R0, 32)
+            .stx(Size::DW, FP, PROC_KEY + SpliceProcKey::OFF_TGID as i16, R0);
+        a.ld_map_fd(R1, MAP_SPLICE_PROCS);
+        stack_ptr(a, R2, PROC_KEY);
+        a.call(Helper::MapLookupElem)
+            .jmp_imm(JmpOp::Eq, R0, 0, plain)
+            .ldx(Size::W, R1, R0, SpliceVerdict::OFF_VERDICT as i16)
+            .jmp_imm(JmpOp::Ne, R1, SPLICE_VERDICT_YES as i32, plain);
+        count(a, Counter::SpliceAppByProcess);
+    } else {
+        a.ja(plain);
+    }
+    a.bind(splice).st_imm(
+        Size::W,
+        FP,
+        ORIG + OrigDst::OFF_FLAGS as i16,
+        (ORIG_OUTBOUND | ORIG_SPLICE_APP) as i32,
+    );
+    a.bind(plain);
 }
 
 /// Binds the socket to the caller's pod address (pod entry in POD) so that its 4-tuple to the

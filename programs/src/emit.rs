@@ -62,12 +62,18 @@ pub const CALLER: i16 = -8;
 pub const SOCKADDR: i16 = -184;
 /// A second [`SockPairKey`], for the peer's view of a connection.
 pub const PEER_KEY: i16 = -184;
+/// connect programs only: a `SpliceProcKey` (16 bytes), the caller's (cgroup, tgid). In the
+/// socket address's area: `bpf_bind` comes after the splice decision.
+pub const PROC_KEY: i16 = SOCKADDR;
+/// sockops only: a `SplicePortKey` (8 bytes), (pod, application port). In the cookie's area:
+/// the cookie is done with when the passthrough legs are decided.
+pub const SPLICE_PORT_KEY: i16 = COOKIE;
 
 /// The stack areas above as [`Slot`]s (name, offset, size), for the programs' `Frame` tables.
 pub mod slot {
     use super::*;
     use crate::frame::Slot;
-    use mb_maps::layout::ListenerKey;
+    use mb_maps::layout::{ListenerKey, SplicePortKey, SpliceProcKey};
 
     /// `struct sockaddr_in6`, the larger of the two addresses `bpf_bind` takes.
     const SOCKADDR_IN6_SIZE: usize = 28;
@@ -85,6 +91,12 @@ pub mod slot {
     pub const CALLER: Slot = Slot::new("CALLER", super::CALLER, 8);
     pub const SOCKADDR: Slot = Slot::new("SOCKADDR", super::SOCKADDR, SOCKADDR_IN6_SIZE);
     pub const PEER_KEY: Slot = Slot::new("PEER_KEY", super::PEER_KEY, SockPairKey::SIZE);
+    pub const PROC_KEY: Slot = Slot::new("PROC_KEY", super::PROC_KEY, SpliceProcKey::SIZE);
+    pub const SPLICE_PORT_KEY: Slot = Slot::new(
+        "SPLICE_PORT_KEY",
+        super::SPLICE_PORT_KEY,
+        SplicePortKey::SIZE,
+    );
 }
 
 pub use mb_maps::datapath::*;

@@ -24,16 +24,19 @@
 //! adopts listeners from user space). A restarted sidecar's new listener replaces the old
 //! one with no agent action; a closed listener leaves the map by itself.
 //!
-//! Under `--splice sidecars` the application legs of pods with `POD_SPLICE_APP` are inserted
-//! too. A `pair_orig` entry is deleted when the passive end of its connection closes.
+//! Under `--splice sidecars` application legs are inserted too where they are known to be
+//! safe: the pod's annotation (`POD_SPLICE_APP`, or `POD_SPLICE_APP_DENY` to forbid), else the
+//! agent's per-process verdicts — the caller's process for an application's connect
+//! (`ORIG_SPLICE_APP`, set by connect4/6 from `splice_procs`), the listening process for a
+//! sidecar's connection to its application (`splice_ports`, looked up here). A `pair_orig` entry is deleted when the passive end of its connection closes.
 
 use crate::ctx::{abi, sk_msg, sock_ops};
 use crate::emit::*;
 use crate::frame::Frame;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Reg, Size};
 use mb_maps::layout::{
-    Counter, ListenerKey, OrigDst, PodEntry, SockPairKey, ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP,
-    POD_SPLICE_APP,
+    Counter, ListenerKey, OrigDst, PodEntry, SockPairKey, SplicePortKey, SpliceVerdict,
+    ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP, POD_SPLICE_APP, POD_SPLICE_APP_DENY, SPLICE_VERDICT_YES,
 };
 
 /// The sock_ops callback (`op`) being handled.
@@ -55,8 +58,13 @@ pub const SOCKOPS_FRAME: Frame = Frame {
         slot::LISTENER_KEY,
         slot::COUNTER_IDX,
         slot::NETNS_KEY,
+        slot::SPLICE_PORT_KEY,
     ],
-    unions: &[("COOKIE", "LISTENER_KEY")],
+    unions: &[
+        ("COOKIE", "LISTENER_KEY"),
+        ("COOKIE", "SPLICE_PORT_KEY"),
+        ("LISTENER_KEY", "SPLICE_PORT_KEY"),
+    ],
 };
 
 /// The stack of `sk_msg`.
@@ -203,7 +211,7 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     jmp_if_passthrough(&mut a, PAIR_KEY + LOCAL_IP, passthrough_active);
     a.ja(out);
     a.bind(passthrough_active);
-    pod_splice_app_flag(&mut a, PAIR_KEY + REMOTE_IP, decide);
+    pod_splice_app_flag(&mut a, PAIR_KEY + REMOTE_IP, PAIR_KEY + REMOTE_PORT, decide);
 
     // Passive side: only when the active side is in the map.
     a.bind(passive).mov64_imm(FLAGS, 0);
@@ -223,7 +231,7 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
         .call(Helper::SockOpsCbFlagsSet);
 
     a.ja(decide).bind(passthrough_passive);
-    pod_splice_app_flag(&mut a, PAIR_KEY + LOCAL_IP, decide);
+    pod_splice_app_flag(&mut a, PAIR_KEY + LOCAL_IP, PAIR_KEY + LOCAL_PORT, decide);
 
     // Which connections to splice: all, only sidecar-to-sidecar (and the application legs of
     // pods that asked for it), or none.
@@ -297,20 +305,49 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     a.finish()
 }
 
-/// Sets FLAGS to `ORIG_SPLICE_APP` if the pod whose address is at `fp + addr` asked for its
-/// application legs to be spliced (`POD_SPLICE_APP`), else leaves it; then jumps to `next`.
-/// Only `--splice sidecars` looks at the flag, so the lookup is skipped in the other modes.
-/// Clobbers r0–r5.
-fn pod_splice_app_flag(a: &mut Asm, addr: i16, next: mb_asm::Label) {
+/// Sets FLAGS to `ORIG_SPLICE_APP` if the application leg of a sidecar's passthrough
+/// connection is to be spliced, else leaves it; then jumps to `next`. The application's end
+/// is the pod address at `fp + addr`, port (network order) at `fp + port`. The pod's
+/// annotation decides first (`POD_SPLICE_APP` forces, `POD_SPLICE_APP_DENY` forbids), then the
+/// agent's verdict on the process listening on that port (`splice_ports`; this socket has no
+/// process context of its own). Only `--splice sidecars` looks, so the lookups are skipped in
+/// the other modes. Clobbers r0–r5.
+fn pod_splice_app_flag(a: &mut Asm, addr: i16, port: i16, next: mb_asm::Label) {
+    let splice = a.label();
     a.mov64_const(R1, CONST_SPLICE)
         .jmp_imm(JmpOp::Ne, R1, SPLICE_SIDECARS as i32, next);
     a.ld_map_fd(R1, MAP_POD_IPS);
     stack_ptr(a, R2, addr);
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, next)
-        .ldx(Size::W, R1, R0, PodEntry::OFF_FLAGS as i16);
-    jmp_unless_flag(a, R1, POD_SPLICE_APP, next);
-    a.mov64_imm(FLAGS, ORIG_SPLICE_APP as i32).ja(next);
+        .ldx(Size::W, R1, R0, PodEntry::OFF_FLAGS as i16)
+        .jmp_imm(JmpOp::Set, R1, POD_SPLICE_APP as i32, splice)
+        .jmp_imm(JmpOp::Set, R1, POD_SPLICE_APP_DENY as i32, next)
+        .ldx(Size::W, R1, R0, PodEntry::OFF_POD_ID as i16)
+        .stx(
+            Size::W,
+            FP,
+            SPLICE_PORT_KEY + SplicePortKey::OFF_POD_ID as i16,
+            R1,
+        )
+        // A 16-bit load zero-extends: the word store writes the port and zeroes the padding.
+        .ldx(Size::H, R1, FP, port)
+        .stx(
+            Size::W,
+            FP,
+            SPLICE_PORT_KEY + SplicePortKey::OFF_PORT as i16,
+            R1,
+        );
+    a.ld_map_fd(R1, MAP_SPLICE_PORTS);
+    stack_ptr(a, R2, SPLICE_PORT_KEY);
+    a.call(Helper::MapLookupElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, next)
+        .ldx(Size::W, R1, R0, SpliceVerdict::OFF_VERDICT as i16)
+        .jmp_imm(JmpOp::Ne, R1, SPLICE_VERDICT_YES as i32, next);
+    count(a, Counter::SpliceAppByPort);
+    a.bind(splice)
+        .mov64_imm(FLAGS, ORIG_SPLICE_APP as i32)
+        .ja(next);
 }
 
 /// Writes at `fp + to` the pair key at `fp + from` seen from the other end. Clobbers r1.

@@ -13,6 +13,28 @@ pub const IP6T_SO_ORIGINAL_DST: i32 = 80;
 /// `SO_NETNS_COOKIE` at `SOL_SOCKET` (asm-generic/socket.h, Linux 5.14+).
 pub const SO_NETNS_COOKIE: i32 = 71;
 
+/// `accept4(2)` with `SOCK_NONBLOCK | SOCK_CLOEXEC`: the accepted socket is non-blocking from
+/// its first instant, as event-driven servers (Go, Envoy) accept. The peer address is not
+/// asked for.
+pub fn accept_non_blocking(listener: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: accept4 takes a listening fd, two null pointers (no address wanted) and flags;
+    // it returns a new fd or -1. No memory is passed.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// Reads a fixed-size option value. `T` must be plain old data (every bit pattern valid).
 fn getsockopt_pod<T: Copy + Default>(
     fd: BorrowedFd<'_>,

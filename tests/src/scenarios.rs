@@ -273,7 +273,7 @@ pub fn start_app(pod: &Pod, bins: &Binaries) -> io::Result<Spawned> {
 
 /// Starts `mb-workload <args>` (a `serve` command) in `pod` as `uid` and waits until it
 /// listens.
-fn start_server(pod: &Pod, bins: &Binaries, args: &[String], uid: u32) -> io::Result<Spawned> {
+pub fn start_server(pod: &Pod, bins: &Binaries, args: &[String], uid: u32) -> io::Result<Spawned> {
     let mut cmd = Command::new(&bins.workload);
     cmd.args(args);
     cmd.stdout(Stdio::piped());

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,33 +26,133 @@ pub fn wait_on_eagain(on: bool) {
     WAIT_ON_EAGAIN.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// `read`, retried after a readiness wait when EAGAIN came early (see [`wait_on_eagain`]).
+static EVENT_DRIVEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process's clients and servers event-driven, as Go, Envoy or Node are: every TCP
+/// socket is non-blocking from its creation (`SOCK_NONBLOCK` on `socket`, `accept4`), and
+/// each `EAGAIN` is a wait for readiness (`poll`), for reads, writes, connects and accepts.
+/// Servers keep one thread per connection; what matters to the kernel (and to merbridge's
+/// per-process classifier) is that no socket ever blocks. Off by default.
+pub fn event_driven(on: bool) {
+    EVENT_DRIVEN.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What a long-running event-driven application looks like before it gets to work: holds a
+/// non-blocking listening socket on loopback (created `SOCK_NONBLOCK`) for `ms` milliseconds,
+/// so that a per-process classifier (merbridge's agent) sees it event-driven before its first
+/// measured connection. Returns the socket; keep it for the life of the process.
+pub fn settle(ms: u64) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{listen, Backlog, SockFlag};
+    let any: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+    let fd = tcp_socket_from(Some(any), any, SockFlag::SOCK_NONBLOCK)?;
+    listen(&fd, Backlog::new(1).map_err(io::Error::from)?).map_err(io::Error::from)?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(fd)
+}
+
+fn is_event_driven() -> bool {
+    EVENT_DRIVEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until `fd` is ready for `events`, or `deadline` (`None`: no bound) passed.
+fn wait_ready(
+    fd: std::os::fd::BorrowedFd<'_>,
+    events: nix::poll::PollFlags,
+    deadline: Option<Instant>,
+    what: &str,
+) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollTimeout};
+    let ms = match deadline {
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{what} timed out"),
+                ));
+            }
+            PollTimeout::try_from(left.as_millis().clamp(1, 60_000) as i32)
+                .unwrap_or(PollTimeout::MAX)
+        }
+        None => PollTimeout::NONE,
+    };
+    let mut fds = [PollFd::new(fd, events)];
+    match poll(&mut fds, ms) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `read`, retried after a readiness wait when EAGAIN came early (see [`wait_on_eagain`]),
+/// or on a non-blocking socket (see [`event_driven`]).
 fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    read_until(s, buf, Some(Instant::now() + IO_TIMEOUT))
+}
+
+fn read_until(s: &mut TcpStream, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+    use nix::poll::PollFlags;
     use std::os::fd::AsFd;
-    let deadline = Instant::now() + IO_TIMEOUT;
     loop {
         match s.read(buf) {
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock
-                    && WAIT_ON_EAGAIN.load(std::sync::atomic::Ordering::Relaxed) =>
+                    && (is_event_driven()
+                        || WAIT_ON_EAGAIN.load(std::sync::atomic::Ordering::Relaxed)) =>
             {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
-                }
-                let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32)
-                    .unwrap_or(PollTimeout::MAX);
-                let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, ms) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                wait_ready(s.as_fd(), PollFlags::POLLIN, deadline, "read")?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             other => return other,
         }
     }
+}
+
+/// `write_all` that waits for write space on EAGAIN (non-blocking sockets).
+fn write_all(s: &mut TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    use nix::poll::PollFlags;
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_ready(s.as_fd(), PollFlags::POLLOUT, Some(deadline), "write")?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A non-blocking connect: `SOCK_NONBLOCK` from the start, `EINPROGRESS` waited out with
+/// `poll`, the outcome read from `SO_ERROR`.
+fn connect_non_blocking(addr: SocketAddr) -> io::Result<TcpStream> {
+    use nix::errno::Errno;
+    use nix::poll::PollFlags;
+    use nix::sys::socket::{self, sockopt, SockFlag, SockaddrStorage};
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = tcp_socket_from(None, addr, SockFlag::SOCK_NONBLOCK)?;
+    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+        Ok(()) => {}
+        Err(Errno::EINPROGRESS) | Err(Errno::EINTR) => {
+            let deadline = Instant::now() + IO_TIMEOUT;
+            loop {
+                wait_ready(fd.as_fd(), PollFlags::POLLOUT, Some(deadline), "connect")?;
+                let err = socket::getsockopt(&fd, sockopt::SocketError)?;
+                if err != 0 {
+                    return Err(io::Error::from_raw_os_error(err));
+                }
+                // Writable and no error: connected (a spurious wake-up is not writable).
+                if socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).is_ok() {
+                    break;
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(TcpStream::from(fd))
 }
 
 fn read_exact(s: &mut TcpStream, mut buf: &mut [u8]) -> io::Result<()> {
@@ -172,12 +272,68 @@ pub fn bulk_pattern(offset: u64, buf: &mut [u8]) {
 
 /// Binds a TCP listener on all addresses (IPv4 and IPv6) at `port`.
 pub fn listen_any(port: u16) -> io::Result<TcpListener> {
+    if is_event_driven() {
+        return listen_non_blocking((Ipv6Addr::UNSPECIFIED, port).into())
+            .or_else(|_| listen_non_blocking((Ipv4Addr::UNSPECIFIED, port).into()))
+            .map_err(|e| io::Error::new(e.kind(), format!("listen on port {port}: {e}")));
+    }
     TcpListener::bind(("::", port))
         .or_else(|_| TcpListener::bind(("0.0.0.0", port)))
         .map_err(|e| io::Error::new(e.kind(), format!("listen on port {port}: {e}")))
 }
 
+/// A listening socket that is non-blocking from its creation (`SOCK_NONBLOCK`), as an
+/// event-driven server opens it: never seen blocking, even for an instant.
+fn listen_non_blocking(addr: SocketAddr) -> io::Result<TcpListener> {
+    use nix::sys::socket::{listen, setsockopt, sockopt, Backlog, SockFlag};
+    let fd = tcp_socket_from(None, addr, SockFlag::SOCK_NONBLOCK)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    {
+        use nix::sys::socket::{bind, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    }
+    // The C library's SOMAXCONN (musl's is 128: nix refuses more there); the kernel caps it.
+    listen(&fd, Backlog::MAXCONN)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// `accept4(SOCK_NONBLOCK)` in a readiness loop: the accepted socket is never blocking.
+fn accept_non_blocking(listener: &TcpListener) -> io::Result<TcpStream> {
+    use nix::poll::PollFlags;
+    use std::os::fd::AsFd;
+    loop {
+        match mb_sys::sockopt::accept_non_blocking(listener.as_fd()) {
+            Ok(fd) => return Ok(TcpStream::from(fd)),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED)
+                ) =>
+            {
+                wait_ready(listener.as_fd(), PollFlags::POLLIN, None, "accept")?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn serve(listener: TcpListener, handler: fn(TcpStream) -> io::Result<()>) {
+    if is_event_driven() {
+        loop {
+            match accept_non_blocking(&listener) {
+                Ok(s) => {
+                    std::thread::spawn(move || {
+                        let _ = handler(s);
+                    });
+                }
+                Err(e) => {
+                    eprintln!("mb-workload: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
     for stream in listener.incoming() {
         match stream {
             Ok(s) => {
@@ -203,11 +359,11 @@ fn echo_connection(mut s: TcpStream) -> io::Result<()> {
     s.set_nodelay(true)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = s.read(&mut buf)?;
+        let n = read_until(&mut s, &mut buf, None)?;
         if n == 0 {
             return s.shutdown(std::net::Shutdown::Write);
         }
-        s.write_all(&buf[..n])?;
+        write_all(&mut s, &buf[..n])?;
     }
 }
 
@@ -221,14 +377,15 @@ fn bulk_connection(mut s: TcpStream) -> io::Result<()> {
     let mut sum = Checksum::default();
     let mut count = 0u64;
     loop {
-        let n = s.read(&mut buf)?;
+        let n = read_until(&mut s, &mut buf, None)?;
         if n == 0 {
             break;
         }
         sum.update(&buf[..n]);
         count += n as u64;
     }
-    writeln!(s, "bulk count={count} checksum={:016x}", sum.value())?;
+    let reply = format!("bulk count={count} checksum={:016x}\n", sum.value());
+    write_all(&mut s, reply.as_bytes())?;
     s.shutdown(std::net::Shutdown::Write)
 }
 
@@ -241,11 +398,12 @@ pub fn serve_whoami(listener: TcpListener) {
 fn whoami_connection(mut s: TcpStream) -> io::Result<()> {
     let peer = canonical(s.peer_addr()?);
     let local = canonical(s.local_addr()?);
-    writeln!(s, "whoami peer={peer} local={local}")?;
+    let reply = format!("whoami peer={peer} local={local}\n");
+    write_all(&mut s, reply.as_bytes())?;
     s.shutdown(std::net::Shutdown::Write)?;
     // Wait for the client's close so the server is not the side left in TIME_WAIT.
     let mut sink = [0u8; 64];
-    while s.read(&mut sink)? > 0 {}
+    while read_until(&mut s, &mut sink, None)? > 0 {}
     Ok(())
 }
 
@@ -436,6 +594,12 @@ pub fn dns_query(server: SocketAddr, name: &str) -> io::Result<(Ipv4Addr, Socket
 }
 
 fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    if is_event_driven() {
+        let s = connect_non_blocking(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("connect to {addr}: {e}")))?;
+        s.set_nodelay(true)?;
+        return Ok(s);
+    }
     let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .map_err(|e| io::Error::new(e.kind(), format!("connect to {addr}: {e}")))?;
     s.set_nodelay(true)?;
@@ -582,7 +746,7 @@ impl Echo {
     /// Sends the request and reads the answer: the round trip in nanoseconds.
     fn round_trip(&mut self, s: &mut TcpStream) -> io::Result<u64> {
         let start = Instant::now();
-        s.write_all(&self.request)?;
+        write_all(s, &self.request)?;
         read_exact(s, &mut self.response)?;
         Ok(start.elapsed().as_nanos() as u64)
     }
@@ -737,7 +901,7 @@ pub fn crr_client(addr: SocketAddr, size: usize, count: u64) -> io::Result<CrrSt
     for _ in 0..count {
         let t = Instant::now();
         let mut s = connect(addr)?;
-        s.write_all(&request)?;
+        write_all(&mut s, &request)?;
         read_exact(&mut s, &mut response)?;
         drop(s);
         samples.push(t.elapsed().as_nanos() as u64);
@@ -804,7 +968,7 @@ pub fn bulk_client(addr: SocketAddr, bytes: u64) -> io::Result<BulkStats> {
         let from = (sent % PATTERN_PERIOD) as usize;
         let chunk = &pattern[from..from + n];
         sum.update(chunk);
-        s.write_all(chunk)?;
+        write_all(&mut s, chunk)?;
         sent += n as u64;
     }
     s.shutdown(std::net::Shutdown::Write)?;
@@ -832,7 +996,7 @@ pub fn bulk_client(addr: SocketAddr, bytes: u64) -> io::Result<BulkStats> {
 /// FIN may still be unacknowledged. Returns the local address it used.
 pub fn send_and_close(addr: SocketAddr, data: &[u8]) -> io::Result<SocketAddr> {
     let mut s = connect(addr)?;
-    s.write_all(data)?;
+    write_all(&mut s, data)?;
     s.local_addr()
 }
 

@@ -295,12 +295,14 @@ pub struct PodPolicy {
     /// Inbound connections from these sources are not redirected (Kuma `exclude-inbound-ips`).
     pub inbound_exclude_sources: Vec<Cidr>,
     /// Splice the application's own connections to and from its sidecar socket to socket
-    /// (annotation [`SPLICE_APP_ANNOTATION`]; for event-driven applications only).
-    pub splice_app: bool,
+    /// (annotation [`SPLICE_APP_ANNOTATION`]): `Some(true)` forces it, `Some(false)` forbids
+    /// it, `None` leaves it to the agent's per-process verdicts (agent/src/splice).
+    pub splice_app: Option<bool>,
 }
 
 /// `"true"` on a pod: its application is event-driven, splice its legs to and from the
-/// sidecar as well (under `merbridge load --splice sidecars`, the default). Any mesh.
+/// sidecar as well (under `merbridge load --splice sidecars`, the default); `"false"`: never,
+/// whatever the agent finds about its processes. Any mesh.
 pub const SPLICE_APP_ANNOTATION: &str = "merbridge.io/splice-app";
 
 /// Istio annotations the data path cannot honour (it does not look at interfaces): warned
@@ -527,7 +529,7 @@ impl PodPolicy {
             inbound_include_ports: PortSelection::All,
             inbound_exclude_ports,
             inbound_exclude_sources: Vec::new(),
-            splice_app: false,
+            splice_app: None,
         }
     }
 
@@ -845,8 +847,8 @@ fn parse(
     }
     if let Some(value) = p.get(SPLICE_APP_ANNOTATION) {
         match value.trim() {
-            "true" => policy.splice_app = true,
-            "false" => policy.splice_app = false,
+            "true" => policy.splice_app = Some(true),
+            "false" => policy.splice_app = Some(false),
             other => p.warn(SPLICE_APP_ANNOTATION, other, "expected true or false"),
         }
     }

@@ -68,6 +68,9 @@ pub struct AgentConfig {
     pub scan_spacing: Duration,
     /// `--watch-timeout`: see [`WatchOptions::with_watch_timeout`].
     pub watch_timeout_secs: u32,
+    /// How often the per-process splice classifier scans the meshed pods' processes (only
+    /// under `--splice sidecars`, the mode its verdicts apply to).
+    pub splice_interval: Duration,
 }
 
 enum Msg {
@@ -148,6 +151,10 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         }
     );
     status.attached.store(true, Ordering::SeqCst);
+    let splice_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if config.load.constants.splice_mode == mb_maps::datapath::SPLICE_SIDECARS {
+        start_splice_classifier(&config, Arc::clone(&status), Arc::clone(&splice_stop));
+    }
     let store = PodMaps::open(&config.load.pin_dir)?;
     let mut sync = PodSync::new(store, config.mesh, config.dns_capture_default);
     let mut inbound = InboundPods::new(&config.load.pin_dir);
@@ -399,6 +406,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
             .store(sync.unwritten() as u64, Ordering::Relaxed);
     }
     stop.stop();
+    splice_stop.store(true, Ordering::SeqCst);
     let _ = watch_thread.join();
     if let Some(e) = watcher_error {
         return Err(e);
@@ -477,6 +485,75 @@ fn observe(status: &AgentStatus, event_at: Instant) {
         .unwrap_or_else(|p| p.into_inner())
         .observe(event_at.elapsed().as_secs_f64());
     status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
+}
+
+/// The per-process splice classifier's thread: one scan every `splice_interval` until `stop`.
+/// A failure is logged (once per distinct message) and retried at the next period; it never
+/// stops the agent (without verdicts, application legs are simply not spliced).
+fn start_splice_classifier(
+    config: &AgentConfig,
+    status: Arc<AgentStatus>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let pin_dir = config.load.pin_dir.clone();
+    let proxy_uid = config.load.constants.proxy_uid;
+    let interval = config.splice_interval;
+    let spawned = std::thread::Builder::new()
+        .name("splice-scan".into())
+        .spawn(move || {
+            let mut agent = None;
+            let mut last_error = String::new();
+            while !stop.load(Ordering::SeqCst) {
+                if agent.is_none() {
+                    match crate::splice::SpliceAgent::open(&pin_dir, proxy_uid) {
+                        Ok(a) => agent = Some(a),
+                        Err(e) => {
+                            let text = e.to_string();
+                            if text != last_error {
+                                log::warn!("per-process splice: {text}");
+                                last_error = text;
+                            }
+                        }
+                    }
+                }
+                if let Some(a) = agent.as_mut() {
+                    match a.scan_once() {
+                        Ok(report) => {
+                            status.splice_scans.fetch_add(1, Ordering::Relaxed);
+                            let counts = report
+                                .counts()
+                                .into_iter()
+                                .map(|((v, r), n)| ((v.name(), r.name()), n as u64))
+                                .collect();
+                            *status
+                                .splice_processes
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()) = counts;
+                            if report.applied.written + report.applied.removed > 0 {
+                                log::debug!(
+                                    "per-process splice: {} pods, {:?}",
+                                    report.pods,
+                                    report.applied
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            let text = e.to_string();
+                            if text != last_error {
+                                log::warn!("per-process splice: {text}");
+                                last_error = text;
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(interval);
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!(
+            "cannot start the per-process splice thread ({e}): application legs stay unspliced"
+        );
+    }
 }
 
 /// Pods to look up: `(uid, ips)`.

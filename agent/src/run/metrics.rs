@@ -73,6 +73,10 @@ pub struct AgentStatus {
     pub watcher: Mutex<Option<Arc<WatcherStats>>>,
     /// `/readyz` also checks that the pinned links still exist.
     pub check_links: bool,
+    /// Per-process splice classifier (agent/src/splice): completed scans, and the processes
+    /// of meshed pods at the last one by (verdict, reason).
+    pub splice_scans: AtomicU64,
+    pub splice_processes: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl AgentStatus {
@@ -185,6 +189,31 @@ impl AgentStatus {
                 String::new(),
                 format!("{:.3}", g(&self.first_sync_ms) as f64 / 1000.0),
             )],
+        );
+        metric(
+            "merbridge_splice_scans_total",
+            "counter",
+            "Scans of the meshed pods' processes by the per-process splice classifier.",
+            &one(g(&self.splice_scans)),
+        );
+        let splice: Vec<(String, String)> = self
+            .splice_processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((verdict, reason), n)| {
+                (
+                    format!("{{verdict=\"{verdict}\",reason=\"{reason}\"}}"),
+                    n.to_string(),
+                )
+            })
+            .collect();
+        metric(
+            "merbridge_splice_processes",
+            "gauge",
+            "Application processes of meshed pods at the last classifier scan, by verdict \
+             (splice: its legs to the sidecar are spliced; blocking, unknown: not) and reason.",
+            &splice,
         );
         metric(
             "merbridge_netns_scans_total",

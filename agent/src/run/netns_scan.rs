@@ -259,6 +259,13 @@ impl NetnsScanner {
         self.by_inode.get(&inode).map(|ns| ns.path.clone())
     }
 
+    /// The inode of the namespace that has `ips` (what `/proc/<pid>/ns/net` of its processes
+    /// stats to). Unlike [`NetnsScanner::path_for`], valid after the process it was found
+    /// through exited.
+    pub fn inode_for(&mut self, ips: &[IpAddr]) -> Option<u64> {
+        self.best_match(ips)
+    }
+
     /// Namespaces known after the last scan.
     pub fn namespaces(&self) -> usize {
         self.by_inode.len()

@@ -40,6 +40,9 @@ pub enum Setup {
     MerbridgeSpliceNone,
     /// merbridge with many other pods known to the maps (lookups must stay O(1)).
     MerbridgeManyPods,
+    /// merbridge as loaded by default, with BLOCKING apps (thread per connection, blocking
+    /// sockets): the per-process classifier marks them blocking, their legs stay unspliced.
+    MerbridgeBlockingApps,
 }
 
 impl Setup {
@@ -52,6 +55,7 @@ impl Setup {
             Setup::MerbridgeSpliceAll => "merbridge-splice-all",
             Setup::MerbridgeSpliceNone => "merbridge-splice-none",
             Setup::MerbridgeManyPods => "merbridge-many-pods",
+            Setup::MerbridgeBlockingApps => "merbridge-blocking-apps",
         }
     }
 
@@ -64,7 +68,25 @@ impl Setup {
             Setup::MerbridgeSpliceAll => "ma",
             Setup::MerbridgeSpliceNone => "mn",
             Setup::MerbridgeManyPods => "mk",
+            Setup::MerbridgeBlockingApps => "mb",
         }
+    }
+
+    /// Whether this setup's apps (client and server) are event-driven (`mb-workload
+    /// --event-driven`: non-blocking sockets, EAGAIN = wait), as Go, Envoy or Node apps are.
+    /// Every setup but [`Setup::MerbridgeBlockingApps`]: the same apps everywhere.
+    pub fn event_driven_apps(self) -> bool {
+        self != Setup::MerbridgeBlockingApps
+    }
+
+    /// Whether the agent's per-process splice classifier runs (the default-mode merbridge
+    /// setups): their clients settle first, so that they are classified before they connect
+    /// as a long-running app would be.
+    pub fn classified(self) -> bool {
+        matches!(
+            self,
+            Setup::Merbridge | Setup::MerbridgeManyPods | Setup::MerbridgeBlockingApps
+        )
     }
 }
 
@@ -392,10 +414,18 @@ impl Env {
             server: "server",
         };
         let app_ports = [ECHO_PORT, BULK_PORT];
-        let mesh = MeshSetup::build(topology, setup, names, &app_ports, bins, pinning, many_pods)?;
+        let mut mesh =
+            MeshSetup::build(topology, setup, names, &app_ports, bins, pinning, many_pods)?;
+        mesh.start_classifiers()?;
         let client_cgroup = sub_cgroup(&mesh.client_pod, "bench-client")?;
         let app_cgroup = sub_cgroup(&mesh.server_pod, "bench-app")?;
-        let server_app = start_server(&mesh.server_pod, &app_cgroup, bins, pinning.server)?;
+        let server_app = start_server(
+            &mesh.server_pod,
+            &app_cgroup,
+            bins,
+            pinning.server,
+            setup.event_driven_apps(),
+        )?;
         Ok(Env {
             topology,
             setup,
@@ -422,11 +452,13 @@ impl Env {
     /// Runs `mb-workload <args>` as the client app; returns its stdout.
     fn client(&self, args: &[String]) -> Result<String, String> {
         let mut cmd = Command::new(&self.workload);
-        if self.setup == Setup::MerbridgeSpliceAll {
-            // The app's own sockets sit in the sockhash: a blocking read woken without data
-            // says EAGAIN (kernel tcp_bpf_recvmsg); the client waits as an event-driven app
-            // would.
-            cmd.arg("--wait-on-eagain");
+        if self.setup.event_driven_apps() {
+            // Non-blocking sockets: an EAGAIN from a spliced socket (kernel tcp_bpf_recvmsg)
+            // is a wait, as for any event-driven app.
+            cmd.arg("--event-driven");
+            if self.setup.classified() {
+                cmd.arg(format!("--settle-ms={}", CLIENT_SETTLE.as_millis()));
+            }
         }
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = Proc(spawn_in(
@@ -664,14 +696,23 @@ fn parse_samples(out: &str) -> Result<Vec<u64>, String> {
         .collect()
 }
 
+/// How long a classified setup's client holds a non-blocking socket before its first
+/// connection: a few classifier periods ([`super::setup::CLASSIFIER_PERIOD`]), with a margin
+/// for a loaded machine.
+const CLIENT_SETTLE: Duration = Duration::from_millis(1500);
+
 /// Starts `mb-workload serve` (echo + bulk) in `pod`, in `cgroup`, and waits for `ready`.
 fn start_server(
     pod: &Pod,
     cgroup: &Path,
     bins: &Binaries,
     cpu: Option<usize>,
+    event_driven: bool,
 ) -> Result<Proc, String> {
     let mut cmd = Command::new(&bins.workload);
+    if event_driven {
+        cmd.arg("--event-driven");
+    }
     cmd.args([
         "serve",
         "--echo",

@@ -95,6 +95,7 @@ impl Plan {
             }
             if t == Topology::SameNode {
                 setups.push((t, Setup::MerbridgeManyPods));
+                setups.push((t, Setup::MerbridgeBlockingApps));
             }
         }
         Plan {

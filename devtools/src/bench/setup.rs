@@ -7,7 +7,7 @@
 use super::env::{add_real_pod, fake_pod, Datapath, Pinning, Setup, Topology};
 use mb_agent::pods::PodMaps;
 use mb_loader::datapath::PinLayout;
-use mb_maps::datapath::{MAP_COUNTERS, SPLICE_ALL, SPLICE_NONE};
+use mb_maps::datapath::{MAP_COUNTERS, SPLICE_ALL, SPLICE_NONE, SPLICE_SIDECARS};
 use mb_maps::layout::Counter;
 use mb_maps::PerCpuArray;
 use mb_testbed::scenarios::Binaries;
@@ -29,6 +29,83 @@ const EXPLICIT_SERVER_OFFSET: u16 = 20_000;
 /// How long the sidecars get to report connections that just closed.
 const RECORD_WAIT: Duration = Duration::from_secs(5);
 
+/// How often the bench's per-process splice classifier scans (`merbridge run`'s every 500 ms;
+/// faster here so that rounds need not wait for it).
+pub const CLASSIFIER_PERIOD: Duration = Duration::from_millis(250);
+
+/// The agent's per-process splice classifier (`mb_agent::splice`) on one node's data path,
+/// on its own thread until dropped, as `merbridge run` runs it.
+pub struct Classifier {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// The last scan's verdicts, for the round check's error.
+    last: std::sync::Arc<std::sync::Mutex<Vec<mb_agent::splice::ProcessVerdict>>>,
+}
+
+impl Classifier {
+    fn start(pin_dir: &Path) -> Result<Classifier, String> {
+        let mut agent = mb_agent::splice::SpliceAgent::open(pin_dir, MeshPorts::istio().proxy_uid)
+            .map_err(|e| format!("per-process splice classifier: {e}"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let last = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = std::sync::Arc::clone(&last);
+        let thread = std::thread::Builder::new()
+            .name("bench-splice".into())
+            .spawn(move || {
+                while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    let report = agent
+                        .scan_once()
+                        .map_err(|e| format!("per-process splice scan: {e}"))?;
+                    *shared.lock().unwrap_or_else(|p| p.into_inner()) = report.verdicts;
+                    std::thread::sleep(CLASSIFIER_PERIOD);
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("start the classifier thread: {e}"))?;
+        Ok(Classifier {
+            stop,
+            thread: Some(thread),
+            last,
+        })
+    }
+
+    /// The last scan's verdicts, one `pid comm: verdict (reason)` each.
+    fn verdicts(&self) -> String {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let all: Vec<String> = last
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {}: {} ({})",
+                    v.pid,
+                    v.comm,
+                    v.verdict.name(),
+                    v.reason.name()
+                )
+            })
+            .collect();
+        all.join(", ")
+    }
+
+    /// The thread's error if it stopped on one.
+    fn failed(&self) -> Option<String> {
+        let finished = self.thread.as_ref().is_some_and(|t| t.is_finished());
+        finished.then(|| "the per-process splice classifier stopped".to_owned())
+    }
+}
+
+impl Drop for Classifier {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            if let Ok(Err(e)) = t.join() {
+                eprintln!("bench: {e}");
+            }
+        }
+    }
+}
+
 /// Names of the two pods.
 #[derive(Clone, Copy, Debug)]
 pub struct PodNames {
@@ -38,6 +115,8 @@ pub struct PodNames {
 
 /// The built setup. Drop order: sidecars, pods, data path, nodes.
 pub struct MeshSetup {
+    /// Dropped first: they read the data path's maps.
+    classifiers: Vec<Classifier>,
     pub topology: Topology,
     pub setup: Setup,
     /// The client pod's sidecar, then the server pod's where it has one.
@@ -66,7 +145,7 @@ pub struct Checkpoint {
 fn splice_mode(setup: Setup) -> Option<u32> {
     match setup {
         // The default, `--splice auto`: what the run-time hazard probe allows on this kernel.
-        Setup::Merbridge | Setup::MerbridgeManyPods => {
+        Setup::Merbridge | Setup::MerbridgeManyPods | Setup::MerbridgeBlockingApps => {
             Some(mb_loader::splice_hazard::probed_splice_hazard().auto_splice_mode())
         }
         Setup::MerbridgeSpliceAll => Some(SPLICE_ALL),
@@ -174,6 +253,7 @@ impl MeshSetup {
             sidecars.push((name, sidecar));
         }
         Ok(MeshSetup {
+            classifiers: Vec::new(),
             topology,
             setup,
             sidecars,
@@ -216,6 +296,90 @@ impl MeshSetup {
                 _ => None,
             },
         })
+    }
+
+    /// Starts the agent's per-process splice classifier on each node's data path, where the
+    /// setup is a default-mode merbridge one ([`Setup::classified`]) and the mode is
+    /// `sidecars` (the one its verdicts apply to). From then on [`MeshSetup::verify`] also
+    /// checks which application legs were spliced.
+    pub fn start_classifiers(&mut self) -> Result<(), String> {
+        if self.setup.classified() && splice_mode(self.setup) == Some(SPLICE_SIDECARS) {
+            for d in [&self.datapath, &self.server_datapath]
+                .into_iter()
+                .flatten()
+            {
+                self.classifiers.push(Classifier::start(d.pin_dir())?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The default mode's per-process decisions this round (only where the classifier runs
+    /// and the mode is `sidecars`): with event-driven apps at least 90% of the client legs
+    /// (`expected` connections; the clients settle first, but on a loaded machine a scan can
+    /// come late for one of them) and, where the server is meshed, of both sockets of the
+    /// sidecar-to-server-app legs must have been spliced; with blocking apps none. Returns what
+    /// was counted, or why the setup did not do what it claims.
+    fn verify_app_legs(
+        &self,
+        before: &Checkpoint,
+        expected: usize,
+    ) -> Result<Option<String>, String> {
+        if self.classifiers.is_empty() {
+            return Ok(None);
+        }
+        if let Some(e) = self.classifiers.iter().find_map(Classifier::failed) {
+            return Err(e);
+        }
+        let (Some(d), Some(old)) = (&self.datapath, &before.counters) else {
+            return Ok(None);
+        };
+        let now = read_counters(d.pin_dir())?;
+        let by_process = counter(&now, Counter::SpliceAppByProcess)
+            .saturating_sub(counter(old, Counter::SpliceAppByProcess));
+        let by_port = match (&self.server_datapath, &before.server_counters) {
+            (Some(sd), Some(sold)) => {
+                let snow = read_counters(sd.pin_dir())?;
+                counter(&snow, Counter::SpliceAppByPort)
+                    .saturating_sub(counter(sold, Counter::SpliceAppByPort))
+            }
+            _ => counter(&now, Counter::SpliceAppByPort)
+                .saturating_sub(counter(old, Counter::SpliceAppByPort)),
+        };
+        let seen = format!(
+            "application legs spliced: {by_process} client legs (process verdicts), {by_port} \
+             server-leg sockets (port verdicts)"
+        );
+        let verdicts = || {
+            let all: Vec<String> = self.classifiers.iter().map(Classifier::verdicts).collect();
+            format!("last verdicts: {}", all.join("; "))
+        };
+        let expected = expected as u64;
+        // At least 90% (rounded up) of `n`.
+        let most = |n: u64| n - n / 10;
+        if self.setup.event_driven_apps() {
+            if by_process < most(expected) {
+                return Err(format!(
+                    "default mode with event-driven apps spliced {by_process} of {expected} \
+                     client legs ({seen}; {})",
+                    verdicts()
+                ));
+            }
+            if self.topology.server_meshed() && by_port < most(2 * expected) {
+                return Err(format!(
+                    "default mode with event-driven apps spliced {by_port} of {} server-leg \
+                     sockets ({seen}; {})",
+                    2 * expected,
+                    verdicts()
+                ));
+            }
+        } else if by_process + by_port > 0 {
+            return Err(format!(
+                "blocking apps had legs spliced ({seen}; {})",
+                verdicts()
+            ));
+        }
+        Ok(Some(seen))
     }
 
     /// REDIRECT packets counted so far: outbound in the client pod, inbound in the server
@@ -290,6 +454,9 @@ impl MeshSetup {
                 ));
             }
             seen.push(format!("{}+{delta}", c.name()));
+        }
+        if let Some(checked) = self.verify_app_legs(before, expected)? {
+            seen.push(checked);
         }
         if let Some((out_before, in_before)) = before.iptables {
             let (out_now, in_now) = self.iptables_redirects()?;

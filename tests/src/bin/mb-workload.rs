@@ -13,6 +13,15 @@ struct Cli {
     /// apps do (needed with `merbridge load --splice all`; see `workload::wait_on_eagain`).
     #[arg(long, global = true)]
     wait_on_eagain: bool,
+    /// Event-driven clients and servers, as Go, Envoy or Node: every TCP socket non-blocking
+    /// from its creation, EAGAIN = wait for readiness (see `workload::event_driven`).
+    #[arg(long, global = true)]
+    event_driven: bool,
+    /// Before the command: hold a non-blocking listening socket this many milliseconds, so
+    /// that merbridge's per-process classifier sees an event-driven process before its first
+    /// connection, as it would a long-running one (`workload::settle`).
+    #[arg(long, global = true, default_value_t = 0)]
+    settle_ms: u64,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -130,6 +139,11 @@ enum Cmd {
 
 fn run(cli: Cli) -> std::io::Result<()> {
     workload::wait_on_eagain(cli.wait_on_eagain);
+    workload::event_driven(cli.event_driven);
+    let _settled = match cli.settle_ms {
+        0 => None,
+        ms => Some(workload::settle(ms)?),
+    };
     match cli.command {
         Cmd::Serve {
             echo,

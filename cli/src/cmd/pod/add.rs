@@ -155,7 +155,7 @@ fn policy_from_args(args: &PodAddArgs, mesh: Mesh) -> Result<PodPolicy, String> 
         };
     }
     if args.splice_app {
-        policy.splice_app = true;
+        policy.splice_app = Some(true);
     }
     // Without annotations or flags the pod takes the load's --proxy-uid (entry value 0) and
     // no GID rule: the mesh's default need not be the one `load` was told.

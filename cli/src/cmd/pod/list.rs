@@ -22,7 +22,16 @@ pub fn run(args: PodListArgs) -> Result<ExitCode, String> {
     // Read once, every key checked: a rule map that cannot be read is an error, not 0 rules.
     let rules = Rules::read(&args.pin.pin_dir)?;
     if args.json {
-        let views: Vec<_> = pods.iter().map(|p| rules.view(p)).collect();
+        // The per-process verdicts, as `pod show` gives them (none without those maps).
+        let mut splice = mb_agent::splice::PodSpliceReader::open(&args.pin.pin_dir).ok();
+        let views: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                let mut view = rules.view(p);
+                view.splice = splice.as_mut().map(|r| r.pod(p));
+                view
+            })
+            .collect();
         let json = serde_json::to_string(&views).map_err(|e| format!("pods as JSON: {e}"))?;
         println!("{json}");
         return Ok(ExitCode::SUCCESS);

@@ -22,7 +22,9 @@ pub struct PodShowArgs {
 pub fn run(args: PodShowArgs) -> Result<ExitCode, String> {
     let maps = PodMaps::open(&args.pin.pin_dir)?;
     let entry = find_pod(&maps, args.pod.trim())?;
-    let view = Rules::read(&args.pin.pin_dir)?.view(&entry);
+    let mut view = Rules::read(&args.pin.pin_dir)?.view(&entry);
+    // The per-process verdicts (the agent's); a data path without those maps has none.
+    view.splice = mb_agent::splice::pod_splice(&args.pin.pin_dir, &entry).ok();
     if args.json {
         let json = serde_json::to_string(&view).map_err(|e| format!("pod as JSON: {e}"))?;
         println!("{json}");

@@ -8,7 +8,8 @@ use mb_loader::datapath::PinLayout;
 use mb_maps::datapath::{MAP_CIDR_RULES, MAP_PORT_RULES};
 use mb_maps::layout::{
     addr_from_bytes, CidrRuleKey, PodEntry, PortRuleKey, POD_DNS_CAPTURE, POD_IN_PORTS_ALL,
-    POD_OUT_CIDRS_ALL, POD_SPLICE_APP, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE, RULE_SCOPE_BITS,
+    POD_OUT_CIDRS_ALL, POD_SPLICE_APP, POD_SPLICE_APP_DENY, RULE_EXCLUDE, RULE_INBOUND,
+    RULE_INCLUDE, RULE_SCOPE_BITS,
 };
 use mb_maps::{LpmTrie, Pod};
 use serde::Serialize;
@@ -33,8 +34,14 @@ pub struct PodView {
     pub outbound: OutboundView,
     pub inbound: InboundView,
     pub dns_capture: bool,
-    /// The application's own legs to and from its sidecar are spliced too.
+    /// The application's own legs to and from its sidecar are spliced too (annotation
+    /// `merbridge.io/splice-app: "true"`).
     pub splice_app: bool,
+    /// Never spliced, whatever the per-process verdicts (`merbridge.io/splice-app: "false"`).
+    pub splice_app_denied: bool,
+    /// The agent's per-process verdicts for this pod (`None` when the data path has no
+    /// per-process maps, e.g. loaded by an older version).
+    pub splice: Option<mb_agent::splice::PodSplice>,
     /// The UID its sidecar runs as; `None` (null): the load's `--proxy-uid`.
     pub proxy_uid: Option<u32>,
     /// A GID whose processes also count as its sidecar; `None` (null): none.
@@ -138,6 +145,8 @@ impl Rules {
             },
             dns_capture: entry.flags & POD_DNS_CAPTURE != 0,
             splice_app: entry.flags & POD_SPLICE_APP != 0,
+            splice_app_denied: entry.flags & POD_SPLICE_APP_DENY != 0,
+            splice: None,
             proxy_uid: (entry.proxy_uid != 0).then_some(entry.proxy_uid),
             proxy_gid: (entry.proxy_gid != 0).then_some(entry.proxy_gid),
             source: SOURCE_NOT_KEPT,
@@ -244,7 +253,36 @@ pub fn print_view(v: &PodView) {
         field(label, &list(items));
     }
     field("DNS capture", &yes_no(v.dns_capture));
-    field("splice application legs", &yes_no(v.splice_app));
+    let splice_app = if v.splice_app {
+        "yes (annotation)"
+    } else if v.splice_app_denied {
+        "no (annotation)"
+    } else {
+        "per process (below)"
+    };
+    field("splice application legs", &splice_app);
+    // The per-process verdicts decide only without the annotation.
+    if let Some(splice) = v
+        .splice
+        .as_ref()
+        .filter(|_| !v.splice_app && !v.splice_app_denied)
+    {
+        for p in &splice.processes {
+            field(
+                "  process",
+                &format!("{} {}: {} ({})", p.pid, p.comm, p.verdict, p.reason),
+            );
+        }
+        for p in &splice.ports {
+            field(
+                "  port",
+                &format!("{}: {} ({})", p.port, p.verdict, p.reason),
+            );
+        }
+        if splice.processes.is_empty() {
+            field("  process", &"(none classified: not spliced)");
+        }
+    }
     match v.proxy_uid {
         Some(uid) => field("sidecar UID", &uid),
         None => field("sidecar UID", &"the load's --proxy-uid"),
