@@ -18,6 +18,10 @@
 //!   ESTABLISHED callback runs first: its ACK is what completes the passive side), or the peer
 //!   is the passthrough address.
 //!
+//! Redirected connections always end on a sidecar port (outbound, inbound or DNS), so the
+//! `cookie_orig` and `pair_orig` lookups are made only there: a connection to any other port
+//! (the passthrough leg, traffic the mesh does not intercept) costs no map operation here.
+//!
 //! Sidecar inbound listeners: `listen()` on the inbound port fires `TCP_LISTEN_CB`, and the
 //! listener goes into `inbound_listeners` under its pod's id (from the netns cookie, so only
 //! in the netns-keys variant: 5.10's sock_ops has no `bpf_get_netns_cookie`; there the agent
@@ -186,7 +190,14 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     );
 
     // Active side: move the original destination from the cookie to the 4-tuple. FLAGS keeps
-    // its flags: they tell whose socket this is (ORIG_SIDECAR_CALLER: a sidecar's).
+    // its flags: they tell whose socket this is (ORIG_SIDECAR_CALLER: a sidecar's). Only a
+    // connect that was redirected has an entry, and connect4/6 sent every one of those to a
+    // sidecar port: any other remote port skips the cookie and its lookup (the sidecar's
+    // passthrough leg, and every connection of the node that is not intercepted).
+    a.ldx(Size::W, R1, CTX, sock_ops::REMOTE_PORT)
+        .alu64_imm(AluOp::Rsh, R1, 16)
+        .to_be(R1, 16);
+    jmp_unless_sidecar_port(&mut a, R1, no_orig);
     a.mov64_reg(R1, CTX).call(Helper::GetSocketCookie);
     a.stx(Size::DW, FP, COOKIE, R0);
     a.ld_map_fd(R1, MAP_COOKIE_ORIG);
@@ -213,9 +224,12 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
     a.bind(passthrough_active);
     pod_splice_app_flag(&mut a, PAIR_KEY + REMOTE_IP, PAIR_KEY + REMOTE_PORT, decide);
 
-    // Passive side: only when the active side is in the map.
+    // Passive side: only when the active side is in the map, which needs a connection
+    // accepted on a sidecar port (local_port is host order).
     a.bind(passive).mov64_imm(FLAGS, 0);
     jmp_if_passthrough(&mut a, PAIR_KEY + REMOTE_IP, passthrough_passive);
+    a.ldx(Size::W, R1, CTX, sock_ops::LOCAL_PORT);
+    jmp_unless_sidecar_port(&mut a, R1, out);
     reverse_pair_key(&mut a, PAIR_KEY, PEER_KEY);
     a.ld_map_fd(R1, MAP_PAIR_ORIG);
     stack_ptr(&mut a, R2, PEER_KEY);
@@ -348,6 +362,17 @@ fn pod_splice_app_flag(a: &mut Asm, addr: i16, port: i16, next: mb_asm::Label) {
     a.bind(splice)
         .mov64_imm(FLAGS, ORIG_SPLICE_APP as i32)
         .ja(next);
+}
+
+/// Jumps to `other` unless the host-order port in `port` is one that connect4/6 redirect to:
+/// the sidecar's outbound, inbound or DNS port. Only connections to those ports can have an
+/// original destination in `cookie_orig` or `pair_orig`.
+fn jmp_unless_sidecar_port(a: &mut Asm, port: Reg, other: mb_asm::Label) {
+    let sidecar_port = a.label();
+    a.jmp32_const(JmpOp::Eq, port, CONST_OUTBOUND_PORT, sidecar_port)
+        .jmp32_const(JmpOp::Eq, port, CONST_INBOUND_PORT, sidecar_port)
+        .jmp32_const(JmpOp::Ne, port, CONST_DNS_PORT, other)
+        .bind(sidecar_port);
 }
 
 /// Writes at `fp + to` the pair key at `fp + from` seen from the other end. Clobbers r1.
