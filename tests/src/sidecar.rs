@@ -697,8 +697,19 @@ impl Sidecar {
     /// For HAProxy, the sessions its inbound frontend accepted (its own counter, which holds
     /// even when a log line, and so a record, went missing); `None` for the reference sidecar.
     pub fn inbound_sessions(&self) -> Option<std::io::Result<u64>> {
+        self.frontend_sessions(Listener::Inbound)
+    }
+
+    /// For HAProxy, the sessions the frontend of `listener` (outbound or inbound) accepted so
+    /// far; `None` for the reference sidecar and for listeners HAProxy has no frontend for.
+    pub fn frontend_sessions(&self, listener: Listener) -> Option<std::io::Result<u64>> {
         let dir = self._config_dir.as_ref()?;
-        Some(haproxy::frontend_sessions(&dir.stats_socket(), "inbound"))
+        let frontend = match listener {
+            Listener::Outbound => "outbound",
+            Listener::Inbound => "inbound",
+            _ => return None,
+        };
+        Some(haproxy::frontend_sessions(&dir.stats_socket(), frontend))
     }
 
     /// Sources of the DNS queries the DNS proxy answered so far.

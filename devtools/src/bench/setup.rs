@@ -134,6 +134,9 @@ pub struct MeshSetup {
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
     records: Vec<usize>,
+    /// HAProxy sidecars: the sessions their frontends accepted (its own count, which holds
+    /// when a log line, and so a record, goes missing); `None` for the reference sidecar.
+    sessions: Vec<Option<u64>>,
     counters: Option<Vec<(Counter, u64)>>,
     /// The server node's counters (cross-node merbridge setups).
     server_counters: Option<Vec<(Counter, u64)>>,
@@ -141,6 +144,10 @@ pub struct Checkpoint {
     /// (outbound) and, where meshed, the server pod (inbound).
     iptables: Option<(u64, u64)>,
 }
+
+/// How many records a HAProxy sidecar may be short in one round when its own session counter
+/// shows every connection (the test bed's 1,000-connection scenario allows the same).
+const HAPROXY_LOST_LOG_LINES: usize = 3;
 
 fn splice_mode(setup: Setup) -> Option<u32> {
     match setup {
@@ -283,6 +290,15 @@ impl MeshSetup {
                 .iter()
                 .map(|(_, s)| s.records().len())
                 .collect(),
+            sessions: self
+                .sidecars
+                .iter()
+                .enumerate()
+                .map(|(i, (_, s))| {
+                    s.frontend_sessions(self.listener_of(i))
+                        .and_then(Result::ok)
+                })
+                .collect(),
             counters: match &self.datapath {
                 Some(d) => Some(read_counters(d.pin_dir())?),
                 None => None,
@@ -382,6 +398,16 @@ impl MeshSetup {
         Ok(Some(seen))
     }
 
+    /// The listener the `i`th sidecar relays this setup's connections on: the client's
+    /// outbound and the server's inbound one, or an explicit proxy's forward listeners.
+    fn listener_of(&self, i: usize) -> Listener {
+        match (self.setup == Setup::ExplicitProxy, i) {
+            (true, _) => Listener::Forward,
+            (false, 0) => Listener::Outbound,
+            (false, _) => Listener::Inbound,
+        }
+    }
+
     /// REDIRECT packets counted so far: outbound in the client pod, inbound in the server
     /// pod (0 when it has no sidecar).
     fn iptables_redirects(&self) -> Result<(u64, u64), String> {
@@ -414,23 +440,40 @@ impl MeshSetup {
         let explicit = self.setup == Setup::ExplicitProxy;
         let mut seen = Vec::new();
         for (i, (name, sidecar)) in self.sidecars.iter().enumerate() {
+            let listener = self.listener_of(i);
             // An explicit proxy's destination is configuration: no original one to check.
-            let (listener, targets) = match (explicit, i) {
-                (true, _) => (Listener::Forward, None),
-                (false, 0) => (Listener::Outbound, Some(targets)),
-                (false, _) => (Listener::Inbound, Some(targets)),
+            let targets = (!explicit).then_some(targets);
+            // HAProxy drops a log line (so a record) about once in a thousand connections, on
+            // a quiet machine too. Its own frontend session counter is then the proof that
+            // every connection went through it, and the records may be that many short.
+            let sessions = match (
+                before.sessions.get(i).copied().flatten(),
+                sidecar.frontend_sessions(listener),
+            ) {
+                (Some(old), Some(Ok(now))) => Some(now.saturating_sub(old)),
+                _ => None,
+            };
+            let need = match sessions {
+                Some(n) if n >= expected as u64 => expected.saturating_sub(HAPROXY_LOST_LOG_LINES),
+                _ => expected,
             };
             let from = before.records.get(i).copied().unwrap_or(0);
             let records = sidecar.wait_for_records(from + expected, RECORD_WAIT);
             let new = records.get(from..).unwrap_or(&[]);
-            let through =
-                check_records(name, listener, new, targets, expected).map_err(|e| match sidecar
-                    .runtime_state()
-                {
+            let through = check_records(name, listener, new, targets, need).map_err(|e| {
+                match sidecar.runtime_state() {
                     Some(state) => format!("{e}\n{state}"),
                     None => e,
-                })?;
-            seen.push(format!("{name} sidecar {through} {listener}"));
+                }
+            })?;
+            match sessions {
+                Some(n) if through < expected => seen.push(format!(
+                    "{name} sidecar {through} {listener} ({n} sessions by HAProxy's own count, \
+                     {} log lines missing)",
+                    expected - through
+                )),
+                _ => seen.push(format!("{name} sidecar {through} {listener}")),
+            }
         }
         // Same node: connect4 redirects both legs. Cross-node: the client node's connect4
         // the outbound leg, the server node's sk_lookup the inbound one.
