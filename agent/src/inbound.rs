@@ -182,7 +182,7 @@ pub fn adopt_listeners(
         for fd in fds.flatten() {
             let Some(inode) = std::fs::read_link(fd.path())
                 .ok()
-                .and_then(|t| socket_inode(&t.to_string_lossy()))
+                .and_then(|t| crate::splice::procfs::socket_inode(&t.to_string_lossy()))
             else {
                 continue;
             };
@@ -387,28 +387,17 @@ fn pids_in_netns(ino: u64) -> impl Iterator<Item = u32> {
 }
 
 /// `socket:[123]` -> 123.
-fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 /// Inodes of the sockets in a `/proc/net/tcp{,6}` table that listen on `port`.
 fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
-    const TCP_LISTEN: &str = "0A";
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let local_port = f.get(1)?.rsplit_once(':')?.1;
-            let listening = *f.get(3)? == TCP_LISTEN;
-            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
-                .then(|| f.get(9)?.parse().ok())
-                .flatten()
-        })
-        .collect()
+    let mut sockets = std::collections::HashMap::new();
+    crate::splice::procfs::parse_net_tcp(table, &mut sockets);
+    let mut inodes: Vec<u64> = sockets
+        .into_iter()
+        .filter(|(_, s)| s.is_listening() && s.local_port == port)
+        .map(|(inode, _)| inode)
+        .collect();
+    inodes.sort_unstable();
+    inodes
 }
 
 #[cfg(test)]
@@ -426,8 +415,6 @@ mod tests {
         assert_eq!(listening_inodes(table, 8080), vec![4244]);
         assert!(listening_inodes(table, 15001).is_empty());
         assert!(listening_inodes("garbage\nmore garbage", 1).is_empty());
-        assert_eq!(socket_inode("socket:[77]"), Some(77));
-        assert_eq!(socket_inode("pipe:[77]"), None);
         assert_eq!(link_name(7), "pod-7");
     }
 

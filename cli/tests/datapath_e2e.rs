@@ -9,7 +9,11 @@
 //! sockets only): where a test makes IPv6 calls, the HAProxy run asserts that limit instead
 //! ([`Cluster::assert_known_limits`]).
 
-use mb_sys::bpffs::PrivateBpffs;
+#[path = "common/loaded.rs"]
+mod loaded;
+
+use loaded::{merbridge, Loaded};
+
 use mb_testbed::scenarios::{start_app, whoami, Binaries, APP_UID, WHOAMI_PORT};
 use mb_testbed::sidecar::{Listener, Record, SidecarKind};
 use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
@@ -17,121 +21,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-fn merbridge(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
-        .args(args)
-        .output()
-        .expect("run merbridge");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "merbridge {args:?} failed: {}{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-/// A loaded data path on a node; unloaded on drop (the private bpffs goes after it).
-struct Loaded {
-    pin_dir: PathBuf,
-    cgroup: PathBuf,
-    _bpffs: PrivateBpffs,
-}
-
-impl Loaded {
-    fn new(node: &Node, extra: &[&str]) -> Loaded {
-        let bpffs = PrivateBpffs::new("mb-e2e").expect("private bpffs");
-        let pin_dir = bpffs.path().join("merbridge");
-        let cgroup = node.cgroup_path().to_path_buf();
-        let mut args = vec![
-            "load",
-            "--cgroup",
-            cgroup.to_str().unwrap(),
-            "--pin-dir",
-            pin_dir.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        merbridge(&args);
-        Loaded {
-            pin_dir,
-            cgroup,
-            _bpffs: bpffs,
-        }
-    }
-
-    fn pin(&self) -> &str {
-        self.pin_dir.to_str().unwrap()
-    }
-
-    fn add_pod(&self, pod: &Pod, extra: &[&str]) {
-        let ips = format!("{},{}", pod.ipv4(), pod.ipv6());
-        let mut args = vec![
-            "pod",
-            "add",
-            &ips,
-            "--netns",
-            pod.netns_path().to_str().unwrap(),
-            "--pin-dir",
-            self.pin(),
-        ];
-        args.extend_from_slice(extra);
-        merbridge(&args);
-    }
-
-    /// Entries in one of the data path's maps, from `status --json`.
-    fn map_entries(&self, name: &str) -> u64 {
-        let json = merbridge(&["status", "--json", "--pin-dir", self.pin()]);
-        let key = format!("{{\"name\":\"{name}\",\"entries\":");
-        let at = json
-            .find(&key)
-            .unwrap_or_else(|| panic!("map {name} not in {json}"));
-        json[at + key.len()..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap_or_else(|_| panic!("map {name} has no entry count in {json}"))
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        let json = merbridge(&["status", "--json", "--pin-dir", self.pin()]);
-        let key = format!("\"{name}\":");
-        let at = json
-            .find(&key)
-            .unwrap_or_else(|| panic!("{name} not in {json}"));
-        json[at + key.len()..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    fn unload(&self) {
-        merbridge(&[
-            "unload",
-            "--pin-dir",
-            self.pin(),
-            "--cgroup",
-            self.cgroup.to_str().unwrap(),
-        ]);
-    }
-}
-
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        if self.pin_dir.exists() {
-            let _ = Command::new(env!("CARGO_BIN_EXE_merbridge"))
-                .args(["unload", "--pin-dir"])
-                .arg(&self.pin_dir)
-                .arg("--cgroup")
-                .arg(&self.cgroup)
-                .output();
-        }
-    }
-}
 
 fn sidecar(bins: &Binaries, pod: &Pod) -> Sidecar {
     Sidecar::start_binary(
@@ -199,7 +88,7 @@ fn one(records: Vec<Record>, listener: Listener, what: &str) -> Record {
 fn app_to_service(kind: SidecarKind, v6: bool) {
     let bins = binaries(kind);
     let node = Node::new("e2e").expect("node");
-    let loaded = Loaded::new(&node, &["--mesh", "istio", "--ipv6"]);
+    let loaded = Loaded::new(&node, "mb-e2e", &["--mesh", "istio", "--ipv6"]);
     let client = node.add_pod(PodSpec::named("client")).expect("pod");
     let server = node.add_pod(PodSpec::named("server")).expect("pod");
     loaded.add_pod(&client, &[]);
@@ -350,7 +239,7 @@ impl Cluster {
         let node = Node::new(name).expect("node");
         let mut args = vec!["--mesh", mesh.0, "--ipv6"];
         args.extend_from_slice(load_args);
-        let loaded = Loaded::new(&node, &args);
+        let loaded = Loaded::new(&node, "mb-e2e", &args);
         Cluster {
             sidecars: Vec::new(),
             _apps: Vec::new(),
@@ -813,7 +702,7 @@ fn connections_opened_before_load_keep_working() {
     .stdout(std::process::Stdio::piped());
     let running = client.spawn(rr, APP_UID).expect("rr client");
     std::thread::sleep(Duration::from_millis(300));
-    let loaded = Loaded::new(&node, &["--mesh", "istio"]);
+    let loaded = Loaded::new(&node, "mb-e2e", &["--mesh", "istio"]);
     loaded.add_pod(&client, &[]);
     loaded.add_pod(&server, &[]);
     let out = running
@@ -1182,8 +1071,8 @@ fn inbound_from_other_nodes_enters_through_the_server_sidecar() {
     let n1 = Node::new("x1").expect("node");
     let n2 = Node::new("x2").expect("node");
     Node::join(&n1, &n2).expect("join");
-    let l1 = Loaded::new(&n1, &["--mesh", "istio", "--ipv6"]);
-    let l2 = Loaded::new(&n2, &["--mesh", "istio", "--ipv6"]);
+    let l1 = Loaded::new(&n1, "mb-e2e", &["--mesh", "istio", "--ipv6"]);
+    let l2 = Loaded::new(&n2, "mb-e2e", &["--mesh", "istio", "--ipv6"]);
     let client = n1.add_pod(PodSpec::named("client")).expect("pod");
     let plain = n1.add_pod(PodSpec::named("plain")).expect("pod");
     let servers = [
@@ -1367,7 +1256,11 @@ fn without_netns_cookies_listeners_are_adopted_from_user_space() {
     use mb_testbed::workload;
     let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
     let node = Node::new("adopt").expect("node");
-    let loaded = Loaded::new(&node, &["--mesh", "istio", "--ipv6", "--keys", "bind"]);
+    let loaded = Loaded::new(
+        &node,
+        "mb-e2e",
+        &["--mesh", "istio", "--ipv6", "--keys", "bind"],
+    );
     let server = node.add_pod(PodSpec::named("server")).expect("pod");
     let mut server_sidecar = Some(sidecar(&bins, &server));
     let _app = start_app(&server, &bins).expect("app");
@@ -1422,7 +1315,7 @@ fn per_pod_proxy_uid_is_the_sidecar() {
     const OWN_UID: u32 = 4242;
     let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
     let node = Node::new("uid").expect("node");
-    let loaded = Loaded::new(&node, &["--mesh", "istio", "--ipv6"]);
+    let loaded = Loaded::new(&node, "mb-e2e", &["--mesh", "istio", "--ipv6"]);
     let client = node.add_pod(PodSpec::named("client")).expect("pod");
     let server = node.add_pod(PodSpec::named("server")).expect("pod");
     let uid = OWN_UID.to_string();
@@ -1477,7 +1370,7 @@ fn vanished_namespaces_leave_nothing_behind() {
         return;
     }
     let node = Node::new("gone").expect("node");
-    let loaded = Loaded::new(&node, &["--mesh", "istio"]);
+    let loaded = Loaded::new(&node, "mb-e2e", &["--mesh", "istio"]);
     let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
         .args([
             "pod",
@@ -1599,7 +1492,11 @@ fn sidecar_splice_loses_data_under_the_sockhash() {
         for (splice_mode, intact) in [("sidecars", false), ("none", true)] {
             let bins = binaries(kind);
             let node = Node::new("hsplice").expect("node");
-            let loaded = Loaded::new(&node, &["--mesh", "istio", "--splice", splice_mode]);
+            let loaded = Loaded::new(
+                &node,
+                "mb-e2e",
+                &["--mesh", "istio", "--splice", splice_mode],
+            );
             let mut pods = Vec::new();
             let mut sidecars = Vec::new();
             for name in ["client", "server"] {

@@ -7,9 +7,12 @@
 //! On a kernel with the splice hazard (this machine's 6.18, docs/splice-hazard.md) the default
 //! `--splice auto` is `sidecars`, the mode these decisions apply to; the tests check that.
 
+#[path = "common/loaded.rs"]
+mod loaded;
+
+use loaded::{merbridge, Loaded};
 use mb_agent::splice::{ProcessVerdict, Reason, SpliceAgent, SpliceReport, Verdict};
 use mb_maps::layout::{SplicePortKey, SpliceProcKey, SPLICE_VERDICT_NO, SPLICE_VERDICT_YES};
-use mb_sys::bpffs::PrivateBpffs;
 use mb_testbed::scenarios::{
     start_app, start_server, Binaries, APP_UID, BULK_PORT, ECHO_PORT, WHOAMI_PORT,
 };
@@ -20,20 +23,6 @@ use std::time::{Duration, Instant};
 
 const PROXY_UID: u32 = 1337;
 
-fn merbridge(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_merbridge"))
-        .args(args)
-        .output()
-        .expect("run merbridge");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "merbridge {args:?} failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
 /// A node with the data path loaded in the default mode, two meshed pods (client, server)
 /// with reference sidecars and an app each, and the agent's splice classifier.
 struct Setup {
@@ -42,9 +31,8 @@ struct Setup {
     _sidecars: Vec<Sidecar>,
     pods: Vec<Pod>,
     bins: Binaries,
-    pin_dir: PathBuf,
-    cgroup: PathBuf,
-    _bpffs: PrivateBpffs,
+    /// Unloaded on drop, before the node goes.
+    loaded: Loaded,
     _node: Node,
 }
 
@@ -57,19 +45,8 @@ impl Setup {
     fn new(name: &str, event_driven: bool, flags: [&[&str]; 2]) -> Setup {
         let bins = Binaries::find().expect("test bed binaries: cargo build --workspace");
         let node = Node::new(name).expect("node");
-        let bpffs = PrivateBpffs::new("mb-perproc").expect("private bpffs");
-        let pin_dir = bpffs.path().join("merbridge");
-        let cgroup = node.cgroup_path().to_path_buf();
-        let out = merbridge(&[
-            "load",
-            "--cgroup",
-            cgroup.to_str().unwrap(),
-            "--pin-dir",
-            pin_dir.to_str().unwrap(),
-            "--mesh",
-            "istio",
-            "--ipv6",
-        ]);
+        let loaded = Loaded::new(&node, "mb-perproc", &["--mesh", "istio", "--ipv6"]);
+        let out = &loaded.load_output;
         assert!(
             out.contains("sidecars"),
             "the default mode on this kernel should be `sidecars` (splice hazard present): {out}"
@@ -79,18 +56,7 @@ impl Setup {
         let mut apps = Vec::new();
         for (i, pod_name) in ["client", "server"].into_iter().enumerate() {
             let pod = node.add_pod(PodSpec::named(pod_name)).expect("pod");
-            let ips = format!("{},{}", pod.ipv4(), pod.ipv6());
-            let mut args = vec![
-                "pod",
-                "add",
-                &ips,
-                "--netns",
-                pod.netns_path().to_str().unwrap(),
-                "--pin-dir",
-                pin_dir.to_str().unwrap(),
-            ];
-            args.extend_from_slice(flags[i]);
-            merbridge(&args);
+            loaded.add_pod(&pod, flags[i]);
             sidecars.push(
                 Sidecar::start_binary(
                     &bins.sidecar,
@@ -112,37 +78,20 @@ impl Setup {
             apps.push(app.expect("app"));
             pods.push(pod);
         }
-        let agent = SpliceAgent::open(&pin_dir, PROXY_UID).expect("splice maps");
+        let agent = SpliceAgent::open(&loaded.pin_dir, PROXY_UID).expect("splice maps");
         Setup {
             agent,
             apps,
             _sidecars: sidecars,
             pods,
             bins,
-            pin_dir,
-            cgroup,
-            _bpffs: bpffs,
+            loaded,
             _node: node,
         }
     }
 
     fn counter(&self, name: &str) -> u64 {
-        let json = merbridge(&[
-            "status",
-            "--json",
-            "--pin-dir",
-            self.pin_dir.to_str().unwrap(),
-        ]);
-        let key = format!("\"{name}\":");
-        let at = json
-            .find(&key)
-            .unwrap_or_else(|| panic!("{name} not in {json}"));
-        json[at + key.len()..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        self.loaded.counter(name)
     }
 
     fn scan(&mut self) -> SpliceReport {
@@ -204,17 +153,6 @@ impl Setup {
     }
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_merbridge"))
-            .args(["unload", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .output();
-    }
-}
-
 /// Default mode, event-driven client and server: both are classified event-driven
 /// (non-blocking sockets, two scans), the server's listening ports enter `splice_ports`, the
 /// client's (cgroup, tgid) enters `splice_procs`, and from then on their application legs are
@@ -253,14 +191,7 @@ fn event_driven_apps_have_their_legs_spliced_by_default() {
     );
 
     // `pod show` lists the verdicts of the pod's processes and ports.
-    let shown = merbridge(&[
-        "pod",
-        "show",
-        &s.pods[SERVER].ipv4().to_string(),
-        "--json",
-        "--pin-dir",
-        s.pin_dir.to_str().unwrap(),
-    ]);
+    let shown = s.loaded.pod_show_json(&s.pods[SERVER]);
     let process = format!(
         "{{\"pid\":{server_pid},\"comm\":\"mb-workload\",\"verdict\":\"splice\",\"reason\":\"non_blocking_sockets\"}}"
     );
@@ -502,14 +433,7 @@ fn splice_app_false_forbids_what_the_classifier_allows() {
     assert_eq!(s.counter("splice_app_by_port"), 0);
     // Only the sidecar-to-sidecar leg.
     assert_eq!(s.counter("sockhash_inserts") - inserts, 2 * connections);
-    let json = merbridge(&[
-        "pod",
-        "show",
-        &s.pods[SERVER].ipv4().to_string(),
-        "--json",
-        "--pin-dir",
-        s.pin_dir.to_str().unwrap(),
-    ]);
+    let json = s.loaded.pod_show_json(&s.pods[SERVER]);
     assert!(json.contains("\"splice_app_denied\":true"), "{json}");
 }
 

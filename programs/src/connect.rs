@@ -73,13 +73,7 @@ pub fn connect(family: Family, variant: Variant) -> Result<Program, AsmError> {
         .jmp_imm(JmpOp::Eq, R1, abi::IPPROTO_UDP, udp)
         .jmp_imm(JmpOp::Ne, R1, abi::IPPROTO_TCP, allow);
 
-    store_ctx_addr(
-        &mut a,
-        family,
-        DST_ADDR,
-        sock_addr::USER_IP4,
-        sock_addr::USER_IP6,
-    );
+    store_user_dst(&mut a, family);
     a.ldx(Size::W, PORT, CTX, sock_addr::USER_PORT);
     // Who is calling: POD = the caller's pod (0: not a meshed pod); CALLER = the ORIG_* bits
     // a redirect records about the caller.
@@ -280,13 +274,7 @@ fn dns_redirect(a: &mut Asm, family: Family, done: Label) {
     a.ldx(Size::W, FLAGS, POD, PodEntry::OFF_FLAGS as i16);
     jmp_unless_flag(a, FLAGS, POD_DNS_CAPTURE, done);
     jmp_if_proxy(a, POD, done);
-    store_ctx_addr(
-        a,
-        family,
-        DST_ADDR,
-        sock_addr::USER_IP4,
-        sock_addr::USER_IP6,
-    );
+    store_user_dst(a, family);
     store_orig(a, PORT, family, ORIG_DNS);
     remember_orig(a, done);
     write_loopback_dst(a, family, sock_addr::USER_IP4, sock_addr::USER_IP6);

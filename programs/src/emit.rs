@@ -196,6 +196,19 @@ pub fn store_addresses(a: &mut Asm, base: Reg, v6: Label, ends: [AddrFields; 2])
     a.bind(done);
 }
 
+/// Stores a `sock_addr` program's destination (`user_ip4`/`user_ip6`) at `fp + DST_ADDR`,
+/// IPv4 as v4-mapped IPv6.
+pub fn store_user_dst(a: &mut Asm, family: Family) {
+    use crate::ctx::sock_addr;
+    store_ctx_addr(
+        a,
+        family,
+        DST_ADDR,
+        sock_addr::USER_IP4,
+        sock_addr::USER_IP6,
+    );
+}
+
 /// Stores a context address at `fp + off` as 16 bytes: the v4 field v4-mapped for IPv4,
 /// the v6 field as is otherwise. Clobbers r1.
 pub fn store_ctx_addr(a: &mut Asm, family: Family, off: i16, v4_field: i16, v6_field: i16) {
@@ -348,14 +361,20 @@ pub fn store_orig(a: &mut Asm, port: Reg, family: Family, flags: u32) {
         .st_imm(Size::W, FP, ORIG + OrigDst::OFF_FLAGS as i16, flags as i32);
 }
 
-/// `cookie_orig[socket cookie] = ORIG`; jumps to `failed` (after counting) when the update
-/// fails. Clobbers r0–r5.
-pub fn remember_orig(a: &mut Asm, failed: Label) {
-    let ok = a.label();
+/// Stores the socket's cookie at `fp + COOKIE` and loads r1 = `cookie_orig`, r2 = `&COOKIE`:
+/// ready for a lookup or an update. Clobbers r0–r5.
+pub fn cookie_orig_key(a: &mut Asm) {
     a.mov64_reg(R1, CTX).call(Helper::GetSocketCookie);
     a.stx(Size::DW, FP, COOKIE, R0);
     a.ld_map_fd(R1, MAP_COOKIE_ORIG);
     stack_ptr(a, R2, COOKIE);
+}
+
+/// `cookie_orig[socket cookie] = ORIG`; jumps to `failed` (after counting) when the update
+/// fails. Clobbers r0–r5.
+pub fn remember_orig(a: &mut Asm, failed: Label) {
+    let ok = a.label();
+    cookie_orig_key(a);
     stack_ptr(a, R3, ORIG);
     a.mov64_imm(R4, abi::BPF_ANY)
         .call(Helper::MapUpdateElem)

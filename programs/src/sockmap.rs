@@ -198,10 +198,7 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
         .alu64_imm(AluOp::Rsh, R1, 16)
         .to_be(R1, 16);
     jmp_unless_sidecar_port(&mut a, R1, no_orig);
-    a.mov64_reg(R1, CTX).call(Helper::GetSocketCookie);
-    a.stx(Size::DW, FP, COOKIE, R0);
-    a.ld_map_fd(R1, MAP_COOKIE_ORIG);
-    stack_ptr(&mut a, R2, COOKIE);
+    cookie_orig_key(&mut a);
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, no_orig)
         .ldx(Size::W, FLAGS, R0, OrigDst::OFF_FLAGS as i16)

@@ -31,21 +31,12 @@ pub fn recvmsg(family: Family) -> Result<Program, AsmError> {
         .mov32_const(R2, CONST_DNS_PORT)
         .to_be(R2, 16)
         .jmp32_reg(JmpOp::Ne, R1, R2, out);
-    store_ctx_addr(
-        &mut a,
-        family,
-        DST_ADDR,
-        sock_addr::USER_IP4,
-        sock_addr::USER_IP6,
-    );
+    store_user_dst(&mut a, family);
     let from_loopback = a.label();
     jmp_if_loopback(&mut a, DST_ADDR, from_loopback);
     a.ja(out).bind(from_loopback);
 
-    a.mov64_reg(R1, CTX).call(Helper::GetSocketCookie);
-    a.stx(Size::DW, FP, COOKIE, R0);
-    a.ld_map_fd(R1, MAP_COOKIE_ORIG);
-    stack_ptr(&mut a, R2, COOKIE);
+    cookie_orig_key(&mut a);
     a.call(Helper::MapLookupElem)
         .jmp_imm(JmpOp::Eq, R0, 0, out)
         .mov64_reg(ORIG_ENTRY, R0)

@@ -702,34 +702,62 @@ pub fn conntrack_entries(mode: &Interception, bins: &Binaries, connections: u64)
     created
 }
 
+/// What the cluster DNS server of the DNS scenarios answers.
+const DNS_SERVER_ANSWER: &str = "10.96.0.53";
+
+/// The DNS scenarios' node: a cluster DNS server pod (port 53, as root, answering
+/// [`DNS_SERVER_ANSWER`] over UDP and TCP) and a client pod meshed by `mode`.
+struct DnsBed {
+    // Processes first, then the pods, then the node.
+    client: MeshedPod,
+    _server: Spawned,
+    dns_pod: Pod,
+    node: Node,
+    /// The DNS server's address in the family asked.
+    to: SocketAddr,
+}
+
+impl DnsBed {
+    fn start(name: &str, mode: &Interception, bins: &Binaries, v6: bool) -> DnsBed {
+        let node = installed_node(name, mode);
+        let dns_pod = node.add_pod(PodSpec::named("kube-dns")).expect("dns pod");
+        let args = ["serve", "--dns", "53", "--dns-answer", DNS_SERVER_ANSWER];
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let server = start_server(&dns_pod, bins, &args, 0).expect("dns server");
+        let client = start_pod(&node, "client", mode, true, bins).expect("client pod");
+        let dns_ip: IpAddr = if v6 {
+            dns_pod.ipv6().into()
+        } else {
+            dns_pod.ipv4().into()
+        };
+        DnsBed {
+            client,
+            _server: server,
+            dns_pod,
+            node,
+            to: SocketAddr::new(dns_ip, 53),
+        }
+    }
+
+    fn namespaces(&self) -> [&Path; 3] {
+        [
+            self.node.netns_path(),
+            self.client.pod.netns_path(),
+            self.dns_pod.netns_path(),
+        ]
+    }
+}
+
 /// DNS capture: an app's query to the cluster DNS server (another pod, port 53) is answered by
 /// its sidecar's DNS proxy, and the answer comes back from the address the app asked; the
 /// proxy's own queries (proxy UID) reach the real server.
 pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
-    const SERVER_ANSWER: &str = "10.96.0.53";
     let mode = mode.with_dns_capture(15053);
     if haproxy_has_no_dns_proxy(&mode, bins) {
         return;
     }
-    let node = installed_node("dns", &mode);
-    let dns_pod = node.add_pod(PodSpec::named("kube-dns")).expect("dns pod");
-    let mut cmd = Command::new(&bins.workload);
-    cmd.args(["serve", "--dns", "53", "--dns-answer", SERVER_ANSWER]);
-    cmd.stdout(Stdio::piped());
-    let mut server = dns_pod.spawn(cmd, 0).expect("dns server");
-    let stdout = server.child_mut().stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("dns server ready");
-    assert_eq!(line.trim(), "ready");
-    let client = start_pod(&node, "client", &mode, true, bins).expect("client pod");
-    let dns_ip: IpAddr = if v6 {
-        dns_pod.ipv6().into()
-    } else {
-        dns_pod.ipv4().into()
-    };
-    let to = SocketAddr::new(dns_ip, 53);
+    let bed = DnsBed::start("dns", &mode, bins, v6);
+    let (client, to) = (&bed.client, bed.to);
     let query = |uid: u32| -> (String, String) {
         let out = run_client(
             &client.pod,
@@ -768,7 +796,7 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
             );
             let (answer, _) = query(mesh.proxy_uid);
             assert_eq!(
-                answer, SERVER_ANSWER,
+                answer, DNS_SERVER_ANSWER,
                 "the proxy's own query must reach the server"
             );
             // Give a captured query's line time to arrive before declaring there is none.
@@ -779,46 +807,24 @@ pub fn dns_captured_by_sidecar(mode: &Interception, bins: &Binaries, v6: bool) {
                 "the proxy's query was captured"
             );
         }
-        _ => assert_eq!(answer, SERVER_ANSWER, "without a mesh the server answers"),
+        _ => assert_eq!(
+            answer, DNS_SERVER_ANSWER,
+            "without a mesh the server answers"
+        ),
     }
-    mode.assert_no_iptables(&[
-        node.netns_path(),
-        client.pod.netns_path(),
-        dns_pod.netns_path(),
-    ]);
+    mode.assert_no_iptables(&bed.namespaces());
 }
 
 /// DNS over TCP: an app's TCP query to the cluster DNS server (port 53) is answered by its
 /// sidecar's DNS proxy, not sent to the outbound port; the proxy's own TCP query reaches the
 /// real server.
 pub fn dns_over_tcp(mode: &Interception, bins: &Binaries, v6: bool) {
-    const SERVER_ANSWER: &str = "10.96.0.53";
     let mode = mode.with_dns_capture(15053);
     if haproxy_has_no_dns_proxy(&mode, bins) {
         return;
     }
-    let node = installed_node("tdns", &mode);
-    let dns_pod = node.add_pod(PodSpec::named("kube-dns")).expect("dns pod");
-    let _server = start_server(
-        &dns_pod,
-        bins,
-        &[
-            "serve".into(),
-            "--dns".into(),
-            "53".into(),
-            "--dns-answer".into(),
-            SERVER_ANSWER.into(),
-        ],
-        0,
-    )
-    .expect("dns server");
-    let client = start_pod(&node, "client", &mode, true, bins).expect("client pod");
-    let dns_ip: IpAddr = if v6 {
-        dns_pod.ipv6().into()
-    } else {
-        dns_pod.ipv4().into()
-    };
-    let to = SocketAddr::new(dns_ip, 53);
+    let bed = DnsBed::start("tdns", &mode, bins, v6);
+    let (client, to) = (&bed.client, bed.to);
     let query = |uid: u32| -> String {
         let out = run_client(
             &client.pod,
@@ -846,7 +852,7 @@ pub fn dns_over_tcp(mode: &Interception, bins: &Binaries, v6: bool) {
             );
             assert_eq!(
                 query(mesh.proxy_uid),
-                SERVER_ANSWER,
+                DNS_SERVER_ANSWER,
                 "the proxy's own query"
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -856,13 +862,12 @@ pub fn dns_over_tcp(mode: &Interception, bins: &Binaries, v6: bool) {
                 "the proxy's query was captured"
             );
         }
-        _ => assert_eq!(answer, SERVER_ANSWER, "without a mesh the server answers"),
+        _ => assert_eq!(
+            answer, DNS_SERVER_ANSWER,
+            "without a mesh the server answers"
+        ),
     }
-    mode.assert_no_iptables(&[
-        node.netns_path(),
-        client.pod.netns_path(),
-        dns_pod.netns_path(),
-    ]);
+    mode.assert_no_iptables(&bed.namespaces());
 }
 
 /// A pod whose sidecar runs under its own UID, not the node's: the node is set up for the
