@@ -18,7 +18,7 @@ use mb_testbed::scenarios::{start_app, whoami, Binaries, APP_UID, WHOAMI_PORT};
 use mb_testbed::sidecar::{Listener, Record, SidecarKind};
 use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, SidecarConfig};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 

@@ -10,14 +10,13 @@
 #[path = "common/loaded.rs"]
 mod loaded;
 
-use loaded::{merbridge, Loaded};
+use loaded::Loaded;
 use mb_agent::splice::{ProcessVerdict, Reason, SpliceAgent, SpliceReport, Verdict};
 use mb_maps::layout::{SplicePortKey, SpliceProcKey, SPLICE_VERDICT_NO, SPLICE_VERDICT_YES};
 use mb_testbed::scenarios::{
     start_app, start_server, Binaries, APP_UID, BULK_PORT, ECHO_PORT, WHOAMI_PORT,
 };
 use mb_testbed::{MeshPorts, Node, Pod, PodSpec, Sidecar, Spawned};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
