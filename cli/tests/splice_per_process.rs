@@ -141,6 +141,29 @@ impl Setup {
         format!("--to={}:{port}", self.pods[SERVER].ipv4())
     }
 
+    /// The client's event-driven app makes `connections` connect-request-close calls to the
+    /// server's echo port, under the classifier's scans; what the scans saw of it.
+    fn event_driven_crr(&mut self, connections: u64) -> Vec<ProcessVerdict> {
+        let server = self.server(ECHO_PORT);
+        let (line, seen) = self.run_scanned(
+            CLIENT,
+            &[
+                "--event-driven".into(),
+                // A non-blocking socket held first: classified before its first connect, as
+                // a long-running app is (and scans are slow under emulation).
+                "--settle-ms=1500".into(),
+                "crr".into(),
+                server,
+                format!("--count={connections}"),
+            ],
+        );
+        assert!(
+            line.contains(&format!("connections={connections}")),
+            "{line}"
+        );
+        seen
+    }
+
     fn pod_id(&self, pod: usize) -> u32 {
         let pid = self.apps[pod].pid();
         self.agent
@@ -204,22 +227,7 @@ fn event_driven_apps_have_their_legs_spliced_by_default() {
     );
     let inserts = s.counter("sockhash_inserts");
     let connections = 3000u64;
-    let (line, seen) = s.run_scanned(
-        CLIENT,
-        &[
-            "--event-driven".into(),
-            // A non-blocking socket held first: classified before its first connect, as a
-            // long-running app is (and scans are slow under emulation).
-            "--settle-ms=1500".into(),
-            "crr".into(),
-            s.server(ECHO_PORT),
-            format!("--count={connections}"),
-        ],
-    );
-    assert!(
-        line.contains(&format!("connections={connections}")),
-        "{line}"
-    );
+    let seen = s.event_driven_crr(connections);
     let marked = seen.iter().find(|v| v.verdict == Verdict::Splice);
     assert!(
         marked.is_some_and(|v| v.reason == Reason::NonBlockingSockets && v.cgroup_id.is_some()),
@@ -408,22 +416,7 @@ fn splice_app_false_forbids_what_the_classifier_allows() {
     assert_eq!(server.verdict, Verdict::Splice, "{server:#?}");
     let inserts = s.counter("sockhash_inserts");
     let connections = 3000u64;
-    let (line, seen) = s.run_scanned(
-        CLIENT,
-        &[
-            "--event-driven".into(),
-            // A non-blocking socket held first: classified before its first connect, as a
-            // long-running app is (and scans are slow under emulation).
-            "--settle-ms=1500".into(),
-            "crr".into(),
-            s.server(ECHO_PORT),
-            format!("--count={connections}"),
-        ],
-    );
-    assert!(
-        line.contains(&format!("connections={connections}")),
-        "{line}"
-    );
+    let seen = s.event_driven_crr(connections);
     assert!(
         seen.iter().any(|v| v.verdict == Verdict::Splice),
         "{seen:#?}"

@@ -662,13 +662,8 @@ pub fn bulk_and_rr_through_sidecars(
     ]);
 }
 
-/// Conntrack entries created in the client pod by `connections` intercepted calls; asserts
-/// the mode's expectation (iptables: at least one per call; otherwise none) and returns it.
-pub fn conntrack_entries(mode: &Interception, bins: &Binaries, connections: u64) -> u64 {
-    let node = installed_node("ct", mode);
-    let client = start_pod(&node, "client", mode, true, bins).expect("client pod");
-    let server = start_pod(&node, "server", mode, true, bins).expect("server pod");
-    let before = client.pod.conntrack_count().expect("conntrack count");
+/// `client`'s app makes `connections` connect-request-close calls to `server`'s echo port.
+fn run_crr(client: &MeshedPod, bins: &Binaries, server: &MeshedPod, connections: u64) {
     let line = run_client(
         &client.pod,
         bins,
@@ -681,11 +676,10 @@ pub fn conntrack_entries(mode: &Interception, bins: &Binaries, connections: u64)
     )
     .expect("crr client");
     assert!(line.starts_with("crr "), "{line}");
-    let created = client
-        .pod
-        .conntrack_count()
-        .expect("conntrack count")
-        .saturating_sub(before);
+}
+
+/// iptables: at least one conntrack entry per intercepted call; any other mode: none.
+fn assert_conntrack_as_expected(mode: &Interception, created: u64, connections: u64) {
     if mode.uses_conntrack() {
         assert!(
             created >= connections,
@@ -694,6 +688,22 @@ pub fn conntrack_entries(mode: &Interception, bins: &Binaries, connections: u64)
     } else {
         assert_eq!(created, 0, "mode {mode:?} should need no conntrack");
     }
+}
+
+/// Conntrack entries created in the client pod by `connections` intercepted calls; asserts
+/// the mode's expectation (iptables: at least one per call; otherwise none) and returns it.
+pub fn conntrack_entries(mode: &Interception, bins: &Binaries, connections: u64) -> u64 {
+    let node = installed_node("ct", mode);
+    let client = start_pod(&node, "client", mode, true, bins).expect("client pod");
+    let server = start_pod(&node, "server", mode, true, bins).expect("server pod");
+    let before = client.pod.conntrack_count().expect("conntrack count");
+    run_crr(&client, bins, &server, connections);
+    let created = client
+        .pod
+        .conntrack_count()
+        .expect("conntrack count")
+        .saturating_sub(before);
+    assert_conntrack_as_expected(mode, created, connections);
     mode.assert_no_iptables(&[
         node.netns_path(),
         client.pod.netns_path(),
@@ -1072,27 +1082,9 @@ pub fn cross_node_conntrack(mode: &Interception, bins: &Binaries, connections: u
             + server.pod.conntrack_count().expect("conntrack")
     };
     let before = count();
-    let line = run_client(
-        &client.pod,
-        bins,
-        APP_UID,
-        &[
-            "crr".into(),
-            format!("--to={}", SocketAddr::new(server.ip(false), ECHO_PORT)),
-            format!("--count={connections}"),
-        ],
-    )
-    .expect("crr client");
-    assert!(line.starts_with("crr "), "{line}");
+    run_crr(&client, bins, &server, connections);
     let created = count().saturating_sub(before);
-    if mode.uses_conntrack() {
-        assert!(
-            created >= connections,
-            "{created} entries for {connections} calls"
-        );
-    } else {
-        assert_eq!(created, 0, "mode {mode:?} should need no conntrack");
-    }
+    assert_conntrack_as_expected(mode, created, connections);
     if mode.mesh().is_some() {
         // A thousand records at once: HAProxy logs each session as it ends, some late on a
         // loaded machine, so give them longer than one call's records get.
