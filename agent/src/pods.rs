@@ -10,14 +10,17 @@
 
 use crate::mesh::{CidrSelection, PodPolicy, PortRanges, PortSelection};
 use mb_loader::datapath::PinLayout;
-use mb_maps::datapath::{MAP_CIDR_RULES, MAP_NETNS_PODS, MAP_POD_IPS, MAP_PORT_RULES};
+use mb_maps::datapath::{
+    MAP_CIDR_RULES, MAP_COUNTERS, MAP_NETNS_PODS, MAP_POD_IPS, MAP_PORT_RULES,
+};
+use mb_maps::layout::Counter;
 use mb_maps::layout::{
     addr_bytes, addr_from_bytes, rule_scope, CidrRuleKey, PodEntry, PortRuleKey, POD_DNS_CAPTURE,
     POD_IN_CIDRS_EXCLUDE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL,
     POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP,
     POD_SPLICE_APP_DENY, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
-use mb_maps::{HashMap, KvMap, LpmTrie, MapError, MapKind, Pod};
+use mb_maps::{HashMap, KvMap, LpmTrie, MapError, MapKind, PerCpuArray, Pod};
 use mb_sys::bpf::BpfError;
 use nix::errno::Errno;
 use std::collections::{BTreeMap, BTreeSet};
@@ -274,6 +277,15 @@ pub trait PodStore {
             .find(|(c, _)| *c == cookie)
             .map(|(_, e)| e))
     }
+    /// How many times any writer added or removed a pod (the `pod_map_changes` counter);
+    /// `None` where it is not kept: pod ids are then read from the maps for every new pod.
+    fn pod_changes(&self) -> Option<u64> {
+        None
+    }
+    /// Counts one pod added or removed by this writer; the new count (`None`: not kept).
+    fn count_pod_change(&mut self) -> Option<u64> {
+        None
+    }
     /// Every pod id some writer has in the maps (an entry in `pod_ips` or `netns_pods`).
     fn used_pod_ids(&self) -> Result<BTreeSet<u32>, PodMapError> {
         let mut ids: BTreeSet<u32> = self
@@ -326,6 +338,13 @@ pub struct PodMaps {
     /// to date by its own writes: adding or updating a pod then costs O(its own rules), not
     /// O(all pods' rules) (`None` until needed, and again after a failed write).
     index: Mutex<Option<Index>>,
+    /// The data path's counters, whose `pod_map_changes` every writer bumps when it adds or
+    /// removes a pod (`None`: a data path without it; ids are then read from the maps on
+    /// every add).
+    counters: Option<PerCpuArray<u64>>,
+    /// The pod ids in the maps as this handle last read or wrote them, with the
+    /// `pod_map_changes` count they go with: valid while no other writer changed the pods.
+    ids: Mutex<Option<(u64, BTreeSet<u32>)>>,
 }
 
 /// The rule keys stored per pod id.
@@ -388,7 +407,66 @@ impl PodMaps {
             cidr_rules: LpmTrie::open_pinned(&layout.map(MAP_CIDR_RULES))
                 .map_err(opened(MAP_CIDR_RULES))?,
             index: Mutex::new(None),
+            counters: PerCpuArray::open_pinned(&layout.map(MAP_COUNTERS)).ok(),
+            ids: Mutex::new(None),
         })
+    }
+
+    /// `pod_map_changes` now (`None` without the counters map or when it cannot be read).
+    fn pod_changes(&self) -> Option<u64> {
+        let counters = self.counters.as_ref()?;
+        counters
+            .get_sum(Counter::PodMapChanges as u32)
+            .ok()
+            .flatten()
+    }
+
+    /// The pod ids in the maps: this handle's copy while `pod_map_changes` says no other
+    /// writer added or removed a pod since, else read from the maps (a scan of two maps,
+    /// O(pods)). Call under the maps' write lock, as every writer does.
+    fn with_used_ids<T>(&self, f: impl FnOnce(&BTreeSet<u32>) -> T) -> Result<T, PodMapError> {
+        let now = self.pod_changes();
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*ids, now) {
+            (Some((seen, used)), Some(now)) if *seen == now => return Ok(f(used)),
+            _ => {}
+        }
+        let used = PodStore::used_pod_ids(self)?;
+        let result = f(&used);
+        *ids = now.map(|now| (now, used));
+        Ok(result)
+    }
+
+    /// Adds one to `pod_map_changes`; the new count (`None`: not kept, or not written).
+    fn bump_pod_changes(&self) -> Option<u64> {
+        let after = self.pod_changes()?.wrapping_add(1);
+        self.counters
+            .as_ref()?
+            .set_total(Counter::PodMapChanges as u32, &after)
+            .ok()?;
+        Some(after)
+    }
+
+    /// Records that this handle added (`added`) or removed pod id `pod_id`: bumps
+    /// `pod_map_changes` for the other writers and keeps this handle's copy current.
+    fn note_pod_change(&self, pod_id: u32, added: bool) {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let before = self.pod_changes();
+        let Some(after) = self.bump_pod_changes() else {
+            *ids = None;
+            return;
+        };
+        match ids.as_mut() {
+            Some((seen, used)) if Some(*seen) == before => {
+                if added {
+                    used.insert(pod_id);
+                } else {
+                    used.remove(&pod_id);
+                }
+                *seen = after;
+            }
+            _ => *ids = None,
+        }
     }
 
     /// The index, built by scanning the maps if this handle has none yet.
@@ -477,18 +555,21 @@ impl PodMaps {
     /// lock ([`crate::pin_lock`]), so two pods never get one id. A fresh id has no rules to
     /// remove, so the rule maps are not scanned.
     fn insert_new(&self, pod: &LocalPod) -> Result<(u32, CompiledPolicy), PodMapError> {
-        let pod_id = lowest_unused_id(&PodStore::used_pod_ids(self)?).ok_or_else(|| {
-            PodMapError::NoPodId {
+        let pod_id = self
+            .with_used_ids(lowest_unused_id)?
+            .ok_or_else(|| PodMapError::NoPodId {
                 pod: pod
                     .ips
                     .iter()
                     .map(IpAddr::to_string)
                     .collect::<Vec<_>>()
                     .join(","),
-            }
-        })?;
+            })?;
         let compiled = compile(pod_id, &pod.policy, pod.dns_capture);
         let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        // Counted before the write: a write that fails half-way may still have stored some
+        // of the pod's keys, which other writers must then read back.
+        self.note_pod_change(pod_id, true);
         match self.write(pod_id, pod, &compiled, None, guard.as_mut()) {
             Ok(()) => Ok((pod_id, compiled)),
             Err(e) => {
@@ -596,6 +677,14 @@ impl PodMaps {
         let index = guard.as_mut().expect("index() builds the index");
         let result = self.remove_entry_indexed(entry, index);
         match &result {
+            Ok(()) => self.note_pod_change(entry.pod_id, false),
+            // Some of its keys may remain: read the ids from the maps next time.
+            Err(_) => {
+                self.bump_pod_changes();
+                *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+        match &result {
             Ok(()) => index.release(entry.pod_id),
             Err(_) => *guard = None,
         }
@@ -635,6 +724,12 @@ impl PodMaps {
 /// The agent's map sync writes through the same handle and the same error classification as
 /// `merbridge pod` (it keeps its own record of what it wrote, so it never uses the index).
 impl PodStore for PodMaps {
+    fn pod_changes(&self) -> Option<u64> {
+        PodMaps::pod_changes(self)
+    }
+    fn count_pod_change(&mut self) -> Option<u64> {
+        self.bump_pod_changes()
+    }
     // Batched reads (`BPF_MAP_LOOKUP_BATCH`, 256 entries a call): allocating a new pod's id
     // reads both hash maps, and must cost a few calls, not two per pod already there.
     fn pod_ip_entries(&self) -> Result<Vec<(Addr, PodEntry)>, PodMapError> {
@@ -883,6 +978,24 @@ mod kernel_tests {
         let (c2, compiled_c2) = other.upsert(&pod(3, "9001")).expect("update c elsewhere");
         assert_eq!(c2, c);
         assert_eq!(fresh().rule_counts(c).0, compiled_c2.port_rules.len());
+        // Each handle keeps its ids between adds, but another writer's add or removal (the
+        // pod_map_changes counter) makes it read them again: no id is ever given twice.
+        let changes = || maps.pod_changes().expect("pod_map_changes is kept");
+        let before = changes();
+        let (e, _) = maps.upsert(&pod(5, "")).expect("add e");
+        assert!(![b, c, d_id].contains(&e), "{e} given twice");
+        assert_eq!(changes(), before + 1, "an add is counted");
+        let (f, _) = other.upsert(&pod(6, "")).expect("add f elsewhere");
+        let (g, _) = maps.upsert(&pod(7, "")).expect("add g");
+        let mut ids = vec![b, c, d_id, e, f, g];
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 6, "an id given twice: {ids:?}");
+        assert!(other
+            .remove(IpAddr::from([100, 65, 0, 2]))
+            .expect("remove b elsewhere"));
+        let (h, _) = maps.upsert(&pod(8, "")).expect("add h");
+        assert_eq!(h, b, "the id another writer freed is seen and reused");
     }
 
     /// Small pinned maps of the data path's shapes: a full hash map (E2BIG) and a full LPM

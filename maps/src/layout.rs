@@ -551,10 +551,14 @@ pub enum Counter {
     /// Sidecar-to-application sockets spliced because the agent found the listening process
     /// event-driven (`splice_ports`).
     SpliceAppByPort = 15,
+    /// Pods added to or removed from the pod maps, by any writer (user space: the agent,
+    /// `merbridge pod`, `merbridge cni`). A writer whose last seen value differs knows that
+    /// another one changed the pods since, and re-reads the pod ids before it allocates one.
+    PodMapChanges = 16,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     /// Entries of the counters map: headroom, so that the counters of a newer version fit a
     /// map an older one pinned (a counter past a smaller pinned map is simply not counted).
     pub const CAPACITY: u32 = 64;
@@ -575,6 +579,7 @@ impl Counter {
         Counter::OrigDstMisses,
         Counter::SpliceAppByProcess,
         Counter::SpliceAppByPort,
+        Counter::PodMapChanges,
     ];
 
     pub fn name(self) -> &'static str {
@@ -595,6 +600,7 @@ impl Counter {
             Counter::OrigDstMisses => "orig_dst_misses",
             Counter::SpliceAppByProcess => "splice_app_by_process",
             Counter::SpliceAppByPort => "splice_app_by_port",
+            Counter::PodMapChanges => "pod_map_changes",
         }
     }
 }

@@ -283,6 +283,22 @@ impl<V: Pod> PerCpuArray<V> {
     }
 }
 
+impl<V: Pod + Default> PerCpuArray<V> {
+    /// Sets slot `index` to `value` on the first CPU and to zero on the others: a total that
+    /// user space keeps (counters sum over the CPUs).
+    pub fn set_total(&self, index: u32, value: &V) -> Result<(), MapError> {
+        let mut buf = vec![0u8; self.map.raw().value_len()];
+        let zero = V::default();
+        for (cpu, chunk) in buf.chunks_exact_mut(Self::stride()).enumerate() {
+            if cpu == 0 { value } else { &zero }.write_to(&mut chunk[..V::SIZE]);
+        }
+        Ok(self
+            .map
+            .raw()
+            .update(&index.to_ne_bytes(), &buf, UPDATE_ANY)?)
+    }
+}
+
 impl<V: Pod + Copy + Default + std::ops::Add<Output = V>> PerCpuArray<V> {
     /// Slot `index` summed over all CPUs (counters). `None`: index out of range.
     pub fn get_sum(&self, index: u32) -> Result<Option<V>, MapError> {

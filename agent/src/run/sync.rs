@@ -74,6 +74,9 @@ pub struct PodSync<S: PodStore> {
     /// Ids in the maps, read once per event (the caller holds the maps' write lock for the
     /// event, so no other writer adds one meanwhile); `None` until an allocation needs it.
     ids_in_maps: Option<BTreeSet<u32>>,
+    /// The store's `pod_map_changes` when `ids_in_maps` was read or last kept current: while
+    /// it is unchanged no other writer added or removed a pod, and the copy holds.
+    ids_in_maps_seen: Option<u64>,
     /// Which pod wrote each address / namespace key: an address reused by a new pod is not
     /// removed when the old one goes.
     ip_owner: HashMap<Addr, String>,
@@ -95,6 +98,7 @@ impl<S: PodStore> PodSync<S> {
             written: HashMap::new(),
             ids: HashMap::new(),
             ids_in_maps: None,
+            ids_in_maps_seen: None,
             ip_owner: HashMap::new(),
             netns_owner: HashMap::new(),
             unwritten: BTreeSet::new(),
@@ -160,7 +164,6 @@ impl<S: PodStore> PodSync<S> {
 
     /// A pod as the API reports it. Logs its annotation warnings.
     pub fn upsert(&mut self, pod: &PodInfo) -> Result<Change, PodMapError> {
-        self.ids_in_maps = None;
         let Some(decision) = intercepted(pod, self.mesh) else {
             return self.delete(&pod.uid);
         };
@@ -196,12 +199,15 @@ impl<S: PodStore> PodSync<S> {
 
     /// A pod is gone (deleted, finished, moved off the node, no longer meshed).
     pub fn delete(&mut self, uid: &str) -> Result<Change, PodMapError> {
-        self.ids_in_maps = None;
         let was_desired = self.desired.remove(uid).is_some();
         self.cookies.remove(uid);
         self.unwritten.remove(uid);
         let removed = self.erase(uid)?;
-        self.ids.remove(uid);
+        if let Some(id) = self.ids.remove(uid) {
+            if removed {
+                self.count_pod_change(Some(id));
+            }
+        }
         if removed {
             self.retry_unwritten();
         }
@@ -214,7 +220,6 @@ impl<S: PodStore> PodSync<S> {
 
     /// The cookie of a pod's namespace, found by the scanner. Rewrites the pod if it changed.
     pub fn set_cookie(&mut self, uid: &str, cookie: u64) -> Result<bool, PodMapError> {
-        self.ids_in_maps = None;
         if !self.desired.contains_key(uid) || self.cookies.get(uid) == Some(&cookie) {
             return Ok(false);
         }
@@ -390,11 +395,15 @@ impl<S: PodStore> PodSync<S> {
             self.ids.insert(uid.to_string(), entry.pod_id);
             return Ok(entry.pod_id);
         }
-        if self.ids_in_maps.is_none() {
-            self.ids_in_maps = Some(self.store.used_pod_ids()?);
+        let changes = self.store.pod_changes();
+        if changes.is_none() || changes != self.ids_in_maps_seen {
+            // Another writer added or removed a pod since (or nobody counts): read them.
+            let mut used = self.store.used_pod_ids()?;
+            used.extend(self.ids.values().copied());
+            self.ids_in_maps = Some(used);
+            self.ids_in_maps_seen = changes;
         }
         let used = self.ids_in_maps.as_mut().expect("read above");
-        used.extend(self.ids.values().copied());
         let Some(id) = crate::pods::lowest_unused_id(used) else {
             return Err(PodMapError::NoPodId {
                 pod: uid.to_string(),
@@ -402,7 +411,24 @@ impl<S: PodStore> PodSync<S> {
         };
         used.insert(id);
         self.ids.insert(uid.to_string(), id);
+        self.count_pod_change(None);
         Ok(id)
+    }
+
+    /// Counts a pod this agent added (`freed`: `None`, its id already in `ids_in_maps`) or
+    /// removed (`freed`: its id) for the other writers, and keeps `ids_in_maps` current.
+    fn count_pod_change(&mut self, freed: Option<u32>) {
+        let before = self.store.pod_changes();
+        let after = self.store.count_pod_change();
+        if let (Some(id), Some(used)) = (freed, self.ids_in_maps.as_mut()) {
+            used.remove(&id);
+        }
+        if after.is_some() && before.is_some() && before == self.ids_in_maps_seen {
+            self.ids_in_maps_seen = after;
+        } else {
+            self.ids_in_maps = None;
+            self.ids_in_maps_seen = None;
+        }
     }
 
     /// Writes one desired pod, all or nothing: when a write fails (a full map), every key of
