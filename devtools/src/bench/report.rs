@@ -95,9 +95,11 @@ pub fn goals_of(results: &Results, topology: Topology, mb_setup: Setup) -> Vec<G
     vec![
         Goal {
             name: "RR p50 mesh tax, merbridge / iptables",
-            target: "<= 0.45",
+            // Issue 15: the default must match upstream Merbridge (0.47x, 1.15x, 2.78x on
+            // the independent harness); connection rate and bulk are set above it.
+            target: "<= 0.47",
             measured: tax_ratio,
-            met: tax_ratio.map(|r| r <= 0.45),
+            met: tax_ratio.map(|r| r <= 0.47),
         },
         Goal {
             name: "connection rate, merbridge / iptables",
@@ -107,9 +109,9 @@ pub fn goals_of(results: &Results, topology: Topology, mb_setup: Setup) -> Vec<G
         },
         Goal {
             name: "bulk throughput, merbridge / iptables",
-            target: ">= 1.5",
+            target: ">= 2.8",
             measured: bulk,
-            met: bulk.map(|r| r >= 1.5),
+            met: bulk.map(|r| r >= 2.8),
         },
         Goal {
             name: "conntrack entries with merbridge",
