@@ -304,7 +304,8 @@ impl SplicePortKey {
 pub struct SpliceVerdict {
     /// [`SPLICE_VERDICT_YES`] splices the application leg; anything else does not.
     pub verdict: u32,
-    /// A `SPLICE_REASON_*` code, for `pod show` and `/metrics`.
+    /// Why, as the agent's reason code (`mb_agent::splice::Reason`), for `pod show` and
+    /// `/metrics`; the data path never reads it.
     pub reason: u32,
 }
 

@@ -22,11 +22,10 @@ use crate::emit::*;
 use crate::frame::Frame;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Label, Program, Size};
 use mb_maps::layout::{
-    Counter, OrigDst, PodEntry, SpliceProcKey, SpliceVerdict, ORIG_DNS, ORIG_INBOUND,
-    ORIG_OUTBOUND, ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP, POD_DNS_CAPTURE, POD_IN_PORTS_ALL,
-    POD_IN_PORTS_EXCLUDE, POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE,
-    POD_OUT_PORTS_INCLUDE, POD_SPLICE_APP, POD_SPLICE_APP_DENY, RULE_EXCLUDE, RULE_INBOUND,
-    RULE_INCLUDE, SPLICE_VERDICT_YES,
+    Counter, OrigDst, PodEntry, SpliceProcKey, ORIG_DNS, ORIG_INBOUND, ORIG_OUTBOUND,
+    ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP, POD_DNS_CAPTURE, POD_IN_PORTS_ALL, POD_IN_PORTS_EXCLUDE,
+    POD_OUT_CIDRS_ALL, POD_OUT_CIDRS_EXCLUDE, POD_OUT_PORTS_EXCLUDE, POD_OUT_PORTS_INCLUDE,
+    POD_SPLICE_APP, POD_SPLICE_APP_DENY, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
 
 /// The stack of `connect4`/`connect6`.
@@ -171,12 +170,7 @@ fn splice_app_decision(a: &mut Asm, variant: Variant) {
         a.call(Helper::GetCurrentPidTgid)
             .alu64_imm(AluOp::Rsh, R0, 32)
             .stx(Size::DW, FP, PROC_KEY + SpliceProcKey::OFF_TGID as i16, R0);
-        a.ld_map_fd(R1, MAP_SPLICE_PROCS);
-        stack_ptr(a, R2, PROC_KEY);
-        a.call(Helper::MapLookupElem)
-            .jmp_imm(JmpOp::Eq, R0, 0, plain)
-            .ldx(Size::W, R1, R0, SpliceVerdict::OFF_VERDICT as i16)
-            .jmp_imm(JmpOp::Ne, R1, SPLICE_VERDICT_YES as i32, plain);
+        jmp_unless_splice_verdict(a, MAP_SPLICE_PROCS, PROC_KEY, plain);
         count(a, Counter::SpliceAppByProcess);
     } else {
         a.ja(plain);

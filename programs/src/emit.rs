@@ -196,6 +196,27 @@ pub fn store_addresses(a: &mut Asm, base: Reg, v6: Label, ends: [AddrFields; 2])
     a.bind(done);
 }
 
+/// Looks up the splice verdict map `map` at `fp + key` and jumps to `other` unless the agent
+/// said `SPLICE_VERDICT_YES` there (no entry, or a blocking verdict). Clobbers r0–r5.
+pub fn jmp_unless_splice_verdict(a: &mut Asm, map: &str, key: i16, other: Label) {
+    a.ld_map_fd(R1, map);
+    stack_ptr(a, R2, key);
+    a.call(Helper::MapLookupElem)
+        .jmp_imm(JmpOp::Eq, R0, 0, other)
+        .ldx(
+            Size::W,
+            R1,
+            R0,
+            mb_maps::layout::SpliceVerdict::OFF_VERDICT as i16,
+        )
+        .jmp_imm(
+            JmpOp::Ne,
+            R1,
+            mb_maps::layout::SPLICE_VERDICT_YES as i32,
+            other,
+        );
+}
+
 /// Stores a `sock_addr` program's destination (`user_ip4`/`user_ip6`) at `fp + DST_ADDR`,
 /// IPv4 as v4-mapped IPv6.
 pub fn store_user_dst(a: &mut Asm, family: Family) {

@@ -39,8 +39,8 @@ use crate::emit::*;
 use crate::frame::Frame;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Reg, Size};
 use mb_maps::layout::{
-    Counter, ListenerKey, OrigDst, PodEntry, SockPairKey, SplicePortKey, SpliceVerdict,
-    ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP, POD_SPLICE_APP, POD_SPLICE_APP_DENY, SPLICE_VERDICT_YES,
+    Counter, ListenerKey, OrigDst, PodEntry, SockPairKey, SplicePortKey, ORIG_SIDECAR_CALLER,
+    ORIG_SPLICE_APP, POD_SPLICE_APP, POD_SPLICE_APP_DENY,
 };
 
 /// The sock_ops callback (`op`) being handled.
@@ -349,12 +349,7 @@ fn pod_splice_app_flag(a: &mut Asm, addr: i16, port: i16, next: mb_asm::Label) {
             SPLICE_PORT_KEY + SplicePortKey::OFF_PORT as i16,
             R1,
         );
-    a.ld_map_fd(R1, MAP_SPLICE_PORTS);
-    stack_ptr(a, R2, SPLICE_PORT_KEY);
-    a.call(Helper::MapLookupElem)
-        .jmp_imm(JmpOp::Eq, R0, 0, next)
-        .ldx(Size::W, R1, R0, SpliceVerdict::OFF_VERDICT as i16)
-        .jmp_imm(JmpOp::Ne, R1, SPLICE_VERDICT_YES as i32, next);
+    jmp_unless_splice_verdict(a, MAP_SPLICE_PORTS, SPLICE_PORT_KEY, next);
     count(a, Counter::SpliceAppByPort);
     a.bind(splice)
         .mov64_imm(FLAGS, ORIG_SPLICE_APP as i32)
