@@ -378,6 +378,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
                     }
                     // Also re-checks the namespaces already known (a sandbox may be replaced).
                     request_scan(sync.all_pods());
+                    sync.forget_ids_in_maps();
                     next_full_scan = now + config.rescan_interval;
                     next_retry = now + config.retry_interval;
                 } else if now >= next_retry {

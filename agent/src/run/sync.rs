@@ -105,6 +105,16 @@ impl<S: PodStore> PodSync<S> {
         }
     }
 
+    /// Drops this agent's copy of the pod ids in use, so the next new pod reads them from the
+    /// maps again. The copy is kept while `pod_map_changes` is unchanged; a writer that does not
+    /// count (a CNI binary older than the counter, still installed during an upgrade) would
+    /// otherwise leave it stale and let two pods share an id. Called on every full rescan, it
+    /// bounds that window to one rescan interval at the cost of one map scan per interval.
+    pub fn forget_ids_in_maps(&mut self) {
+        self.ids_in_maps = None;
+        self.ids_in_maps_seen = None;
+    }
+
     /// Desired pods not in the maps because a write failed (e.g. a full map).
     pub fn unwritten(&self) -> usize {
         self.unwritten.len()
@@ -112,6 +122,12 @@ impl<S: PodStore> PodSync<S> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The store itself, for tests that play another writer.
+    #[cfg(test)]
+    fn store_mut(&mut self) -> &mut S {
+        &mut self.store
     }
 
     pub fn is_synced(&self) -> bool {
@@ -610,6 +626,8 @@ pub struct MemoryStore {
     pub cidr_rules: BTreeSet<CidrRuleKey>,
     /// Number of writes and removals made.
     pub writes: usize,
+    /// The `pod_map_changes` counter, when the test keeps one (`None`: not kept).
+    pub changes: Option<u64>,
 }
 
 impl PodStore for MemoryStore {
@@ -664,6 +682,13 @@ impl PodStore for MemoryStore {
         self.writes += 1;
         self.cidr_rules.remove(key);
         Ok(())
+    }
+    fn pod_changes(&self) -> Option<u64> {
+        self.changes
+    }
+    fn count_pod_change(&mut self) -> Option<u64> {
+        self.changes = self.changes.map(|n| n + 1);
+        self.changes
     }
 }
 
@@ -729,6 +754,38 @@ mod tests {
             .port_rules
             .iter()
             .all(|k| k.scope >> 2 == entry.pod_id));
+    }
+
+    /// A writer that does not count its pods (a CNI binary older than `pod_map_changes`,
+    /// still installed during an upgrade) leaves the agent's copy of the ids stale; the full
+    /// rescan's `forget_ids_in_maps` makes the next pod read them again, so no id is shared.
+    #[test]
+    fn a_writer_that_does_not_count_is_seen_after_a_rescan() {
+        let store = MemoryStore {
+            changes: Some(0),
+            ..MemoryStore::default()
+        };
+        let mut sync = PodSync::new(store, Mesh::Istio, false);
+        sync.reconcile().unwrap();
+        assert_eq!(
+            sync.upsert(&istio_pod("a", &["10.0.0.1"])).unwrap(),
+            Change::Added
+        );
+        let a = sync.store().pod_ips[&addr("10.0.0.1")].pod_id;
+        assert_eq!(sync.store().changes, Some(1), "the agent counts its add");
+        // The old writer takes the next free id without counting it.
+        let taken = PodEntry {
+            pod_id: a + 1,
+            ..sync.store().pod_ips[&addr("10.0.0.1")]
+        };
+        PodStore::set_pod_ip(sync.store_mut(), &addr("10.0.0.2"), &taken).unwrap();
+        sync.forget_ids_in_maps();
+        assert_eq!(
+            sync.upsert(&istio_pod("b", &["10.0.0.3"])).unwrap(),
+            Change::Added
+        );
+        let b = sync.store().pod_ips[&addr("10.0.0.3")].pod_id;
+        assert!(b != a && b != a + 1, "pod b got id {b}, already in use");
     }
 
     #[test]
