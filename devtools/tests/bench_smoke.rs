@@ -12,11 +12,26 @@ use std::sync::Mutex;
 /// One bench at a time: two at once would only slow each other down.
 static BENCH: Mutex<()> = Mutex::new(());
 
-/// A fresh scratch directory for one test's JSON and SVG.
-fn scratch_dir(name: &str) -> PathBuf {
+/// A fresh scratch directory for one test's JSON and SVG, removed when the test ends, also
+/// when it fails.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch_dir(name: &str) -> ScratchDir {
     let dir = std::env::temp_dir().join(format!("mb-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    ScratchDir(dir)
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -236,7 +251,6 @@ fn quick_bench_completes_with_every_measure() {
         svg.matches("</text>").count(),
         "unbalanced text tags"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With the pods left out of merbridge's maps, the merbridge setups carry direct traffic:
@@ -304,7 +318,6 @@ fn quick_bench_reports_a_setup_that_did_not_intercept() {
     let svg = std::fs::read_to_string(&svg_path).expect("SVG written");
     assert!(svg.contains("merbridge (FAILED)"), "legend");
     assert!(svg.contains("FAILED (not intercepted"), "footer");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The same with HAProxy as the sidecar (`--sidecar haproxy`): the iptables and explicit-proxy
@@ -353,5 +366,4 @@ fn quick_bench_with_haproxy_catches_a_setup_that_did_not_intercept() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
