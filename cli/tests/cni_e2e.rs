@@ -10,8 +10,8 @@
 //! plugin's pod GET (the fixture is the injected Istio pod with SYNTHETIC uid and name).
 //!
 //! The application's first connection is checked with `merbridge validate` started in the
-//! sandbox right after ADD (outbound only: inbound capture by sk_lookup, issue 12, is not on
-//! this branch).
+//! sandbox right after ADD, the first inbound one from the node. CNI 1.1's STATUS and GC run
+//! on a 1.1.0 config.
 
 mod common;
 #[path = "../../agent/tests/k8s_support/mod.rs"]
@@ -904,4 +904,92 @@ fn inbound_right_after_add_meets_the_sidecar_or_is_refused() {
     assert!(del.ok, "DEL: {del:?}");
     assert!(!link.exists(), "DEL removed the inbound link");
     assert_eq!(rig.map_keys(), 0, "no map entry left");
+}
+
+/// CNI 1.1 on a 1.1.0 conflist: STATUS answers ready while the data path is pinned and "not
+/// available" (code 50) for a node without it; GC, given the runtime's valid attachments,
+/// does a full DEL of every other sandbox merbridge registered on this network (map
+/// entries, inbound link, record) and leaves the listed one intercepted; a GC without the
+/// list is refused and forgets nothing.
+#[test]
+fn status_and_gc_of_cni_1_1() {
+    if !mb_sys::testing::kernel_tests_enabled("status_and_gc_of_cni_1_1") {
+        return;
+    }
+    let rig = Rig::new();
+    let pins_before = rig.pins_and_state();
+    let v11 = |prev: Option<&Value>| {
+        let mut conf = rig.merbridge_conf(prev);
+        conf["cniVersion"] = "1.1.0".into();
+        conf
+    };
+    let status = rig.exec_env(&rig.plugin, "STATUS", "", "", "", &v11(None).to_string());
+    assert!(status.ok && status.stdout.is_empty(), "{status:?}");
+    let mut unloaded = v11(None);
+    unloaded["pinDir"] = rig.dir.0.join("no-data-path").display().to_string().into();
+    let status = rig.exec_env(&rig.plugin, "STATUS", "", "", "", &unloaded.to_string());
+    assert_cni_error(&status, 50, "not loaded");
+
+    let kept = rig.sandbox("gckept");
+    let gone = rig.sandbox("gcgone");
+    let mut added = Vec::new();
+    for (sb, name) in [(&kept, "kept-0"), (&gone, "gone-0")] {
+        rig.api_pod(name, &format!("uid-{name}"), true, &[]);
+        let args = k8s_args(name, &format!("uid-{name}"));
+        let (prev, add) = rig.chain_add(sb, &args);
+        assert!(add.ok, "ADD {name}: {add:?}");
+        let ip = pod_ip(&prev);
+        let id = rig.maps().find(ip).unwrap().expect("registered").pod_id;
+        added.push((args, prev, ip, id));
+    }
+    let link = |id: u32| rig.pin_dir.join("links/inbound").join(format!("pod-{id}"));
+    let record = |sb: &Sandbox| rig.state_dir().join(format!("{}-eth0.json", sb.id));
+    assert!(record(&gone).exists() && link(added[1].3).exists());
+
+    let mut no_list = v11(None);
+    no_list
+        .as_object_mut()
+        .unwrap()
+        .remove("cni.dev/valid-attachments");
+    let refused = rig.exec_env(&rig.plugin, "GC", "", "", "", &no_list.to_string());
+    assert_cni_error(&refused, 7, "valid-attachments");
+    assert!(record(&gone).exists(), "a refused GC forgets nothing");
+
+    let mut gc = v11(None);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": kept.id, "ifname": "eth0"}]);
+    for round in ["first", "again"] {
+        let out = rig.exec_env(&rig.plugin, "GC", "", "", "", &gc.to_string());
+        assert!(out.ok && out.stdout.is_empty(), "{round} GC: {out:?}");
+    }
+    assert!(!record(&gone).exists(), "GC removed the stale record");
+    assert!(
+        !link(added[1].3).exists(),
+        "GC detached the stale inbound link"
+    );
+    assert!(
+        rig.maps().find(added[1].2).unwrap().is_none(),
+        "stale entry gone"
+    );
+    let kept_entry = rig
+        .maps()
+        .find(added[0].2)
+        .unwrap()
+        .expect("kept pod stays");
+    assert_eq!(kept_entry.pod_id, added[0].3);
+    assert!(record(&kept).exists() && link(added[0].3).exists());
+    let valid = rig.validate(&kept);
+    assert!(valid.ok, "the kept pod is still intercepted: {valid:?}");
+
+    let (args, prev, ..) = &added[0];
+    let del = rig.exec(
+        &rig.plugin,
+        "DEL",
+        &kept,
+        args,
+        &v11(Some(prev)).to_string(),
+    );
+    assert!(del.ok, "{del:?}");
+    rig.bridge_del(&kept, args, prev);
+    rig.bridge_del(&gone, &added[1].0, &added[1].1);
+    rig.assert_left_nothing(&pins_before, "after GC and DEL");
 }

@@ -10,10 +10,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 /// CNI versions whose result format this plugin reads and writes (0.3.0 and later share the
-/// `ips` list; 1.0.0 dropped `ips[].version`, which we neither need nor emit).
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+/// `ips` list; 1.0.0 dropped `ips[].version`, which we neither need nor emit; 1.1.0 added GC,
+/// STATUS and result fields that ADD passes through untouched in `prevResult`).
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The version we answer VERSION with and use in errors when the config has none.
-pub const OUR_VERSION: &str = "1.0.0";
+pub const OUR_VERSION: &str = "1.1.0";
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/merbridge";
 pub const DEFAULT_STATE_DIR: &str = "/var/run/merbridge/cni";
@@ -27,6 +28,10 @@ pub enum Command {
     Del,
     Check,
     Version,
+    /// CNI 1.1: can ADD be served?
+    Status,
+    /// CNI 1.1: forget every sandbox the runtime no longer lists.
+    Gc,
 }
 
 /// The `CNI_*` variables.
@@ -57,10 +62,12 @@ impl Env {
             Some("DEL") => Ok(Command::Del),
             Some("CHECK") => Ok(Command::Check),
             Some("VERSION") => Ok(Command::Version),
+            Some("STATUS") => Ok(Command::Status),
+            Some("GC") => Ok(Command::Gc),
             Some(other) => Err(CniError::new(
                 code::INVALID_ENV,
                 format!("unknown CNI_COMMAND {other:?}"),
-                "merbridge-cni implements ADD, DEL, CHECK and VERSION (CNI spec 1.0)",
+                "merbridge-cni implements ADD, DEL, CHECK, VERSION, STATUS and GC (CNI spec 1.1)",
             )),
             None => Err(CniError::new(
                 code::INVALID_ENV,
@@ -83,7 +90,7 @@ impl Env {
             CniError::new(
                 code::INVALID_ENV,
                 format!("{name} is not set"),
-                "the container runtime must set it for this command (CNI spec 1.0)",
+                "the container runtime must set it for this command (CNI spec 1.1)",
             )
         })?;
         if name != "CNI_NETNS"
@@ -276,6 +283,35 @@ impl NetConf {
         })
     }
 
+    /// GC's list of attachments still in use, `(container id, interface)`: the runtime's
+    /// `cni.dev/valid-attachments` (or `cni.dev/attachments`, the name an earlier libcni used).
+    /// Missing is an error: GC with no list would forget every sandbox.
+    pub fn valid_attachments(&self) -> Result<Vec<(String, String)>, CniError> {
+        let list = ["cni.dev/valid-attachments", "cni.dev/attachments"]
+            .iter()
+            .find_map(|key| self.raw.get(*key).filter(|v| !v.is_null()))
+            .ok_or_else(|| {
+                invalid("GC without \"cni.dev/valid-attachments\": nothing was collected")
+            })?;
+        let items = list.as_array().ok_or_else(|| {
+            invalid(format!(
+                "\"cni.dev/valid-attachments\" must be a list, not {list}"
+            ))
+        })?;
+        items
+            .iter()
+            .map(|item| {
+                let field = |key: &str| item.get(key).and_then(Value::as_str).map(str::to_owned);
+                match (field("containerID"), field("ifname")) {
+                    (Some(id), Some(ifname)) => Ok((id, ifname)),
+                    _ => Err(invalid(format!(
+                        "a valid attachment needs \"containerID\" and \"ifname\" strings, not {item}"
+                    ))),
+                }
+            })
+            .collect()
+    }
+
     /// The pod's addresses from `prevResult.ips` (`"10.1.0.5/24"`), for the sandbox's
     /// interface when the result names interfaces, else all of them.
     pub fn prev_ips(&self, ifname: &str) -> Result<Vec<IpAddr>, CniError> {
@@ -368,6 +404,58 @@ mod tests {
         );
         let e = NetConf::parse(conf(r#","mesh":"nginx""#).as_bytes()).unwrap_err();
         assert!(e.msg.contains("nginx"), "{e}");
+    }
+
+    #[test]
+    fn gc_reads_the_valid_attachments_and_refuses_no_list() {
+        let c = NetConf::parse(
+            conf(r#","cni.dev/valid-attachments":[{"containerID":"abc","ifname":"eth0"}]"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.valid_attachments().unwrap(),
+            vec![("abc".to_owned(), "eth0".to_owned())]
+        );
+        // The name an earlier libcni used.
+        let c = NetConf::parse(conf(r#","cni.dev/attachments":[]"#).as_bytes()).unwrap();
+        assert_eq!(c.valid_attachments().unwrap(), vec![]);
+        let e = NetConf::parse(conf("").as_bytes())
+            .unwrap()
+            .valid_attachments()
+            .unwrap_err();
+        assert!(
+            e.code == code::INVALID_CONFIG && e.msg.contains("valid-attachments"),
+            "{e}"
+        );
+        let e =
+            NetConf::parse(conf(r#","cni.dev/valid-attachments":[{"ifname":"eth0"}]"#).as_bytes())
+                .unwrap()
+                .valid_attachments()
+                .unwrap_err();
+        assert!(e.msg.contains("containerID"), "{e}");
+    }
+
+    /// A 1.1.0 result's new fields (interface mtu, route table/scope) come out of ADD as they
+    /// went in.
+    #[test]
+    fn a_1_1_result_passes_through_whole() {
+        let prev = r#"{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","mtu":1400,
+            "sandbox":"/run/netns/x","socketPath":"/s"}],
+            "ips":[{"address":"10.1.0.9/24","interface":0}],
+            "routes":[{"dst":"0.0.0.0/0","table":100,"scope":0,"mtu":1400,"advmss":1360}]}"#;
+        let c = NetConf::parse(
+            conf(&format!(r#","prevResult":{prev}"#))
+                .replace(
+                    r#""cniVersion":"1.0.0","name""#,
+                    r#""cniVersion":"1.1.0","name""#,
+                )
+                .as_bytes(),
+        )
+        .unwrap();
+        let out: Value = serde_json::from_str(&c.result_json()).unwrap();
+        let prev: Value = serde_json::from_str(prev).unwrap();
+        assert_eq!(out, prev);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use serde_json::json;
 use std::fmt;
 
-/// Well-known error codes of the CNI spec (1.0, "Error" section); 100+ are the plugin's own.
+/// Well-known error codes of the CNI spec (1.1, "Error" section); 100+ are the plugin's own.
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
     pub const UNSUPPORTED_FIELD: u32 = 2;
@@ -15,6 +15,8 @@ pub mod code {
     pub const DECODE_FAILURE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS (CNI 1.1): the plugin cannot serve ADD now.
+    pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
     /// The data path is not loaded on this node (merbridge's own code).
     pub const DATA_PATH_MISSING: u32 = 100;
     /// The pod could not be read from the API server.

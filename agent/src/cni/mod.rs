@@ -1,10 +1,10 @@
-//! `merbridge cni`: a chained CNI plugin (spec 1.0) in the same binary, run by the container
+//! `merbridge cni`: a chained CNI plugin (spec 1.1) in the same binary, run by the container
 //! runtime at pod sandbox creation, so a meshed pod is in the data path's maps before its
 //! first container starts — also while the agent is down. Plus the DaemonSet's install step
 //! and the `merbridge validate` init-container check.
 //!
 //! - [`config`]: stdin config and `CNI_*` variables.
-//! - [`plugin`]: ADD, DEL, CHECK, VERSION.
+//! - [`plugin`]: ADD, DEL, CHECK, VERSION, STATUS, GC.
 //! - [`api`]: policy at ADD, from the pod read with the node agent's credentials.
 //! - [`state`]: per-sandbox records (DEL without netns or `prevResult`).
 //! - [`inbound`]: where the per-pod inbound link (issue 12) is attached and detached.
@@ -62,6 +62,8 @@ pub fn run_plugin(env: &Env, stdin: &[u8]) -> Outcome {
         config::Command::Add => plugin::add(env, &conf).map(|_| conf.result_json()),
         config::Command::Del => plugin::del(env, &conf).map(|()| String::new()),
         config::Command::Check => plugin::check(env, &conf).map(|()| String::new()),
+        config::Command::Status => plugin::status(&conf).map(|()| String::new()),
+        config::Command::Gc => plugin::gc(&conf).map(|_| String::new()),
         config::Command::Version => unreachable!("answered above"),
     };
     match result {

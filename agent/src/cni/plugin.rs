@@ -1,8 +1,10 @@
-//! ADD, DEL, CHECK and VERSION. ADD registers a meshed pod in the pinned maps before any of
-//! its containers starts (the runtime runs the chain at sandbox creation) and prints
-//! `prevResult` unchanged; non-meshed pods pass through with no map access. DEL removes what
-//! the sandbox's record says ADD wrote, also without the netns. CHECK reports missing entries.
-//! Nothing needs the agent: writes go straight into the pins.
+//! ADD, DEL, CHECK, VERSION, STATUS and GC. ADD registers a meshed pod in the pinned maps
+//! before any of its containers starts (the runtime runs the chain at sandbox creation) and
+//! prints `prevResult` unchanged; non-meshed pods pass through with no map access. DEL removes
+//! what the sandbox's record says ADD wrote, also without the netns. CHECK reports missing
+//! entries. STATUS (CNI 1.1) says whether ADD can register a meshed pod; GC (CNI 1.1) does a
+//! DEL for every sandbox of this network the runtime no longer lists. Nothing needs the agent:
+//! writes go straight into the pins.
 
 use super::api::fetch_pod;
 use super::config::{Env, K8sPod, NetConf, OUR_VERSION, SUPPORTED_VERSIONS};
@@ -143,6 +145,7 @@ pub fn add(env: &Env, conf: &NetConf) -> Result<AddOutcome, CniError> {
         pod_id,
         netns_cookie,
         ips,
+        network: Some(conf.name.clone()),
     };
     let finish = state::write(&record_path, &record)
         .map_err(|e| io_error(format!("pod {pod}: cannot write its sandbox record"), e))
@@ -220,6 +223,16 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         // Not meshed at ADD, or deleted already: DEL is idempotent.
         return Ok(());
     };
+    forget_sandbox(conf, &record_path, &record)
+}
+
+/// Undoes what ADD wrote for one sandbox: its inbound link, its map entries (those still
+/// carrying its pod id), then its record.
+fn forget_sandbox(
+    conf: &NetConf,
+    record_path: &Path,
+    record: &SandboxRecord,
+) -> Result<(), CniError> {
     detach_pod_inbound(&conf.pin_dir, record.pod_id)?;
     // No maps directory, no entries (`merbridge unload` removed them): nothing to lock.
     let _write = if write_lock_dir(&conf.pin_dir).exists() {
@@ -256,7 +269,73 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             ))
         }
     }
-    state::remove(&record_path).map_err(|e| io_error("cannot remove the sandbox record".into(), e))
+    state::remove(record_path).map_err(|e| io_error("cannot remove the sandbox record".into(), e))
+}
+
+/// STATUS: ADD can register a meshed pod only while the data path's maps are pinned. A node
+/// without them must not get meshed pods (they would start unintercepted or not at all), so
+/// the runtime hears "not available" (code 50) and reports the network not ready.
+pub fn status(conf: &NetConf) -> Result<(), CniError> {
+    if conf.kubeconfig.is_none() {
+        return Err(CniError::new(
+            code::PLUGIN_NOT_AVAILABLE,
+            "merbridge's CNI config has no \"kubeconfig\": ADD cannot tell whether a pod is meshed",
+            "reinstall with `merbridge cni install`, which writes the kubeconfig from the \
+             DaemonSet's service account",
+        ));
+    }
+    PodMaps::open(&conf.pin_dir).map(|_| ()).map_err(|e| {
+        CniError::new(
+            code::PLUGIN_NOT_AVAILABLE,
+            format!(
+                "merbridge's data path is not loaded on this node ({})",
+                conf.pin_dir.display()
+            ),
+            format!(
+                "meshed pods cannot start without interception. Start the merbridge DaemonSet on \
+                 this node, or take merbridge out of the conflist with `merbridge cni uninstall`. \
+                 Cause: {e}"
+            ),
+        )
+    })
+}
+
+/// GC: a DEL for every sandbox record of this network whose (container id, interface) the
+/// runtime no longer lists. Goes on past a failure and reports every one at the end.
+pub fn gc(conf: &NetConf) -> Result<usize, CniError> {
+    let valid: std::collections::BTreeSet<PathBuf> = conf
+        .valid_attachments()?
+        .iter()
+        .map(|(id, ifname)| state::record_path(&conf.state_dir, id, ifname))
+        .collect();
+    let paths = state::record_paths(&conf.state_dir)
+        .map_err(|e| io_error("cannot list the sandbox records".into(), e))?;
+    let mut forgotten = 0;
+    let mut errors = Vec::new();
+    for path in paths.iter().filter(|p| !valid.contains(*p)) {
+        match state::read(path) {
+            Ok(Some(record)) if record.network.as_ref().is_none_or(|n| *n == conf.name) => {
+                match forget_sandbox(conf, path, &record) {
+                    Ok(()) => forgotten += 1,
+                    Err(e) => errors.push(format!("{}: {e}", record.pod)),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(forgotten)
+    } else {
+        Err(CniError::new(
+            code::MAP_FAILURE,
+            format!(
+                "GC forgot {forgotten} stale sandboxes but failed on {}",
+                errors.len()
+            ),
+            errors.join("; "),
+        ))
+    }
 }
 
 pub fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {

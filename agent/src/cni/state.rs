@@ -17,6 +17,10 @@ pub struct SandboxRecord {
     pub pod_id: u32,
     pub netns_cookie: u64,
     pub ips: Vec<IpAddr>,
+    /// The network (conflist name) whose ADD wrote it: GC of one network leaves the records
+    /// of another alone. `None` in records written before GC existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 pub fn record_path(state_dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
@@ -68,6 +72,30 @@ pub fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> io::Result<
         ));
     }
     Ok(())
+}
+
+/// Every record in `state_dir` (none when it does not exist), skipping in-flight temporary files.
+pub fn record_paths(state_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(state_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", state_dir.display()),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.starts_with('.') && name.ends_with(".json") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 pub fn remove(path: &Path) -> io::Result<()> {
