@@ -516,45 +516,47 @@ impl ListenerKey {
 mb_sys::coded_enum! {
     /// Slots of the per-CPU `counters` array (u64 each).
     pub enum Counter {
-        /// Application connects sent to its sidecar's outbound port.
-        RedirectOutbound = 0 => "redirected_outbound",
-        /// Sidecar connects to another local pod sent to that pod's inbound port.
-        RedirectInbound = 1 => "redirected_inbound",
-        /// Connects from meshed pods left alone by policy (excluded port or CIDR, loopback, own app).
-        Bypassed = 2 => "bypassed",
-        /// Sockets put into the sockhash.
-        SockhashInserts = 3 => "sockhash_inserts",
-        /// Messages moved socket to socket by sk_msg.
-        SplicedMessages = 4 => "spliced_messages",
-        /// Bytes moved socket to socket by sk_msg.
-        SplicedBytes = 5 => "spliced_bytes",
-        /// `SO_ORIGINAL_DST` answers given from the map.
-        OrigDstAnswers = 6 => "orig_dst_answers",
-        /// Map updates that failed (full map or out of memory).
-        MapUpdateFailures = 7 => "map_update_failures",
-        /// UDP DNS queries sent to the DNS proxy.
-        DnsRedirects = 8 => "dns_redirects",
-        /// DNS replies whose source was restored.
-        DnsRestores = 9 => "dns_restores",
-        /// Inbound connections from outside the pod steered to its sidecar by sk_lookup.
-        InboundSteered = 10 => "inbound_steered",
-        /// Inbound connections refused (RST) because the pod's sidecar had no listener.
-        InboundRefused = 11 => "inbound_refused",
-        /// Sidecar inbound listeners put into `inbound_listeners` by sock_ops.
-        ListenerInserts = 12 => "listener_inserts",
-        /// `SO_ORIGINAL_DST` asked on a socket accepted by the sidecar's own port with no entry
-        /// (evicted from the LRU `pair_orig`): the sidecar gets ENOENT.
-        OrigDstMisses = 13 => "orig_dst_misses",
-        /// Application connects whose leg to the sidecar is spliced because the agent found the
-        /// calling process event-driven (`splice_procs`).
-        SpliceAppByProcess = 14 => "splice_app_by_process",
-        /// Sidecar-to-application sockets spliced because the agent found the listening process
-        /// event-driven (`splice_ports`).
-        SpliceAppByPort = 15 => "splice_app_by_port",
-        /// Pods added to or removed from the pod maps, by any writer (user space: the agent,
-        /// `merbridge pod`, `merbridge cni`). A writer whose last seen value differs knows that
-        /// another one changed the pods since, and re-reads the pod ids before it allocates one.
-        PodMapChanges = 16 => "pod_map_changes",
+        RedirectOutbound = 0 => "redirected_outbound":
+            "application connects sent to their sidecar's outbound port",
+        RedirectInbound = 1 => "redirected_inbound":
+            "sidecar connects to another local pod sent to that pod's inbound port",
+        Bypassed = 2 => "bypassed":
+            "meshed pods' connects left alone by policy (excluded port/CIDR, loopback, own app)",
+        SockhashInserts = 3 => "sockhash_inserts":
+            "sockets put into the sockhash",
+        SplicedMessages = 4 => "spliced_messages":
+            "messages moved socket to socket by sk_msg",
+        SplicedBytes = 5 => "spliced_bytes":
+            "bytes moved socket to socket by sk_msg",
+        OrigDstAnswers = 6 => "orig_dst_answers":
+            "SO_ORIGINAL_DST answers given from the map",
+        MapUpdateFailures = 7 => "map_update_failures":
+            "map updates that failed (full map or out of memory)",
+        DnsRedirects = 8 => "dns_redirects":
+            "UDP DNS queries sent to the DNS proxy",
+        DnsRestores = 9 => "dns_restores":
+            "DNS replies whose source was restored",
+        InboundSteered = 10 => "inbound_steered":
+            "inbound connections from outside the pod steered to its sidecar by sk_lookup",
+        InboundRefused = 11 => "inbound_refused":
+            "inbound connections refused (RST) because the pod's sidecar had no listener",
+        ListenerInserts = 12 => "listener_inserts":
+            "sidecar inbound listeners put into inbound_listeners by sock_ops",
+        /// Asked on a socket accepted by the sidecar's own port with no entry (evicted from the
+        /// LRU `pair_orig`): the sidecar gets ENOENT.
+        OrigDstMisses = 13 => "orig_dst_misses":
+            "SO_ORIGINAL_DST questions with no entry",
+        /// Because the agent found the calling process event-driven (`splice_procs`).
+        SpliceAppByProcess = 14 => "splice_app_by_process":
+            "application connects whose leg to the sidecar is spliced",
+        /// Because the agent found the listening process event-driven (`splice_ports`).
+        SpliceAppByPort = 15 => "splice_app_by_port":
+            "sidecar-to-application sockets spliced",
+        /// By any writer (user space: the agent, `merbridge pod`, `merbridge cni`). A writer
+        /// whose last seen value differs knows that another one changed the pods since, and
+        /// re-reads the pod ids before it allocates one.
+        PodMapChanges = 16 => "pod_map_changes":
+            "pods added to or removed from the pod maps",
     }
 }
 

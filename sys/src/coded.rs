@@ -5,7 +5,9 @@
 /// Declares a `#[repr(u32)]` enum from rows `Variant = code => "name",` and gives it
 /// `ALL` (every variant, in row order), `code()`, `from_code()` and `name()`. The enum
 /// derives `Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord`; attributes and doc
-/// comments before the enum and its rows are kept.
+/// comments before the enum and its rows are kept. Rows may instead read
+/// `Variant = code => "name": "what it means",`: the text becomes the variant's first doc line
+/// and what `about()` returns (for tables a user reads, like `merbridge status`).
 ///
 /// ```
 /// mb_sys::coded_enum! {
@@ -18,9 +20,41 @@
 /// assert_eq!(Colour::from_code(2), Some(Colour::Green));
 /// assert_eq!(Colour::Red.name(), "red");
 /// assert_eq!(Colour::ALL.len(), 2);
+///
+/// mb_sys::coded_enum! {
+///     pub enum Shape {
+///         Circle = 0 => "circle": "round",
+///     }
+/// }
+/// assert_eq!(Shape::Circle.about(), "round");
 /// ```
 #[macro_export]
 macro_rules! coded_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $(
+                $(#[$row_meta:meta])*
+                $variant:ident = $code:literal => $text:literal: $about:literal,
+            )*
+        }
+    ) => {
+        $crate::coded_enum! {
+            $(#[$meta])*
+            $vis enum $name {
+                $(#[doc = $about] $(#[$row_meta])* $variant = $code => $text,)*
+            }
+        }
+
+        impl $name {
+            /// What the value means, in a few words.
+            pub const fn about(self) -> &'static str {
+                match self {
+                    $($name::$variant => $about,)*
+                }
+            }
+        }
+    };
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident {
