@@ -407,10 +407,11 @@ mod tests {
 
     #[test]
     fn proc_net_tcp_tables_give_listener_inodes() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 00000000:3A9E 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 4242 1 0000000000000000 100 0 0 10 0\n\
-   1: 0100007F:3A9E 0500007F:D431 01 00000000:00000000 00:00000000 00000000  1337        0 4243 1 0000000000000000 20 4 30 10 -1\n\
-   2: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4244 1 0000000000000000 100 0 0 10 0\n";
+        let table = &crate::splice::procfs::net_tcp_table(&[
+            ("00000000:3A9E", "00000000:0000", "0A", 4242),
+            ("0100007F:3A9E", "0500007F:D431", "01", 4243),
+            ("00000000:1F90", "00000000:0000", "0A", 4244),
+        ]);
         assert_eq!(listening_inodes(table, 15006), vec![4242]);
         assert_eq!(listening_inodes(table, 8080), vec![4244]);
         assert!(listening_inodes(table, 15001).is_empty());

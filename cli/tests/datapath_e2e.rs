@@ -12,7 +12,7 @@
 #[path = "common/loaded.rs"]
 mod loaded;
 
-use loaded::{merbridge, Loaded};
+use loaded::{merbridge, Loaded, PYTHON_BLOCKING_PRELUDE};
 
 use mb_testbed::scenarios::{start_app, whoami, Binaries, APP_UID, WHOAMI_PORT};
 use mb_testbed::sidecar::{Listener, Record, SidecarKind};
@@ -764,27 +764,14 @@ fn spliced_bulk_and_rr(kind: SidecarKind) {
 /// The safety suite's blocking Python client: `sendall`/`recv` on the echo server, then a
 /// 100 MB upload to the bulk server and a blocking `recv` of its reply, once plain and once
 /// with `SO_RCVTIMEO`. Every socket is a plain blocking one (no Python timeout, which would
-/// make it non-blocking underneath).
+/// make it non-blocking underneath). Runs after [`PYTHON_BLOCKING_PRELUDE`].
 const PYTHON_BLOCKING_CLIENT: &str = r#"
-import socket, struct, sys
 host = sys.argv[1]
-s = socket.create_connection((host, 8080))
-for i in range(200):
-    msg = bytes([i % 251]) * 16384
-    s.sendall(msg)
-    got = b""
-    while len(got) < len(msg):
-        chunk = s.recv(len(msg) - len(got))
-        if not chunk:
-            sys.exit("echo closed early after %d rounds" % i)
-        got += chunk
-    if got != msg:
-        sys.exit("echo mismatch in round %d" % i)
+s = connect(host, 8080, 0)
+echo_rounds(s, 200)
 s.close()
 for rcvtimeo in (0, 20):
-    s = socket.create_connection((host, 8081))
-    if rcvtimeo:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", rcvtimeo, 0))
+    s = connect(host, 8081, rcvtimeo)
     block = b"\x5a" * (1 << 20)
     for _ in range(100):
         s.sendall(block)
@@ -830,7 +817,7 @@ fn safety_suite_blocking_apps(kind: SidecarKind) {
     let mut python = Command::new("python3");
     python.args([
         "-c",
-        PYTHON_BLOCKING_CLIENT,
+        &format!("{PYTHON_BLOCKING_PRELUDE}{PYTHON_BLOCKING_CLIENT}"),
         &c.ip(server, false).to_string(),
     ]);
     python.stdout(std::process::Stdio::piped());

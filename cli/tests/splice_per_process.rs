@@ -10,7 +10,7 @@
 #[path = "common/loaded.rs"]
 mod loaded;
 
-use loaded::Loaded;
+use loaded::{Loaded, PYTHON_BLOCKING_PRELUDE};
 use mb_agent::splice::{ProcessVerdict, Reason, SpliceAgent, SpliceReport, Verdict};
 use mb_maps::layout::{SplicePortKey, SpliceProcKey, SPLICE_VERDICT_NO, SPLICE_VERDICT_YES};
 use mb_testbed::scenarios::{
@@ -337,23 +337,10 @@ fn blocking_apps_are_never_spliced_by_default() {
     );
 
     let python = format!(
-        r#"
-import socket, struct, sys
+        r#"{PYTHON_BLOCKING_PRELUDE}
 for rcvtimeo in (0, 20):
-    s = socket.create_connection(("{ip}", {echo}))
-    if rcvtimeo:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", rcvtimeo, 0))
-    for i in range(300):
-        msg = bytes([i % 251]) * 16384
-        s.sendall(msg)
-        got = b""
-        while len(got) < len(msg):
-            chunk = s.recv(len(msg) - len(got))
-            if not chunk:
-                sys.exit("closed early")
-            got += chunk
-        if got != msg:
-            sys.exit("mismatch")
+    s = connect("{ip}", {echo}, rcvtimeo)
+    echo_rounds(s, 300)
     s.close()
 print("python-blocking ok")
 "#,

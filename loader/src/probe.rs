@@ -2,7 +2,7 @@
 //! tri-state (yes / no / unknown) and carries the first mainline kernel that has the feature,
 //! for messages only. Results are cached for the life of the process.
 
-use mb_asm::Insn;
+use mb_asm::{Helper, Insn};
 use mb_sys::bpf::{
     link_create_probe, map_create, prog_load, AttachType, BpfError, MapCreate, MapType, ProgLoad,
     ProgType, VerifierLog, ENOTSUPP, F_NO_PREALLOC,
@@ -206,7 +206,7 @@ pub fn memcg_accounting() -> Support {
     static CACHE: OnceLock<Support> = OnceLock::new();
     CACHE
         .get_or_init(|| {
-            match probe_helper(ProgType::SOCKET_FILTER, None, HELPER_KTIME_GET_COARSE_NS) {
+            match probe_helper(ProgType::SOCKET_FILTER, None, Helper::KtimeGetCoarseNs.id()) {
                 Support::No(_) => {
                     Support::No("bpf_ktime_get_coarse_ns (5.11 proxy) missing".into())
                 }
@@ -230,23 +230,6 @@ pub fn probe_jmp32() -> Support {
         Err(e) => Support::Unknown(e.to_string()),
     }
 }
-
-const HELPER_KTIME_GET_COARSE_NS: u32 = 160;
-
-const MAP_LOOKUP: (u32, &str) = (1, "map_lookup_elem");
-const MAP_UPDATE: (u32, &str) = (2, "map_update_elem");
-const MAP_DELETE: (u32, &str) = (3, "map_delete_elem");
-const PID_TGID: (u32, &str) = (14, "get_current_pid_tgid");
-const UID_GID: (u32, &str) = (15, "get_current_uid_gid");
-const SOCKET_COOKIE: (u32, &str) = (46, "get_socket_cookie");
-const BIND: (u32, &str) = (64, "bind");
-const SOCK_HASH_UPDATE: (u32, &str) = (70, "sock_hash_update");
-const MSG_REDIRECT_HASH: (u32, &str) = (71, "msg_redirect_hash");
-const CGROUP_ID: (u32, &str) = (80, "get_current_cgroup_id");
-const SK_LOOKUP_TCP: (u32, &str) = (84, "sk_lookup_tcp");
-const SK_LOOKUP_UDP: (u32, &str) = (85, "sk_lookup_udp");
-const SK_RELEASE: (u32, &str) = (86, "sk_release");
-const NETNS_COOKIE: (u32, &str) = (122, "get_netns_cookie");
 
 struct Hook {
     label: &'static str,
@@ -291,9 +274,10 @@ type ProgRow = (
 );
 
 /// (hook, helper, first kernel, needed for, need)
-type HelperRow = (Hook, (u32, &'static str), &'static str, &'static str, Need);
+type HelperRow = (Hook, Helper, &'static str, &'static str, Need);
 
 fn helper_rows() -> Vec<HelperRow> {
+    use Helper::*;
     use Need::*;
     const ORIG: &str = "original destination by socket (connect4, sockops)";
     const MAPS: &str = "every hook (map access)";
@@ -303,87 +287,52 @@ fn helper_rows() -> Vec<HelperRow> {
     const PAIR_KEYS: &str = "netns-scoped 4-tuple keys";
     const LISTENING: &str = "meshed-pod detection fallback (sidecar listening)";
     const DNS_RESTORE: &str = "DNS source restore (recvmsg)";
+    const DNS_PROXY: &str = "DNS proxy detection (UDP)";
+    const BIND_SOURCE: &str = "binding the source to the pod IP (kernels without netns cookies)";
+    const SOCKHASH: &str = "socket pairing into the sockhash (sockops)";
+    const LOOPBACK_BYPASS: &str = "loopback bypass (sk_msg redirect)";
+    const ORIG_ANSWERS: &str = "SO_ORIGINAL_DST answers (getsockopt)";
     // First kernels: measured in the kernel matrix, or the oldest one it runs.
     const OLDEST: &str = "5.10 (oldest measured)";
     const K5_15: &str = "5.15 (measured: on 6.1, not on 5.10)";
+    const K6_1: &str = "6.1 (measured: not on 5.10)";
     const K6_12: &str = "6.12 (measured: not on 6.1)";
+    const K6_18: &str = "6.18 (measured: not on 6.12)";
     vec![
-        (CONNECT4, MAP_LOOKUP, "4.17", MAPS, Required),
-        (CONNECT4, MAP_UPDATE, "4.17", MAPS, Required),
-        (CONNECT4, MAP_DELETE, "4.17", MAPS, Required),
-        (CONNECT4, SOCKET_COOKIE, "4.19", ORIG, Required),
-        (CONNECT4, UID_GID, OLDEST, UID, Required),
-        (CONNECT4, NETNS_COOKIE, "5.7", IDENT, Optional),
-        (CONNECT4, SK_LOOKUP_TCP, "5.0", LISTENING, Optional),
-        (
-            CONNECT4,
-            SK_LOOKUP_UDP,
-            "5.0",
-            "DNS proxy detection (UDP)",
-            Optional,
-        ),
-        (CONNECT4, SK_RELEASE, "5.0", LISTENING, Optional),
-        (
-            CONNECT4,
-            BIND,
-            "4.17",
-            "binding the source to the pod IP (kernels without netns cookies)",
-            Optional,
-        ),
-        (CONNECT4, PID_TGID, OLDEST, FEEDBACK, Optional),
-        (CONNECT4, CGROUP_ID, OLDEST, FEEDBACK, Optional),
-        (RECVMSG4, MAP_LOOKUP, "5.2", DNS_RESTORE, Optional),
-        (RECVMSG4, SOCKET_COOKIE, "5.2", DNS_RESTORE, Optional),
-        (SOCKOPS, MAP_LOOKUP, "4.13", MAPS, Required),
-        (SOCKOPS, MAP_UPDATE, "4.13", MAPS, Required),
-        (SOCKOPS, MAP_DELETE, "4.13", MAPS, Required),
-        (
-            SOCKOPS,
-            SOCK_HASH_UPDATE,
-            "4.18",
-            "socket pairing into the sockhash (sockops)",
-            Required,
-        ),
-        (SOCKOPS, SOCKET_COOKIE, "4.19", ORIG, Required),
-        (SOCKOPS, NETNS_COOKIE, K5_15, PAIR_KEYS, Optional),
-        (SOCKOPS, PID_TGID, K6_12, FEEDBACK, Optional),
-        (
-            SOCKOPS,
-            UID_GID,
-            "6.18 (measured: not on 6.12)",
-            FEEDBACK,
-            Optional,
-        ),
-        (SOCKOPS, CGROUP_ID, K6_12, FEEDBACK, Optional),
-        (
-            SKMSG,
-            MSG_REDIRECT_HASH,
-            "4.18",
-            "loopback bypass (sk_msg redirect)",
-            Required,
-        ),
-        (SKMSG, MAP_LOOKUP, "4.17", MAPS, Optional),
-        (SKMSG, NETNS_COOKIE, K5_15, PAIR_KEYS, Optional),
-        (SKMSG, UID_GID, OLDEST, FEEDBACK, Optional),
-        (SKMSG, PID_TGID, OLDEST, FEEDBACK, Optional),
-        (SKMSG, CGROUP_ID, OLDEST, FEEDBACK, Optional),
-        (
-            GETSOCKOPT,
-            MAP_LOOKUP,
-            "5.3",
-            "SO_ORIGINAL_DST answers (getsockopt)",
-            Required,
-        ),
-        (GETSOCKOPT, NETNS_COOKIE, K5_15, PAIR_KEYS, Optional),
-        (GETSOCKOPT, UID_GID, OLDEST, FEEDBACK, Optional),
-        (
-            GETSOCKOPT,
-            PID_TGID,
-            "6.1 (measured: not on 5.10)",
-            FEEDBACK,
-            Optional,
-        ),
-        (GETSOCKOPT, CGROUP_ID, OLDEST, FEEDBACK, Optional),
+        (CONNECT4, MapLookupElem, "4.17", MAPS, Required),
+        (CONNECT4, MapUpdateElem, "4.17", MAPS, Required),
+        (CONNECT4, MapDeleteElem, "4.17", MAPS, Required),
+        (CONNECT4, GetSocketCookie, "4.19", ORIG, Required),
+        (CONNECT4, GetCurrentUidGid, OLDEST, UID, Required),
+        (CONNECT4, GetNetnsCookie, "5.7", IDENT, Optional),
+        (CONNECT4, SkLookupTcp, "5.0", LISTENING, Optional),
+        (CONNECT4, SkLookupUdp, "5.0", DNS_PROXY, Optional),
+        (CONNECT4, SkRelease, "5.0", LISTENING, Optional),
+        (CONNECT4, Bind, "4.17", BIND_SOURCE, Optional),
+        (CONNECT4, GetCurrentPidTgid, OLDEST, FEEDBACK, Optional),
+        (CONNECT4, GetCurrentCgroupId, OLDEST, FEEDBACK, Optional),
+        (RECVMSG4, MapLookupElem, "5.2", DNS_RESTORE, Optional),
+        (RECVMSG4, GetSocketCookie, "5.2", DNS_RESTORE, Optional),
+        (SOCKOPS, MapLookupElem, "4.13", MAPS, Required),
+        (SOCKOPS, MapUpdateElem, "4.13", MAPS, Required),
+        (SOCKOPS, MapDeleteElem, "4.13", MAPS, Required),
+        (SOCKOPS, SockHashUpdate, "4.18", SOCKHASH, Required),
+        (SOCKOPS, GetSocketCookie, "4.19", ORIG, Required),
+        (SOCKOPS, GetNetnsCookie, K5_15, PAIR_KEYS, Optional),
+        (SOCKOPS, GetCurrentPidTgid, K6_12, FEEDBACK, Optional),
+        (SOCKOPS, GetCurrentUidGid, K6_18, FEEDBACK, Optional),
+        (SOCKOPS, GetCurrentCgroupId, K6_12, FEEDBACK, Optional),
+        (SKMSG, MsgRedirectHash, "4.18", LOOPBACK_BYPASS, Required),
+        (SKMSG, MapLookupElem, "4.17", MAPS, Optional),
+        (SKMSG, GetNetnsCookie, K5_15, PAIR_KEYS, Optional),
+        (SKMSG, GetCurrentUidGid, OLDEST, FEEDBACK, Optional),
+        (SKMSG, GetCurrentPidTgid, OLDEST, FEEDBACK, Optional),
+        (SKMSG, GetCurrentCgroupId, OLDEST, FEEDBACK, Optional),
+        (GETSOCKOPT, MapLookupElem, "5.3", ORIG_ANSWERS, Required),
+        (GETSOCKOPT, GetNetnsCookie, K5_15, PAIR_KEYS, Optional),
+        (GETSOCKOPT, GetCurrentUidGid, OLDEST, FEEDBACK, Optional),
+        (GETSOCKOPT, GetCurrentPidTgid, K6_1, FEEDBACK, Optional),
+        (GETSOCKOPT, GetCurrentCgroupId, OLDEST, FEEDBACK, Optional),
     ]
 }
 
@@ -499,7 +448,8 @@ fn run_all() -> Vec<Probed> {
             support,
         });
     }
-    for (hook, (id, helper_name), first, needed_for, need) in helper_rows() {
+    for (hook, helper, first, needed_for, need) in helper_rows() {
+        let (id, helper_name) = (helper.id(), helper.name());
         let support = match type_ok.get(&(hook.prog_type, hook.attach)) {
             Some(Support::No(_)) => Support::No(format!("no {} programs at all", hook.label)),
             _ => probe_helper(hook.prog_type, hook.attach, id),

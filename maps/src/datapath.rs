@@ -6,6 +6,7 @@ use crate::layout::{
     CidrRuleKey, Counter, ListenerKey, OrigDst, PodEntry, PortRuleKey, SockPairKey, SplicePortKey,
     SpliceProcKey, SpliceVerdict,
 };
+use crate::Pod;
 use mb_sys::bpf::{AttachType, MapType, ProgType, F_NO_PREALLOC};
 
 // The map names the programs refer to; [`MAPS`] declares their shapes.
@@ -201,97 +202,52 @@ pub struct MapDecl {
 
 /// Every map of the data path. Sizes are defaults; the loader may scale the connection maps.
 pub const MAPS: &[MapDecl] = &[
-    MapDecl {
-        name: MAP_NETNS_PODS,
-        kind: MapKind::Hash,
-        key_size: 8,
-        value_size: PodEntry::SIZE as u32,
-        max_entries: 16384,
-        purpose: "network-namespace cookie -> meshed pod (who is calling)",
-    },
-    MapDecl {
-        name: MAP_POD_IPS,
-        kind: MapKind::Hash,
-        key_size: 16,
-        value_size: PodEntry::SIZE as u32,
-        max_entries: 32768,
-        purpose: "pod address -> meshed pod on this node (where a sidecar connects)",
-    },
-    MapDecl {
-        name: MAP_PORT_RULES,
-        kind: MapKind::LpmTrie,
-        key_size: PortRuleKey::SIZE as u32,
-        value_size: 4,
-        max_entries: 262144,
-        purpose: "per-pod include/exclude port rules (ranges as prefixes)",
-    },
-    MapDecl {
-        name: MAP_CIDR_RULES,
-        kind: MapKind::LpmTrie,
-        key_size: CidrRuleKey::SIZE as u32,
-        value_size: 4,
-        max_entries: 262144,
-        purpose: "per-pod outbound include/exclude CIDRs, inbound exclude sources",
-    },
-    MapDecl {
-        name: MAP_COOKIE_ORIG,
-        kind: MapKind::LruHash,
-        key_size: 8,
-        value_size: OrigDst::SIZE as u32,
-        max_entries: 65536,
-        purpose: "socket cookie -> original destination, until the connection is established",
-    },
-    MapDecl {
-        name: MAP_PAIR_ORIG,
-        kind: MapKind::LruHash,
-        key_size: SockPairKey::SIZE as u32,
-        value_size: OrigDst::SIZE as u32,
-        max_entries: 65536,
-        purpose: "connection 4-tuple -> original destination (SO_ORIGINAL_DST)",
-    },
-    MapDecl {
-        name: MAP_SOCK_PAIRS,
-        kind: MapKind::SockHash,
-        key_size: SockPairKey::SIZE as u32,
-        value_size: 4,
-        max_entries: 65536,
-        purpose: "connection 4-tuple -> socket, for sk_msg redirect",
-    },
-    MapDecl {
-        name: MAP_INBOUND_LISTENERS,
-        kind: MapKind::SockHash,
-        key_size: ListenerKey::SIZE as u32,
-        value_size: 8,
-        max_entries: 32768,
-        purpose: "(pod, family) -> its sidecar's inbound listener, for sk_lookup",
-    },
-    MapDecl {
-        name: MAP_SPLICE_PROCS,
-        kind: MapKind::Hash,
-        key_size: SpliceProcKey::SIZE as u32,
-        value_size: SpliceVerdict::SIZE as u32,
-        max_entries: 65536,
-        purpose: "(cgroup, process) -> the agent's splice verdict on a meshed application",
-    },
-    MapDecl {
-        name: MAP_SPLICE_PORTS,
-        kind: MapKind::Hash,
-        key_size: SplicePortKey::SIZE as u32,
-        value_size: SpliceVerdict::SIZE as u32,
-        max_entries: 65536,
-        purpose: "(pod, listening port) -> the verdict on the application listening there",
-    },
-    MapDecl {
-        name: MAP_COUNTERS,
-        kind: MapKind::PerCpuArray,
-        key_size: 4,
-        value_size: 8,
-        max_entries: Counter::CAPACITY,
-        purpose: "data-path counters",
-    },
+    MapDecl::new::<u64, PodEntry>(MAP_NETNS_PODS, MapKind::Hash, 16384)
+        .purpose("network-namespace cookie -> meshed pod (who is calling)"),
+    MapDecl::new::<[u8; 16], PodEntry>(MAP_POD_IPS, MapKind::Hash, 32768)
+        .purpose("pod address -> meshed pod on this node (where a sidecar connects)"),
+    MapDecl::new::<PortRuleKey, u32>(MAP_PORT_RULES, MapKind::LpmTrie, 262144)
+        .purpose("per-pod include/exclude port rules (ranges as prefixes)"),
+    MapDecl::new::<CidrRuleKey, u32>(MAP_CIDR_RULES, MapKind::LpmTrie, 262144)
+        .purpose("per-pod outbound include/exclude CIDRs, inbound exclude sources"),
+    MapDecl::new::<u64, OrigDst>(MAP_COOKIE_ORIG, MapKind::LruHash, 65536)
+        .purpose("socket cookie -> original destination, until the connection is established"),
+    MapDecl::new::<SockPairKey, OrigDst>(MAP_PAIR_ORIG, MapKind::LruHash, 65536)
+        .purpose("connection 4-tuple -> original destination (SO_ORIGINAL_DST)"),
+    MapDecl::new::<SockPairKey, u32>(MAP_SOCK_PAIRS, MapKind::SockHash, 65536)
+        .purpose("connection 4-tuple -> socket, for sk_msg redirect"),
+    MapDecl::new::<ListenerKey, u64>(MAP_INBOUND_LISTENERS, MapKind::SockHash, 32768)
+        .purpose("(pod, family) -> its sidecar's inbound listener, for sk_lookup"),
+    MapDecl::new::<SpliceProcKey, SpliceVerdict>(MAP_SPLICE_PROCS, MapKind::Hash, 65536)
+        .purpose("(cgroup, process) -> the agent's splice verdict on a meshed application"),
+    MapDecl::new::<SplicePortKey, SpliceVerdict>(MAP_SPLICE_PORTS, MapKind::Hash, 65536)
+        .purpose("(pod, listening port) -> the verdict on the application listening there"),
+    MapDecl::new::<u32, u64>(MAP_COUNTERS, MapKind::PerCpuArray, Counter::CAPACITY)
+        .purpose("data-path counters"),
 ];
 
 impl MapDecl {
+    /// Map `name` of `kind` with keys of type `K` and values of type `V` (sizes from [`Pod`]).
+    pub const fn new<K: Pod, V: Pod>(
+        name: &'static str,
+        kind: MapKind,
+        max_entries: u32,
+    ) -> MapDecl {
+        MapDecl {
+            name,
+            kind,
+            key_size: K::SIZE as u32,
+            value_size: V::SIZE as u32,
+            max_entries,
+            purpose: "",
+        }
+    }
+
+    /// The declaration with its purpose, as `merbridge status` shows it.
+    pub const fn purpose(self, purpose: &'static str) -> MapDecl {
+        MapDecl { purpose, ..self }
+    }
+
     /// The declaration as a [`crate::MapSpec`] with `max_entries` entries.
     pub fn spec_with(&self, max_entries: u32) -> crate::MapSpec {
         let mut spec = crate::MapSpec::new(

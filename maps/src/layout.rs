@@ -513,97 +513,58 @@ impl ListenerKey {
     }
 }
 
-/// Slots of the per-CPU `counters` array (u64 each).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Counter {
-    /// Application connects sent to its sidecar's outbound port.
-    RedirectOutbound = 0,
-    /// Sidecar connects to another local pod sent to that pod's inbound port.
-    RedirectInbound = 1,
-    /// Connects from meshed pods left alone by policy (excluded port or CIDR, loopback, own app).
-    Bypassed = 2,
-    /// Sockets put into the sockhash.
-    SockhashInserts = 3,
-    /// Messages moved socket to socket by sk_msg.
-    SplicedMessages = 4,
-    /// Bytes moved socket to socket by sk_msg.
-    SplicedBytes = 5,
-    /// `SO_ORIGINAL_DST` answers given from the map.
-    OrigDstAnswers = 6,
-    /// Map updates that failed (full map or out of memory).
-    MapUpdateFailures = 7,
-    /// UDP DNS queries sent to the DNS proxy.
-    DnsRedirects = 8,
-    /// DNS replies whose source was restored.
-    DnsRestores = 9,
-    /// Inbound connections from outside the pod steered to its sidecar by sk_lookup.
-    InboundSteered = 10,
-    /// Inbound connections refused (RST) because the pod's sidecar had no listener.
-    InboundRefused = 11,
-    /// Sidecar inbound listeners put into `inbound_listeners` by sock_ops.
-    ListenerInserts = 12,
-    /// `SO_ORIGINAL_DST` asked on a socket accepted by the sidecar's own port with no entry
-    /// (evicted from the LRU `pair_orig`): the sidecar gets ENOENT.
-    OrigDstMisses = 13,
-    /// Application connects whose leg to the sidecar is spliced because the agent found the
-    /// calling process event-driven (`splice_procs`).
-    SpliceAppByProcess = 14,
-    /// Sidecar-to-application sockets spliced because the agent found the listening process
-    /// event-driven (`splice_ports`).
-    SpliceAppByPort = 15,
-    /// Pods added to or removed from the pod maps, by any writer (user space: the agent,
-    /// `merbridge pod`, `merbridge cni`). A writer whose last seen value differs knows that
-    /// another one changed the pods since, and re-reads the pod ids before it allocates one.
-    PodMapChanges = 16,
+mb_sys::coded_enum! {
+    /// Slots of the per-CPU `counters` array (u64 each).
+    pub enum Counter {
+        RedirectOutbound = 0 => "redirected_outbound":
+            "application connects sent to their sidecar's outbound port",
+        RedirectInbound = 1 => "redirected_inbound":
+            "sidecar connects to another local pod sent to that pod's inbound port",
+        Bypassed = 2 => "bypassed":
+            "meshed pods' connects left alone by policy (excluded port/CIDR, loopback, own app)",
+        SockhashInserts = 3 => "sockhash_inserts":
+            "sockets put into the sockhash",
+        SplicedMessages = 4 => "spliced_messages":
+            "messages moved socket to socket by sk_msg",
+        SplicedBytes = 5 => "spliced_bytes":
+            "bytes moved socket to socket by sk_msg",
+        OrigDstAnswers = 6 => "orig_dst_answers":
+            "SO_ORIGINAL_DST answers given from the map",
+        MapUpdateFailures = 7 => "map_update_failures":
+            "map updates that failed (full map or out of memory)",
+        DnsRedirects = 8 => "dns_redirects":
+            "UDP DNS queries sent to the DNS proxy",
+        DnsRestores = 9 => "dns_restores":
+            "DNS replies whose source was restored",
+        InboundSteered = 10 => "inbound_steered":
+            "inbound connections from outside the pod steered to its sidecar by sk_lookup",
+        InboundRefused = 11 => "inbound_refused":
+            "inbound connections refused (RST) because the pod's sidecar had no listener",
+        ListenerInserts = 12 => "listener_inserts":
+            "sidecar inbound listeners put into inbound_listeners by sock_ops",
+        /// Asked on a socket accepted by the sidecar's own port with no entry (evicted from the
+        /// LRU `pair_orig`): the sidecar gets ENOENT.
+        OrigDstMisses = 13 => "orig_dst_misses":
+            "SO_ORIGINAL_DST questions with no entry",
+        /// Because the agent found the calling process event-driven (`splice_procs`).
+        SpliceAppByProcess = 14 => "splice_app_by_process":
+            "application connects whose leg to the sidecar is spliced",
+        /// Because the agent found the listening process event-driven (`splice_ports`).
+        SpliceAppByPort = 15 => "splice_app_by_port":
+            "sidecar-to-application sockets spliced",
+        /// By any writer (user space: the agent, `merbridge pod`, `merbridge cni`). A writer
+        /// whose last seen value differs knows that another one changed the pods since, and
+        /// re-reads the pod ids before it allocates one.
+        PodMapChanges = 16 => "pod_map_changes":
+            "pods added to or removed from the pod maps",
+    }
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = Self::ALL.len() as u32;
     /// Entries of the counters map: headroom, so that the counters of a newer version fit a
     /// map an older one pinned (a counter past a smaller pinned map is simply not counted).
     pub const CAPACITY: u32 = 64;
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::RedirectOutbound,
-        Counter::RedirectInbound,
-        Counter::Bypassed,
-        Counter::SockhashInserts,
-        Counter::SplicedMessages,
-        Counter::SplicedBytes,
-        Counter::OrigDstAnswers,
-        Counter::MapUpdateFailures,
-        Counter::DnsRedirects,
-        Counter::DnsRestores,
-        Counter::InboundSteered,
-        Counter::InboundRefused,
-        Counter::ListenerInserts,
-        Counter::OrigDstMisses,
-        Counter::SpliceAppByProcess,
-        Counter::SpliceAppByPort,
-        Counter::PodMapChanges,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Counter::RedirectOutbound => "redirected_outbound",
-            Counter::RedirectInbound => "redirected_inbound",
-            Counter::Bypassed => "bypassed",
-            Counter::SockhashInserts => "sockhash_inserts",
-            Counter::SplicedMessages => "spliced_messages",
-            Counter::SplicedBytes => "spliced_bytes",
-            Counter::OrigDstAnswers => "orig_dst_answers",
-            Counter::MapUpdateFailures => "map_update_failures",
-            Counter::DnsRedirects => "dns_redirects",
-            Counter::DnsRestores => "dns_restores",
-            Counter::InboundSteered => "inbound_steered",
-            Counter::InboundRefused => "inbound_refused",
-            Counter::ListenerInserts => "listener_inserts",
-            Counter::OrigDstMisses => "orig_dst_misses",
-            Counter::SpliceAppByProcess => "splice_app_by_process",
-            Counter::SpliceAppByPort => "splice_app_by_port",
-            Counter::PodMapChanges => "pod_map_changes",
-        }
-    }
 }
 
 #[cfg(test)]

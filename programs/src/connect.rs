@@ -19,7 +19,7 @@
 
 use crate::ctx::{abi, sock_addr};
 use crate::emit::*;
-use crate::frame::Frame;
+use crate::frame::{join, Frame, Slot};
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Label, Program, Size};
 use mb_maps::layout::{
     Counter, OrigDst, PodEntry, SpliceProcKey, ORIG_DNS, ORIG_INBOUND, ORIG_OUTBOUND,
@@ -28,33 +28,30 @@ use mb_maps::layout::{
     POD_SPLICE_APP, POD_SPLICE_APP_DENY, RULE_EXCLUDE, RULE_INBOUND, RULE_INCLUDE,
 };
 
+/// The slots of the UDP DNS redirect: all of `sendmsg4`/`sendmsg6`'s stack, part of connect's.
+const DNS_REDIRECT_SLOTS: [Slot; 6] = [
+    slot::ORIG,
+    slot::COOKIE,
+    slot::COUNTER_IDX,
+    slot::NETNS_KEY,
+    slot::CIDR_KEY,
+    slot::DST_ADDR,
+];
+
+const CONNECT_SLOTS: [Slot; 10] = join(
+    DNS_REDIRECT_SLOTS,
+    [slot::CALLER, slot::PORT_KEY, slot::SOCKADDR, slot::PROC_KEY],
+);
+
 /// The stack of `connect4`/`connect6`.
 pub const CONNECT_FRAME: Frame = Frame {
-    slots: &[
-        slot::CALLER,
-        slot::ORIG,
-        slot::COOKIE,
-        slot::COUNTER_IDX,
-        slot::NETNS_KEY,
-        slot::CIDR_KEY,
-        slot::DST_ADDR,
-        slot::PORT_KEY,
-        slot::SOCKADDR,
-        slot::PROC_KEY,
-    ],
+    slots: &CONNECT_SLOTS,
     unions: &[("CIDR_KEY", "DST_ADDR"), ("SOCKADDR", "PROC_KEY")],
 };
 
 /// The stack of `sendmsg4`/`sendmsg6`.
 pub const SENDMSG_FRAME: Frame = Frame {
-    slots: &[
-        slot::ORIG,
-        slot::COOKIE,
-        slot::COUNTER_IDX,
-        slot::NETNS_KEY,
-        slot::CIDR_KEY,
-        slot::DST_ADDR,
-    ],
+    slots: &DNS_REDIRECT_SLOTS,
     unions: &[("CIDR_KEY", "DST_ADDR")],
 };
 

@@ -2,6 +2,20 @@
 //! The kernel rewrites these accesses itself, so they are stable UAPI across kernels; a test
 //! compiles `offsetof()` of every one against the installed header and compares.
 
+/// Where a context holds one address: its IPv4 field (one word, network order) and its IPv6
+/// field (four words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpField {
+    pub v4: i16,
+    pub v6: i16,
+}
+
+impl IpField {
+    pub const fn new(v4: i16, v6: i16) -> IpField {
+        IpField { v4, v6 }
+    }
+}
+
 /// `struct bpf_sock_addr` (cgroup connect/bind/sendmsg/recvmsg hooks).
 pub mod sock_addr {
     pub const USER_FAMILY: i16 = 0;
@@ -25,6 +39,8 @@ pub mod sock_ops {
     pub const LOCAL_IP4: i16 = 28;
     pub const REMOTE_IP6: i16 = 32;
     pub const LOCAL_IP6: i16 = 48;
+    pub const REMOTE_IP: super::IpField = super::IpField::new(REMOTE_IP4, REMOTE_IP6);
+    pub const LOCAL_IP: super::IpField = super::IpField::new(LOCAL_IP4, LOCAL_IP6);
     /// Network order in the upper 16 bits of a 4-byte load on little-endian.
     pub const REMOTE_PORT: i16 = 64;
     /// Host order.
@@ -38,6 +54,8 @@ pub mod sk_msg {
     pub const LOCAL_IP4: i16 = 24;
     pub const REMOTE_IP6: i16 = 28;
     pub const LOCAL_IP6: i16 = 44;
+    pub const REMOTE_IP: super::IpField = super::IpField::new(REMOTE_IP4, REMOTE_IP6);
+    pub const LOCAL_IP: super::IpField = super::IpField::new(LOCAL_IP4, LOCAL_IP6);
     /// Network order in the upper 16 bits of a 4-byte load on little-endian.
     pub const REMOTE_PORT: i16 = 60;
     /// Host order.
@@ -68,6 +86,8 @@ pub mod sock {
     pub const DST_PORT: i16 = 48;
     pub const DST_IP4: i16 = 52;
     pub const DST_IP6: i16 = 56;
+    pub const SRC_IP: super::IpField = super::IpField::new(SRC_IP4, SRC_IP6);
+    pub const DST_IP: super::IpField = super::IpField::new(DST_IP4, DST_IP6);
 }
 
 /// `struct bpf_sk_lookup` (sk_lookup programs). `ingress_ifindex` (5.17+) is deliberately
@@ -79,6 +99,8 @@ pub mod sk_lookup {
     pub const REMOTE_IP6: i16 = 20;
     pub const LOCAL_IP4: i16 = 40;
     pub const LOCAL_IP6: i16 = 44;
+    pub const REMOTE_IP: super::IpField = super::IpField::new(REMOTE_IP4, REMOTE_IP6);
+    pub const LOCAL_IP: super::IpField = super::IpField::new(LOCAL_IP4, LOCAL_IP6);
     /// Host order.
     pub const LOCAL_PORT: i16 = 60;
 }

@@ -6,10 +6,10 @@
 //! program that gives r7–r9 another role names it locally (e.g. `SK` in getsockopt). The
 //! stack areas are [`Slot`]s; each program lists the ones it uses in one [`Frame`] table.
 
-use crate::ctx::abi;
+use crate::ctx::{abi, IpField};
 use mb_asm::{AluOp, Asm, Helper, JmpOp, Label, Reg, Size};
 use mb_maps::layout::{
-    rule_scope, CidrRuleKey, Counter, OrigDst, PodEntry, PortRuleKey, SockPairKey,
+    rule_scope, CidrRuleKey, Counter, ListenerKey, OrigDst, PodEntry, PortRuleKey, SockPairKey,
     V4_MAPPED_WORD2_LE,
 };
 
@@ -172,28 +172,59 @@ pub fn copy_words(
     }
 }
 
-/// One address to store as 16 bytes: its IPv4 and IPv6 fields (offsets from a base register)
-/// and the stack slot it goes to.
-pub struct AddrFields {
-    pub slot: i16,
-    pub ip4: i16,
-    pub ip6: i16,
-}
-
-/// Stores both ends of a connection, read from `base`, into their stack slots: the code from
-/// here on handles IPv4 (v4-mapped), the code at `v6` (where the caller's family test jumps)
-/// IPv6; the two paths join after. Clobbers r1.
-pub fn store_addresses(a: &mut Asm, base: Reg, v6: Label, ends: [AddrFields; 2]) {
+/// Reads a connection's address family (the 32-bit field at `base + family_off`) into
+/// `family` and jumps to `other` unless it is IPv4 or IPv6; then stores each address
+/// `(slot, field)` of `ends`, read from `base + field`, as 16 bytes at `fp + slot` (IPv4
+/// v4-mapped), in that order. Clobbers r1.
+pub fn store_addresses(
+    a: &mut Asm,
+    base: Reg,
+    (family, family_off): (Reg, i16),
+    other: Label,
+    ends: [(i16, IpField); 2],
+) {
+    let v6 = a.label();
     let done = a.label();
-    for end in &ends {
-        a.ldx(Size::W, R1, base, end.ip4);
-        store_v4_mapped(a, end.slot, R1);
+    a.ldx(Size::W, family, base, family_off)
+        .jmp_imm(JmpOp::Eq, family, abi::AF_INET6, v6)
+        .jmp_imm(JmpOp::Ne, family, abi::AF_INET, other);
+    for (slot, field) in ends {
+        a.ldx(Size::W, R1, base, field.v4);
+        store_v4_mapped(a, slot, R1);
     }
     a.ja(done).bind(v6);
-    for end in &ends {
-        copy_words(a, FP, end.slot, base, end.ip6, 4, R1);
+    for (slot, field) in ends {
+        copy_words(a, FP, slot, base, field.v6, 4, R1);
     }
     a.bind(done);
+}
+
+/// Where a 32-bit value comes from: a register holding it, or a field of the context in CTX
+/// (loaded through r1).
+pub enum Word {
+    Reg(Reg),
+    Ctx(i16),
+}
+
+/// Stores the inbound listener key at `fp + LISTENER_KEY` (the key sock_ops inserts a
+/// sidecar's listener under and sk_lookup finds it by): the pod id of the pod entry in POD
+/// and the address family. Clobbers r1.
+pub fn store_listener_key(a: &mut Asm, family: Word) {
+    let key = |off: usize| LISTENER_KEY + off as i16;
+    a.ldx(Size::W, R1, POD, PodEntry::OFF_POD_ID as i16).stx(
+        Size::W,
+        FP,
+        key(ListenerKey::OFF_POD_ID),
+        R1,
+    );
+    let family = match family {
+        Word::Reg(reg) => reg,
+        Word::Ctx(off) => {
+            a.ldx(Size::W, R1, CTX, off);
+            R1
+        }
+    };
+    a.stx(Size::W, FP, key(ListenerKey::OFF_FAMILY), family);
 }
 
 /// Looks up the splice verdict map `map` at `fp + key` and jumps to `other` unless the agent

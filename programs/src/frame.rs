@@ -39,6 +39,26 @@ impl Slot {
     }
 }
 
+/// The slots of `a` followed by those of `b`, for a program whose stack holds another's and
+/// more (connect runs sendmsg's DNS redirect). `N` must be `A + B`.
+pub const fn join<const A: usize, const B: usize, const N: usize>(
+    a: [Slot; A],
+    b: [Slot; B],
+) -> [Slot; N] {
+    assert!(A + B == N, "join: N must be A + B");
+    let mut out = [Slot::new("", 0, 0); N];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
+
 /// A program's stack layout: its slots and its declared unions.
 #[derive(Clone, Copy, Debug)]
 pub struct Frame {

@@ -56,31 +56,20 @@ pub const FRAME: Frame = Frame {
 pub fn sk_lookup() -> Result<Program, AsmError> {
     let mut a = Asm::new();
     let pass = a.label();
-    let v6 = a.label();
     let refuse = a.label();
     let assign = a.label();
 
     a.mov64_reg(CTX, R1);
     a.ldx(Size::W, R1, CTX, sk_lookup::PROTOCOL)
-        .jmp_imm(JmpOp::Ne, R1, abi::IPPROTO_TCP, pass)
-        .ldx(Size::W, FAMILY, CTX, sk_lookup::FAMILY)
-        .jmp_imm(JmpOp::Eq, FAMILY, abi::AF_INET6, v6)
-        .jmp_imm(JmpOp::Ne, FAMILY, abi::AF_INET, pass);
+        .jmp_imm(JmpOp::Ne, R1, abi::IPPROTO_TCP, pass);
     store_addresses(
         &mut a,
         CTX,
-        v6,
+        (FAMILY, sk_lookup::FAMILY),
+        pass,
         [
-            AddrFields {
-                slot: DST_ADDR,
-                ip4: sk_lookup::LOCAL_IP4,
-                ip6: sk_lookup::LOCAL_IP6,
-            },
-            AddrFields {
-                slot: REMOTE_ADDR,
-                ip4: sk_lookup::REMOTE_IP4,
-                ip6: sk_lookup::REMOTE_IP6,
-            },
+            (DST_ADDR, sk_lookup::LOCAL_IP),
+            (REMOTE_ADDR, sk_lookup::REMOTE_IP),
         ],
     );
 
@@ -105,19 +94,7 @@ pub fn sk_lookup() -> Result<Program, AsmError> {
     jmp_if_same_addr(&mut a, REMOTE_ADDR, POD, PodEntry::OFF_IPV6 as i16, pass);
 
     // FAMILY (r8) becomes FLAGS in the policy; keep it on the stack in the listener key.
-    a.ldx(Size::W, R1, POD, PodEntry::OFF_POD_ID as i16)
-        .stx(
-            Size::W,
-            FP,
-            LISTENER_KEY + ListenerKey::OFF_POD_ID as i16,
-            R1,
-        )
-        .stx(
-            Size::W,
-            FP,
-            LISTENER_KEY + ListenerKey::OFF_FAMILY as i16,
-            FAMILY,
-        );
+    store_listener_key(&mut a, Word::Reg(FAMILY));
     inbound_policy(&mut a, pass);
     // Excluded callers (Kuma's exclude-inbound-ips): the CIDR key's address is DST_ADDR.
     let sources_ok = a.label();

@@ -34,13 +34,13 @@
 //! (`ORIG_SPLICE_APP`, set by connect4/6 from `splice_procs`), the listening process for a
 //! sidecar's connection to its application (`splice_ports`, looked up here). A `pair_orig` entry is deleted when the passive end of its connection closes.
 
-use crate::ctx::{abi, sk_msg, sock_ops};
+use crate::ctx::{abi, sk_msg, sock_ops, IpField};
 use crate::emit::*;
 use crate::frame::Frame;
 use mb_asm::{AluOp, Asm, AsmError, Helper, JmpOp, Program, Reg, Size};
 use mb_maps::layout::{
-    Counter, ListenerKey, OrigDst, PodEntry, SockPairKey, SplicePortKey, ORIG_SIDECAR_CALLER,
-    ORIG_SPLICE_APP, POD_SPLICE_APP, POD_SPLICE_APP_DENY,
+    Counter, OrigDst, PodEntry, SockPairKey, SplicePortKey, ORIG_SIDECAR_CALLER, ORIG_SPLICE_APP,
+    POD_SPLICE_APP, POD_SPLICE_APP_DENY,
 };
 
 /// The sock_ops callback (`op`) being handled.
@@ -81,30 +81,24 @@ pub const SK_MSG_FRAME: Frame = Frame {
 /// their meaning, not their offsets).
 struct TupleFields {
     family: i16,
-    local_ip4: i16,
-    remote_ip4: i16,
-    local_ip6: i16,
-    remote_ip6: i16,
+    local_ip: IpField,
+    remote_ip: IpField,
     local_port: i16,
     remote_port: i16,
 }
 
 const SOCK_OPS_FIELDS: TupleFields = TupleFields {
     family: sock_ops::FAMILY,
-    local_ip4: sock_ops::LOCAL_IP4,
-    remote_ip4: sock_ops::REMOTE_IP4,
-    local_ip6: sock_ops::LOCAL_IP6,
-    remote_ip6: sock_ops::REMOTE_IP6,
+    local_ip: sock_ops::LOCAL_IP,
+    remote_ip: sock_ops::REMOTE_IP,
     local_port: sock_ops::LOCAL_PORT,
     remote_port: sock_ops::REMOTE_PORT,
 };
 
 const SK_MSG_FIELDS: TupleFields = TupleFields {
     family: sk_msg::FAMILY,
-    local_ip4: sk_msg::LOCAL_IP4,
-    remote_ip4: sk_msg::REMOTE_IP4,
-    local_ip6: sk_msg::LOCAL_IP6,
-    remote_ip6: sk_msg::REMOTE_IP6,
+    local_ip: sk_msg::LOCAL_IP,
+    remote_ip: sk_msg::REMOTE_IP,
     local_port: sk_msg::LOCAL_PORT,
     remote_port: sk_msg::REMOTE_PORT,
 };
@@ -125,19 +119,13 @@ fn build_pair_key(
     } else {
         (LOCAL_IP, REMOTE_IP, LOCAL_PORT, REMOTE_PORT)
     };
-    let v6 = a.label();
-    let addresses_done = a.label();
-    a.ldx(Size::W, R1, CTX, f.family)
-        .jmp_imm(JmpOp::Eq, R1, abi::AF_INET6, v6)
-        .jmp_imm(JmpOp::Ne, R1, abi::AF_INET, other);
-    a.ldx(Size::W, R1, CTX, f.local_ip4);
-    store_v4_mapped(a, key + me_ip, R1);
-    a.ldx(Size::W, R1, CTX, f.remote_ip4);
-    store_v4_mapped(a, key + peer_ip, R1);
-    a.ja(addresses_done).bind(v6);
-    copy_words(a, FP, key + me_ip, CTX, f.local_ip6, 4, R1);
-    copy_words(a, FP, key + peer_ip, CTX, f.remote_ip6, 4, R1);
-    a.bind(addresses_done);
+    store_addresses(
+        a,
+        CTX,
+        (R1, f.family),
+        other,
+        [(key + me_ip, f.local_ip), (key + peer_ip, f.remote_ip)],
+    );
     // local_port is host order; remote_port is network order in the upper half.
     a.ldx(Size::W, R1, CTX, f.local_port)
         .to_be(R1, 16)
@@ -284,21 +272,8 @@ pub fn sockops(variant: Variant) -> Result<Program, AsmError> {
             .ldx(Size::W, R1, CTX, sock_ops::LOCAL_PORT)
             .jmp32_const(JmpOp::Ne, R1, CONST_INBOUND_PORT, out);
         caller_pod(&mut a, out);
-        a.ldx(Size::W, R1, POD, PodEntry::OFF_POD_ID as i16)
-            .stx(
-                Size::W,
-                FP,
-                LISTENER_KEY + ListenerKey::OFF_POD_ID as i16,
-                R1,
-            )
-            .ldx(Size::W, R1, CTX, sock_ops::FAMILY)
-            .stx(
-                Size::W,
-                FP,
-                LISTENER_KEY + ListenerKey::OFF_FAMILY as i16,
-                R1,
-            )
-            .mov64_reg(R1, CTX);
+        store_listener_key(&mut a, Word::Ctx(sock_ops::FAMILY));
+        a.mov64_reg(R1, CTX);
         a.ld_map_fd(R2, MAP_INBOUND_LISTENERS);
         stack_ptr(&mut a, R3, LISTENER_KEY);
         a.mov64_imm(R4, abi::BPF_ANY)

@@ -30,7 +30,6 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
     let mut a = Asm::new();
     let out = a.label();
     let level_ok = a.label();
-    let v6 = a.label();
     let answer_v6 = a.label();
     let answered = a.label();
     let key = PAIR_KEY;
@@ -49,25 +48,12 @@ pub fn getsockopt(variant: Variant) -> Result<Program, AsmError> {
 
     // The key of the connection as its active (application) side stored it: the accepted
     // socket's remote end is that side's local end.
-    a.ldx(Size::W, R1, SK, sock::FAMILY)
-        .jmp_imm(JmpOp::Eq, R1, abi::AF_INET6, v6)
-        .jmp_imm(JmpOp::Ne, R1, abi::AF_INET, out);
     store_addresses(
         &mut a,
         SK,
-        v6,
-        [
-            AddrFields {
-                slot: local_ip,
-                ip4: sock::DST_IP4,
-                ip6: sock::DST_IP6,
-            },
-            AddrFields {
-                slot: remote_ip,
-                ip4: sock::SRC_IP4,
-                ip6: sock::SRC_IP6,
-            },
-        ],
+        (R1, sock::FAMILY),
+        out,
+        [(local_ip, sock::DST_IP), (remote_ip, sock::SRC_IP)],
     );
     // dst_port: network order in the low 16 bits (older kernels: of a 32-bit field).
     a.ldx(Size::W, R1, SK, sock::DST_PORT)

@@ -5,6 +5,7 @@
 pub mod bpf;
 pub mod bpffs;
 pub mod cgroup;
+pub mod coded;
 pub mod netns;
 pub mod pidfd;
 pub mod process;

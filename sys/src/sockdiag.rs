@@ -17,13 +17,17 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_HDRLEN: usize = 16;
 const IPPROTO_TCP: u8 = 6;
 const TCP_LISTEN: u32 = 10;
-/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then the 48-byte sockid.
-const REQ_LEN: usize = 56;
-/// `struct inet_diag_msg`: family, state, timer, retrans, sockid (48), expires, rqueue,
-/// wqueue, uid, inode.
-const MSG_LEN: usize = 72;
+/// `struct inet_diag_sockid`: source and destination port, addresses, interface, cookie;
+/// the source port (network order) first.
+const SOCKID_LEN: usize = 48;
+/// `struct inet_diag_req_v2`: family, protocol, ext, pad (a byte each), the `states` mask
+/// (u32), then the sockid.
+const REQ_LEN: usize = 4 + 4 + SOCKID_LEN;
+/// `struct inet_diag_msg`: family, state, timer, retrans (a byte each), the sockid, then
+/// expires, rqueue, wqueue, uid and inode (u32 each).
+const MSG_LEN: usize = 4 + SOCKID_LEN + 5 * 4;
 const MSG_SPORT: usize = 4;
-const MSG_INODE: usize = 68;
+const MSG_INODE: usize = MSG_LEN - 4;
 
 /// One listening socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -65,63 +65,28 @@ impl Verdict {
     }
 }
 
-/// Why a verdict was given; the number is what the maps store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[repr(u32)]
-pub enum Reason {
-    /// Every TCP socket fd non-blocking in [`NON_BLOCKING_SAMPLES`] scans.
-    NonBlockingSockets = 1,
-    GoRuntime = 2,
-    Jvm = 3,
-    Node = 4,
-    Envoy = 5,
-    Linkerd2Proxy = 6,
-    /// A TCP socket fd without `O_NONBLOCK` was seen (sticky).
-    BlockingSocket = 7,
-    /// No TCP socket fd yet.
-    NoSockets = 8,
-    /// Non-blocking so far, but seen in fewer than [`NON_BLOCKING_SAMPLES`] scans.
-    TooFewSamples = 9,
-    /// Its `/proc` files could not be read.
-    Unreadable = 10,
-    /// Its cgroup v2 id could not be found (the data path could not recognise it).
-    NoCgroup = 11,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 11] = [
-        Reason::NonBlockingSockets,
-        Reason::GoRuntime,
-        Reason::Jvm,
-        Reason::Node,
-        Reason::Envoy,
-        Reason::Linkerd2Proxy,
-        Reason::BlockingSocket,
-        Reason::NoSockets,
-        Reason::TooFewSamples,
-        Reason::Unreadable,
-        Reason::NoCgroup,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Reason::NonBlockingSockets => "non_blocking_sockets",
-            Reason::GoRuntime => "go_runtime",
-            Reason::Jvm => "jvm",
-            Reason::Node => "node",
-            Reason::Envoy => "envoy",
-            Reason::Linkerd2Proxy => "linkerd2_proxy",
-            Reason::BlockingSocket => "blocking_socket",
-            Reason::NoSockets => "no_sockets",
-            Reason::TooFewSamples => "too_few_samples",
-            Reason::Unreadable => "unreadable",
-            Reason::NoCgroup => "no_cgroup",
-        }
-    }
-
-    pub fn from_code(code: u32) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| *r as u32 == code)
+mb_sys::coded_enum! {
+    /// Why a verdict was given; the number is what the maps store.
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Reason {
+        /// Every TCP socket fd non-blocking in [`NON_BLOCKING_SAMPLES`] scans.
+        NonBlockingSockets = 1 => "non_blocking_sockets",
+        GoRuntime = 2 => "go_runtime",
+        Jvm = 3 => "jvm",
+        Node = 4 => "node",
+        Envoy = 5 => "envoy",
+        Linkerd2Proxy = 6 => "linkerd2_proxy",
+        /// A TCP socket fd without `O_NONBLOCK` was seen (sticky).
+        BlockingSocket = 7 => "blocking_socket",
+        /// No TCP socket fd yet.
+        NoSockets = 8 => "no_sockets",
+        /// Non-blocking so far, but seen in fewer than [`NON_BLOCKING_SAMPLES`] scans.
+        TooFewSamples = 9 => "too_few_samples",
+        /// Its `/proc` files could not be read.
+        Unreadable = 10 => "unreadable",
+        /// Its cgroup v2 id could not be found (the data path could not recognise it).
+        NoCgroup = 11 => "no_cgroup",
     }
 }
 

@@ -207,20 +207,40 @@ pub fn cgroup_id(proc_root: &Path, cgroup_root: &Path, pid: u32) -> Option<u64> 
     fs::metadata(dir).ok().map(|m| m.ino())
 }
 
+/// Test input: a `/proc/net/tcp` table, the kernel's header and a line per socket `(local,
+/// remote, state, inode)` (hex `address:port`, hex state), the columns the parsers skip
+/// filled in as the kernel prints them.
+#[cfg(test)]
+pub(crate) fn net_tcp_table(rows: &[(&str, &str, &str, u64)]) -> String {
+    let mut text = String::from(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  \
+         timeout inode\n",
+    );
+    for (i, (local, remote, state, inode)) in rows.iter().enumerate() {
+        text += &format!(
+            "{i:4}: {local} {remote} {state} 00000000:00000000 00:00000000 00000000     0        \
+             0 {inode} 1 0000000000000000 100 0 0 10 0\n"
+        );
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn net_tcp_lines_give_inode_state_and_port() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
-   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n\
-   2: 0100007F:9C41 0100007F:1F90 06 00000000:00000000 03:00000bb8 00000000     0        0 0 3 0000000000000000\n\
-   garbage line\n\
-   3: 0100007F:ZZZZ 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 99 1\n";
+        let mut text = net_tcp_table(&[
+            ("0100007F:1F90", "00000000:0000", "0A", 4242),
+            ("0100007F:9C40", "0100007F:1F90", "01", 4343),
+            // TIME_WAIT: no inode.
+            ("0100007F:9C41", "0100007F:1F90", "06", 0),
+            ("0100007F:ZZZZ", "0100007F:1F90", "01", 99),
+        ]);
+        text += "   garbage line\n";
         let mut sockets = HashMap::new();
-        parse_net_tcp(text, &mut sockets);
+        parse_net_tcp(&text, &mut sockets);
         assert_eq!(sockets.len(), 2, "{sockets:?}");
         assert!(sockets[&4242].is_listening());
         assert_eq!(sockets[&4242].local_port, 8080);

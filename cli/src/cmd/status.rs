@@ -205,7 +205,7 @@ fn print_text(report: &StatusReport) {
     println!("local pods: {}", report.pods);
     println!("counters:");
     for (c, v) in &report.counters.0 {
-        println!("  {:<20} {v}", c.name());
+        println!("  {:<22} {v:>12}  {}", c.name(), c.about());
     }
 }
 

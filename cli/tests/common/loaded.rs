@@ -136,3 +136,29 @@ impl Drop for Loaded {
         }
     }
 }
+
+/// Python that the blocking-client checks start their scripts with. `connect(host, port,
+/// rcvtimeo)` opens a plain blocking socket (no Python timeout, which would make it
+/// non-blocking underneath), with `SO_RCVTIMEO` of `rcvtimeo` seconds when that is not 0;
+/// `echo_rounds(s, n)` sends `n` messages of 16 KiB to an echo server and reads each one back
+/// whole with blocking `recv`s, exiting with an error on a short or wrong echo.
+pub const PYTHON_BLOCKING_PRELUDE: &str = r#"
+import socket, struct, sys
+def connect(host, port, rcvtimeo):
+    s = socket.create_connection((host, port))
+    if rcvtimeo:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", rcvtimeo, 0))
+    return s
+def echo_rounds(s, rounds):
+    for i in range(rounds):
+        msg = bytes([i % 251]) * 16384
+        s.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            chunk = s.recv(len(msg) - len(got))
+            if not chunk:
+                sys.exit("echo closed early after %d rounds" % i)
+            got += chunk
+        if got != msg:
+            sys.exit("echo mismatch in round %d" % i)
+"#;

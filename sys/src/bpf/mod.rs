@@ -16,54 +16,28 @@ use attr::Attr;
 use std::fmt;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-/// `enum bpf_cmd` values we use.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Cmd {
-    MapCreate = 0,
-    MapLookupElem = 1,
-    MapUpdateElem = 2,
-    MapDeleteElem = 3,
-    MapGetNextKey = 4,
-    ProgLoad = 5,
-    ObjPin = 6,
-    ObjGet = 7,
-    ProgAttach = 8,
-    ProgDetach = 9,
-    ProgTestRun = 10,
-    ProgGetFdById = 13,
-    MapLookupBatch = 24,
-    MapUpdateBatch = 26,
-    ObjGetInfoByFd = 15,
-    ProgQuery = 16,
-    LinkCreate = 28,
-    LinkUpdate = 29,
-    LinkDetach = 34,
-}
-
-impl Cmd {
-    pub fn name(self) -> &'static str {
-        match self {
-            Cmd::MapCreate => "BPF_MAP_CREATE",
-            Cmd::MapLookupElem => "BPF_MAP_LOOKUP_ELEM",
-            Cmd::MapUpdateElem => "BPF_MAP_UPDATE_ELEM",
-            Cmd::MapDeleteElem => "BPF_MAP_DELETE_ELEM",
-            Cmd::MapGetNextKey => "BPF_MAP_GET_NEXT_KEY",
-            Cmd::ProgLoad => "BPF_PROG_LOAD",
-            Cmd::ObjPin => "BPF_OBJ_PIN",
-            Cmd::ObjGet => "BPF_OBJ_GET",
-            Cmd::ProgAttach => "BPF_PROG_ATTACH",
-            Cmd::ProgDetach => "BPF_PROG_DETACH",
-            Cmd::ProgTestRun => "BPF_PROG_TEST_RUN",
-            Cmd::ProgGetFdById => "BPF_PROG_GET_FD_BY_ID",
-            Cmd::MapLookupBatch => "BPF_MAP_LOOKUP_BATCH",
-            Cmd::MapUpdateBatch => "BPF_MAP_UPDATE_BATCH",
-            Cmd::ObjGetInfoByFd => "BPF_OBJ_GET_INFO_BY_FD",
-            Cmd::ProgQuery => "BPF_PROG_QUERY",
-            Cmd::LinkCreate => "BPF_LINK_CREATE",
-            Cmd::LinkUpdate => "BPF_LINK_UPDATE",
-            Cmd::LinkDetach => "BPF_LINK_DETACH",
-        }
+crate::coded_enum! {
+    /// `enum bpf_cmd` values we use.
+    pub enum Cmd {
+        MapCreate = 0 => "BPF_MAP_CREATE",
+        MapLookupElem = 1 => "BPF_MAP_LOOKUP_ELEM",
+        MapUpdateElem = 2 => "BPF_MAP_UPDATE_ELEM",
+        MapDeleteElem = 3 => "BPF_MAP_DELETE_ELEM",
+        MapGetNextKey = 4 => "BPF_MAP_GET_NEXT_KEY",
+        ProgLoad = 5 => "BPF_PROG_LOAD",
+        ObjPin = 6 => "BPF_OBJ_PIN",
+        ObjGet = 7 => "BPF_OBJ_GET",
+        ProgAttach = 8 => "BPF_PROG_ATTACH",
+        ProgDetach = 9 => "BPF_PROG_DETACH",
+        ProgTestRun = 10 => "BPF_PROG_TEST_RUN",
+        ProgGetFdById = 13 => "BPF_PROG_GET_FD_BY_ID",
+        MapLookupBatch = 24 => "BPF_MAP_LOOKUP_BATCH",
+        MapUpdateBatch = 26 => "BPF_MAP_UPDATE_BATCH",
+        ObjGetInfoByFd = 15 => "BPF_OBJ_GET_INFO_BY_FD",
+        ProgQuery = 16 => "BPF_PROG_QUERY",
+        LinkCreate = 28 => "BPF_LINK_CREATE",
+        LinkUpdate = 29 => "BPF_LINK_UPDATE",
+        LinkDetach = 34 => "BPF_LINK_DETACH",
     }
 }
 
