@@ -57,3 +57,44 @@ fn scanner_finds_a_pod_namespace_by_its_addresses() {
     assert!(stats.gone >= 1, "{stats:?}");
     assert_eq!(procs_only.cookie_for(&ips), None, "forgotten when gone");
 }
+
+/// One address in two namespaces (a dying sandbox whose address was already reused; two test
+/// beds at once): matching by address alone must give up, but a pod registered with its
+/// namespace cookie is still found exactly — the splice classifier and `pod show` rely on it.
+#[test]
+fn the_registered_cookie_picks_between_namespaces_sharing_an_address() {
+    if !mb_sys::testing::kernel_tests_enabled(
+        "the_registered_cookie_picks_between_namespaces_sharing_an_address",
+    ) {
+        return;
+    }
+    let node = Node::new("twins").expect("node");
+    let v6 = node.process_unique_v6(0x7a, 9);
+    let pod = |name: &str| {
+        let mut spec = PodSpec::named(name);
+        spec.ipv6 = Some(v6);
+        node.add_pod(spec).expect("pod")
+    };
+    let (a, b) = (pod("twin-a"), pod("twin-b"));
+    let ips = [IpAddr::V6(v6)];
+    let inode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().ino()
+    };
+    let mut scanner = NetnsScanner::new();
+    scanner.scan();
+    assert_eq!(scanner.cookie_for(&ips), None, "ambiguous by address");
+    for p in [&a, &b] {
+        let cookie = p.netns_cookie().unwrap();
+        assert_eq!(
+            scanner.inode_for_pod(&ips, cookie),
+            Some(inode(p.netns_path())),
+            "the namespace with cookie {cookie}"
+        );
+    }
+    assert_eq!(
+        scanner.inode_for_pod(&ips, 1),
+        None,
+        "no namespace has cookie 1"
+    );
+}

@@ -239,17 +239,7 @@ impl NetnsScanner {
     /// first use; `None` when no single namespace has these addresses (or it vanished).
     pub fn cookie_for(&mut self, ips: &[IpAddr]) -> Option<u64> {
         let inode = self.best_match(ips)?;
-        let ns = self.by_inode.get_mut(&inode)?;
-        if ns.cookie.is_none() {
-            match mb_loader::netns_cookie::netns_cookie(&ns.path) {
-                Ok(cookie) => ns.cookie = Some(cookie),
-                Err(e) => {
-                    log::debug!("netns cookie of {}: {e}", ns.path.display());
-                    return None;
-                }
-            }
-        }
-        ns.cookie
+        self.cookie_of(inode)
     }
 
     /// A path that opens the namespace that has `ips` (`/proc/<pid>/ns/net` or a bind mount),
@@ -259,11 +249,37 @@ impl NetnsScanner {
         self.by_inode.get(&inode).map(|ns| ns.path.clone())
     }
 
-    /// The inode of the namespace that has `ips` (what `/proc/<pid>/ns/net` of its processes
-    /// stats to). Unlike [`NetnsScanner::path_for`], valid after the process it was found
-    /// through exited.
-    pub fn inode_for(&mut self, ips: &[IpAddr]) -> Option<u64> {
-        self.best_match(ips)
+    /// The inode of the namespace of a pod registered with namespace `cookie` and addresses
+    /// `ips`: among the namespaces that have one of `ips`, the one whose cookie is `cookie`
+    /// (cookies read once per namespace); that is what `/proc/<pid>/ns/net` of its processes
+    /// stats to, also after the process it was found through exited. Exact where matching by
+    /// address alone must give up: the same address in two namespaces (a dying sandbox whose
+    /// address was reused, two test beds). `cookie` 0 (not known yet) matches by address.
+    pub fn inode_for_pod(&mut self, ips: &[IpAddr], cookie: u64) -> Option<u64> {
+        if cookie == 0 {
+            return self.best_match(ips);
+        }
+        let mut candidates: Vec<u64> = ips
+            .iter()
+            .flat_map(|ip| self.by_addr.get(ip).cloned().unwrap_or_default())
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates
+            .into_iter()
+            .find(|&inode| self.cookie_of(inode) == Some(cookie))
+    }
+
+    /// The cookie of known namespace `inode`, read on first use.
+    fn cookie_of(&mut self, inode: u64) -> Option<u64> {
+        let ns = self.by_inode.get_mut(&inode)?;
+        if ns.cookie.is_none() {
+            match mb_loader::netns_cookie::netns_cookie(&ns.path) {
+                Ok(cookie) => ns.cookie = Some(cookie),
+                Err(e) => log::debug!("netns cookie of {}: {e}", ns.path.display()),
+            }
+        }
+        ns.cookie
     }
 
     /// Namespaces known after the last scan.

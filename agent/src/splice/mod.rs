@@ -415,7 +415,7 @@ impl SpliceMaps {
                 .filter(|b| b.iter().any(|&x| x != 0))
                 .map(addr_from_bytes)
                 .collect();
-            let Some(netns_inode) = scanner.inode_for(&ips) else {
+            let Some(netns_inode) = scanner.inode_for_pod(&ips, entry.netns) else {
                 continue;
             };
             out.push(PodTarget {
@@ -583,7 +583,7 @@ impl PodSpliceReader {
             .filter(|b| b.iter().any(|&x| x != 0))
             .map(addr_from_bytes)
             .collect();
-        let Some(netns) = self.scanner.inode_for(&ips) else {
+        let Some(netns) = self.scanner.inode_for_pod(&ips, entry.netns) else {
             return out;
         };
         let proc_root = Path::new("/proc");
