@@ -11,5 +11,6 @@ pub mod pidfd;
 pub mod process;
 pub mod signal;
 pub mod sockdiag;
+pub mod sockfs;
 pub mod sockopt;
 pub mod testing;

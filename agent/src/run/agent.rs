@@ -532,9 +532,10 @@ fn start_splice_classifier(
                                 .unwrap_or_else(|p| p.into_inner()) = counts;
                             if report.applied.written + report.applied.removed > 0 {
                                 log::debug!(
-                                    "per-process splice: {} pods, {:?}",
+                                    "per-process splice: {} pods, {:?}, {:?}",
                                     report.pods,
-                                    report.applied
+                                    report.applied,
+                                    report.cost
                                 );
                             }
                         }

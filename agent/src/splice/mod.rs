@@ -125,6 +125,8 @@ struct ProcState {
     blocking: bool,
     unreadable: bool,
     listen_ports: BTreeSet<u16>,
+    /// Its socket inodes at the last sample -> is TCP (spares sockfs questions next time).
+    tcp_inodes: HashMap<u64, bool>,
 }
 
 impl ProcState {
@@ -162,6 +164,7 @@ pub struct Classifier {
     cgroup_root: PathBuf,
     /// By (pid, start time): a reused pid is a new process.
     procs: HashMap<(u32, u64), ProcState>,
+    last_cost: ScanCost,
 }
 
 /// The cgroup2 mount: `/sys/fs/cgroup` on a unified host, `/sys/fs/cgroup/unified` on a
@@ -181,6 +184,7 @@ impl Classifier {
             proc_root: proc_root.to_path_buf(),
             cgroup_root: cgroup_root.to_path_buf(),
             procs: HashMap::new(),
+            last_cost: ScanCost::default(),
         }
     }
 
@@ -191,7 +195,11 @@ impl Classifier {
     /// transient read error, nor an event-driven one flap.
     pub fn scan(&mut self, pods: &[PodTarget], live_pods: &HashSet<u32>) -> Vec<ProcessVerdict> {
         let by_netns: HashMap<u64, &PodTarget> = pods.iter().map(|p| (p.netns_inode, p)).collect();
-        let mut tcp_by_netns: HashMap<u64, HashMap<u64, procfs::TcpSocket>> = HashMap::new();
+        let started = std::time::Instant::now();
+        // Each namespace's listeners, asked once per scan and only if a process there is
+        // sampled.
+        let mut listeners_by_netns: HashMap<u64, HashMap<u64, u16>> = HashMap::new();
+        let mut sampled = 0;
         let mut seen = HashSet::new();
         let Ok(entries) = fs::read_dir(&self.proc_root) else {
             self.procs.clear();
@@ -239,15 +247,24 @@ impl Classifier {
                 blocking: false,
                 unreadable: false,
                 listen_ports: BTreeSet::new(),
+                tcp_inodes: HashMap::new(),
             });
+            // Blocking is for good: nothing a later sample finds can change the verdict, so
+            // such a process costs only the reads that tell it is still there.
+            if state.blocking {
+                continue;
+            }
+            sampled += 1;
             // A process may move between cgroups; re-read each scan (one read, one stat).
             state.cgroup_id = procfs::cgroup_id(&self.proc_root, &self.cgroup_root, pid);
-            let tcp = match tcp_by_netns.get(&inode) {
-                Some(t) => Ok(t),
-                None => procfs::namespace_tcp_sockets(&self.proc_root, pid)
-                    .map(|t| &*tcp_by_netns.entry(inode).or_insert(t)),
+            let listeners = match listeners_by_netns.get(&inode) {
+                Some(l) => Ok(l),
+                None => procfs::namespace_listeners(&self.proc_root, pid)
+                    .map(|l| &*listeners_by_netns.entry(inode).or_insert(l)),
             };
-            let sample = tcp.and_then(|t| procfs::sample_sockets(&self.proc_root, pid, t));
+            let sample = listeners.and_then(|l| {
+                procfs::sample_sockets(&self.proc_root, pid, l, &mut state.tcp_inodes)
+            });
             match sample {
                 Ok(sample) => {
                     state.unreadable = false;
@@ -288,8 +305,27 @@ impl Classifier {
             })
             .collect();
         out.sort_by_key(|v| (v.pod_id, v.pid));
+        self.last_cost = ScanCost {
+            sampled,
+            namespaces: listeners_by_netns.len(),
+            elapsed: started.elapsed(),
+        };
         out
     }
+
+    /// What the last [`Classifier::scan`] cost.
+    pub fn last_cost(&self) -> ScanCost {
+        self.last_cost
+    }
+}
+
+/// What one scan read: processes whose sockets were sampled (those already blocking are not:
+/// their verdict cannot change), namespaces whose listeners were asked for, and the time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanCost {
+    pub sampled: usize,
+    pub namespaces: usize,
+    pub elapsed: std::time::Duration,
 }
 
 /// Errors of the splice maps.
@@ -394,12 +430,13 @@ impl SpliceMaps {
     }
 
     /// The meshed pods in `pod_ips`, with their network namespace found by `scanner` (which
-    /// the caller has scanned). Pods whose namespace is not found are left out.
+    /// the caller has scanned; pods whose namespace is not found are left out), and the ids of
+    /// every pod there: both from one read of the map.
     pub fn pod_targets(
         &self,
         scanner: &mut NetnsScanner,
         default_proxy_uid: u32,
-    ) -> Result<Vec<PodTarget>, SpliceError> {
+    ) -> Result<(Vec<PodTarget>, HashSet<u32>), SpliceError> {
         let entries = self.pod_ips.dump().map_err(|source| SpliceError::Map {
             map: MAP_POD_IPS,
             source,
@@ -408,6 +445,7 @@ impl SpliceMaps {
         for (_, entry) in entries {
             pods.insert(entry.pod_id, entry);
         }
+        let ids = pods.keys().copied().collect();
         let mut out = Vec::new();
         for entry in pods.values() {
             let ips: Vec<IpAddr> = [entry.ipv4, entry.ipv6]
@@ -429,7 +467,7 @@ impl SpliceMaps {
                 proxy_gid: entry.proxy_gid,
             });
         }
-        Ok(out)
+        Ok((out, ids))
     }
 
     /// Makes the maps hold exactly `verdicts` (unknown processes have no entry).
@@ -479,15 +517,6 @@ impl SpliceMaps {
             &mut stats,
         )?;
         Ok(stats)
-    }
-
-    /// The ids of the pods in `pod_ips`.
-    pub fn pod_ids(&self) -> Result<HashSet<u32>, SpliceError> {
-        let entries = self.pod_ips.dump().map_err(|source| SpliceError::Map {
-            map: MAP_POD_IPS,
-            source,
-        })?;
-        Ok(entries.into_iter().map(|(_, e)| e.pod_id).collect())
     }
 
     /// The entries of `splice_procs` (for `pod show` and tests).
@@ -653,6 +682,8 @@ pub struct SpliceReport {
     pub verdicts: Vec<ProcessVerdict>,
     pub pods: usize,
     pub applied: ApplyStats,
+    /// The classifier's part of the scan (the namespace walk and map writes excluded).
+    pub cost: ScanCost,
 }
 
 impl SpliceReport {
@@ -684,10 +715,9 @@ impl SpliceAgent {
 
     pub fn scan_once(&mut self) -> Result<SpliceReport, SpliceError> {
         self.scanner.scan();
-        let pods = self
+        let (pods, live) = self
             .maps
             .pod_targets(&mut self.scanner, self.default_proxy_uid)?;
-        let live: HashSet<u32> = self.maps.pod_ids()?;
         let verdicts = self.classifier.scan(&pods, &live);
         let applied = self.maps.apply(&verdicts)?;
         self.last = verdicts.clone();
@@ -695,6 +725,7 @@ impl SpliceAgent {
             verdicts,
             pods: pods.len(),
             applied,
+            cost: self.classifier.last_cost(),
         })
     }
 }
@@ -713,6 +744,7 @@ mod tests {
             blocking: false,
             unreadable: false,
             listen_ports: BTreeSet::new(),
+            tcp_inodes: HashMap::new(),
         }
     }
 
@@ -786,6 +818,17 @@ mod tests {
         assert_eq!(mine.verdict, Verdict::Blocking, "{mine:?}");
         assert!(mine.listen_ports.contains(&port));
         assert!(mine.cgroup_id.is_some());
+
+        // Blocking is for good, so a blocking process is not sampled again: a listener it
+        // opens later is not read (its port is not in splice_ports, which splices nothing
+        // either way).
+        let later = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let later_port = later.local_addr().unwrap().port();
+        let again = classifier.scan(&pods, &HashSet::from([9]));
+        let mine = again.iter().find(|v| v.pid == me).expect("this process");
+        assert_eq!(mine.verdict, Verdict::Blocking);
+        assert!(mine.listen_ports.contains(&port));
+        assert!(!mine.listen_ports.contains(&later_port), "{mine:?}");
 
         // A scan that misses the pod's namespace keeps the verdict (sticky blocking must
         // survive a transient miss); a pod gone from the maps takes its processes along.

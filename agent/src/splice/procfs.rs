@@ -1,7 +1,9 @@
-//! What `/proc` says about one process's TCP sockets, read from the host without entering any
-//! namespace: its socket fds (`/proc/PID/fd` → `socket:[inode]`), which of them are TCP
-//! (the inodes in its namespace's `/proc/PID/net/tcp{,6}`), whether each carries `O_NONBLOCK`
-//! (`flags:` in `/proc/PID/fdinfo/N`, octal), and the ports it listens on.
+//! What `/proc` says about one process's TCP sockets, read from the host: its socket fds
+//! (`/proc/PID/fd` → `socket:[inode]`), which of them are TCP (sockfs's protocol name of the
+//! fd), whether each carries `O_NONBLOCK` (`flags:` in `/proc/PID/fdinfo/N`, octal), and the
+//! ports it listens on (its namespace's listeners, from `sock_diag` through a socket made in
+//! that namespace, or `/proc/PID/net/tcp{,6}` where the kernel has no `tcp_diag`). Nothing
+//! here walks the host's table of established TCP sockets on a kernel with `tcp_diag`.
 //!
 //! Every parser tolerates bad input: a line it cannot read is skipped, a file it cannot read
 //! is an error for that process only.
@@ -147,12 +149,54 @@ pub fn namespace_tcp_sockets(
     Ok(sockets)
 }
 
-/// Samples process `pid`'s TCP socket fds against its namespace's TCP sockets `tcp`. An fd that
-/// closes while being read is skipped.
+/// The TCP listeners of the network namespace process `pid` is in: socket inode -> local
+/// port. Asked through `NETLINK_SOCK_DIAG` from a socket made in that namespace (a dump of the
+/// LISTEN state walks only the kernel's listening hash); where the kernel has no `tcp_diag`,
+/// read from the namespace's `/proc/PID/net/tcp{,6}` (which walks every TCP socket of the
+/// host: milliseconds on a busy node).
+pub fn namespace_listeners(proc_root: &Path, pid: u32) -> Result<HashMap<u64, u16>, ProcError> {
+    let netns = proc_root.join(format!("{pid}/ns/net"));
+    let dumped = mb_sys::netns::create_in_netns(&netns, mb_sys::sockdiag::DiagSocket::open)
+        .and_then(|diag| {
+            let mut diag = diag?;
+            let mut out = HashMap::new();
+            for family in [libc_af::INET, libc_af::INET6] {
+                for l in diag.tcp_listeners(family)? {
+                    out.insert(l.inode, l.port);
+                }
+            }
+            Ok(out)
+        });
+    match dumped {
+        Ok(listeners) => Ok(listeners),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !netns.exists() => {
+            Err(ProcError::Gone)
+        }
+        Err(_) => Ok(namespace_tcp_sockets(proc_root, pid)?
+            .into_iter()
+            .filter(|(_, s)| s.is_listening())
+            .map(|(inode, s)| (inode, s.local_port))
+            .collect()),
+    }
+}
+
+/// Address families as `sock_diag` wants them.
+mod libc_af {
+    pub const INET: u8 = 2;
+    pub const INET6: u8 = 10;
+}
+
+/// Samples process `pid`'s TCP socket fds; `listeners` are its namespace's TCP listeners
+/// (inode -> port). Whether a socket fd is TCP comes from sockfs (one `getxattr` per socket
+/// the process did not hold at the last sample), remembered in `tcp_inodes` (socket inode ->
+/// is TCP), which is left holding the process's current sockets only. `O_NONBLOCK` is read
+/// for every TCP fd on every sample: a process may turn a socket blocking at any time. An fd
+/// that closes while being read is skipped.
 pub fn sample_sockets(
     proc_root: &Path,
     pid: u32,
-    tcp: &HashMap<u64, TcpSocket>,
+    listeners: &HashMap<u64, u16>,
+    tcp_inodes: &mut HashMap<u64, bool>,
 ) -> Result<SocketSample, ProcError> {
     let fd_dir = proc_root.join(format!("{pid}/fd"));
     let entries = fs::read_dir(&fd_dir).map_err(|e| match e.kind() {
@@ -160,16 +204,27 @@ pub fn sample_sockets(
         _ => ProcError::Unreadable(fd_dir.display().to_string(), e),
     })?;
     let mut sample = SocketSample::default();
+    let mut now: HashMap<u64, bool> = HashMap::with_capacity(tcp_inodes.len());
     for entry in entries.flatten() {
-        let Ok(target) = fs::read_link(entry.path()) else {
+        let fd_path = entry.path();
+        let Ok(target) = fs::read_link(&fd_path) else {
             continue;
         };
         let Some(inode) = target.to_str().and_then(socket_inode) else {
             continue;
         };
-        let Some(socket) = tcp.get(&inode) else {
-            continue;
+        let tcp = match tcp_inodes.get(&inode) {
+            Some(&tcp) => tcp,
+            None => match mb_sys::sockfs::is_tcp(&fd_path) {
+                Ok(tcp) => tcp,
+                // Closed meanwhile.
+                Err(_) => continue,
+            },
         };
+        now.insert(inode, tcp);
+        if !tcp {
+            continue;
+        }
         let info = proc_root.join(format!(
             "{pid}/fdinfo/{}",
             entry.file_name().to_string_lossy()
@@ -184,10 +239,11 @@ pub fn sample_sockets(
         if flags & O_NONBLOCK == 0 {
             sample.blocking_fds += 1;
         }
-        if socket.is_listening() {
-            sample.listen_ports.insert(socket.local_port);
+        if let Some(&port) = listeners.get(&inode) {
+            sample.listen_ports.insert(port);
         }
     }
+    *tcp_inodes = now;
     Ok(sample)
 }
 
@@ -289,27 +345,57 @@ mod tests {
         client.set_nonblocking(true).unwrap();
         server.set_nonblocking(true).unwrap();
 
-        // Other tests of this binary run in parallel with their own sockets: look only for
-        // ours, by inode.
-        let tcp = namespace_tcp_sockets(proc_root, pid).unwrap();
-        let ours: HashMap<u64, TcpSocket> = tcp
-            .into_iter()
-            .filter(|(_, s)| {
-                s.local_port == port || s.local_port == client.local_addr().unwrap().port()
-            })
-            .collect();
-        assert_eq!(ours.len(), 3, "{ours:?}");
-        let sample = sample_sockets(proc_root, pid, &ours).unwrap();
-        assert_eq!(sample.tcp_fds, 3);
-        assert_eq!(sample.blocking_fds, 0);
+        // Other tests of this binary run in parallel with their own sockets (all blocking,
+        // std's default): count ours by inode, through the cache the sample leaves.
+        let inode = |fd: i32| {
+            socket_inode(
+                fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .unwrap()
+                    .to_str()
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        use std::os::fd::AsRawFd;
+        let ours = [
+            inode(listener.as_raw_fd()),
+            inode(client.as_raw_fd()),
+            inode(server.as_raw_fd()),
+        ];
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let listeners = namespace_listeners(proc_root, pid).unwrap();
+        assert_eq!(listeners.get(&ours[0]), Some(&port), "{listeners:?}");
+        assert!(!listeners.contains_key(&ours[1]));
+        let mut cache = HashMap::new();
+        let sample = sample_sockets(proc_root, pid, &listeners, &mut cache).unwrap();
+        assert!(sample.tcp_fds >= 3, "{sample:?}");
         assert!(sample.listen_ports.contains(&port));
+        for i in ours {
+            assert_eq!(cache.get(&i), Some(&true), "{cache:?}");
+        }
+        assert_eq!(cache.get(&inode(udp.as_raw_fd())), Some(&false));
 
+        // From here on the cache says "not TCP" for every socket but ours, so that the
+        // counts are exact: O_NONBLOCK is read again on every sample, the cache only
+        // spares the "is it TCP" question.
+        for (i, tcp) in cache.iter_mut() {
+            *tcp = ours.contains(i);
+        }
+        let sample = sample_sockets(proc_root, pid, &listeners, &mut cache).unwrap();
+        assert_eq!((sample.tcp_fds, sample.blocking_fds), (3, 0), "{sample:?}");
         server.set_nonblocking(false).unwrap();
-        let sample = sample_sockets(proc_root, pid, &ours).unwrap();
-        assert_eq!(sample.blocking_fds, 1);
+        let sample = sample_sockets(proc_root, pid, &listeners, &mut cache).unwrap();
+        assert_eq!((sample.tcp_fds, sample.blocking_fds), (3, 1), "{sample:?}");
+        let cached_udp = inode(udp.as_raw_fd());
+        drop(udp);
+        sample_sockets(proc_root, pid, &listeners, &mut cache).unwrap();
+        assert!(
+            !cache.contains_key(&cached_udp),
+            "a closed socket leaves the cache"
+        );
 
         assert!(matches!(
-            sample_sockets(proc_root, u32::MAX, &ours),
+            sample_sockets(proc_root, u32::MAX, &listeners, &mut cache),
             Err(ProcError::Gone)
         ));
         assert!(netns_inode(proc_root, pid).is_some());
