@@ -172,12 +172,17 @@ pub fn namespace_listeners(proc_root: &Path, pid: u32) -> Result<HashMap<u64, u1
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !netns.exists() => {
             Err(ProcError::Gone)
         }
-        Err(_) => Ok(namespace_tcp_sockets(proc_root, pid)?
-            .into_iter()
-            .filter(|(_, s)| s.is_listening())
-            .map(|(inode, s)| (inode, s.local_port))
-            .collect()),
+        Err(_) => listeners_from_net_tcp(proc_root, pid),
     }
+}
+
+/// [`namespace_listeners`] where `sock_diag` fails: the listeners in `/proc/PID/net/tcp{,6}`.
+pub fn listeners_from_net_tcp(proc_root: &Path, pid: u32) -> Result<HashMap<u64, u16>, ProcError> {
+    Ok(namespace_tcp_sockets(proc_root, pid)?
+        .into_iter()
+        .filter(|(_, s)| s.is_listening())
+        .map(|(inode, s)| (inode, s.local_port))
+        .collect())
 }
 
 /// Address families as `sock_diag` wants them.
@@ -366,6 +371,10 @@ mod tests {
         let listeners = namespace_listeners(proc_root, pid).unwrap();
         assert_eq!(listeners.get(&ours[0]), Some(&port), "{listeners:?}");
         assert!(!listeners.contains_key(&ours[1]));
+        // The fallback for kernels without tcp_diag finds the same listener.
+        let from_proc = listeners_from_net_tcp(proc_root, pid).unwrap();
+        assert_eq!(from_proc.get(&ours[0]), Some(&port), "{from_proc:?}");
+        assert!(!from_proc.contains_key(&ours[1]));
         let mut cache = HashMap::new();
         let sample = sample_sockets(proc_root, pid, &listeners, &mut cache).unwrap();
         assert!(sample.tcp_fds >= 3, "{sample:?}");
