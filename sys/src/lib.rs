@@ -12,3 +12,4 @@ pub mod signal;
 pub mod sockdiag;
 pub mod sockopt;
 pub mod testing;
+pub mod xattr;

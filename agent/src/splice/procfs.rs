@@ -1,11 +1,13 @@
 //! What `/proc` says about one process's TCP sockets, read from the host without entering any
-//! namespace: its socket fds (`/proc/PID/fd` → `socket:[inode]`), which of them are TCP
-//! (the inodes in its namespace's `/proc/PID/net/tcp{,6}`), whether each carries `O_NONBLOCK`
-//! (`flags:` in `/proc/PID/fdinfo/N`, octal), and the ports it listens on.
+//! namespace for long: its socket fds (`/proc/PID/fd` → `socket:[inode]`), which of them are
+//! TCP (the socket's own `system.sockprotoname` attribute), whether each carries `O_NONBLOCK`
+//! (`flags:` in `/proc/PID/fdinfo/N`, octal), and the ports it listens on (a `sock_diag` dump
+//! of its namespace's listeners). Nothing here reads `/proc/PID/net/tcp{,6}` while `sock_diag`
+//! answers: each read of those walks every bucket of the host-wide established hash (5 ms per
+//! file on the test machine, for an empty namespace), and the classifier asks every scan.
 //!
 //! Every parser tolerates bad input: a line it cannot read is skipped, a file it cannot read
 //! is an error for that process only.
-
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -129,11 +131,51 @@ impl std::fmt::Display for ProcError {
     }
 }
 
-/// The TCP sockets of the network namespace process `pid` is in.
+/// The TCP listeners of the network namespace process `pid` is in, by inode: a `sock_diag`
+/// dump of the LISTEN state (the kernel's listening hash only) through a socket made in that
+/// namespace. Where the kernel has no `tcp_diag`, the namespace's `/proc/PID/net/tcp{,6}`
+/// tables instead (every TCP socket of the namespace, at the cost of the walk above).
+/// [`sample_sockets`] takes either: a socket fd missing from the map is asked whether it is
+/// TCP at all.
 pub fn namespace_tcp_sockets(
     proc_root: &Path,
     pid: u32,
 ) -> Result<HashMap<u64, TcpSocket>, ProcError> {
+    let netns = proc_root.join(format!("{pid}/ns/net"));
+    let dumped = mb_sys::netns::create_in_netns(&netns, mb_sys::sockdiag::DiagSocket::open)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ProcError::Gone,
+            _ => ProcError::Unreadable(netns.display().to_string(), e),
+        })?
+        .and_then(|mut diag| {
+            let mut listeners = diag.tcp_listeners(nix::libc::AF_INET as u8)?;
+            // A kernel without IPv6 has no IPv6 listeners to report.
+            match diag.tcp_listeners(nix::libc::AF_INET6 as u8) {
+                Ok(v6) => listeners.extend(v6),
+                Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(listeners)
+        });
+    match dumped {
+        Ok(listeners) => Ok(listeners
+            .into_iter()
+            .map(|l| {
+                (
+                    l.inode,
+                    TcpSocket {
+                        state: TCP_LISTEN,
+                        local_port: l.port,
+                    },
+                )
+            })
+            .collect()),
+        Err(_) => namespace_tcp_tables(proc_root, pid),
+    }
+}
+
+/// Every TCP socket of the namespace of `pid`, from `/proc/PID/net/tcp{,6}`.
+fn namespace_tcp_tables(proc_root: &Path, pid: u32) -> Result<HashMap<u64, TcpSocket>, ProcError> {
     let mut sockets = HashMap::new();
     for name in ["tcp", "tcp6"] {
         let path = proc_root.join(format!("{pid}/net/{name}"));
@@ -147,28 +189,41 @@ pub fn namespace_tcp_sockets(
     Ok(sockets)
 }
 
-/// Samples process `pid`'s TCP socket fds against its namespace's TCP sockets `tcp`. An fd that
-/// closes while being read is skipped.
-pub fn sample_sockets(
+/// One TCP socket fd of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpFd {
+    pub inode: u64,
+    pub non_blocking: bool,
+    /// Its local port where it listens.
+    pub listen_port: Option<u16>,
+}
+
+/// Process `pid`'s TCP socket fds: a socket fd is TCP when `tcp` (from
+/// [`namespace_tcp_sockets`]) has its inode or, failing that, its `system.sockprotoname`
+/// says so. An fd that closes while being read is skipped.
+pub fn tcp_fds(
     proc_root: &Path,
     pid: u32,
     tcp: &HashMap<u64, TcpSocket>,
-) -> Result<SocketSample, ProcError> {
+) -> Result<Vec<TcpFd>, ProcError> {
     let fd_dir = proc_root.join(format!("{pid}/fd"));
     let entries = fs::read_dir(&fd_dir).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ProcError::Gone,
         _ => ProcError::Unreadable(fd_dir.display().to_string(), e),
     })?;
-    let mut sample = SocketSample::default();
+    let mut fds = Vec::new();
     for entry in entries.flatten() {
-        let Ok(target) = fs::read_link(entry.path()) else {
+        let path = entry.path();
+        let Ok(target) = fs::read_link(&path) else {
             continue;
         };
         let Some(inode) = target.to_str().and_then(socket_inode) else {
             continue;
         };
-        let Some(socket) = tcp.get(&inode) else {
-            continue;
+        let listen_port = match tcp.get(&inode) {
+            Some(socket) => socket.is_listening().then_some(socket.local_port),
+            None if mb_sys::xattr::is_tcp_socket(&path) => None,
+            None => continue,
         };
         let info = proc_root.join(format!(
             "{pid}/fdinfo/{}",
@@ -180,15 +235,33 @@ pub fn sample_sockets(
         else {
             continue;
         };
-        sample.tcp_fds += 1;
-        if flags & O_NONBLOCK == 0 {
-            sample.blocking_fds += 1;
-        }
-        if socket.is_listening() {
-            sample.listen_ports.insert(socket.local_port);
+        fds.push(TcpFd {
+            inode,
+            non_blocking: flags & O_NONBLOCK != 0,
+            listen_port,
+        });
+    }
+    Ok(fds)
+}
+
+impl SocketSample {
+    /// The sample of these TCP fds.
+    pub fn of(fds: &[TcpFd]) -> SocketSample {
+        SocketSample {
+            tcp_fds: fds.len(),
+            blocking_fds: fds.iter().filter(|f| !f.non_blocking).count(),
+            listen_ports: fds.iter().filter_map(|f| f.listen_port).collect(),
         }
     }
-    Ok(sample)
+}
+
+/// Samples process `pid`'s TCP socket fds ([`tcp_fds`]).
+pub fn sample_sockets(
+    proc_root: &Path,
+    pid: u32,
+    tcp: &HashMap<u64, TcpSocket>,
+) -> Result<SocketSample, ProcError> {
+    tcp_fds(proc_root, pid, tcp).map(|fds| SocketSample::of(&fds))
 }
 
 /// The inode of the network namespace process `pid` is in.
@@ -255,41 +328,73 @@ mod tests {
         assert_eq!(parse_uid_gid("Uid:\tnope\n"), None);
     }
 
-    /// Real sockets of this test process, read back through the real /proc.
+    /// Real sockets of this test process, read back through the real /proc: the listener
+    /// from `sock_diag`, the connected ones by their protocol attribute.
     #[test]
     fn samples_this_process_blocking_and_non_blocking_sockets() {
-        use std::net::{TcpListener, TcpStream};
+        use std::net::{TcpListener, TcpStream, UdpSocket};
+        use std::os::fd::AsRawFd;
         let proc_root = Path::new("/proc");
         let pid = std::process::id();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (server, _) = listener.accept().unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         client.set_nonblocking(true).unwrap();
         server.set_nonblocking(true).unwrap();
-
+        let inode = |fd: i32| {
+            fs::read_link(format!("/proc/self/fd/{fd}"))
+                .ok()
+                .and_then(|t| t.to_str().and_then(socket_inode))
+                .unwrap()
+        };
+        let ours = [
+            inode(listener.as_raw_fd()),
+            inode(client.as_raw_fd()),
+            inode(server.as_raw_fd()),
+        ];
         // Other tests of this binary run in parallel with their own sockets: look only for
         // ours, by inode.
-        let tcp = namespace_tcp_sockets(proc_root, pid).unwrap();
-        let ours: HashMap<u64, TcpSocket> = tcp
-            .into_iter()
-            .filter(|(_, s)| {
-                s.local_port == port || s.local_port == client.local_addr().unwrap().port()
+        let sample = |tcp: &HashMap<u64, TcpSocket>| {
+            let fds = tcp_fds(proc_root, pid, tcp).unwrap();
+            let mine: Vec<TcpFd> = fds
+                .into_iter()
+                .filter(|f| ours.contains(&f.inode))
+                .collect();
+            SocketSample::of(&mine)
+        };
+
+        let listeners = namespace_tcp_sockets(proc_root, pid).unwrap();
+        assert_eq!(
+            listeners.get(&ours[0]),
+            Some(&TcpSocket {
+                state: TCP_LISTEN,
+                local_port: port
             })
-            .collect();
-        assert_eq!(ours.len(), 3, "{ours:?}");
-        let sample = sample_sockets(proc_root, pid, &ours).unwrap();
-        assert_eq!(sample.tcp_fds, 3);
-        assert_eq!(sample.blocking_fds, 0);
-        assert!(sample.listen_ports.contains(&port));
+        );
+        let s = sample(&listeners);
+        assert_eq!(s.tcp_fds, 3, "{s:?}");
+        assert_eq!(s.blocking_fds, 0);
+        assert_eq!(s.listen_ports, BTreeSet::from([port]));
+        // The UDP socket is a socket fd but not TCP.
+        let all = tcp_fds(proc_root, pid, &listeners).unwrap();
+        assert!(!all.iter().any(|f| f.inode == inode(udp.as_raw_fd())));
 
         server.set_nonblocking(false).unwrap();
-        let sample = sample_sockets(proc_root, pid, &ours).unwrap();
-        assert_eq!(sample.blocking_fds, 1);
+        assert_eq!(sample(&listeners).blocking_fds, 1);
+
+        // The fallback tables (a kernel without tcp_diag) say the same.
+        let tables = namespace_tcp_tables(proc_root, pid).unwrap();
+        assert_eq!(sample(&tables), sample(&listeners));
 
         assert!(matches!(
-            sample_sockets(proc_root, u32::MAX, &ours),
+            sample_sockets(proc_root, u32::MAX, &listeners),
+            Err(ProcError::Gone)
+        ));
+        assert!(matches!(
+            namespace_tcp_sockets(proc_root, u32::MAX),
             Err(ProcError::Gone)
         ));
         assert!(netns_inode(proc_root, pid).is_some());
