@@ -142,21 +142,22 @@ pub fn namespace_tcp_sockets(
     pid: u32,
 ) -> Result<HashMap<u64, TcpSocket>, ProcError> {
     let netns = proc_root.join(format!("{pid}/ns/net"));
-    let dumped = mb_sys::netns::create_in_netns(&netns, mb_sys::sockdiag::DiagSocket::open)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ProcError::Gone,
-            _ => ProcError::Unreadable(netns.display().to_string(), e),
-        })?
-        .and_then(|mut diag| {
-            let mut listeners = diag.tcp_listeners(nix::libc::AF_INET as u8)?;
-            // A kernel without IPv6 has no IPv6 listeners to report.
-            match diag.tcp_listeners(nix::libc::AF_INET6 as u8) {
-                Ok(v6) => listeners.extend(v6),
-                Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {}
-                Err(e) => return Err(e),
-            }
-            Ok(listeners)
-        });
+    let diag = match mb_sys::netns::create_in_netns(&netns, mb_sys::sockdiag::DiagSocket::open) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ProcError::Gone),
+        // Not allowed to enter it (no CAP_SYS_ADMIN): the tables need no privilege.
+        Err(_) => return namespace_tcp_tables(proc_root, pid),
+        Ok(diag) => diag,
+    };
+    let dumped = diag.and_then(|mut diag| {
+        let mut listeners = diag.tcp_listeners(nix::libc::AF_INET as u8)?;
+        // A kernel without IPv6 has no IPv6 listeners to report.
+        match diag.tcp_listeners(nix::libc::AF_INET6 as u8) {
+            Ok(v6) => listeners.extend(v6),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(listeners)
+    });
     match dumped {
         Ok(listeners) => Ok(listeners
             .into_iter()
