@@ -100,24 +100,32 @@ pub fn attach_pod(
     let (link, outcome) =
         links::attach(&layout, &link_name(pod_id), netns).map_err(|e| e.to_string())?;
     let attach_time = started.elapsed();
-    let adopted = match adopt_listeners(pin_dir, pod_id, netns, inbound_port) {
-        Ok(n) => n,
-        Err(e) => {
-            // The namespace went between the two steps: its link would stay pinned under a
-            // pod the caller does not record. Otherwise keep the link: it refuses (fail
-            // closed) until a later adoption succeeds.
-            if !netns.exists() {
-                detach_pod(pin_dir, pod_id)?;
-            }
-            return Err(e);
-        }
-    };
+    let adopted = adopt_after_attach(pin_dir, pod_id, netns, inbound_port)?;
     Ok(PodInbound {
         link,
         outcome,
         listeners: listeners(pin_dir, pod_id)?,
         adopted,
         attach_time,
+    })
+}
+
+/// [`attach_pod`]'s second step, once pod `pod_id`'s link is attached: adopts its sidecar's
+/// listener ([`adopt_listeners`]). If that fails because the namespace went since the link
+/// was made, the link is detached too: it would stay pinned under a pod the caller does not
+/// record (the error goes back, so the caller writes nothing for the pod). Any other failure
+/// keeps the link: it refuses (fail closed) until a later adoption succeeds.
+pub fn adopt_after_attach(
+    pin_dir: &Path,
+    pod_id: u32,
+    netns: &Path,
+    inbound_port: u16,
+) -> Result<usize, String> {
+    adopt_listeners(pin_dir, pod_id, netns, inbound_port).or_else(|e| {
+        if !netns.exists() {
+            detach_pod(pin_dir, pod_id)?;
+        }
+        Err(e)
     })
 }
 

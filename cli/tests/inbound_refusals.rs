@@ -4,7 +4,8 @@
 //! uid 0, as TPROXY's Envoy runs) goes straight to its destination, never looped to a sidecar
 //! port; a pod whose network namespace vanished, one whose sidecar does not listen yet, a
 //! malformed UID annotation and an unknown interception mode are named the same way, and
-//! `pod del` leaves nothing behind.
+//! `pod del` leaves nothing behind; a namespace that vanishes between a pod's link and the
+//! adoption of its listener takes the link with it.
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -175,4 +176,67 @@ fn vanished_netns_and_malformed_uid_are_named_and_leave_nothing() {
     let (removed, text) = merbridge(&["pod", "del", &live_ip, "--pin-dir", pin]);
     assert!(removed, "{text}");
     assert_nothing_written(&pin_dir, "after the second pod del");
+}
+
+/// The race `attach_pod` guards against: the pod's namespace goes after its link was attached
+/// and before its listener is adopted. The adoption step then fails naming the namespace and
+/// detaches the link (the caller records nothing for the pod, so a pinned link would leak);
+/// while the namespace lives, the same step keeps the link (fail closed, no listener yet).
+#[test]
+fn namespace_vanishing_between_link_and_adoption_leaves_no_link() {
+    if !mb_sys::testing::kernel_tests_enabled(
+        "namespace_vanishing_between_link_and_adoption_leaves_no_link",
+    ) {
+        return;
+    }
+    let node = Node::new("race").expect("node");
+    let pod = node.add_pod(PodSpec::named("racer")).expect("pod");
+    let loaded = LoadedIstio::load("mb-race", node.cgroup_path(), &[]);
+    let (pin, pin_dir) = (loaded.pin(), loaded.pin_dir());
+    let ip = pod.ipv4().to_string();
+    let netns = pod.netns_path().to_path_buf();
+    // The first step, as `pod add` makes it: the link (no sidecar listens: it refuses).
+    let (added, text) = merbridge(&[
+        "pod",
+        "add",
+        &ip,
+        "--netns",
+        netns.to_str().unwrap(),
+        "--pin-dir",
+        pin,
+    ]);
+    assert!(added, "{text}");
+    let pods = PodMaps::open(&pin_dir).unwrap().pods().unwrap();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let pod_id = pods[0].pod_id;
+    assert_eq!(mb_agent::inbound::list(&pin_dir).unwrap().len(), 1);
+
+    // The namespace lives: nothing to adopt, the link stays.
+    assert_eq!(
+        mb_agent::inbound::adopt_after_attach(&pin_dir, pod_id, &netns, 15006),
+        Ok(0)
+    );
+    assert_eq!(mb_agent::inbound::list(&pin_dir).unwrap().len(), 1);
+
+    // Now it goes before the adoption step runs.
+    drop(pod);
+    assert!(!netns.exists(), "{} still there", netns.display());
+    let err = mb_agent::inbound::adopt_after_attach(&pin_dir, pod_id, &netns, 15006)
+        .expect_err("adopting in a vanished namespace must fail");
+    assert!(
+        err.contains(netns.to_str().unwrap()),
+        "the error names the namespace: {err}"
+    );
+    let links = mb_agent::inbound::list(&pin_dir).unwrap();
+    assert!(
+        links.is_empty(),
+        "the link went with its namespace: {links:?}"
+    );
+    assert!(!mb_agent::inbound::listeners(&pin_dir, pod_id)
+        .unwrap()
+        .any());
+
+    let (removed, text) = merbridge(&["pod", "del", &ip, "--pin-dir", pin]);
+    assert!(removed, "{text}");
+    assert_nothing_written(&pin_dir, "after pod del");
 }
