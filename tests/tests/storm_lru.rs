@@ -158,8 +158,9 @@ fn evicted_original_destinations_are_refused_never_misrouted() {
     let status = String::from_utf8_lossy(&status.stdout);
     let misses: u64 = status
         .lines()
-        .find_map(|l| l.trim().strip_prefix("orig_dst_misses"))
-        .and_then(|v| v.trim().parse().ok())
+        .find_map(|l| l.trim().strip_prefix("orig_dst_misses "))
+        // `name  value  what it counts`
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no orig_dst_misses counter in `merbridge status`:\n{status}"));
     eprintln!("orig_dst_misses counter: {misses}");
     assert!(misses >= no_orig as u64, "{misses} < {no_orig}:\n{status}");
