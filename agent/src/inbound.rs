@@ -28,8 +28,8 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
+const AF_INET: u32 = mb_sys::sockdiag::AF_INET as u32;
+const AF_INET6: u32 = mb_sys::sockdiag::AF_INET6 as u32;
 
 /// The pin name of pod `pod_id`'s link.
 pub fn link_name(pod_id: u32) -> String {
@@ -236,23 +236,17 @@ fn missing_listeners(
     have: Listeners,
 ) -> Result<BTreeMap<u64, u32>, String> {
     let mut wanted = BTreeMap::new();
-    let dumped = mb_sys::netns::create_in_netns(netns, mb_sys::sockdiag::DiagSocket::open)
-        .map_err(|e| format!("network namespace {}: {e}", netns.display()))?
-        .and_then(|mut diag| {
-            let mut found = Vec::new();
-            for (family, present) in [(AF_INET, have.ipv4), (AF_INET6, have.ipv6)] {
-                if !present {
-                    for l in diag.tcp_listeners(family as u8)? {
-                        found.push((l, family));
-                    }
-                }
-            }
-            Ok(found)
-        });
+    let families: Vec<u8> = [(AF_INET, have.ipv4), (AF_INET6, have.ipv6)]
+        .into_iter()
+        .filter(|&(_, present)| !present)
+        .map(|(family, _)| family as u8)
+        .collect();
+    let dumped = mb_sys::sockdiag::tcp_listeners_in(netns, &families)
+        .map_err(|e| format!("network namespace {}: {e}", netns.display()))?;
     match dumped {
         Ok(found) => {
-            for (l, family) in found.into_iter().filter(|(l, _)| l.port == port) {
-                wanted.insert(l.inode, family);
+            for l in found.into_iter().filter(|l| l.port == port) {
+                wanted.insert(l.inode, u32::from(l.family));
             }
             Ok(wanted)
         }

@@ -7,6 +7,11 @@
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::path::Path;
+
+/// The address families a dump asks for (linux/socket.h).
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -80,6 +85,21 @@ impl DiagSocket {
 /// The TCP listeners of family `family` in the calling thread's network namespace.
 pub fn tcp_listeners(family: u8) -> io::Result<Vec<Listener>> {
     DiagSocket::open()?.tcp_listeners(family)
+}
+
+/// The TCP listeners of `families` in the network namespace at `netns`, through a diag socket
+/// made there. The outer error: the namespace could not be entered (gone, or no privilege);
+/// the inner one: the dump failed (a kernel without `tcp_diag`), where a caller may fall back
+/// to the namespace's `/proc` tables.
+pub fn tcp_listeners_in(netns: &Path, families: &[u8]) -> io::Result<io::Result<Vec<Listener>>> {
+    crate::netns::create_in_netns(netns, DiagSocket::open).map(|diag| {
+        let mut diag = diag?;
+        let mut out = Vec::new();
+        for &family in families {
+            out.extend(diag.tcp_listeners(family)?);
+        }
+        Ok(out)
+    })
 }
 
 /// A dump request for the TCP listeners of `family`.
@@ -221,7 +241,7 @@ mod tests {
             "the calling thread is back in its own namespace"
         );
         let listeners = diag
-            .tcp_listeners(2)
+            .tcp_listeners(AF_INET)
             .expect("sock_diag dump (needs tcp_diag)");
         assert_eq!(
             listeners,
@@ -232,10 +252,10 @@ mod tests {
             }],
             "only that namespace's listener"
         );
-        assert!(tcp_listeners(2)
+        assert!(tcp_listeners(AF_INET)
             .unwrap()
             .iter()
             .any(|l| l.inode == inode_of(&here)));
-        assert!(diag.tcp_listeners(10).unwrap().is_empty());
+        assert!(diag.tcp_listeners(AF_INET6).unwrap().is_empty());
     }
 }

@@ -155,20 +155,10 @@ pub fn namespace_tcp_sockets(
 /// read from the namespace's `/proc/PID/net/tcp{,6}` (which walks every TCP socket of the
 /// host: milliseconds on a busy node).
 pub fn namespace_listeners(proc_root: &Path, pid: u32) -> Result<HashMap<u64, u16>, ProcError> {
+    use mb_sys::sockdiag::{tcp_listeners_in, AF_INET, AF_INET6};
     let netns = proc_root.join(format!("{pid}/ns/net"));
-    let dumped = mb_sys::netns::create_in_netns(&netns, mb_sys::sockdiag::DiagSocket::open)
-        .and_then(|diag| {
-            let mut diag = diag?;
-            let mut out = HashMap::new();
-            for family in [libc_af::INET, libc_af::INET6] {
-                for l in diag.tcp_listeners(family)? {
-                    out.insert(l.inode, l.port);
-                }
-            }
-            Ok(out)
-        });
-    match dumped {
-        Ok(listeners) => Ok(listeners),
+    match tcp_listeners_in(&netns, &[AF_INET, AF_INET6]).and_then(|dumped| dumped) {
+        Ok(listeners) => Ok(listeners.iter().map(|l| (l.inode, l.port)).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !netns.exists() => {
             Err(ProcError::Gone)
         }
@@ -183,12 +173,6 @@ pub fn listeners_from_net_tcp(proc_root: &Path, pid: u32) -> Result<HashMap<u64,
         .filter(|(_, s)| s.is_listening())
         .map(|(inode, s)| (inode, s.local_port))
         .collect())
-}
-
-/// Address families as `sock_diag` wants them.
-mod libc_af {
-    pub const INET: u8 = 2;
-    pub const INET6: u8 = 10;
 }
 
 /// Samples process `pid`'s TCP socket fds; `listeners` are its namespace's TCP listeners
