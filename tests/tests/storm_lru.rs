@@ -149,19 +149,26 @@ fn evicted_original_destinations_are_refused_never_misrouted() {
     // The eviction happened and is what the sidecar saw: connections it could not route.
     assert!(no_orig > 0, "no eviction: {stats}");
     assert!(stats.closed + stats.errors >= no_orig, "{stats}");
-    // Each of those ENOENTs is counted by the getsockopt program (orig_dst_misses).
-    let status = Command::new(merbridge_binary().unwrap())
-        .args(["status", "--pin-dir"])
-        .arg(&pin_dir)
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&status.stdout);
-    let misses: u64 = status
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("orig_dst_misses "))
-        // `name  value  what it counts`
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no orig_dst_misses counter in `merbridge status`:\n{status}"));
+    // Each of those ENOENTs is counted by the getsockopt program (orig_dst_misses), read
+    // from the pinned counters as `merbridge status` reads them.
+    let counters = mb_loader::datapath::read_counters(&pin_dir).expect("counters");
+    let misses = counters
+        .iter()
+        .find(|(c, _)| *c == mb_maps::layout::Counter::OrigDstMisses)
+        .map(|&(_, n)| n)
+        .expect("orig_dst_misses is a counter");
+    let status = || {
+        let out = Command::new(merbridge_binary().unwrap())
+            .args(["status", "--pin-dir"])
+            .arg(&pin_dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     eprintln!("orig_dst_misses counter: {misses}");
-    assert!(misses >= no_orig as u64, "{misses} < {no_orig}:\n{status}");
+    assert!(
+        misses >= no_orig as u64,
+        "{misses} < {no_orig}:\n{}",
+        status()
+    );
 }
